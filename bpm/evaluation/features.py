@@ -1,0 +1,67 @@
+"""Feature extraction: images -> FP32 embeddings, under the precision policy, without autograd."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from bpm.data.loader import test_loader
+from bpm.data.records import ImageRecord
+from bpm.data.transforms import test_transform
+from bpm.precision import PrecisionPolicy
+
+
+@torch.inference_mode()
+def embed_batch(model: torch.nn.Module, images: torch.Tensor, policy: PrecisionPolicy, flip: bool = False) -> torch.Tensor:
+    """Embeddings of one batch as FP32; with ``flip``, averaged with the mirrored images' embeddings."""
+    images = policy.prepare_input(images)
+    with policy.autocast():
+        features = model(images).float()
+        if flip:
+            features = (features + model(torch.flip(images, dims=[3])).float()) / 2
+    return features
+
+
+def extract_features(
+    model: torch.nn.Module,
+    records: Sequence[ImageRecord],
+    policy: PrecisionPolicy,
+    resize_h_w: tuple[int, int],
+    batch_size: int = 64,
+    workers: int = 2,
+    flip: bool = False,
+    normalize: bool = False,
+    desc: str = "features",
+) -> np.ndarray:
+    """``[len(records), D]`` float32 features in record order, optionally L2-normalised."""
+    model.eval()
+    loader = test_loader(records, test_transform(resize_h_w), batch_size, workers)
+    chunks = []
+    for images, _pids, _camids, _index in tqdm(loader, desc=desc, disable=not sys.stdout.isatty(), leave=False):
+        features = embed_batch(model, images, policy, flip)
+        if normalize:
+            features = F.normalize(features, dim=1)
+        chunks.append(features.cpu())
+    if not chunks:
+        return np.zeros((0, getattr(model, "feature_dim", 0)), dtype=np.float32)
+    return torch.cat(chunks).numpy()
+
+
+def save_features(path: str | Path, features: np.ndarray, records: Sequence[ImageRecord], split: str) -> None:
+    """Append one split's features, names, pids and camids to an HDF5 file (group per split)."""
+    import h5py
+
+    with h5py.File(path, "a") as handle:
+        if split in handle:
+            del handle[split]
+        group = handle.create_group(split)
+        group.create_dataset("features", data=features)
+        group.create_dataset("names", data=np.array([Path(r.path).name for r in records], dtype=h5py.string_dtype()))
+        group.create_dataset("paths", data=np.array([r.path for r in records], dtype=h5py.string_dtype()))
+        group.create_dataset("pids", data=np.array([r.pid for r in records], dtype=np.int64))
+        group.create_dataset("camids", data=np.array([r.camid for r in records], dtype=np.int64))
