@@ -1,0 +1,29 @@
+# `make test` = the whole default suite; `make test-all` adds the slow end-to-end tests (CI runs both).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test test-all test-slow bench clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt setup.py
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@# On this project's machines torch 2.14.1/torchvision 0.29.1 come from local disk; elsewhere any recent pair works.
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 \
+		|| $(PY) -m pip install -q torch torchvision
+	$(PY) -m pip install -q -r requirements.txt pytest
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $(STAMP)
+
+test: venv
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: venv
+	$(PY) -m pytest -q -m slow
+
+test-all: venv
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

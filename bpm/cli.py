@@ -1,0 +1,52 @@
+"""The ``bpm`` command: one subcommand per job, each implemented in the module that owns it.
+
+Each module listed in ``SUBCOMMANDS`` exposes ``add_arguments(parser)`` and ``run(args) -> int``;
+this file only wires them together and turns :class:`BpmError` into a one-line message.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from bpm.errors import BpmError
+
+# name -> (module, one-line help). Modules are imported lazily so `bpm synth` does not pay for torch.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("bpm.data.synthetic", "generate the synthetic demo world (Market-1501 layout)"),
+    "train": ("bpm.commands.train", "train (and evaluate) with the original's switches"),
+    "test": ("bpm.commands.test", "evaluate a weights file (same switches as train --only_test true)"),
+    "data": ("bpm.data.check", "data check: validate a dataset and print its statistics"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bpm", description="Mixed-precision person re-identification.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+        build_parser().parse_args(argv)  # prints help or the "invalid choice" error and exits
+        return 2
+    module_name, help_text = SUBCOMMANDS[argv[0]]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"bpm {argv[0]}", description=help_text)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except BpmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

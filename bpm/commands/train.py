@@ -1,0 +1,111 @@
+"""``bpm train`` / ``script/experiment/train.py``: train, then evaluate (or only evaluate).
+
+This is the one place that wires dataset -> model -> precision policy -> trainer -> evaluation
+from the original's switches; the pieces themselves know nothing of each other.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+
+from bpm.config import add_train_arguments, default_exp_dir, save_config
+from bpm.data.datasets import build_dataset
+from bpm.engine.evaluator import EvalSettings, evaluate_model, evaluate_test_set, write_results
+from bpm.engine.logging import RunLogger, StreamMirror
+from bpm.engine.trainer import Trainer, seed_everything
+from bpm.errors import BpmError
+from bpm.models.reid import build_model
+from bpm.models.weights import load_model_weights
+from bpm.precision import PrecisionPolicy, resolve_device
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_train_arguments(parser)
+
+
+def eval_settings(args: argparse.Namespace) -> EvalSettings:
+    return EvalSettings(
+        resize_h_w=tuple(args.resize_h_w),
+        normalize_feature=args.normalize_feature,
+        rerank=args.rerank,
+        batch_size=args.batch_size_test,
+        workers=args.workers,
+        save_features=args.save_features or None,
+        flip=args.test_flip,
+    )
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.only_test and args.resume:
+        raise BpmError("--only_test true and --resume true contradict each other; choose one")
+    if args.total_epochs < 0:
+        raise BpmError(f"--total_epochs: expected a non-negative number, got {args.total_epochs}")
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    device = resolve_device(tuple(args.sys_device_ids))
+    policy = PrecisionPolicy.create(args.opt_level, device, args.amp_dtype, args.keep_batchnorm_fp32, args.loss_scale)
+    if args.set_seed:
+        seed_everything(args.seed)
+    # Build everything that can fail on user input before touching the experiment folder.
+    model = build_model(args.net, args.last_conv_stride)
+    if args.only_test:
+        weights = args.model_weight_file or str(Path(args.exp_dir or default_exp_dir(args)) / "ckpt.pth")
+        load_model_weights(model, weights)
+    elif args.net_pretrained_path and not args.resume:
+        from bpm.models.weights import load_imagenet_weights
+
+        load_imagenet_weights(model, args.net_pretrained_path)
+    dataset = build_dataset(args.dataset, args.data_root or None)
+    exp_dir = Path(args.exp_dir) if args.exp_dir else default_exp_dir(args)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    mirror = StreamMirror(exp_dir) if args.log_to_file else None
+    try:
+        save_config(args, exp_dir / "config.json")
+        print(f"Experiment folder: {exp_dir}")
+        print(f"Dataset {dataset.name}: {len(dataset.train)} training images of {dataset.num_train_ids} identities; "
+              f"test sets: {', '.join(ts.name for ts in dataset.test_sets)}")
+        print(f"Network {args.net}, precision {policy.describe()}, device {device}")
+        settings = eval_settings(args)
+        extra: dict = {}
+        if args.only_test:
+            model = policy.prepare_model(model)
+        else:
+            if args.eval_untrained:
+                print("Untrained network:")
+                untrained = evaluate_model(policy.prepare_model(copy.deepcopy(model)), dataset.test_sets, policy,
+                                           EvalSettings(**{**vars(settings), "rerank": False, "save_features": None}))
+                first = next(iter(untrained.values()))["single_query"]
+                extra["untrained"] = {"mAP": float(first["mAP"]), "cmc": {"1": float(first["cmc"][0])}}
+            model = _train(args, model, policy, dataset, exp_dir)
+            print("Trained network:")
+        reports = evaluate_model(model, dataset.test_sets, policy, settings)
+        write_results(exp_dir / "results.json", dataset.name, args.net, args.opt_level, reports, extra)
+        print(f"Results written to {exp_dir / 'results.json'}")
+    finally:
+        if mirror is not None:
+            mirror.close()
+    return 0
+
+
+def _train(args, model, policy, dataset, exp_dir: Path):
+    validator = None
+    if dataset.val is not None:
+        val_settings = EvalSettings(resize_h_w=tuple(args.resize_h_w), normalize_feature=args.normalize_feature,
+                                    batch_size=args.batch_size_test, workers=args.workers)
+
+        def validator(m):
+            result = evaluate_test_set(m, dataset.val, policy, val_settings, verbose=False)["single_query"]
+            return float(result["mAP"]), float(result["cmc"][0])
+
+    trainer = Trainer(model, policy, args, dataset.train, exp_dir, validator)
+    if args.resume:
+        trainer.resume()
+    logger = RunLogger(exp_dir, tensorboard=args.log_to_file)
+    try:
+        trainer.fit(logger)
+    finally:
+        logger.close()
+    return trainer.model

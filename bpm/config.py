@@ -1,0 +1,162 @@
+"""The original's command-line switches in one place.
+
+``script/experiment/train.py`` and ``bpm train``/``bpm test`` build their parsers here, so a
+command line written for the 2019 code base means the same thing in both. Values keep the
+original's syntax (``str2bool`` words, Python-tuple text such as ``'(256, 128)'``) but are
+parsed without ``eval``. The resolved settings are saved to ``exp_dir/config.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+_TRUE = {"true", "yes", "y", "t", "1", "on"}
+_FALSE = {"false", "no", "n", "f", "0", "off"}
+
+NETS = ("resnet50", "mobilenetV2")
+OPT_LEVELS = ("O0", "O1", "O2", "O3")
+
+
+def str2bool(text: str | bool) -> bool:
+    """The original's boolean words: true/false, yes/no, 1/0 (any case)."""
+    if isinstance(text, bool):
+        return text
+    word = str(text).strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false, yes/no, 1/0), got {text!r}")
+
+
+def parse_tuple(text: str | tuple) -> tuple:
+    """Parse Python-tuple text like ``'(0,)'``, ``'()'`` or ``'(256, 128)'`` into a tuple of numbers.
+
+    ``ast.literal_eval`` only builds literals (it cannot call anything), and we further insist on
+    a flat tuple/list of ints or floats, so user text can never run code.
+    """
+    if isinstance(text, tuple):
+        return text
+    stripped = str(text).strip()
+    try:
+        value = ast.literal_eval(stripped) if stripped else ()
+    except (ValueError, SyntaxError) as exc:
+        raise argparse.ArgumentTypeError(f"expected tuple text such as '(0,)' or '(256, 128)', got {text!r}") from exc
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = (value,)
+    if not isinstance(value, (tuple, list)) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    ):
+        raise argparse.ArgumentTypeError(f"expected a tuple of numbers such as '(0,)' or '(256, 128)', got {text!r}")
+    return tuple(value)
+
+
+def _int_tuple(length: int | None = None):
+    def parse(text: str | tuple) -> tuple[int, ...]:
+        value = parse_tuple(text)
+        if not all(float(v).is_integer() for v in value):
+            raise argparse.ArgumentTypeError(f"expected whole numbers, got {text!r}")
+        if length is not None and len(value) != length:
+            raise argparse.ArgumentTypeError(f"expected {length} numbers, got {text!r}")
+        return tuple(int(v) for v in value)
+
+    return parse
+
+
+def loss_scale_value(text: str | None) -> float | str | None:
+    """``--loss-scale``: a positive number (static scaling) or ``dynamic``."""
+    if text is None or str(text).lower() in ("none", ""):
+        return None
+    if str(text).lower() == "dynamic":
+        return "dynamic"
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'dynamic', got {text!r}")
+    return value
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Switches every script of the original shared: device, data, network, precision."""
+    parser.add_argument("-d", "--sys_device_ids", type=_int_tuple(), default=(0,),
+                        help="GPU ids as tuple text, '()' for CPU (default '(0,)'; falls back to a clear error without CUDA)")
+    parser.add_argument("--dataset", default="market1501",
+                        help="market1501, cuhk03, duke, msmt17, combined, folder, synthetic")
+    parser.add_argument("--data_root", default="", help="dataset folder; overrides $BPM_DATA/<dataset>")
+    parser.add_argument("--resize_h_w", type=_int_tuple(2), default=(256, 128), help="input size as '(h, w)'")
+    parser.add_argument("--last_conv_stride", type=int, default=1, choices=[1, 2])
+    parser.add_argument("--normalize_feature", type=str2bool, default=False)
+    parser.add_argument("--net", default="mobilenetV2", help="resnet50 or mobilenetV2")
+    parser.add_argument("--opt-level", dest="opt_level", default="O0", help="O0 (FP32), O1, O2, O3")
+    parser.add_argument("--keep-batchnorm-fp32", dest="keep_batchnorm_fp32", type=str2bool, default=True)
+    parser.add_argument("--loss-scale", dest="loss_scale", type=loss_scale_value, default=None,
+                        help="positive number or 'dynamic' (default: dynamic where float16 needs it)")
+    parser.add_argument("--amp_dtype", default=None, choices=["float16", "bfloat16"],
+                        help="half type for O1-O3 (default float16 on CUDA, bfloat16 on CPU)")
+    parser.add_argument("--log_to_file", type=str2bool, default=True)
+    parser.add_argument("--exp_dir", default="", help="output folder (default derived from the settings)")
+    parser.add_argument("--model_weight_file", default="", help="weights to evaluate with --only_test")
+    parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
+    parser.add_argument("--batch_size_test", type=int, default=64, help="images per batch for feature extraction")
+    parser.add_argument("--test_flip", type=str2bool, default=False, help="average features of each image and its mirror")
+    parser.add_argument("--save_features", default="", help="also save test features, names, pids, camids to this .h5 file")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every switch of the original ``train.py`` (seed-facts), plus the few new ones."""
+    add_common_arguments(parser)
+    parser.add_argument("-r", "--run", type=int, default=1)
+    parser.add_argument("--set_seed", type=str2bool, default=False)
+    parser.add_argument("--seed", type=int, default=1, help="seed used when --set_seed true")
+    parser.add_argument("--trainset_part", default="trainval", choices=["trainval", "train"])
+    parser.add_argument("--crop_prob", type=float, default=0.1)
+    parser.add_argument("--crop_ratio", type=float, default=1.0)
+    parser.add_argument("--mirror", type=str2bool, default=True)
+    parser.add_argument("--erase", type=str2bool, default=True)
+    parser.add_argument("--erase_prob", type=float, default=0.2)
+    parser.add_argument("--ids_per_batch", type=int, default=32)
+    parser.add_argument("--ims_per_id", type=int, default=4)
+    parser.add_argument("--steps_per_log", type=int, default=20)
+    parser.add_argument("--epochs_per_val", type=float, default=1e10)
+    parser.add_argument("--margin", type=float, default=0.3)
+    parser.add_argument("--soft_margin", type=str2bool, default=False, help="softplus(d_ap - d_an) instead of a margin")
+    parser.add_argument("--only_test", type=str2bool, default=False)
+    parser.add_argument("--resume", type=str2bool, default=False)
+    parser.add_argument("--base_lr", type=float, default=2e-4)
+    parser.add_argument("--lr_decay_type", default="exp", choices=["exp", "staircase"])
+    parser.add_argument("--exp_decay_at_epoch", type=int, default=151)
+    parser.add_argument("--staircase_decay_at_epochs", type=_int_tuple(), default=(101, 201))
+    parser.add_argument("--staircase_decay_multiply_factor", type=float, default=0.1)
+    parser.add_argument("--optimizer", default="adam", choices=["adam", "sgd"],
+                        help="adam (the original's) or sgd (Nesterov, uses --momentum)")
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--weight_decay", type=float, default=5e-4)
+    parser.add_argument("--total_epochs", type=int, default=300)
+    parser.add_argument("--net_pretrained_path", default="", help="local ImageNet weights file for the backbone")
+    parser.add_argument("--ckpt_every_steps", type=int, default=0,
+                        help="also checkpoint every N steps within an epoch (0: only at epoch ends)")
+    parser.add_argument("--max_nonfinite_steps", type=int, default=50,
+                        help="stop after this many consecutive non-finite (skipped) steps")
+    parser.add_argument("--rerank", type=str2bool, default=True, help="also print k-reciprocal re-ranked results")
+    parser.add_argument("--eval_untrained", type=str2bool, default=False,
+                        help="evaluate the network before training too (the demo prints both)")
+
+
+def default_exp_dir(args: argparse.Namespace) -> Path:
+    """The original derived a folder name from the settings; we do the same under ``expt_res/``."""
+    name = f"{args.dataset}_{args.net}_{args.opt_level}_stride{args.last_conv_stride}_run{args.run}"
+    return Path("expt_res") / name
+
+
+def save_config(args: argparse.Namespace, path: Path) -> None:
+    """Write the resolved settings as JSON, so every result can be traced to its command line."""
+    values: dict[str, Any] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(values, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,77 @@
+"""Atomic checkpoints and the RNG state they carry.
+
+A checkpoint is written to a temporary file in the same folder, flushed to disk, then renamed
+over the old one, so a crash or a full disk at any moment leaves either the previous complete
+checkpoint or the new complete one, never a torn file. The top-level keys keep the original's
+names (``state_dicts`` = [model, optimizer], ``ep`` = next epoch, ``scores``) so its tools and
+users still find what they expect; everything is loadable with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bpm.errors import BpmError
+from bpm.models.weights import read_weights_file
+
+CKPT_NAME = "ckpt.pth"
+
+
+def atomic_torch_save(obj: object, path: str | Path) -> None:
+    """``torch.save`` that never leaves a partial file at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException as exc:
+        Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise BpmError(f"{path}: could not write checkpoint ({exc.strerror or exc}); the previous one is intact") from exc
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def rng_state() -> dict:
+    """Python, NumPy and torch RNG states as tensors/ints (safe for ``weights_only`` loading)."""
+    version, mt_state, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": [version, torch.tensor(mt_state, dtype=torch.int64), gauss],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(int(v) for v in mt_state.tolist()), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a training checkpoint (ours or the original's), refusing anything else with one line."""
+    ckpt = read_weights_file(path)
+    if not isinstance(ckpt, dict) or "state_dicts" not in ckpt or "ep" not in ckpt:
+        raise BpmError(f"{path}: not a training checkpoint (expected keys 'state_dicts' and 'ep')")
+    return ckpt

@@ -1,0 +1,134 @@
+"""Evaluate a model on a dataset's test sets and report in the original's format.
+
+This is the glue between feature extraction (needs the model) and the evaluation engine
+(pure numbers): it prints ``Single Query`` / ``Multi Query`` / re-ranked lines, and writes
+``results.json`` with fractions in [0, 1].
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bpm.data.records import ImageRecord, TestSet
+from bpm.errors import BpmError
+from bpm.evaluation import compute_distances, evaluate, pool_multi_query, re_ranking
+from bpm.evaluation.features import extract_features, save_features
+from bpm.precision import PrecisionPolicy
+
+RESULT_LINE = "[mAP: {:5.2%}], [cmc1: {:5.2%}], [cmc5: {:5.2%}], [cmc10: {:5.2%}]"
+
+
+@dataclass
+class EvalSettings:
+    resize_h_w: tuple[int, int]
+    normalize_feature: bool = False
+    rerank: bool = False
+    flip: bool = False
+    batch_size: int = 64
+    workers: int = 2
+    max_rank: int = 50
+    save_features: str | None = None
+
+
+def format_result(title: str, result: dict) -> str:
+    cmc = result["cmc"]
+    return f"{title + ':':<30}" + RESULT_LINE.format(result["mAP"], cmc[0], cmc[4], cmc[9])
+
+
+def summarize(result: dict) -> dict:
+    """The JSON-friendly part of an evaluation result: mAP, mINP and CMC at ranks 1/5/10."""
+    cmc = result["cmc"]
+    return {
+        "mAP": float(result["mAP"]),
+        "mINP": float(result["mINP"]),
+        "cmc": {"1": float(cmc[0]), "5": float(cmc[4]), "10": float(cmc[9])},
+        "num_valid_queries": int(result["num_valid_queries"]),
+    }
+
+
+def _ids(records: list[ImageRecord]) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([r.pid for r in records], dtype=np.int64), np.array([r.camid for r in records], dtype=np.int64)
+
+
+def evaluate_features(
+    q_feat: np.ndarray,
+    g_feat: np.ndarray,
+    query: list[ImageRecord],
+    gallery: list[ImageRecord],
+    rerank: bool,
+    max_rank: int = 50,
+    q_feat_for_rerank: np.ndarray | None = None,
+) -> dict[str, dict]:
+    """Plain (and optionally re-ranked) results for one set of query features."""
+    q_pids, q_cams = _ids(query)
+    g_pids, g_cams = _ids(gallery)
+    q_g = compute_distances(q_feat, g_feat)
+    results = {"plain": evaluate(q_g, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank)}
+    if rerank:
+        q_q = compute_distances(q_feat, q_feat)
+        g_g = compute_distances(g_feat, g_feat)
+        results["reranked"] = evaluate(re_ranking(q_g, q_q, g_g), q_pids, g_pids, q_cams, g_cams, max_rank=max_rank)
+    return results
+
+
+def evaluate_test_set(
+    model: torch.nn.Module, test_set: TestSet, policy: PrecisionPolicy, settings: EvalSettings, verbose: bool = True
+) -> dict:
+    """Extract features for one test set and evaluate single-query and (where present) multi-query."""
+    if not test_set.gallery:
+        raise BpmError(f"test set {test_set.name}: the gallery is empty")
+    if not test_set.query:
+        raise BpmError(f"test set {test_set.name}: there are no query images")
+    extract = lambda records, desc: extract_features(  # noqa: E731
+        model, records, policy, settings.resize_h_w, settings.batch_size, settings.workers, settings.flip,
+        settings.normalize_feature, desc,
+    )
+    q_feat = extract(test_set.query, "query")
+    g_feat = extract(test_set.gallery, "gallery")
+    if settings.save_features:
+        save_features(settings.save_features, q_feat, test_set.query, f"{test_set.name}/query")
+        save_features(settings.save_features, g_feat, test_set.gallery, f"{test_set.name}/gallery")
+    single = evaluate_features(q_feat, g_feat, test_set.query, test_set.gallery, settings.rerank, settings.max_rank)
+    report = {"single_query": single["plain"]}
+    if "reranked" in single:
+        report["reranked_single_query"] = single["reranked"]
+    if test_set.multi_query:
+        mq_feat = extract(test_set.multi_query, "multi-query")
+        mq_pids, mq_cams = _ids(test_set.multi_query)
+        q_pids, q_cams = _ids(test_set.query)
+        pooled = pool_multi_query(mq_feat, mq_pids, mq_cams, q_pids, q_cams, "average")
+        multi = evaluate_features(pooled, g_feat, test_set.query, test_set.gallery, settings.rerank, settings.max_rank)
+        report["multi_query"] = multi["plain"]
+        if "reranked" in multi:
+            report["reranked_multi_query"] = multi["reranked"]
+    if verbose:
+        print(f"Test set {test_set.name}: {len(test_set.query)} queries x {len(test_set.gallery)} gallery images")
+        titles = {"single_query": "Single Query", "multi_query": "Multi Query",
+                  "reranked_single_query": "Re-ranked Single Query", "reranked_multi_query": "Re-ranked Multi Query"}
+        for key, title in titles.items():
+            if key in report:
+                print(format_result(title, report[key]))
+    return report
+
+
+def evaluate_model(
+    model: torch.nn.Module, test_sets: list[TestSet], policy: PrecisionPolicy, settings: EvalSettings
+) -> dict[str, dict]:
+    return {ts.name: evaluate_test_set(model, ts, policy, settings) for ts in test_sets}
+
+
+def write_results(path: Path, dataset: str, net: str, opt_level: str, reports: dict[str, dict], extra: dict | None = None) -> dict:
+    """Write ``results.json``; top-level metrics are the first test set's single-query numbers."""
+    test_sets = {name: {k: summarize(v) for k, v in report.items()} for name, report in reports.items()}
+    first = next(iter(test_sets.values()))["single_query"]
+    payload = {"dataset": dataset, "net": net, "opt_level": opt_level, "mAP": first["mAP"], "mINP": first["mINP"],
+               "cmc": first["cmc"], "test_sets": test_sets, **(extra or {})}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+    return payload

@@ -1,0 +1,87 @@
+"""Where a run's telemetry goes: console (mirrored to files), TensorBoard, and a JSON-lines log.
+
+The JSON-lines file ``train_log.jsonl`` is what ``bpm plot`` reads; TensorBoard scalars keep
+the original's names (``loss``, ``precision``, ``satisfy_margin``, ``average_distance``,
+``val scores``) so old dashboards still work.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+
+class _Tee:
+    """A stream that writes to the console and to a file."""
+
+    def __init__(self, console: TextIO, file: TextIO) -> None:
+        self.console = console
+        self.file = file
+
+    def write(self, text: str) -> int:
+        self.console.write(text)
+        self.file.write(text)
+        self.file.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.console.flush()
+        self.file.flush()
+
+    def isatty(self) -> bool:
+        return self.console.isatty()
+
+    def __getattr__(self, name: str):
+        return getattr(self.console, name)
+
+
+class StreamMirror:
+    """Mirror stdout/stderr into ``stdout_<time>.txt`` / ``stderr_<time>.txt`` (the original's file names)."""
+
+    def __init__(self, exp_dir: Path) -> None:
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        self.files = [open(exp_dir / f"stdout_{stamp}.txt", "a"), open(exp_dir / f"stderr_{stamp}.txt", "a")]
+        self.saved = sys.stdout, sys.stderr
+        sys.stdout = _Tee(sys.stdout, self.files[0])
+        sys.stderr = _Tee(sys.stderr, self.files[1])
+
+    def close(self) -> None:
+        sys.stdout, sys.stderr = self.saved
+        for handle in self.files:
+            handle.close()
+
+
+class RunLogger:
+    """Scalars to TensorBoard (optional) and to ``train_log.jsonl`` (always)."""
+
+    def __init__(self, exp_dir: Path, tensorboard: bool = True) -> None:
+        self.jsonl = open(exp_dir / "train_log.jsonl", "a")
+        self.writer = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(exp_dir / "tensorboard"))
+
+    def log_step(self, step: int, epoch: int, values: dict[str, float]) -> None:
+        self.jsonl.write(json.dumps({"kind": "step", "step": step, "epoch": epoch, **values}) + "\n")
+        self.jsonl.flush()
+        if self.writer is not None:
+            for name in ("loss", "precision", "satisfy_margin", "lr", "loss_scale"):
+                if name in values:
+                    self.writer.add_scalar(name, values[name], step)
+            self.writer.add_scalars(
+                "average_distance", {"dist_ap": values["dist_ap"], "dist_an": values["dist_an"]}, step
+            )
+
+    def log_validation(self, step: int, epoch: int, mAP: float, rank1: float) -> None:
+        self.jsonl.write(json.dumps({"kind": "val", "step": step, "epoch": epoch, "mAP": mAP, "Rank1": rank1}) + "\n")
+        self.jsonl.flush()
+        if self.writer is not None:
+            self.writer.add_scalars("val scores", {"mAP": mAP, "Rank1": rank1}, epoch)
+
+    def close(self) -> None:
+        self.jsonl.close()
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,249 @@
+"""The training loop: P x K batches -> model (under the precision policy) -> triplet loss -> step.
+
+The trainer knows nothing about datasets or metrics: it gets training records and, optionally,
+a validation callback. It owns checkpointing, so everything needed to resume exactly (model,
+optimizer, scaler and master weights, epoch and step, every RNG state, the sampler seed) lives
+in one atomic file.
+"""
+from __future__ import annotations
+
+import math
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from bpm.data.loader import train_loader
+from bpm.data.records import ImageRecord
+from bpm.data.sampler import PKBatchSampler
+from bpm.data.transforms import train_transform
+from bpm.engine.checkpoint import CKPT_NAME, atomic_torch_save, load_checkpoint, rng_state, set_rng_state
+from bpm.engine.logging import RunLogger
+from bpm.engine.lr_schedule import lr_at_epoch, set_lr
+from bpm.errors import BpmError
+from bpm.losses import BatchHardTripletLoss
+from bpm.precision import PrecisionPolicy, PrecisionStepper
+
+# A validation callback returns (mAP, rank-1) for the current model.
+Validator = Callable[[torch.nn.Module], tuple[float, float]]
+
+
+class TrainingInterrupted(BpmError):
+    """SIGINT/SIGTERM arrived; a checkpoint was written after the current step."""
+
+
+@dataclass
+class Position:
+    """Where training stands: ``epoch`` is 0-based, ``step`` counts batches done within it."""
+
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    scores: dict = field(default_factory=dict)
+
+
+def build_optimizer(args, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
+    """Adam (the original's choice) or SGD with Nesterov momentum, both with weight decay."""
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=args.base_lr, momentum=args.momentum, nesterov=True,
+                               weight_decay=args.weight_decay)
+    return torch.optim.Adam(params, lr=args.base_lr, weight_decay=args.weight_decay)
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        policy: PrecisionPolicy,
+        args,
+        train_records: Sequence[ImageRecord],
+        exp_dir: Path,
+        validator: Validator | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.args = args
+        self.policy = policy
+        self.exp_dir = Path(exp_dir)
+        self.rank, self.world_size = rank, world_size
+        self.is_main = rank == 0
+        self.model = policy.prepare_model(model)
+        self.stepper = PrecisionStepper(policy, self.model)
+        self.optimizer = build_optimizer(args, self.stepper.optimizer_params())
+        self.loss_fn = BatchHardTripletLoss(args.margin, args.soft_margin, args.normalize_feature)
+        self.validator = validator
+        self.position = Position()
+        self.sampler_seed = args.seed if args.set_seed else random.SystemRandom().randrange(2**31)
+        self.sampler = PKBatchSampler(
+            [r.pid for r in train_records], args.ids_per_batch, args.ims_per_id, self.sampler_seed, rank, world_size
+        )
+        transform = train_transform(
+            tuple(args.resize_h_w), args.mirror, args.crop_prob, args.crop_ratio, args.erase, args.erase_prob
+        )
+        self.loader = train_loader(train_records, transform, self.sampler, args.workers)
+        self.ckpt_path = self.exp_dir / CKPT_NAME
+        self.max_nonfinite_steps = args.max_nonfinite_steps
+        self.ckpt_every_steps = args.ckpt_every_steps
+        self._stop_signal: int | None = None
+
+    # ----------------------------------------------------------------- checkpoints
+    def checkpoint_state(self) -> dict:
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        return {
+            "state_dicts": [model.state_dict(), self.optimizer.state_dict()],
+            "ep": self.position.epoch,
+            "step": self.position.step,
+            "global_step": self.position.global_step,
+            "scores": self.position.scores,
+            "precision": self.stepper.state_dict(),
+            "sampler_seed": self.sampler_seed,
+            "rng": rng_state(),
+            "net": getattr(model, "net", None),
+            "opt_level": self.policy.opt_level,
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.is_main:
+            atomic_torch_save(self.checkpoint_state(), self.ckpt_path)
+
+    def resume(self, path: Path | None = None) -> None:
+        """Continue from ``path`` (default: the run's ``ckpt.pth``), restoring everything saved."""
+        path = Path(path or self.ckpt_path)
+        ckpt = load_checkpoint(path)
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        from bpm.models.weights import load_model_weights_from_state
+
+        load_model_weights_from_state(model, ckpt["state_dicts"][0], path)
+        try:
+            self.optimizer.load_state_dict(ckpt["state_dicts"][1])
+        except (ValueError, KeyError) as exc:
+            raise BpmError(f"{path}: optimizer state does not match this run's settings ({exc})") from exc
+        self.stepper.load_state_dict(ckpt.get("precision", {}))
+        self.position = Position(int(ckpt["ep"]), int(ckpt.get("step", 0)), int(ckpt.get("global_step", 0)),
+                                 dict(ckpt.get("scores", {})))
+        self.sampler_seed = int(ckpt.get("sampler_seed", self.sampler_seed))
+        self.sampler.seed = self.sampler_seed
+        if "rng" in ckpt:
+            set_rng_state(ckpt["rng"])
+        print(f"Resumed from {path} at epoch {self.position.epoch + 1}, step {self.position.step}")
+
+    # ----------------------------------------------------------------- signals
+    def _request_stop(self, signum, frame) -> None:
+        self._stop_signal = signum
+
+    def _install_signal_handlers(self) -> dict:
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, self._request_stop)
+            except ValueError:  # not the main thread (e.g. under a test runner's thread)
+                pass
+        return previous
+
+    # ----------------------------------------------------------------- loop
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[bool, dict]:
+        self.model.train()
+        images = self.policy.prepare_input(images)
+        labels = labels.to(self.policy.device)
+        with self.policy.autocast():
+            features = self.model(images)
+        loss, stats = self.loss_fn(features, labels)
+        stepped = self.stepper.step(loss, self.optimizer)
+        return stepped, vars(stats)
+
+    def fit(self, logger: RunLogger | None = None) -> Position:
+        previous = self._install_signal_handlers()
+        try:
+            while self.position.epoch < self.args.total_epochs:
+                self._train_epoch(logger)
+                self.position.epoch += 1
+                self.position.step = 0
+                self._maybe_validate(logger)
+                self.save_checkpoint()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self.position
+
+    def _train_epoch(self, logger: RunLogger | None) -> None:
+        epoch = self.position.epoch
+        lr = lr_at_epoch(self.args, epoch + 1)
+        set_lr(self.optimizer, lr)
+        self.sampler.set_epoch(epoch, self.position.step)
+        totals = {"loss": 0.0, "precision": 0.0, "satisfy_margin": 0.0, "dist_ap": 0.0, "dist_an": 0.0}
+        count = 0
+        start = time.time()
+        show_bar = self.is_main and sys.stdout.isatty()
+        bar = tqdm(total=len(self.sampler), initial=self.position.step, desc=f"Ep {epoch + 1}",
+                   disable=not show_bar, leave=False, dynamic_ncols=True)
+        for images, labels, _camids, _index in self.loader:
+            stepped, stats = self.train_step(images, labels)
+            self.position.step += 1
+            self.position.global_step += 1
+            bar.update(1)
+            if stepped:
+                count += 1
+                for key in totals:
+                    totals[key] += stats[key]
+            elif self.is_main:
+                print(f"Ep {epoch + 1}, step {self.position.step}: non-finite loss or gradients, step skipped "
+                      f"(loss scale now {self.stepper.scale:g})")
+            if self.stepper.consecutive_skips >= self.max_nonfinite_steps:
+                bar.close()
+                raise BpmError(
+                    f"training stopped: {self.stepper.consecutive_skips} consecutive non-finite steps at epoch "
+                    f"{epoch + 1} (try a lower --base_lr or --opt-level O0); last good checkpoint: {self.ckpt_path}"
+                )
+            values = {**stats, "lr": lr, "loss_scale": self.stepper.scale}
+            if self.is_main and logger is not None and stepped:
+                logger.log_step(self.position.global_step, epoch + 1, values)
+            if self.is_main and self.args.steps_per_log > 0 and self.position.step % self.args.steps_per_log == 0:
+                bar.write(
+                    f"Ep {epoch + 1}, step {self.position.step}/{len(self.sampler)}, {time.time() - start:.1f}s, "
+                    f"loss {stats['loss']:.4f}, prec {stats['precision']:.2%}, sm {stats['satisfy_margin']:.2%}, "
+                    f"d_ap {stats['dist_ap']:.4f}, d_an {stats['dist_an']:.4f}"
+                )
+            if self.ckpt_every_steps and self.position.step % self.ckpt_every_steps == 0:
+                self.save_checkpoint()
+            if self._stop_signal is not None:
+                bar.close()
+                self.save_checkpoint()
+                raise TrainingInterrupted(
+                    f"stopped by signal {signal.Signals(self._stop_signal).name} at epoch {epoch + 1}, step "
+                    f"{self.position.step}; checkpoint saved to {self.ckpt_path}; resume with --resume true"
+                )
+        bar.close()
+        if self.is_main:
+            means = {k: v / max(count, 1) for k, v in totals.items()}
+            print(
+                f"Ep {epoch + 1}, {time.time() - start:.1f}s, lr {lr:.3g}, loss {means['loss']:.4f}, "
+                f"prec {means['precision']:.2%}, sm {means['satisfy_margin']:.2%}, d_ap {means['dist_ap']:.4f}, "
+                f"d_an {means['dist_an']:.4f}" + (f", skipped {len(self.sampler) - count}" if count < len(self.sampler) else "")
+            )
+
+    def _maybe_validate(self, logger: RunLogger | None) -> None:
+        every = self.args.epochs_per_val
+        if self.validator is None or not math.isfinite(every) or every <= 0:
+            return
+        if self.position.epoch % int(every) != 0:
+            return
+        mAP, rank1 = self.validator(self.model)
+        self.position.scores = {"mAP": mAP, "Rank1": rank1, "epoch": self.position.epoch}
+        if self.is_main:
+            print(f"Validation after epoch {self.position.epoch}: [mAP: {mAP:.2%}], [cmc1: {rank1:.2%}]")
+            if logger is not None:
+                logger.log_validation(self.position.global_step, self.position.epoch, mAP, rank1)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so model init and augmentation repeat exactly."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
