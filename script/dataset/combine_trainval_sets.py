@@ -1,0 +1,42 @@
+"""Combine the converted trainval sets of Market-1501, CUHK03 and DukeMTMC-reID.
+
+Same flags as the original baseline's script; the work is done by bpm.data.transform.
+Writes <save_dir>/trainval_images/ + partitions.pkl, which `--dataset combined` reads.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+from bpm.data.transform import combine_trainval_sets  # noqa: E402
+from bpm.errors import BpmError  # noqa: E402
+
+MEMBERS = (
+    ("market1501", "~/Dataset/market1501"),
+    ("cuhk03", "~/Dataset/cuhk03/detected"),
+    ("duke", "~/Dataset/duke"),
+)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Combine Trainval Set of Market1501, CUHK03, DukeMTMC-reID")
+    for name, folder in MEMBERS:
+        parser.add_argument(f"--{name}_im_dir", default=f"{folder}/images")
+        parser.add_argument(f"--{name}_partition_file", default=f"{folder}/partitions.pkl")
+    parser.add_argument("--save_dir", default="~/Dataset/market1501_cuhk03_duke")
+    args = parser.parse_args()
+    expand = os.path.expanduser
+    im_dirs = [expand(getattr(args, f"{name}_im_dir")) for name, _ in MEMBERS]
+    partition_files = [expand(getattr(args, f"{name}_partition_file")) for name, _ in MEMBERS]
+    try:
+        out = combine_trainval_sets(im_dirs, partition_files, expand(args.save_dir))
+    except BpmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"Partition file saved to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
