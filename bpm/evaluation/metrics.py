@@ -161,7 +161,7 @@ def _positive_ranks(dist, pos_r, pos_c, inv_r, inv_c, junk_cols) -> np.ndarray:
     inv_bounds = np.searchsorted(inv_r, np.arange(0, num_q + rows_per_chunk, rows_per_chunk))
     for k, s in enumerate(range(0, num_q, rows_per_chunk)):
         block = dist[s : s + rows_per_chunk]
-        if not np.isfinite(block).all():
+        if not (np.isfinite(block.min()) and np.isfinite(block.max())):  # NaN propagates
             bad = s + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
             raise BpmError(f"distance matrix has NaN or infinite values (first in query row {bad})")
         p0, p1 = pos_bounds[k], pos_bounds[k + 1]
@@ -184,8 +184,9 @@ def _chunk_ranks(block, pr, pc, ir, ic, junk_cols, col_bits) -> np.ndarray:
     keep[ir, ic] = False
     if junk_cols.size:
         keep[:, junk_cols] = False
-    kr, kc = np.nonzero(keep)
-    vals = block[kr, kc]
+    flat = np.flatnonzero(keep)
+    kr, kc = np.divmod(flat, block.shape[1])
+    vals = block.reshape(-1)[flat]
     if block.dtype == np.float32:
         value_keys, pos_value_keys, value_bits = _float32_keys(vals), _float32_keys(pos_d), 32
     else:

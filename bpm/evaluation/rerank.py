@@ -58,10 +58,13 @@ def re_ranking(
     v_rows, v_cols, v_vals = _weights(combined, members)
     if k2 != 1:
         v_rows, v_cols, v_vals = _query_expansion(v_rows, v_cols, v_vals, neighbours[:, :k2], num)
-    overlap = _min_overlap(v_rows, v_cols, v_vals, combined.num_q, num)
-    jaccard = 1.0 - overlap / (2.0 - overlap)
-    original = combined.t_query_gallery()
-    return (jaccard * (1.0 - lambda_value) + original * lambda_value).astype(np.float32)
+    out = _min_overlap(v_rows, v_cols, v_vals, combined.num_q, num)
+    step = max(1, _BLOCK_ELEMENTS // max(1, combined.num_g))
+    for s in range(0, combined.num_q, step):
+        overlap = out[s : s + step]
+        jaccard = 1.0 - overlap / (2.0 - overlap)
+        out[s : s + step] = jaccard * (1.0 - lambda_value) + combined.t_query_gallery(s, s + step) * lambda_value
+    return out
 
 
 def _check(qg, qq, gg, k1, k2, lambda_value):
@@ -135,9 +138,10 @@ class _Combined:
                     d[sel] = _square(self.gg[j - q, i - q])
         return d / self.colmax[rows]
 
-    def t_query_gallery(self) -> np.ndarray:
-        """T[:q, q:] = qg^2 / colmax of each query's column."""
-        return _square(self.qg) / self.colmax[: self.num_q, None]
+    def t_query_gallery(self, start: int, stop: int) -> np.ndarray:
+        """T[start:stop, q:] for query rows: qg^2 / colmax of each query's column."""
+        stop = min(stop, self.num_q)
+        return _square(self.qg[start:stop]) / self.colmax[start:stop, None]
 
 
 def _square(values: np.ndarray) -> np.ndarray:
