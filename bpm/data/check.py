@@ -53,7 +53,8 @@ def dataset_stats(ds: IndexedDataset) -> dict[str, Any]:
         "num_query": sum(t["num_query"] for t in tests),
         "num_gallery": sum(t["num_gallery"] for t in tests),
         "num_multi_query": sum(t["num_multi_query"] for t in tests),
-        "num_cameras": len({r.camid for r in records}),
+        # Members of ``combined`` number their cameras independently: count them per test set.
+        "num_cameras": sum(t["num_cameras"] for t in tests) if len(tests) > 1 else len({r.camid for r in records}),
         "num_junk": ds.num_junk,
         "num_distractors": sum(t["num_distractors"] for t in tests),
         "test_sets": tests,

@@ -32,16 +32,16 @@ def read_split(folder: Path) -> tuple[list[ImageRecord], int]:
     """Records of one split folder with junk boxes dropped, and how many junk boxes there were."""
     records = []
     junk = 0
-    base = str(folder)
+    prefix = os.path.join(str(folder), "")
     for name in list_image_names(folder):
-        try:
-            pid, camid = parse_market_name(name)
-        except BpmError as exc:
-            raise BpmError(f"{folder / name}: expected a Market-style name like 0002_c1s1_000451_03.jpg") from exc
+        match = _NAME.match(name)
+        if match is None:
+            raise BpmError(f"{folder / name}: expected a Market-style name like 0002_c1s1_000451_03.jpg")
+        pid = int(match.group(1))
         if pid == JUNK_PID:
             junk += 1
             continue
-        records.append(ImageRecord(os.path.join(base, name), pid, camid))
+        records.append(ImageRecord(prefix + name, pid, int(match.group(2))))
     return records, junk
 
 
