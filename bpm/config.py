@@ -89,6 +89,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="market1501",
                         help="market1501, cuhk03, duke, msmt17, combined, folder, synthetic")
     parser.add_argument("--data_root", default="", help="dataset folder; overrides $BPM_DATA/<dataset>")
+    parser.add_argument("--cuhk03_type", default="detected", choices=["detected", "labeled"])
+    parser.add_argument("--skip_bad_images", type=str2bool, default=False,
+                        help="warn about unreadable images and leave them out instead of stopping")
     parser.add_argument("--resize_h_w", type=_int_tuple(2), default=(256, 128), help="input size as '(h, w)'")
     parser.add_argument("--last_conv_stride", type=int, default=1, choices=[1, 2])
     parser.add_argument("--normalize_feature", type=str2bool, default=False)
@@ -143,6 +146,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also checkpoint every N steps within an epoch (0: only at epoch ends)")
     parser.add_argument("--max_nonfinite_steps", type=int, default=50,
                         help="stop after this many consecutive non-finite (skipped) steps")
+    parser.add_argument("--sync_bn", type=str2bool, default=False,
+                        help="multi-GPU: BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only)")
+    parser.add_argument("--gather_for_mining", type=str2bool, default=False,
+                        help="multi-process: mine hard triplets over the features of all ranks, not per rank")
+    parser.add_argument("--dist_timeout", type=float, default=1800.0,
+                        help="multi-process: seconds a rank waits for the others before stopping with an error")
     parser.add_argument("--rerank", type=str2bool, default=True, help="also print k-reciprocal re-ranked results")
     parser.add_argument("--eval_untrained", type=str2bool, default=False,
                         help="evaluate the network before training too (the demo prints both)")

@@ -9,6 +9,7 @@ import argparse
 import copy
 from pathlib import Path
 
+from bpm import distributed
 from bpm.config import add_train_arguments, default_exp_dir, save_config
 from bpm.data.datasets import build_dataset
 from bpm.engine.evaluator import EvalSettings, evaluate_model, evaluate_test_set, write_results
@@ -18,6 +19,7 @@ from bpm.errors import BpmError
 from bpm.models.reid import build_model
 from bpm.models.weights import load_model_weights
 from bpm.precision import PrecisionPolicy, resolve_device
+from bpm.vis.plots import write_run_plots
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,8 +46,23 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """One process, a torchrun worker, or (``-d '(0,1,...)'``) the launcher of one worker per GPU."""
     _check_args(args)
-    device = resolve_device(tuple(args.sys_device_ids))
+    if distributed.wants_local_spawn(args.sys_device_ids):
+        resolve_device(tuple(args.sys_device_ids))  # a missing GPU is reported once, before any worker starts
+        return distributed.spawn_local(run, args, len(args.sys_device_ids))
+    ctx = distributed.init(args.sys_device_ids, args.dist_timeout)
+    try:
+        with distributed.peer_failures_as_errors(ctx), distributed.stdout_on_main_only(ctx):
+            distributed.check_same_across_ranks(ctx, distributed.args_for_check(args), "settings")
+            return _run_process(args, ctx)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _run_process(args: argparse.Namespace, ctx: distributed.DistContext) -> int:
+    """Everything one rank does; only rank 0 writes into the experiment folder."""
+    device = ctx.device
     policy = PrecisionPolicy.create(args.opt_level, device, args.amp_dtype, args.keep_batchnorm_fp32, args.loss_scale)
     if args.set_seed:
         seed_everything(args.seed)
@@ -58,17 +75,30 @@ def run(args: argparse.Namespace) -> int:
         from bpm.models.weights import load_imagenet_weights
 
         load_imagenet_weights(model, args.net_pretrained_path)
-    dataset = build_dataset(args.dataset, args.data_root or None)
+    dataset = build_dataset(
+        args.dataset,
+        args.data_root or None,
+        cuhk03_type=args.cuhk03_type,
+        trainset_part=getattr(args, "trainset_part", "trainval"),
+        skip_bad_images=args.skip_bad_images,
+        seed=args.seed,
+    )
+    distributed.check_same_across_ranks(
+        ctx, {ts.name: distributed.records_digest(ts.query + ts.gallery) for ts in dataset.test_sets}
+        | {"training set": distributed.records_digest(dataset.train)}, "datasets")
     exp_dir = Path(args.exp_dir) if args.exp_dir else default_exp_dir(args)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    mirror = StreamMirror(exp_dir) if args.log_to_file else None
+    if ctx.is_main:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+    mirror = StreamMirror(exp_dir) if args.log_to_file and ctx.is_main else None
     try:
-        save_config(args, exp_dir / "config.json")
+        if ctx.is_main:
+            save_config(args, exp_dir / "config.json")
         print(f"Experiment folder: {exp_dir}")
         print(f"Dataset {dataset.name}: {len(dataset.train)} training images of {dataset.num_train_ids} identities; "
               f"test sets: {', '.join(ts.name for ts in dataset.test_sets)}")
         print(f"Network {args.net}, precision {policy.describe()}, device {device}")
         settings = eval_settings(args)
+        settings.shard = ctx.enabled
         extra: dict = {}
         if args.only_test:
             model = policy.prepare_model(model)
@@ -79,33 +109,36 @@ def run(args: argparse.Namespace) -> int:
                                            EvalSettings(**{**vars(settings), "rerank": False, "save_features": None}))
                 first = next(iter(untrained.values()))["single_query"]
                 extra["untrained"] = {"mAP": float(first["mAP"]), "cmc": {"1": float(first["cmc"][0])}}
-            model = _train(args, model, policy, dataset, exp_dir)
+            model = _train(args, model, policy, dataset, exp_dir, ctx)
             print("Trained network:")
         reports = evaluate_model(model, dataset.test_sets, policy, settings)
-        write_results(exp_dir / "results.json", dataset.name, args.net, args.opt_level, reports, extra)
-        print(f"Results written to {exp_dir / 'results.json'}")
+        if ctx.is_main:
+            write_results(exp_dir / "results.json", dataset.name, args.net, args.opt_level, reports, extra)
+            print(f"Results written to {exp_dir / 'results.json'}")
+            write_run_plots(exp_dir, reports)  # cmc_curve.png, and training_curves.png after training; only warns
     finally:
         if mirror is not None:
             mirror.close()
     return 0
 
 
-def _train(args, model, policy, dataset, exp_dir: Path):
+def _train(args, model, policy, dataset, exp_dir: Path, ctx: distributed.DistContext):
     validator = None
     if dataset.val is not None:
         val_settings = EvalSettings(resize_h_w=tuple(args.resize_h_w), normalize_feature=args.normalize_feature,
-                                    batch_size=args.batch_size_test, workers=args.workers)
+                                    batch_size=args.batch_size_test, workers=args.workers, shard=ctx.enabled)
 
         def validator(m):
             result = evaluate_test_set(m, dataset.val, policy, val_settings, verbose=False)["single_query"]
             return float(result["mAP"]), float(result["cmc"][0])
 
-    trainer = Trainer(model, policy, args, dataset.train, exp_dir, validator)
+    trainer = Trainer(model, policy, args, dataset.train, exp_dir, validator, ctx.rank, ctx.world_size)
     if args.resume:
         trainer.resume()
-    logger = RunLogger(exp_dir, tensorboard=args.log_to_file)
+    logger = RunLogger(exp_dir, tensorboard=args.log_to_file) if ctx.is_main else None
     try:
         trainer.fit(logger)
     finally:
-        logger.close()
-    return trainer.model
+        if logger is not None:
+            logger.close()
+    return trainer.bare_model

@@ -1,0 +1,60 @@
+import os
+
+import pytest
+import torch
+
+from bpm.data.datasets import build_dataset
+from bpm.engine.checkpoint import atomic_torch_save, load_checkpoint
+from bpm.engine.trainer import Trainer, seed_everything
+from bpm.errors import BpmError
+from bpm.models.reid import build_model
+from bpm.precision import PrecisionPolicy
+from conftest import train_args
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pth"
+    atomic_torch_save({"state_dicts": [{"w": torch.ones(2)}, {}], "ep": 1}, path)
+
+    def broken_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(BpmError, match="could not write checkpoint.*previous one is intact"):
+        atomic_torch_save({"state_dicts": [{"w": torch.zeros(2)}, {}], "ep": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["ep"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]  # no temp file left behind
+
+
+def test_load_checkpoint_refuses_plain_weights(tmp_path):
+    path = tmp_path / "weights.pth"
+    torch.save({"w": torch.ones(1)}, path)
+    with pytest.raises(BpmError, match="not a training checkpoint"):
+        load_checkpoint(path)
+
+
+def _trainer(world, exp_dir, epochs, opt_level="O0"):
+    args = train_args(world, exp_dir, "--total_epochs", str(epochs), "--opt-level", opt_level)
+    seed_everything(args.seed)
+    dataset = build_dataset("market1501", str(world))
+    policy = PrecisionPolicy.create(args.opt_level, "cpu")
+    return Trainer(build_model("mobilenetV2"), policy, args, dataset.train, exp_dir)
+
+
+@pytest.mark.parametrize("opt_level", ["O0", "O2"])
+def test_resume_continues_exactly(tiny_world, tmp_path, opt_level):
+    straight = _trainer(tiny_world, tmp_path / "straight", 2, opt_level)
+    straight.fit()
+
+    first = _trainer(tiny_world, tmp_path / "split", 1, opt_level)
+    first.fit()
+    ckpt = load_checkpoint(tmp_path / "split" / "ckpt.pth")
+    assert ckpt["ep"] == 1 and set(ckpt) >= {"state_dicts", "ep", "scores"}
+    resumed = _trainer(tiny_world, tmp_path / "split", 2, opt_level)
+    resumed.resume()
+    resumed.fit()
+
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
