@@ -1,0 +1,248 @@
+"""``bpm visualize`` / ``script/experiment/visualize_rank_list.py`` / ``vis_res.sh``: rank-list pictures.
+
+Features come either from a model (weights file or checkpoint, extracted under the precision
+policy of ``--opt-level``) or from an HDF5 file written by ``bpm test --save_features``. The
+same queries are drawn for every model (see :func:`bpm.vis.rank_list.choose_queries`), and an
+``index.html`` beside the JPEGs lists each with its AP and first-match rank.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from bpm.config import add_common_arguments, default_exp_dir, str2bool
+from bpm.data.records import ImageRecord, TestSet
+from bpm.errors import BpmError
+from bpm.vis.html import PageEntry, render_index, render_links, write_page
+from bpm.vis.rank_list import (QUERY_SEED, choose_queries, draw_rank_list, picture_names, rank_list,
+                               save_picture)
+
+RANK_LISTS = "rank_lists"
+
+
+@dataclass
+class VisSet:
+    """One test set to draw: its records and how to get features for a subset of queries / the gallery.
+
+    Extracting only the drawn queries (16 of Market's 3,368) is what makes the visualiser quick;
+    re-ranking needs every query, so it asks for all of them.
+    """
+
+    name: str
+    query: list[ImageRecord]
+    gallery: list[ImageRecord]
+    query_names: list[str]
+    query_features: Callable[[list[int]], np.ndarray]
+    gallery_features: Callable[[], np.ndarray]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
+    parser.add_argument("--ckpt_file", default="", help="training checkpoint to read the model from "
+                        "(default: <exp_dir>/ckpt.pth when no --model_weight_file)")
+    parser.add_argument("--num_queries", type=int, default=16, help="how many queries to draw")
+    parser.add_argument("--rank_list_size", type=int, default=10, help="gallery images per rank list")
+    parser.add_argument("--rerank", type=str2bool, default=False, help="rank by k-reciprocal re-ranked distances")
+    parser.add_argument("--features_file", default="",
+                        help="HDF5 features saved by `bpm test --save_features` (instead of a model and dataset)")
+    parser.add_argument("--query_seed", type=int, default=QUERY_SEED,
+                        help="seed of the query choice; keep it to compare models on the same queries")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.num_queries < 1:
+        raise BpmError(f"--num_queries: expected a positive number, got {args.num_queries}")
+    if args.rank_list_size < 1:
+        raise BpmError(f"--rank_list_size: expected a positive number, got {args.rank_list_size}")
+    if args.features_file and (args.model_weight_file or args.ckpt_file):
+        raise BpmError("--features_file replaces the model: give it or --model_weight_file/--ckpt_file, not both")
+    if args.save_features:
+        raise BpmError("--save_features: not available here; save features with `bpm test --save_features FILE`")
+
+
+def _exp_dir(args: argparse.Namespace) -> Path:
+    if args.exp_dir:
+        return Path(args.exp_dir)
+    return default_exp_dir(argparse.Namespace(**{**vars(args), "run": 1}))
+
+
+def _normalize(features: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return features / np.maximum(norms, 1e-12)
+
+
+def load_feature_sets(path: str | Path, normalize: bool) -> list[VisSet]:
+    """Every test set in a features file: groups ``<name>/query`` and ``<name>/gallery``."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise BpmError(f"--features_file {path}: file not found")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        raise BpmError(f"--features_file {path}: not an HDF5 file ({exc})") from exc
+    sets = []
+    with handle:
+        names: list[str] = []
+        handle.visit(lambda name: names.append(name) if isinstance(handle[name], h5py.Group)
+                     and "query" in handle[name] and "gallery" in handle[name] else None)
+        for name in names:
+            sides = [_read_side(path, handle[f"{name}/{side}"], normalize) for side in ("query", "gallery")]
+            (q_records, q_names, q_feat), (g_records, _g_names, g_feat) = sides
+            sets.append(VisSet(name, q_records, g_records, q_names,
+                               lambda rows, q=q_feat: q[rows], lambda g=g_feat: g))
+    if not sets:
+        raise BpmError(f"--features_file {path}: no '<test set>/query' and '<test set>/gallery' groups "
+                       "(expected a file written by `bpm test --save_features`)")
+    return sets
+
+
+def _read_side(path: Path, group, normalize: bool) -> tuple[list[ImageRecord], list[str], np.ndarray]:
+    needed = ("features", "names", "paths", "pids", "camids")
+    missing = [k for k in needed if k not in group]
+    if missing:
+        raise BpmError(f"--features_file {path}: group {group.name} lacks {', '.join(missing)}")
+    features = np.asarray(group["features"][()], dtype=np.float32)
+    paths = [str(p) for p in group["paths"].asstr()[()]]
+    names = [str(n) for n in group["names"].asstr()[()]]
+    pids = np.asarray(group["pids"][()], dtype=np.int64)
+    camids = np.asarray(group["camids"][()], dtype=np.int64)
+    if not (len(paths) == len(names) == len(pids) == len(camids) == features.shape[0]):
+        raise BpmError(f"--features_file {path}: group {group.name} has datasets of different lengths")
+    records = [ImageRecord(p, int(i), int(c)) for p, i, c in zip(paths, pids, camids)]
+    if features.ndim == 2 and normalize:
+        features = _normalize(features)
+    return records, names, features
+
+
+def _model_sets(args: argparse.Namespace, exp_dir: Path) -> tuple[list[VisSet], str]:
+    """Load the model (failing fast on a wrong weights file), index the dataset, and wire lazy extraction."""
+    from bpm.data.datasets import build_dataset
+    from bpm.evaluation.features import extract_features
+    from bpm.models.reid import build_model
+    from bpm.models.weights import load_model_weights
+    from bpm.precision import PrecisionPolicy, resolve_device
+
+    device = resolve_device(tuple(args.sys_device_ids))
+    policy = PrecisionPolicy.create(args.opt_level, device, args.amp_dtype, args.keep_batchnorm_fp32)
+    weights = args.model_weight_file or args.ckpt_file or str(exp_dir / "ckpt.pth")
+    model = build_model(args.net, args.last_conv_stride)
+    load_model_weights(model, weights)
+    model = policy.prepare_model(model)
+    dataset = build_dataset(args.dataset, args.data_root or None,
+                            cuhk03_type=getattr(args, "cuhk03_type", "detected"),
+                            skip_bad_images=getattr(args, "skip_bad_images", False))
+
+    def extractor(records: list[ImageRecord], desc: str) -> np.ndarray:
+        return extract_features(model, records, policy, tuple(args.resize_h_w), args.batch_size_test,
+                                args.workers, args.test_flip, args.normalize_feature, desc)
+
+    def vis_set(ts: TestSet) -> VisSet:
+        return VisSet(ts.name, ts.query, ts.gallery, [Path(r.path).name for r in ts.query],
+                      lambda rows: extractor([ts.query[i] for i in rows], "query"),
+                      lambda: extractor(ts.gallery, "gallery"))
+
+    source = f"model {args.net} from {weights}, precision {policy.describe()}"
+    return [vis_set(ts) for ts in dataset.test_sets], source
+
+
+def _check_set(vis: VisSet, size: int) -> None:
+    if not vis.gallery:
+        raise BpmError(f"test set {vis.name}: the gallery is empty; nothing to rank")
+    if not vis.query:
+        raise BpmError(f"test set {vis.name}: there are no query images")
+    if size > len(vis.gallery):
+        raise BpmError(f"--rank_list_size {size} is larger than the gallery of test set {vis.name} "
+                       f"({len(vis.gallery)} images)")
+
+
+def _distances(vis: VisSet, chosen: list[int], rerank: bool) -> np.ndarray:
+    from bpm.evaluation import compute_distances, re_ranking
+
+    g_feat = vis.gallery_features()
+    if not rerank:
+        return compute_distances(vis.query_features(chosen), g_feat)
+    q_feat = vis.query_features(list(range(len(vis.query))))
+    q_g = compute_distances(q_feat, g_feat)
+    return re_ranking(q_g, compute_distances(q_feat, q_feat), compute_distances(g_feat, g_feat))[chosen]
+
+
+def _scores(dist: np.ndarray, query: list[ImageRecord], gallery: list[ImageRecord]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-query AP and first-match rank from the evaluation engine; NaN / -1 for queries without a true match."""
+    from bpm.evaluation import evaluate
+
+    q_pids = np.array([r.pid for r in query]); q_cams = np.array([r.camid for r in query])  # noqa: E702
+    g_pids = np.array([r.pid for r in gallery]); g_cams = np.array([r.camid for r in gallery])  # noqa: E702
+    valid = np.array([bool(((g_pids == p) & (g_cams != c)).any()) for p, c in zip(q_pids, q_cams)], dtype=bool)
+    ap = np.full(len(query), np.nan)
+    first = np.full(len(query), -1, dtype=np.int64)
+    if valid.any():
+        result = evaluate(dist[valid], q_pids[valid], g_pids, q_cams[valid], g_cams, max_rank=1)
+        ap[valid] = result["ap"]
+        first[valid] = result["first_match_rank"]
+    return ap, first
+
+
+def draw_set(vis: VisSet, out_dir: Path, num_queries: int, size: int, rerank: bool, seed: int,
+             source: str) -> list[PageEntry]:
+    """Draw the chosen queries of one test set into ``out_dir`` and write its ``index.html``."""
+    chosen = choose_queries(vis.query_names, num_queries, seed)
+    dist = _distances(vis, chosen, rerank)
+    query = [vis.query[i] for i in chosen]
+    ap, first = _scores(dist, query, vis.gallery)
+    g_pids = np.array([r.pid for r in vis.gallery])
+    g_cams = np.array([r.camid for r in vis.gallery])
+    pictures = picture_names([vis.query_names[i] for i in chosen])
+    entries = []
+    progress = tqdm(range(len(chosen)), desc=f"rank lists {vis.name}", disable=not sys.stdout.isatty(), leave=False)
+    for row in progress:
+        ranked = rank_list(dist[row], query[row].pid, query[row].camid, g_pids, g_cams, size)
+        image = draw_rank_list(query[row].path, [vis.gallery[i].path for i in ranked.gallery_indices],
+                               ranked.matches.tolist(), size)
+        save_picture(image, out_dir / pictures[row])
+        entries.append(PageEntry(pictures[row], vis.query_names[chosen[row]], float(ap[row]), int(first[row])))
+    notes = [f"Features: {source}.",
+             f"{len(chosen)} of {len(vis.query)} queries (seed {seed}), top {size} of {len(vis.gallery)} gallery images, "
+             f"{'k-reciprocal re-ranked' if rerank else 'Euclidean'} distances; same-identity same-camera and junk "
+             "gallery entries skipped, as in the evaluation."]
+    write_page(out_dir / "index.html", render_index(f"Rank lists: {vis.name}", entries, notes))
+    return entries
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    exp_dir = _exp_dir(args)
+    if args.features_file:
+        sets = load_feature_sets(args.features_file, args.normalize_feature)
+        source = f"{args.features_file}{' (L2-normalised)' if args.normalize_feature else ''}"
+    else:
+        sets, source = _model_sets(args, exp_dir)
+    for vis in sets:
+        _check_set(vis, args.rank_list_size)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    mirror = None
+    if args.log_to_file:
+        from bpm.engine.logging import StreamMirror
+
+        mirror = StreamMirror(exp_dir)
+    try:
+        root = exp_dir / RANK_LISTS
+        many = len(sets) > 1
+        for vis in sets:
+            out_dir = root / vis.name if many else root
+            draw_set(vis, out_dir, args.num_queries, args.rank_list_size, args.rerank, args.query_seed, source)
+            print(f"Rank lists of {vis.name} written to {out_dir} (open {out_dir / 'index.html'})")
+        if many:
+            links = [(vis.name, f"{vis.name}/index.html") for vis in sets]
+            write_page(root / "index.html", render_links("Rank lists", links))
+    finally:
+        if mirror is not None:
+            mirror.close()
+    return 0
