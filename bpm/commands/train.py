@@ -20,7 +20,6 @@ from bpm.models.reid import build_model
 from bpm.models.weights import load_model_weights
 from bpm.precision import PrecisionPolicy, resolve_device
 from bpm.vis.plots import write_run_plots
-from bpm.vis.plots import write_run_plots
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,7 +115,6 @@ def _run_process(args: argparse.Namespace, ctx: distributed.DistContext) -> int:
         if ctx.is_main:
             write_results(exp_dir / "results.json", dataset.name, args.net, args.opt_level, reports, extra)
             print(f"Results written to {exp_dir / 'results.json'}")
-        write_run_plots(exp_dir, reports)  # cmc_curve.png, and training_curves.png after training; only warns
             write_run_plots(exp_dir, reports)  # cmc_curve.png, and training_curves.png after training; only warns
     finally:
         if mirror is not None:
