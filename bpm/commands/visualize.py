@@ -91,8 +91,12 @@ def load_feature_sets(path: str | Path, normalize: bool) -> list[VisSet]:
     sets = []
     with handle:
         names: list[str] = []
-        handle.visit(lambda name: names.append(name) if isinstance(handle[name], h5py.Group)
-                     and "query" in handle[name] and "gallery" in handle[name] else None)
+
+        def collect(name: str, node) -> None:
+            if isinstance(node, h5py.Group) and "query" in node and "gallery" in node:
+                names.append(name)
+
+        handle.visititems(collect)
         for name in names:
             sides = [_read_side(path, handle[f"{name}/{side}"], normalize) for side in ("query", "gallery")]
             (q_records, q_names, q_feat), (g_records, _g_names, g_feat) = sides
@@ -174,12 +178,16 @@ def _distances(vis: VisSet, chosen: list[int], rerank: bool) -> np.ndarray:
     return re_ranking(q_g, compute_distances(q_feat, q_feat), compute_distances(g_feat, g_feat))[chosen]
 
 
+def _ids(records: list[ImageRecord]) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([r.pid for r in records], dtype=np.int64), np.array([r.camid for r in records], dtype=np.int64)
+
+
 def _scores(dist: np.ndarray, query: list[ImageRecord], gallery: list[ImageRecord]) -> tuple[np.ndarray, np.ndarray]:
     """Per-query AP and first-match rank from the evaluation engine; NaN / -1 for queries without a true match."""
     from bpm.evaluation import evaluate
 
-    q_pids = np.array([r.pid for r in query]); q_cams = np.array([r.camid for r in query])  # noqa: E702
-    g_pids = np.array([r.pid for r in gallery]); g_cams = np.array([r.camid for r in gallery])  # noqa: E702
+    q_pids, q_cams = _ids(query)
+    g_pids, g_cams = _ids(gallery)
     valid = np.array([bool(((g_pids == p) & (g_cams != c)).any()) for p, c in zip(q_pids, q_cams)], dtype=bool)
     ap = np.full(len(query), np.nan)
     first = np.full(len(query), -1, dtype=np.int64)
@@ -197,8 +205,7 @@ def draw_set(vis: VisSet, out_dir: Path, num_queries: int, size: int, rerank: bo
     dist = _distances(vis, chosen, rerank)
     query = [vis.query[i] for i in chosen]
     ap, first = _scores(dist, query, vis.gallery)
-    g_pids = np.array([r.pid for r in vis.gallery])
-    g_cams = np.array([r.camid for r in vis.gallery])
+    g_pids, g_cams = _ids(vis.gallery)
     pictures = picture_names([vis.query_names[i] for i in chosen])
     entries = []
     progress = tqdm(range(len(chosen)), desc=f"rank lists {vis.name}", disable=not sys.stdout.isatty(), leave=False)
