@@ -6,7 +6,7 @@ consumer (trainer, feature extraction, rank lists, export) asks it instead of re
 scaler, and skipping of non-finite steps.
 
 Levels:
-  O0  true FP32 everywhere.
+  O0  true FP32 everywhere (on CUDA this also turns TF32 off, which PyTorch enables for convolutions).
   O1  FP32 weights, ``torch.autocast`` runs eligible ops in half precision.
   O2  half-precision weights except BatchNorm (``keep_batchnorm_fp32``), FP32 master weights
       in the optimizer, loss scaling (dynamic by default for float16).
@@ -16,8 +16,11 @@ The triplet loss and all distance matrices are FP32 at every level (they cast th
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 import warnings
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -27,43 +30,86 @@ from bpm.errors import BpmError
 OPT_LEVELS = ("O0", "O1", "O2", "O3")
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 _BATCHNORMS = (nn.modules.batchnorm._BatchNorm,)
+DYNAMIC_INIT_SCALE = 2.0**16
 
 
-def resolve_device(sys_device_ids: tuple[int, ...]) -> torch.device:
-    """The original's ``-d`` switch: ``()`` is the CPU, ``(i,)`` GPU ``i``."""
+def resolve_device(sys_device_ids: tuple[int, ...], local_rank: int = 0) -> torch.device:
+    """The original's ``-d`` switch: ``()`` is the CPU, ``(i,)`` GPU ``i``.
+
+    Several ids describe a one-machine distributed job (``bpm.distributed``): every id is
+    checked, and the process with local rank ``r`` gets GPU ``ids[r]``.
+    """
     if len(sys_device_ids) == 0:
         return torch.device("cpu")
-    if len(sys_device_ids) > 1:
-        raise BpmError(
-            f"-d {sys_device_ids}: several GPUs need the distributed launcher "
-            "(torchrun --nproc_per_node N script/experiment/train.py ...); use one id or '()' for CPU"
-        )
-    index = sys_device_ids[0]
+    ids = tuple(sys_device_ids)
     if not torch.cuda.is_available():
-        raise BpmError(f"-d ({index},): CUDA is not available on this machine; use -d '()' for the CPU")
-    if index >= torch.cuda.device_count():
-        raise BpmError(
-            f"-d ({index},): this machine has {torch.cuda.device_count()} GPU(s) (ids 0..{torch.cuda.device_count() - 1}); "
-            "use an existing id or -d '()' for the CPU"
-        )
-    return torch.device("cuda", index)
+        raise BpmError(f"-d {ids}: CUDA is not available on this machine; use -d '()' for the CPU")
+    for index in ids:
+        if not 0 <= index < torch.cuda.device_count():
+            raise BpmError(
+                f"-d {ids}: this machine has {torch.cuda.device_count()} GPU(s) (ids 0..{torch.cuda.device_count() - 1}); "
+                "use existing ids or -d '()' for the CPU"
+            )
+    if len(set(ids)) != len(ids):
+        raise BpmError(f"-d {ids}: a GPU id is listed twice; each process needs its own GPU")
+    if not 0 <= local_rank < len(ids):
+        raise BpmError(f"-d {ids}: local rank {local_rank} has no GPU id (give one id per process on this machine)")
+    return torch.device("cuda", ids[local_rank])
 
 
-def _half_supported_on_cpu(dtype: torch.dtype) -> bool:
+@functools.lru_cache(maxsize=None)
+def _cpu_supports(dtype: torch.dtype) -> bool:
+    """Whether this CPU build trains a conv + BatchNorm block in ``dtype`` (forward and backward).
+
+    Probed rather than assumed: CPU float16 kernels arrived in PyTorch piecemeal.
+    """
     try:
-        conv = nn.Conv2d(3, 4, 3).to(dtype)
-        conv(torch.zeros(1, 3, 5, 5, dtype=dtype)).sum().item()
-        return True
+        with torch.random.fork_rng(devices=[]):  # the probe must not shift the seeded RNG stream
+            conv = nn.Conv2d(3, 4, 3).to(dtype)
+        conv(torch.ones(2, 3, 5, 5, dtype=dtype)).float().sum().backward()
+        return bool(torch.isfinite(conv.weight.grad.float()).all())
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def _native_mixed_batchnorm(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether BatchNorm with FP32 parameters accepts ``dtype`` input natively (forward and backward).
+
+    cuDNN and recent CPU builds do, computing the statistics in FP32 and returning ``dtype``;
+    that is cheaper than casting every BatchNorm input up and its output down.
+    """
+    try:
+        bn = nn.BatchNorm2d(2).to(device_type)
+        x = torch.ones(2, 2, 3, 3, dtype=dtype, device=device_type, requires_grad=True)
+        out = bn(x)
+        out.float().sum().backward()
+        return out.dtype == dtype and x.grad is not None and x.grad.dtype == dtype
     except (RuntimeError, NotImplementedError):
         return False
 
 
 def _bn_input_to_fp32(module: nn.Module, inputs: tuple) -> tuple:
+    # The forward hook sees the already-cast inputs, so remember the incoming dtype here.
+    module._bpm_incoming_dtype = inputs[0].dtype
     return tuple(x.to(module.weight.dtype) if torch.is_tensor(x) else x for x in inputs)
 
 
 def _bn_output_to_half(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-    return output.to(inputs[0].dtype)
+    return output.to(module._bpm_incoming_dtype)
+
+
+def _check_loss_scale(loss_scale: float | int | str | None) -> float | str | None:
+    """``None`` (the level's default), ``"dynamic"`` or a positive finite number, as a float."""
+    if loss_scale is None or loss_scale == "dynamic":
+        return loss_scale
+    try:
+        value = float(loss_scale)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise BpmError(f"--loss-scale: expected a positive finite number or 'dynamic', got {loss_scale!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -85,7 +131,9 @@ class PrecisionPolicy:
         keep_batchnorm_fp32: bool = True,
         loss_scale: float | str | None = None,
     ) -> "PrecisionPolicy":
-        if opt_level not in OPT_LEVELS:
+        """Validate the flags once, so every later failure is a bug rather than a user error."""
+        level = str(opt_level).upper()
+        if level not in OPT_LEVELS:
             raise BpmError(f"--opt-level: unknown level {opt_level!r}; expected one of {', '.join(OPT_LEVELS)}")
         device = torch.device(device)
         if amp_dtype is None:
@@ -93,11 +141,15 @@ class PrecisionPolicy:
         if amp_dtype not in _DTYPES:
             raise BpmError(f"--amp_dtype: expected float16 or bfloat16, got {amp_dtype!r}")
         half = _DTYPES[amp_dtype]
-        if opt_level != "O0" and device.type == "cpu" and not _half_supported_on_cpu(half):
-            raise BpmError(f"--amp_dtype {amp_dtype}: this CPU build cannot run {amp_dtype} convolutions; use bfloat16")
-        if opt_level == "O3" and loss_scale is not None:
+        if level != "O0":
+            if device.type == "cpu" and not _cpu_supports(half):
+                raise BpmError(f"--amp_dtype {amp_dtype}: this CPU build cannot train in {amp_dtype}; use bfloat16")
+            if device.type == "cuda" and half == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+                raise BpmError(f"--amp_dtype bfloat16: GPU {device} does not support bfloat16; use float16")
+        loss_scale = _check_loss_scale(loss_scale)
+        if level == "O3" and loss_scale is not None:
             raise BpmError("--loss-scale: not available at O3 (no FP32 master weights to unscale into); use O2")
-        return cls(opt_level, device, half, keep_batchnorm_fp32, loss_scale)
+        return cls(level, device, half, keep_batchnorm_fp32, loss_scale)
 
     @property
     def casts_weights(self) -> bool:
@@ -113,26 +165,39 @@ class PrecisionPolicy:
 
     @property
     def uses_loss_scaling(self) -> bool:
-        if self.opt_level in ("O0", "O3"):
-            return self.loss_scale is not None and self.opt_level == "O0"
-        return self.loss_scale is not None or self.half_dtype == torch.float16
+        """Explicit ``--loss-scale`` (O0-O2), or float16 gradients at O1/O2 that would underflow without it."""
+        if self.opt_level == "O3":
+            return False
+        if self.loss_scale is not None:
+            return True
+        return self.opt_level in ("O1", "O2") and self.half_dtype == torch.float16
+
+    @property
+    def static_loss_scale(self) -> float | None:
+        return self.loss_scale if isinstance(self.loss_scale, float) else None
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        """Move to the device and cast weights for O2/O3, keeping BatchNorm FP32 if asked.
+        """Move to the device and cast: FP32 at O0/O1, half at O2/O3 with BatchNorm FP32 if asked.
 
-        FP32 BatchNorm layers get hooks that feed them FP32 and hand half precision on, which
-        is what Apex did: BN statistics of half-precision activations are too coarse in FP16.
+        FP32 BatchNorm matters because running statistics of half-precision activations are
+        too coarse in FP16. Where the backend cannot feed half input to FP32 BatchNorm itself,
+        hooks cast around each such layer (what Apex did).
         """
-        model = model.to(self.device)
+        if self.device.type == "cuda" and self.opt_level == "O0":
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         if not self.casts_weights:
-            return model
-        model = model.to(self.half_dtype)
+            return model.to(self.device, torch.float32)
+        model = model.to(self.device, self.half_dtype)
         if self.keep_batchnorm_fp32:
+            native = _native_mixed_batchnorm(self.device.type, self.half_dtype)
             for module in model.modules():
                 if isinstance(module, _BATCHNORMS):
                     module.float()
-                    module.register_forward_pre_hook(_bn_input_to_fp32)
-                    module.register_forward_hook(_bn_output_to_half)
+                    if not native and not getattr(module, "_bpm_fp32_hooks", False):
+                        module.register_forward_pre_hook(_bn_input_to_fp32)
+                        module.register_forward_hook(_bn_output_to_half)
+                        module._bpm_fp32_hooks = True
         return model
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -141,16 +206,39 @@ class PrecisionPolicy:
         return torch.autocast(device_type=self.device.type, dtype=self.half_dtype)
 
     def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
-        non_blocking = self.device.type == "cuda"
-        return images.to(self.device, non_blocking=non_blocking).to(self.input_dtype)
+        return images.to(self.device, self.input_dtype, non_blocking=self.device.type == "cuda")
 
     def describe(self) -> str:
+        """One line for the run log: what is half, what stays FP32, how the loss is scaled."""
         dtype = str(self.half_dtype).replace("torch.", "")
-        return "O0 (FP32)" if self.opt_level == "O0" else f"{self.opt_level} ({dtype})"
+        if self.opt_level == "O0":
+            parts = ["FP32"]
+        elif self.opt_level == "O1":
+            parts = [f"autocast {dtype}", "FP32 weights"]
+        else:
+            parts = [f"{dtype} weights" if self.opt_level == "O2" else f"pure {dtype}"]
+            parts.append("FP32 BatchNorm" if self.keep_batchnorm_fp32 else f"{dtype} BatchNorm")
+            if self.uses_master_weights:
+                parts.append("FP32 master weights")
+        if self.uses_loss_scaling:
+            static = self.static_loss_scale
+            parts.append(f"static loss scale {static:g}" if static is not None else "dynamic loss scale")
+        return f"{self.opt_level} ({', '.join(parts)})"
+
+
+def _all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    """One device sync for the lot: a sum is non-finite exactly when some element is inf or NaN."""
+    sums = [t.detach().sum(dtype=torch.float32) for t in tensors]
+    return not sums or bool(torch.isfinite(torch.stack(sums)).all())
 
 
 class PrecisionStepper:
-    """Backward pass and optimizer step for a policy: master weights, loss scaling, skip of non-finite steps."""
+    """Backward pass and optimizer step for a policy: master weights, loss scaling, skip of non-finite steps.
+
+    A step whose loss or gradients are not finite changes no weight and no optimizer state; with
+    dynamic scaling the scale is halved, with a static scale it stays. ``consecutive_skips`` lets
+    the trainer stop a run that only produces non-finite steps.
+    """
 
     def __init__(self, policy: PrecisionPolicy, model: nn.Module) -> None:
         self.policy = policy
@@ -158,15 +246,13 @@ class PrecisionStepper:
         if policy.opt_level == "O3":
             warnings.warn("training at O3 (pure half precision) is not expected to converge; use O2", stacklevel=2)
         if policy.uses_master_weights:
-            self.master_params = [p.detach().clone().float().requires_grad_(True) for p in self.model_params]
+            self.master_params = [p.detach().to(torch.float32, copy=True).requires_grad_(True) for p in self.model_params]
         else:
             self.master_params = self.model_params
         self.scaler: torch.amp.GradScaler | None = None
         if policy.uses_loss_scaling:
-            static = isinstance(policy.loss_scale, float)
-            self.scaler = torch.amp.GradScaler(
-                policy.device.type, init_scale=policy.loss_scale if static else 2.0**16
-            )
+            init = policy.static_loss_scale or DYNAMIC_INIT_SCALE
+            self.scaler = torch.amp.GradScaler(policy.device.type, init_scale=init)
         self.skipped_steps = 0
         self.consecutive_skips = 0
 
@@ -181,19 +267,20 @@ class PrecisionStepper:
     def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> bool:
         """Backpropagate ``loss`` and update; returns False when the step was skipped as non-finite."""
         optimizer.zero_grad(set_to_none=True)
-        for p in self.model_params:
-            p.grad = None
+        if self.policy.uses_master_weights:
+            for p in self.model_params:
+                p.grad = None
         loss_finite = bool(torch.isfinite(loss.detach()))
         if loss_finite:
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-        if self.policy.uses_master_weights:
-            for master, param in zip(self.master_params, self.model_params):
-                master.grad = None if param.grad is None else param.grad.detach().float()
-        if self.scaler is not None and loss_finite:
-            self.scaler.unscale_(optimizer)
-        grads = [p.grad for p in self.master_params if p.grad is not None]
-        grads_finite = loss_finite and bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
-        if grads_finite:
+            if self.policy.uses_master_weights:
+                for master, param in zip(self.master_params, self.model_params):
+                    master.grad = None if param.grad is None else param.grad.float()
+                    param.grad = None
+            if self.scaler is not None:
+                self.scaler.unscale_(optimizer)
+        finite = loss_finite and _all_finite(p.grad for p in self.master_params if p.grad is not None)
+        if finite:
             if self.scaler is not None:
                 self.scaler.step(optimizer)
             else:
@@ -202,15 +289,18 @@ class PrecisionStepper:
                 with torch.no_grad():
                     for master, param in zip(self.master_params, self.model_params):
                         param.copy_(master)
+        else:
+            optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None and loss_finite:
-            static = isinstance(self.policy.loss_scale, float)
-            self.scaler.update(self.policy.loss_scale if static else None)
-        if grads_finite:
+            # Unscaling recorded whether the gradients overflowed: a dynamic scale halves on
+            # overflow and grows after a run of good steps; a static one is put back as it was.
+            self.scaler.update(self.policy.static_loss_scale)
+        if finite:
             self.consecutive_skips = 0
         else:
             self.skipped_steps += 1
             self.consecutive_skips += 1
-        return grads_finite
+        return finite
 
     def state_dict(self) -> dict:
         state: dict = {"skipped_steps": self.skipped_steps}
@@ -221,11 +311,28 @@ class PrecisionStepper:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore after the model's own weights were loaded.
+
+        FP32 masters in the checkpoint are the precise weights, so they win over the model's
+        (possibly FP16) copy even when this run has no masters. A checkpoint without masters
+        (say, from an O0 run resumed at O2) re-derives them from the loaded model. A static
+        ``--loss-scale`` keeps its value rather than the checkpoint's.
+        """
         self.skipped_steps = int(state.get("skipped_steps", 0))
-        if self.scaler is not None and "scaler" in state:
+        self.consecutive_skips = 0
+        if self.scaler is not None and "scaler" in state and self.policy.static_loss_scale is None:
             self.scaler.load_state_dict(state["scaler"])
-        if self.policy.uses_master_weights and "master_params" in state:
-            with torch.no_grad():
-                for master, saved, param in zip(self.master_params, state["master_params"], self.model_params):
-                    master.copy_(saved)
-                    param.copy_(saved)
+        saved = state.get("master_params")
+        if saved is not None and len(saved) != len(self.model_params):
+            raise BpmError(
+                f"checkpoint precision state holds {len(saved)} master weights, this model has "
+                f"{len(self.model_params)} trainable tensors"
+            )
+        with torch.no_grad():
+            if saved is not None:
+                for param, value in zip(self.model_params, saved):
+                    param.copy_(value)
+            if self.policy.uses_master_weights:
+                sources = saved if saved is not None else self.model_params
+                for master, value in zip(self.master_params, sources):
+                    master.copy_(value)

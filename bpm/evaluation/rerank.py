@@ -102,7 +102,10 @@ class _Combined:
                 np.maximum(_col_abs_max(qg), _col_abs_max(gg)),
             ]
         )
-        self.colmax = _square(abs_max)
+        # A column of zeros (all features identical, e.g. a collapsed model) would give 0/0 = NaN;
+        # dividing by 1 instead keeps the zeros, matching the limit of the normalisation.
+        colmax = _square(abs_max)
+        self.colmax = np.where(colmax > 0, colmax, 1).astype(colmax.dtype)
 
     def t_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows start..stop-1 of T (= columns of D), float32."""

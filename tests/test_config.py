@@ -1,0 +1,137 @@
+"""The original's switches: every one accepted with its original spelling and value syntax."""
+import argparse
+
+import pytest
+
+from bpm.config import add_train_arguments, parse_tuple, str2bool
+from bpm.data.transforms import RandomCropResize, train_transform
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser()
+    add_train_arguments(p)
+    return p
+
+
+# Every switch of the original train.py (seed-facts), with a non-default value in its original syntax.
+ORIGINAL_SWITCHES = {
+    "-d": ("(0,)", "sys_device_ids", (0,)),
+    "--sys_device_ids": ("()", "sys_device_ids", ()),
+    "-r": ("3", "run", 3),
+    "--run": ("2", "run", 2),
+    "--set_seed": ("true", "set_seed", True),
+    "--dataset": ("cuhk03", "dataset", "cuhk03"),
+    "--trainset_part": ("train", "trainset_part", "train"),
+    "--resize_h_w": ("(384, 192)", "resize_h_w", (384, 192)),
+    "--crop_prob": ("0.5", "crop_prob", 0.5),
+    "--crop_ratio": ("0.9", "crop_ratio", 0.9),
+    "--mirror": ("no", "mirror", False),
+    "--erase": ("0", "erase", False),
+    "--erase_prob": ("0.5", "erase_prob", 0.5),
+    "--ids_per_batch": ("8", "ids_per_batch", 8),
+    "--ims_per_id": ("2", "ims_per_id", 2),
+    "--log_to_file": ("false", "log_to_file", False),
+    "--steps_per_log": ("5", "steps_per_log", 5),
+    "--epochs_per_val": ("5", "epochs_per_val", 5.0),
+    "--last_conv_stride": ("2", "last_conv_stride", 2),
+    "--normalize_feature": ("yes", "normalize_feature", True),
+    "--margin": ("0.5", "margin", 0.5),
+    "--only_test": ("1", "only_test", True),
+    "--resume": ("True", "resume", True),
+    "--exp_dir": ("out", "exp_dir", "out"),
+    "--model_weight_file": ("w.pth", "model_weight_file", "w.pth"),
+    "--opt-level": ("O2", "opt_level", "O2"),
+    "--keep-batchnorm-fp32": ("false", "keep_batchnorm_fp32", False),
+    "--loss-scale": ("128", "loss_scale", 128.0),
+    "--base_lr": ("1e-3", "base_lr", 1e-3),
+    "--lr_decay_type": ("staircase", "lr_decay_type", "staircase"),
+    "--exp_decay_at_epoch": ("100", "exp_decay_at_epoch", 100),
+    "--staircase_decay_at_epochs": ("(50, 100, 150)", "staircase_decay_at_epochs", (50, 100, 150)),
+    "--staircase_decay_multiply_factor": ("0.5", "staircase_decay_multiply_factor", 0.5),
+    "--momentum": ("0.8", "momentum", 0.8),
+    "--total_epochs": ("10", "total_epochs", 10),
+    "--net": ("resnet50", "net", "resnet50"),
+    "--net_pretrained_path": ("m.pth.tar", "net_pretrained_path", "m.pth.tar"),
+}
+
+DEFAULTS = {
+    "sys_device_ids": (0,), "run": 1, "set_seed": False, "dataset": "market1501", "trainset_part": "trainval",
+    "resize_h_w": (256, 128), "crop_prob": 0.1, "crop_ratio": 1.0, "mirror": True, "erase": True,
+    "erase_prob": 0.2, "ids_per_batch": 32, "ims_per_id": 4, "log_to_file": True, "steps_per_log": 20,
+    "epochs_per_val": 1e10, "last_conv_stride": 1, "normalize_feature": False, "margin": 0.3, "only_test": False,
+    "resume": False, "exp_dir": "", "model_weight_file": "", "opt_level": "O0", "keep_batchnorm_fp32": True,
+    "loss_scale": None, "base_lr": 2e-4, "lr_decay_type": "exp", "exp_decay_at_epoch": 151,
+    "staircase_decay_at_epochs": (101, 201), "staircase_decay_multiply_factor": 0.1, "momentum": 0.9,
+    "total_epochs": 300, "net": "mobilenetV2", "net_pretrained_path": "",
+}
+
+
+@pytest.mark.parametrize("flag", sorted(ORIGINAL_SWITCHES))
+def test_every_original_switch_is_accepted(flag):
+    text, dest, expected = ORIGINAL_SWITCHES[flag]
+    assert getattr(parser().parse_args([flag, text]), dest) == expected
+
+
+def test_original_defaults():
+    args = parser().parse_args([])
+    for dest, value in DEFAULTS.items():
+        assert getattr(args, dest) == value, dest
+
+
+def test_loss_scale_dynamic():
+    assert parser().parse_args(["--loss-scale", "dynamic"]).loss_scale == "dynamic"
+
+
+@pytest.mark.parametrize("word,value", [("TRUE", True), ("Yes", True), ("1", True), ("f", False), ("NO", False)])
+def test_str2bool_words(word, value):
+    assert str2bool(word) is value
+
+
+@pytest.mark.parametrize(
+    "flag,text",
+    [
+        ("--mirror", "maybe"),
+        ("-d", "(0,"),
+        ("-d", "__import__('os').system('touch /tmp/bpm_pwned')"),
+        ("--resize_h_w", "(256,)"),
+        ("--resize_h_w", "('a', 'b')"),
+        ("--staircase_decay_at_epochs", "(1.5, 2)"),
+        ("--loss-scale", "-1"),
+        ("--loss-scale", "huge"),
+        ("--last_conv_stride", "3"),
+    ],
+)
+def test_bad_values_are_one_line_errors_naming_the_switch(flag, text, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parser().parse_args([flag, text])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert flag.lstrip("-").split("/")[0] in err or flag in err
+
+
+def test_tuple_text_is_never_evaluated(tmp_path):
+    marker = tmp_path / "pwned"
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_tuple(f"__import__('os').system('touch {marker}')")
+    assert not marker.exists()
+    assert parse_tuple("(0, 1)") == (0, 1) and parse_tuple("()") == () and parse_tuple("3") == (3,)
+
+
+def test_augmentation_switches_change_the_pipeline():
+    def names(**kw):
+        return [type(t).__name__ for t in train_transform((64, 32), **kw).transforms]
+
+    assert "RandomErasing" in names(erase=True) and "RandomErasing" not in names(erase=False)
+    assert "RandomHorizontalFlip" in names(mirror=True) and "RandomHorizontalFlip" not in names(mirror=False)
+    erasing = train_transform((64, 32), erase=True, erase_prob=0.7).transforms[-1]
+    assert erasing.p == 0.7 and erasing.scale == (0.02, 0.4)
+
+
+def test_random_crop_uses_prob_and_ratio():
+    from PIL import Image
+
+    image = Image.new("RGB", (64, 128))
+    assert RandomCropResize(1.0, 1.0)(image).size == (64, 128)  # ratio 1 disables
+    sizes = {RandomCropResize(1.0, 0.5)(image).size for _ in range(20)}
+    assert all(32 <= w <= 64 and 64 <= h <= 128 for w, h in sizes) and len(sizes) > 1
+    assert RandomCropResize(0.0, 0.5)(image).size == (64, 128)
