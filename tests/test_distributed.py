@@ -298,3 +298,46 @@ def test_a_dead_rank_stops_the_others_with_a_clear_message(tiny_world, tmp_path,
     started = torch.load(exp_dir / "start0.pt")
     # Killed: the socket closes and the survivor stops at once; hung: after --dist_timeout.
     assert survivor["done_at"] - started < timeout * 3
+
+
+def _spawned(payload: dict) -> int:
+    ctx = distributed.init((), 30.0)
+    (Path(payload["out"]) / f"rank{ctx.rank}").write_text(f"{ctx.world_size} {os.environ['LOCAL_RANK']}")
+    if payload["fail"] and ctx.rank == 1:
+        raise BpmError("boom")
+    distributed.teardown(ctx)
+    return 0
+
+
+@pytest.mark.slow
+def test_local_launcher_runs_one_worker_per_id_and_reports_a_failing_one(tmp_path, monkeypatch):
+    """The launcher behind -d '(0,1)' (here with CPU ranks: the GPU mapping is resolve_device's)."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.spawn_local(_spawned, {"out": str(tmp_path), "fail": False}, 2) == 0
+    assert sorted(p.read_text() for p in tmp_path.glob("rank*")) == ["2 0", "2 1"]
+    with pytest.raises(BpmError, match="worker rank 1 exited with status 2"):
+        distributed.spawn_local(_spawned, {"out": str(tmp_path), "fail": True}, 2)
+
+
+@pytest.mark.slow
+def test_torchrun_cli_two_ranks_then_resume_in_one_process(tiny_world, tmp_path):
+    """The user's commands: torchrun with 2 CPU ranks, then --resume in a single process."""
+    import subprocess
+    import sys
+
+    exp = tmp_path / "exp"
+    common = ["train", "-d", "()", "--dataset", "market1501", "--data_root", str(tiny_world), "--exp_dir", str(exp),
+              "--resize_h_w", "(64, 32)", "--ids_per_batch", "4", "--ims_per_id", "2", "--workers", "0",
+              "--set_seed", "true", "--rerank", "false", "--steps_per_log", "1", "--gather_for_mining", "true"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(distributed.free_port()), "-m", "bpm", *common, "--total_epochs", "1"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert len(list(exp.glob("stdout_*.txt"))) == 1 and (exp / "results.json").exists()
+    assert two.stdout.count("Experiment folder") == 1  # rank 1 prints nothing
+    one = subprocess.run([sys.executable, "-m", "bpm", *common, "--total_epochs", "2", "--resume", "true"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "Resumed from" in one.stdout and "Ep 2, step 1/" in one.stdout
+    assert json.loads((exp / "config.json").read_text())["resume"] is True
