@@ -45,7 +45,8 @@ def measure(payload: dict) -> int:
     add_train_arguments(parser)
     args = parser.parse_args(payload["train_args"])
     seed_everything(args.seed)
-    policy = PrecisionPolicy.create(args.opt_level, ctx.device, args.amp_dtype, args.keep_batchnorm_fp32, args.loss_scale)
+    policy = PrecisionPolicy.create(args.opt_level, ctx.device, args.amp_dtype, args.keep_batchnorm_fp32,
+                                    args.loss_scale)
     records = build_dataset("market1501", payload["world"]).train
     with tempfile.TemporaryDirectory() as exp_dir:
         trainer = Trainer(build_model(args.net, args.last_conv_stride), policy, args, records, Path(exp_dir), None,
@@ -101,8 +102,9 @@ def main() -> None:
         baseline = None
         for size in worlds:
             ids = tuple(args.device_ids[:size]) if args.device_ids else ()
-            payload = {"device_ids": ids if size > 1 else ids[:1], "train_args": train_args, "world": str(world),
-                       "out": str(Path(tmp) / f"w{size}.txt"), "steps": args.steps, "warmup": args.warmup, "threads": args.threads}
+            payload = {"device_ids": ids, "train_args": train_args, "world": str(world),
+                       "out": str(Path(tmp) / f"w{size}.txt"), "steps": args.steps, "warmup": args.warmup,
+                       "threads": args.threads}
             distributed.spawn_local(measure, payload, size)  # world 1 too: same start-up and thread setup
             step_s = float(Path(payload["out"]).read_text())
             rate = batch / step_s

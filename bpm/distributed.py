@@ -270,7 +270,9 @@ class _GatherGlobalBatch(torch.autograd.Function):
         return grad[start : start + ctx.rows] * ctx.world_size, None, None
 
 
-def gather_for_mining(ctx: DistContext, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def gather_for_mining(
+    ctx: DistContext, features: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The global batch's features and labels, in rank order, with gradients for the local part.
 
     The sampler gives each rank a contiguous, equal slice of the global batch, so rank order is
