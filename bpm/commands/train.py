@@ -12,6 +12,7 @@ from pathlib import Path
 from bpm import distributed
 from bpm.config import add_train_arguments, default_exp_dir, save_config
 from bpm.data.datasets import build_dataset
+from bpm.engine.diskspace import check_free_space, estimate_checkpoint_bytes, prepare_exp_dir
 from bpm.engine.evaluator import EvalSettings, evaluate_model, evaluate_test_set, write_results
 from bpm.engine.logging import RunLogger, StreamMirror
 from bpm.engine.trainer import Trainer, seed_everything
@@ -88,7 +89,7 @@ def _run_process(args: argparse.Namespace, ctx: distributed.DistContext) -> int:
         | {"training set": distributed.records_digest(dataset.train)}, "datasets")
     exp_dir = Path(args.exp_dir) if args.exp_dir else default_exp_dir(args)
     if ctx.is_main:
-        exp_dir.mkdir(parents=True, exist_ok=True)
+        prepare_exp_dir(exp_dir)  # an unwritable folder fails here, in one line, before any work
     mirror = StreamMirror(exp_dir) if args.log_to_file and ctx.is_main else None
     try:
         if ctx.is_main:
@@ -135,6 +136,9 @@ def _train(args, model, policy, dataset, exp_dir: Path, ctx: distributed.DistCon
     trainer = Trainer(model, policy, args, dataset.train, exp_dir, validator, ctx.rank, ctx.world_size)
     if args.resume:
         trainer.resume()
+    if ctx.is_main:
+        check_free_space(exp_dir, estimate_checkpoint_bytes(trainer.checkpoint_state(), trainer.optimizer),
+                         trainer.ckpt_path)
     logger = RunLogger(exp_dir, tensorboard=args.log_to_file) if ctx.is_main else None
     try:
         trainer.fit(logger)

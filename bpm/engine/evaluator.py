@@ -33,6 +33,7 @@ class EvalSettings:
     workers: int = 2
     max_rank: int = 50
     save_features: str | None = None
+    shard: bool = False  # multi-process job: split extraction over ranks; only rank 0 computes metrics
 
 
 def format_result(title: str, result: dict) -> str:
@@ -86,10 +87,13 @@ def evaluate_test_set(
         raise BpmError(f"test set {test_set.name}: there are no query images")
     extract = lambda records, desc: extract_features(  # noqa: E731
         model, records, policy, settings.resize_h_w, settings.batch_size, settings.workers, settings.flip,
-        settings.normalize_feature, desc,
+        settings.normalize_feature, desc, settings.shard,
     )
     q_feat = extract(test_set.query, "query")
     g_feat = extract(test_set.gallery, "gallery")
+    mq_feat = extract(test_set.multi_query, "multi-query") if test_set.multi_query else None
+    if settings.shard and not _is_main_rank():
+        return _report_from_main(None)
     if settings.save_features:
         save_features(settings.save_features, q_feat, test_set.query, f"{test_set.name}/query")
         save_features(settings.save_features, g_feat, test_set.gallery, f"{test_set.name}/gallery")
@@ -97,8 +101,7 @@ def evaluate_test_set(
     report = {"single_query": single["plain"]}
     if "reranked" in single:
         report["reranked_single_query"] = single["reranked"]
-    if test_set.multi_query:
-        mq_feat = extract(test_set.multi_query, "multi-query")
+    if mq_feat is not None:
         mq_pids, mq_cams = _ids(test_set.multi_query)
         q_pids, q_cams = _ids(test_set.query)
         pooled = pool_multi_query(mq_feat, mq_pids, mq_cams, q_pids, q_cams, "average")
@@ -113,7 +116,20 @@ def evaluate_test_set(
         for key, title in titles.items():
             if key in report:
                 print(format_result(title, report[key]))
-    return report
+    return _report_from_main(report) if settings.shard else report
+
+
+def _is_main_rank() -> bool:
+    from bpm.distributed import current_context
+
+    return current_context().is_main
+
+
+def _report_from_main(report: dict | None) -> dict:
+    """Rank 0 computes the metrics once (re-ranking is memory-hungry); every rank gets its report."""
+    from bpm.distributed import broadcast_object, current_context
+
+    return broadcast_object(current_context(), report)
 
 
 def evaluate_model(

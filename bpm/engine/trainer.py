@@ -24,6 +24,7 @@ from bpm.data.loader import train_loader
 from bpm.data.records import ImageRecord
 from bpm.data.sampler import PKBatchSampler
 from bpm.data.transforms import train_transform
+from bpm.distributed import DistContext, broadcast_object, gather_for_mining, mean_over_ranks
 from bpm.engine.checkpoint import CKPT_NAME, atomic_torch_save, load_checkpoint, rng_state, set_rng_state
 from bpm.engine.logging import RunLogger
 from bpm.engine.lr_schedule import lr_at_epoch, set_lr
@@ -74,13 +75,16 @@ class Trainer:
         self.exp_dir = Path(exp_dir)
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
-        self.model = policy.prepare_model(model)
+        self.dist = DistContext(rank, world_size, device=policy.device)
+        self.gather_for_mining = bool(getattr(args, "gather_for_mining", False)) and self.dist.enabled
+        self.model = _wrap_for_ranks(model, policy, self.dist, bool(getattr(args, "sync_bn", False)))
         self.stepper = PrecisionStepper(policy, self.model)
         self.optimizer = build_optimizer(args, self.stepper.optimizer_params())
         self.loss_fn = BatchHardTripletLoss(args.margin, args.soft_margin, args.normalize_feature)
         self.validator = validator
         self.position = Position()
         self.sampler_seed = args.seed if args.set_seed else random.SystemRandom().randrange(2**31)
+        self.sampler_seed = int(broadcast_object(self.dist, self.sampler_seed))  # one data order for all ranks
         self.sampler = PKBatchSampler(
             [r.pid for r in train_records], args.ids_per_batch, args.ims_per_id, self.sampler_seed, rank, world_size
         )
@@ -92,6 +96,12 @@ class Trainer:
         self.max_nonfinite_steps = args.max_nonfinite_steps
         self.ckpt_every_steps = args.ckpt_every_steps
         self._stop_signal: int | None = None
+        self._stop_agreed = False
+
+    @property
+    def bare_model(self) -> torch.nn.Module:
+        """The model without its DistributedDataParallel wrapper (evaluation, export)."""
+        return self.model.module if isinstance(self.model, torch.nn.parallel.DistributedDataParallel) else self.model
 
     # ----------------------------------------------------------------- checkpoints
     def checkpoint_state(self) -> dict:
@@ -150,13 +160,31 @@ class Trainer:
     # ----------------------------------------------------------------- loop
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[bool, dict]:
         self.model.train()
+        buffers = [b.detach().clone() for b in self.model.buffers()]
         images = self.policy.prepare_input(images)
         labels = labels.to(self.policy.device)
         with self.policy.autocast():
             features = self.model(images)
+        if self.gather_for_mining:
+            features, labels = gather_for_mining(self.dist, features, labels)
         loss, stats = self.loss_fn(features, labels)
+        values = vars(stats)
+        if self.dist.enabled:
+            # One collective per step: the job's mean statistics, whether any rank saw a non-finite
+            # loss (then every rank skips, or DDP's all-reduce would wait for the skipping one), and
+            # whether any rank was asked to stop (then all stop after this same step).
+            values = mean_over_ranks(self.dist, {**values, "stop": float(self._stop_signal is not None)})
+            self._stop_agreed = values.pop("stop") > 0
+            if not math.isfinite(values["loss"]):
+                loss = loss.detach() * float("nan")
         stepped = self.stepper.step(loss, self.optimizer)
-        return stepped, vars(stats)
+        if not stepped:
+            # The forward pass already moved BatchNorm's running statistics, possibly to inf/NaN;
+            # a skipped step must leave the model exactly as it was.
+            with torch.no_grad():
+                for buffer, saved in zip(self.model.buffers(), buffers):
+                    buffer.copy_(saved)
+        return stepped, values
 
     def fit(self, logger: RunLogger | None = None) -> Position:
         previous = self._install_signal_handlers()
@@ -212,11 +240,12 @@ class Trainer:
                 )
             if self.ckpt_every_steps and self.position.step % self.ckpt_every_steps == 0:
                 self.save_checkpoint()
-            if self._stop_signal is not None:
+            if (self._stop_agreed if self.dist.enabled else self._stop_signal is not None):
                 bar.close()
                 self.save_checkpoint()
+                name = signal.Signals(self._stop_signal or signal.SIGTERM).name  # a peer's signal: SIGTERM
                 raise TrainingInterrupted(
-                    f"stopped by signal {signal.Signals(self._stop_signal).name} at epoch {epoch + 1}, step "
+                    f"stopped by signal {name} at epoch {epoch + 1}, step "
                     f"{self.position.step}; checkpoint saved to {self.ckpt_path}; resume with --resume true"
                 )
         bar.close()
@@ -234,12 +263,34 @@ class Trainer:
             return
         if self.position.epoch % int(every) != 0:
             return
-        mAP, rank1 = self.validator(self.model)
+        mAP, rank1 = self.validator(self.bare_model)
         self.position.scores = {"mAP": mAP, "Rank1": rank1, "epoch": self.position.epoch}
         if self.is_main:
             print(f"Validation after epoch {self.position.epoch}: [mAP: {mAP:.2%}], [cmc1: {rank1:.2%}]")
             if logger is not None:
                 logger.log_validation(self.position.global_step, self.position.epoch, mAP, rank1)
+
+
+def _wrap_for_ranks(
+    model: torch.nn.Module, policy: PrecisionPolicy, ctx: DistContext, sync_bn: bool
+) -> torch.nn.Module:
+    """Cast/move the model for the policy and, with several ranks, wrap it in DDP.
+
+    SyncBatchNorm replaces the BatchNorm modules, so it comes before ``prepare_model`` (whose
+    FP32-BatchNorm hooks must sit on the final modules). DDP comes last: it averages the
+    model's own (half-precision at O2) gradients, which the stepper then copies to the FP32
+    master weights, and broadcasts rank 0's initial weights to every rank.
+    """
+    if ctx.enabled and sync_bn:
+        if policy.device.type != "cuda":
+            raise BpmError("--sync_bn true: SyncBatchNorm runs on CUDA devices only (nccl); on CPU each rank keeps "
+                           "its own BatchNorm statistics, drop --sync_bn")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = policy.prepare_model(model)
+    if not ctx.enabled:
+        return model
+    device_ids = [policy.device.index] if policy.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
 def seed_everything(seed: int) -> None:
