@@ -17,6 +17,7 @@ _EXPORTS = {
     "build_dataset": "bpm.data.datasets",
     "PrecisionPolicy": "bpm.precision",
     "BpmError": "bpm.errors",
+    "FeatureExtractor": "bpm.inference",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -17,6 +17,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("bpm.commands.train", "train (and evaluate) with the original's switches"),
     "test": ("bpm.commands.test", "evaluate a weights file (same switches as train --only_test true)"),
     "data": ("bpm.data.check", "data check: validate a dataset and print its statistics"),
+    "export": ("bpm.commands.export", "export weights and ONNX (FP32/FP16/INT8), each verified with ONNX Runtime"),
+    "extract": ("bpm.commands.extract", "features of every image in a folder -> HDF5 or .mat"),
     "visualize": ("bpm.commands.visualize", "rank-list pictures (JPEG per query) and an index.html"),
     "plot": ("bpm.commands.plot", "plot a run's training curves (PNG) from EXP_DIR/train_log.jsonl"),
 }

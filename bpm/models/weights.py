@@ -28,12 +28,12 @@ def read_weights_file(path: str | Path) -> object:
     if not path.is_file():
         raise BpmError(f"{path}: weights file not found")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorsError
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
-        except (SafetensorsError, OSError, ValueError) as exc:
+        except (SafetensorError, OSError, ValueError) as exc:
             raise BpmError(f"{path}: not a readable safetensors file ({exc})") from exc
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

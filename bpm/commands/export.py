@@ -1,0 +1,67 @@
+"""``bpm export``: weights (.pt FP32/FP16, .safetensors) and ONNX (FP32/FP16/INT8), each verified.
+
+Example::
+
+    bpm export --weights expt_res/mobilenet/ckpt.pth --out exports/ \\
+        --formats pt,pt16,safetensors,onnx,onnx16,onnx_int8 --dataset market1501 --data_root ~/Dataset/market1501
+"""
+from __future__ import annotations
+
+import argparse
+
+from bpm.config import _int_tuple, str2bool
+from bpm.export.pipeline import FORMATS, ExportOptions, parse_formats, run_export
+from bpm.export.quantize import CALIBRATION_METHODS, QUANT_FORMATS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", required=True,
+                        help="checkpoint (ckpt.pth), weights file (ours or the original's), ImageNet file or .safetensors")
+    parser.add_argument("--out", required=True, help="output folder (file names say the format)")
+    parser.add_argument("--net", default=None, help="resnet50 or mobilenetV2 (default: read from the file)")
+    parser.add_argument("--formats", type=parse_formats, default=FORMATS, help=f"comma list of {','.join(FORMATS)}")
+    parser.add_argument("--resize_h_w", type=_int_tuple(2), default=(256, 128), help="input size as '(h, w)'")
+    parser.add_argument("--last_conv_stride", type=int, default=1, choices=[1, 2])
+    parser.add_argument("--opt-level", dest="opt_level", default="O0", choices=["O0", "O1", "O2", "O3"],
+                        help="precision of the 'pt' weights file: O0/O1 FP32, O2/O3 FP16")
+    parser.add_argument("--keep-batchnorm-fp32", dest="keep_batchnorm_fp32", type=str2bool, default=True,
+                        help="keep BatchNorm tensors FP32 in FP16 weights files (like the original's O2 releases)")
+    parser.add_argument("--dataset", default=None, help="dataset for calibration images and the accuracy check")
+    parser.add_argument("--data_root", default=None, help="dataset folder")
+    parser.add_argument("--calib_images", default=None,
+                        help="folder of images for calibration and verification when no --dataset is given")
+    parser.add_argument("--calib_count", type=int, default=200, help="calibration images for INT8")
+    parser.add_argument("--verify_count", type=int, default=64, help="images for the cosine-similarity check")
+    parser.add_argument("--evaluate", type=str2bool, default=True,
+                        help="with --dataset: mAP/rank-1 of every ONNX format on the test set")
+    parser.add_argument("--max_map_drop", type=float, default=1.0, help="mAP points a format may lose vs PyTorch FP32")
+    parser.add_argument("--bake_normalization", type=str2bool, default=False,
+                        help="ONNX takes 0..255 RGB and normalises inside the graph")
+    parser.add_argument("--input_name", default="images")
+    parser.add_argument("--output_name", default="features")
+    parser.add_argument("--legacy_names", type=str2bool, default=False,
+                        help="the original's names: input actual_input_1, output output1")
+    parser.add_argument("--quant_format", default="qoperator", choices=QUANT_FORMATS,
+                        help="INT8 graph style (qoperator measured faster on x86 CPUs)")
+    parser.add_argument("--calib_method", default="minmax", choices=CALIBRATION_METHODS)
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--name", default="", help="file name stem (default <net>_<h>x<w>)")
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads for verification (0: all)")
+
+
+def options_from_args(args: argparse.Namespace) -> ExportOptions:
+    return ExportOptions(
+        weights=args.weights, out_dir=args.out, net=args.net, formats=args.formats, resize_h_w=tuple(args.resize_h_w),
+        last_conv_stride=args.last_conv_stride, opt_level=args.opt_level,
+        keep_batchnorm_fp32=args.keep_batchnorm_fp32, dataset=args.dataset, data_root=args.data_root,
+        calib_images=args.calib_images, calib_count=args.calib_count, verify_count=args.verify_count,
+        evaluate=args.evaluate, max_map_drop=args.max_map_drop, bake_normalization=args.bake_normalization,
+        input_name=args.input_name, output_name=args.output_name, legacy_names=args.legacy_names,
+        quant_format=args.quant_format, calib_method=args.calib_method, opset=args.opset, name=args.name,
+        threads=args.threads,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    run_export(options_from_args(args))
+    return 0

@@ -1,0 +1,102 @@
+"""Running exported graphs with ONNX Runtime, and turning images into the arrays they take.
+
+One pixel pipeline serves calibration, verification, benchmarks and :class:`bpm.FeatureExtractor`,
+so every format is measured on exactly the input it will see in deployment.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from bpm.data.images import read_image
+from bpm.data.transforms import MEAN, STD
+from bpm.errors import BpmError
+from bpm.export.onnx import OnnxSpec, read_spec
+
+ImageLike = Union[str, Path, Image.Image, np.ndarray]
+
+_MEAN = np.asarray(MEAN, dtype=np.float32).reshape(3, 1, 1)
+_STD = np.asarray(STD, dtype=np.float32).reshape(3, 1, 1)
+
+
+def to_pil(item: ImageLike) -> Image.Image:
+    """A path, a PIL image or an ``HxWx3`` uint8 RGB array (``HxW`` grey is widened) as an RGB image."""
+    if isinstance(item, (str, Path)):
+        return read_image(str(item))
+    if isinstance(item, Image.Image):
+        return item.convert("RGB")
+    if isinstance(item, np.ndarray):
+        array = item
+        if array.ndim == 2:
+            array = np.repeat(array[:, :, None], 3, axis=2)
+        if array.ndim != 3 or array.shape[2] != 3:
+            raise BpmError(f"image array: expected HxWx3 RGB, got shape {item.shape}")
+        if array.dtype != np.uint8:
+            if not np.issubdtype(array.dtype, np.floating) or array.min() < 0 or array.max() > 1:
+                raise BpmError(f"image array: expected uint8 0..255 or float 0..1, got {array.dtype}")
+            array = np.round(array * 255).astype(np.uint8)
+        return Image.fromarray(array, "RGB")
+    raise BpmError(f"image: expected a path, a PIL image or a numpy array, got {type(item).__name__}")
+
+
+def image_batch(items: Iterable[ImageLike], resize_h_w: tuple[int, int], raw: bool = False) -> np.ndarray:
+    """``[N, 3, H, W]`` float32: bilinear resize, then the original's normalisation (or 0..255 if ``raw``).
+
+    Matches ``bpm.data.transforms.test_transform`` (PIL bilinear resize, ToTensor, Normalize).
+    """
+    h, w = resize_h_w
+    arrays = []
+    for item in items:
+        image = to_pil(item).resize((w, h), Image.BILINEAR)
+        pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1)
+        arrays.append(pixels if raw else (pixels / 255.0 - _MEAN) / _STD)
+    if not arrays:
+        return np.zeros((0, 3, h, w), dtype=np.float32)
+    return np.ascontiguousarray(np.stack(arrays), dtype=np.float32)
+
+
+def session_options(threads: int = 0):
+    """Full graph optimisation, one inter-op thread, ``threads`` intra-op threads (0: ORT's default)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return options
+
+
+class OnnxModel:
+    """An ONNX Runtime CPU session over an exported graph, called like the PyTorch model.
+
+    Input arrays are always FP32; FP16 graphs carry their own casts (see ``convert_to_fp16``).
+    """
+
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise BpmError(f"{self.path}: ONNX file not found")
+        self.spec: OnnxSpec = read_spec(self.path)
+        try:
+            self.session = ort.InferenceSession(str(self.path), session_options(threads),
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
+            raise BpmError(f"{self.path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from exc
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        output = self.session.run(None, {self.spec.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
+        return np.asarray(output, dtype=np.float32).reshape(len(images), -1)
+
+    def embed(self, items: Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
+        """Features of images (paths, PIL images or arrays), ``batch_size`` at a time."""
+        chunks = [self(image_batch(items[i:i + batch_size], self.spec.resize_h_w, self.spec.bake_normalization))
+                  for i in range(0, len(items), batch_size)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)

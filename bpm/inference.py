@@ -1,0 +1,98 @@
+"""``bpm.FeatureExtractor``: embeddings for images in one call, from PyTorch weights or an ONNX file.
+
+Deployment code should not need to know about datasets, loaders or precision policies: give it
+paths, PIL images or arrays, get an ``(N, D)`` float32 array back.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from bpm.errors import BpmError
+from bpm.export.runtime import ImageLike, OnnxModel, image_batch
+from bpm.precision import PrecisionPolicy
+
+BACKENDS = ("torch", "onnx")
+
+
+class FeatureExtractor:
+    """Embeds images with a re-ID model.
+
+    ``weights``: any file ``bpm export`` reads (checkpoint, weights, safetensors) for the torch
+    backend, or an exported ``.onnx`` file (its metadata gives input size and normalisation).
+    ``opt_level`` applies to the torch backend (O2/O3 run half-precision weights).
+
+    >>> extractor = FeatureExtractor("mobilenetV2_256x128_fp32.onnx")
+    >>> features = extractor(["a.jpg", "b.jpg"])          # (2, 1280) float32
+    """
+
+    def __init__(
+        self,
+        weights: str | Path,
+        net: str | None = None,
+        device: str | torch.device = "cpu",
+        resize_h_w: tuple[int, int] = (256, 128),
+        opt_level: str = "O0",
+        backend: str | None = None,
+        batch_size: int = 32,
+        normalize: bool = False,
+        last_conv_stride: int = 1,
+        amp_dtype: str | None = None,
+        keep_batchnorm_fp32: bool = True,
+        threads: int = 0,
+    ) -> None:
+        backend = backend or ("onnx" if str(weights).endswith(".onnx") else "torch")
+        if backend not in BACKENDS:
+            raise BpmError(f"--backend: expected torch or onnx, got {backend!r}")
+        if batch_size < 1:
+            raise BpmError(f"--batch_size: expected at least 1, got {batch_size}")
+        self.backend = backend
+        self.batch_size = batch_size
+        self.normalize = normalize
+        if backend == "onnx":
+            if not str(weights).endswith(".onnx"):
+                raise BpmError(f"{weights}: the onnx backend needs an exported .onnx file (see bpm export)")
+            if opt_level != "O0":
+                raise BpmError("--opt-level applies to the torch backend; an ONNX file has its precision built in")
+            self.onnx = OnnxModel(weights, threads)
+            if net is not None and self.onnx.spec.net not in (net, "unknown"):
+                raise BpmError(f"{weights}: holds {self.onnx.spec.net}, but --net is {net}")
+            self.net = self.onnx.spec.net
+            self.resize_h_w = self.onnx.spec.resize_h_w
+            return
+        from bpm.export.weights import load_source_model
+
+        model, _kind = load_source_model(weights, net, last_conv_stride)
+        self.net = model.net
+        self.resize_h_w = tuple(resize_h_w)
+        self.policy = PrecisionPolicy.create(opt_level, device, amp_dtype, keep_batchnorm_fp32)
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = self.policy.prepare_model(model).eval()
+
+    @property
+    def feature_dim(self) -> int:
+        return 2048 if self.net == "resnet50" else 1280
+
+    def __call__(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
+        """``(N, D)`` float32 features; a single image gives ``(1, D)``."""
+        if isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim == 3) \
+                or not isinstance(images, (Sequence, np.ndarray)):
+            images = [images]
+        chunks = [self._embed(images[i:i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
+        features = np.concatenate(chunks) if chunks else np.zeros((0, self.feature_dim), dtype=np.float32)
+        if self.normalize and len(features):
+            features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+        return features.astype(np.float32, copy=False)
+
+    def _embed(self, items: Sequence[ImageLike]) -> np.ndarray:
+        if self.backend == "onnx":
+            spec = self.onnx.spec
+            return self.onnx(image_batch(items, spec.resize_h_w, spec.bake_normalization))
+        from bpm.evaluation.features import embed_batch
+
+        # embed_batch runs CPU batches channels-last (faster with oneDNN).
+        return embed_batch(self.model, torch.from_numpy(image_batch(items, self.resize_h_w)), self.policy).cpu().numpy()

@@ -1,0 +1,73 @@
+"""The original's ``extract_weights.py``: checkpoint -> weights file + ONNX, now verified.
+
+Same flags as the original (``--check_point_file``, ``--model_file``, ``--onnx_file``, ``--net``,
+``--resize_h_w``, ``--opt-level``). ``--opt-level O2``/``O3`` writes FP16 weights and an FP16 ONNX
+graph like the original's releases; ``O0``/``O1`` write FP32. Unlike the original, the ONNX graph
+has a dynamic batch axis and a flattened ``[N, D]`` output, and both files are reloaded and
+compared with the PyTorch model before the script succeeds (see ``bpm export`` for all formats).
+
+    python -m bpm.utils.extract_weights --check_point_file expt_res/mobilenet/ckpt.pth \\
+        --model_file expt_res/mobilenet/model_weight.pt --onnx_file expt_res/mobilenet/model.onnx
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bpm.config import _int_tuple, str2bool
+from bpm.errors import BpmError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="checkpoint -> weights file + ONNX, each verified")
+    parser.add_argument("--check_point_file", required=True, help="training checkpoint (ckpt.pth) or weights file")
+    parser.add_argument("--model_file", default="", help="weights file to write (.pt; .safetensors also works)")
+    parser.add_argument("--onnx_file", default="", help="ONNX file to write")
+    parser.add_argument("--net", default=None, help="resnet50 or mobilenetV2 (default: read from the checkpoint)")
+    parser.add_argument("--resize_h_w", type=_int_tuple(2), default=(256, 128))
+    parser.add_argument("--opt-level", dest="opt_level", default="O2", choices=["O0", "O1", "O2", "O3"],
+                        help="O2/O3: FP16 weights and ONNX (the original's default); O0/O1: FP32")
+    parser.add_argument("--keep-batchnorm-fp32", dest="keep_batchnorm_fp32", type=str2bool, default=True)
+    parser.add_argument("--last_conv_stride", type=int, default=1, choices=[1, 2])
+    parser.add_argument("--legacy_names", type=str2bool, default=True,
+                        help="ONNX input/output names actual_input_1/output1, as the original's file")
+    parser.add_argument("--dataset", default=None, help="optional dataset for the accuracy check")
+    parser.add_argument("--data_root", default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bpm.export.pipeline import ExportOptions, run_export
+
+    args = build_parser().parse_args(argv)
+    if not args.model_file and not args.onnx_file:
+        print("error: give --model_file and/or --onnx_file", file=sys.stderr)
+        return 2
+    half = args.opt_level in ("O2", "O3")
+    onnx_format = "onnx16" if half else "onnx"
+    formats, names = [], {}
+    if args.model_file:
+        fmt = "safetensors" if args.model_file.endswith(".safetensors") else "pt"
+        formats.append(fmt)
+        names[fmt] = str(Path(args.model_file).resolve())
+    if args.onnx_file:
+        formats.append(onnx_format)
+        names[onnx_format] = str(Path(args.onnx_file).resolve())
+    out_dir = Path(args.onnx_file or args.model_file).resolve().parent
+    options = ExportOptions(
+        weights=args.check_point_file, out_dir=str(out_dir), net=args.net, formats=tuple(formats),
+        resize_h_w=tuple(args.resize_h_w), last_conv_stride=args.last_conv_stride, opt_level=args.opt_level,
+        keep_batchnorm_fp32=args.keep_batchnorm_fp32, legacy_names=args.legacy_names, dataset=args.dataset,
+        data_root=args.data_root, file_names=names,
+    )
+    try:
+        run_export(options)
+    except BpmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

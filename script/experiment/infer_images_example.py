@@ -1,0 +1,62 @@
+"""The original's ``infer_images_example.py``: features of every image in a folder -> ``.mat``.
+
+Same flags as the original; the ``.mat`` file holds ``features`` (one row per image) and, new,
+``names`` (the original forgot them), plus ``pids``/``camids`` for Market-style names. A path
+without a suffix gets ``.mat`` appended, as scipy did for the original. ``bpm extract`` does the
+same with HDF5 output and an ONNX backend.
+
+    python script/experiment/infer_images_example.py -d '()' --ckpt_file expt_res/mobilenet/ckpt.pth \\
+        --saved_feature_mat_file ./features --image_dir ./my_images --net mobilenetV2
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bpm.config import _int_tuple  # noqa: E402
+from bpm.errors import BpmError  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="features of every image in a folder -> .mat")
+    parser.add_argument("-d", "--sys_device_ids", type=_int_tuple(), default=(0,), help="'()' for CPU")
+    parser.add_argument("--resize_h_w", type=_int_tuple(2), default=(256, 128))
+    parser.add_argument("--ckpt_file", default="", help="training checkpoint")
+    parser.add_argument("--model_weight_file", default="", help="weights file (used when --ckpt_file is empty)")
+    parser.add_argument("--saved_feature_mat_file", required=True, help="output .mat file")
+    parser.add_argument("--image_dir", required=True, help="folder of images")
+    parser.add_argument("--net", default="mobilenetV2", help="resnet50 or mobilenetV2")
+    parser.add_argument("--opt-level", dest="opt_level", default="O0", choices=["O0", "O1", "O2", "O3"])
+    parser.add_argument("--last_conv_stride", type=int, default=1, choices=[1, 2])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from bpm.commands.extract import extract_folder
+        from bpm.inference import FeatureExtractor
+        from bpm.precision import resolve_device
+
+        weights = args.ckpt_file or args.model_weight_file
+        if not weights:
+            raise BpmError("give --ckpt_file or --model_weight_file")
+        out = Path(args.saved_feature_mat_file)
+        if out.suffix != ".mat":
+            out = out.with_name(out.name + ".mat")
+        extractor = FeatureExtractor(weights, net=args.net, device=resolve_device(tuple(args.sys_device_ids)),
+                                     resize_h_w=tuple(args.resize_h_w), opt_level=args.opt_level,
+                                     backend="torch", last_conv_stride=args.last_conv_stride)
+        features, names = extract_folder(extractor, args.image_dir, out)
+    except BpmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"Saved features of {len(names)} images ({features.shape[1]}-d) and their names to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
