@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("bpm.data.synthetic", "generate the synthetic demo world (Market-1501 layout)"),
     "train": ("bpm.commands.train", "train (and evaluate) with the original's switches"),
     "test": ("bpm.commands.test", "evaluate a weights file (same switches as train --only_test true)"),
+    "evaluate": ("bpm.commands.evaluate", "evaluate features saved with --save_features, without the model"),
     "data": ("bpm.data.check", "data check: validate a dataset and print its statistics"),
     "export": ("bpm.commands.export", "export weights and ONNX (FP32/FP16/INT8), each verified with ONNX Runtime"),
     "extract": ("bpm.commands.extract", "features of every image in a folder -> HDF5 or .mat"),

@@ -186,9 +186,11 @@ class PrecisionPolicy:
         if self.device.type == "cuda" and self.opt_level == "O0":
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cuda.matmul.allow_tf32 = False
+        # Channels-last is the faster layout for convolutions on current CPUs (oneDNN) and on
+        # tensor cores; it changes no numbers, only the memory order of 4-D weights.
         if not self.casts_weights:
-            return model.to(self.device, torch.float32)
-        model = model.to(self.device, self.half_dtype)
+            return model.to(self.device, torch.float32, memory_format=torch.channels_last)
+        model = model.to(self.device, self.half_dtype, memory_format=torch.channels_last)
         if self.keep_batchnorm_fp32:
             native = _native_mixed_batchnorm(self.device.type, self.half_dtype)
             for module in model.modules():
@@ -206,7 +208,8 @@ class PrecisionPolicy:
         return torch.autocast(device_type=self.device.type, dtype=self.half_dtype)
 
     def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
-        return images.to(self.device, self.input_dtype, non_blocking=self.device.type == "cuda")
+        images = images.to(self.device, self.input_dtype, non_blocking=self.device.type == "cuda")
+        return images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
 
     def describe(self) -> str:
         """One line for the run log: what is half, what stays FP32, how the loss is scaled."""

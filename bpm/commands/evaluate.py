@@ -1,0 +1,39 @@
+"""``bpm evaluate --features_file F.h5``: evaluate saved features again, without the model.
+
+Features written by ``bpm test --save_features F.h5`` carry names, pids and camids, so
+re-evaluating (e.g. with re-ranking, or the other AP definition) needs no images or weights.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bpm.commands.visualize import load_feature_sets
+from bpm.config import str2bool
+from bpm.engine.evaluator import evaluate_features, format_result, write_results
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--features_file", required=True, help="HDF5 file written by --save_features")
+    parser.add_argument("--normalize_feature", type=str2bool, default=False, help="L2-normalise features first")
+    parser.add_argument("--rerank", type=str2bool, default=True, help="also print k-reciprocal re-ranked results")
+    parser.add_argument("--exp_dir", default="", help="write results.json here (optional)")
+
+
+def run(args: argparse.Namespace) -> int:
+    reports = {}
+    for vis in load_feature_sets(args.features_file, args.normalize_feature):
+        query_rows = list(range(len(vis.query)))
+        results = evaluate_features(vis.query_features(query_rows), vis.gallery_features(), vis.query, vis.gallery,
+                                    args.rerank)
+        print(f"Test set {vis.name}: {len(vis.query)} queries x {len(vis.gallery)} gallery images")
+        print(format_result("Single Query", results["plain"]))
+        report = {"single_query": results["plain"]}
+        if "reranked" in results:
+            print(format_result("Re-ranked Single Query", results["reranked"]))
+            report["reranked_single_query"] = results["reranked"]
+        reports[vis.name] = report
+    if args.exp_dir:
+        Path(args.exp_dir).mkdir(parents=True, exist_ok=True)
+        write_results(Path(args.exp_dir) / "results.json", Path(args.features_file).name, "features", "-", reports)
+    return 0
