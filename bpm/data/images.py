@@ -11,6 +11,20 @@ from bpm.errors import BpmError
 _DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
 
 
+class ImageDecodeError(BpmError):
+    """An image that does not decode, with a message of one line even when raised in a loader worker.
+
+    A DataLoader worker's exception is re-raised in the main process as ``type(text)`` where
+    ``text`` is the worker's whole traceback; keep only its last line, our own message.
+    """
+
+    def __init__(self, message: str) -> None:
+        if "\nOriginal Traceback" in message:
+            last = message.rstrip().splitlines()[-1]
+            message = last.split(f"{ImageDecodeError.__name__}: ", 1)[-1]
+        super().__init__(message)
+
+
 def read_image(path: str) -> Image.Image:
     """Decode ``path`` fully into an RGB image.
 
@@ -21,7 +35,7 @@ def read_image(path: str) -> Image.Image:
         with Image.open(path) as image:
             return image.convert("RGB")
     except _DECODE_ERRORS as exc:
-        raise BpmError(f"{path}: cannot decode image ({exc})") from exc
+        raise ImageDecodeError(f"{path}: cannot decode image ({exc})") from exc
 
 
 def image_problem(path: str) -> str | None:

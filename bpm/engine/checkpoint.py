@@ -28,6 +28,7 @@ def atomic_torch_save(obj: object, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; a checkpoint gets the usual permissions
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
@@ -35,14 +36,39 @@ def atomic_torch_save(obj: object, path: str | Path) -> None:
         os.replace(tmp_name, path)
     except BaseException as exc:
         Path(tmp_name).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise BpmError(f"{path}: could not write checkpoint ({exc.strerror or exc}); the previous one is intact") from exc
+        cause = _os_error(exc)
+        if cause is not None:
+            raise BpmError(f"{path}: could not write checkpoint ({cause.strerror or cause}); the previous one is intact") from exc
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        # Left by a writer killed mid-save (SIGKILL, power loss): never loadable, only wasted space.
+        stale.unlink(missing_ok=True)
+
+
+def _os_error(exc: BaseException | None) -> OSError | None:
+    """The OSError behind ``exc``, if any.
+
+    On a full disk torch's zip writer fails again while closing and raises a RuntimeError
+    ("unexpected pos ...") that hides the original ENOSPC in its context.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def rng_state() -> dict:

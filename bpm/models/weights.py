@@ -35,6 +35,7 @@ def read_weights_file(path: str | Path) -> object:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise BpmError(f"{path}: not a readable safetensors file ({exc})") from exc
+    _verify_zip_checksums(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -43,7 +44,25 @@ def read_weights_file(path: str | Path) -> object:
             f"{path}: refused: the file needs more than plain tensors to load (weights_only=True: {first_line})"
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise BpmError(f"{path}: truncated or corrupt weights file ({str(exc).splitlines()[0]})") from exc
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # an empty file gives a bare EOFError
+        raise BpmError(f"{path}: truncated or corrupt weights file ({reason})") from exc
+
+
+def _verify_zip_checksums(path: Path) -> None:
+    """Check the CRC-32 of every record of a zip-format ``torch.save`` file.
+
+    ``torch.load`` does not verify them, so a flipped bit in tensor data would load silently as
+    a wrong weight. Legacy (pre-zip) pickles carry no checksum and pass unchecked.
+    """
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, ValueError, UnicodeDecodeError) as exc:
+        raise BpmError(f"{path}: truncated or corrupt weights file ({exc})") from exc
+    if bad is not None:
+        raise BpmError(f"{path}: corrupt weights file (checksum mismatch in record {bad})")
 
 
 def extract_model_state(obj: object, path: str | Path = "<weights>") -> StateDict:

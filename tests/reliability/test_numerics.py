@@ -1,0 +1,101 @@
+"""Non-finite loss, gradients and activations: the step is skipped (model untouched) and counted;
+a run of them stops training with one line, leaving the last good checkpoint intact."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from _runner import TALLY, make_trainer
+
+from bpm.engine.checkpoint import load_checkpoint
+from bpm.errors import BpmError
+
+NAN_LOSS, INF_GRAD, INF_INPUT = 2, 3, 4  # global steps (1-based) that get each fault
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _inject(trainer, faults: dict[int, str], record: list) -> None:
+    """Wrap ``train_step`` so chosen steps get a fault, and record the model around every step."""
+    step_fn, loss_fn = trainer.train_step, trainer.loss_fn
+    current = {"fault": None}
+
+    def faulty_loss(features, labels):
+        loss, stats = loss_fn(features, labels)
+        if current["fault"] == "nan_loss":
+            loss = loss * float("nan")
+        elif current["fault"] == "inf_grad":
+            features.register_hook(lambda g: g * float("inf")) if features.requires_grad else None
+        return loss, stats
+
+    def faulty_step(images, labels):
+        fault = faults.get(trainer.position.global_step + 1)
+        current["fault"] = fault
+        if fault == "inf_input":
+            images = images.clone()
+            images[0] = float("inf")
+        before = _snapshot(trainer.model)
+        stepped, stats = step_fn(images, labels)
+        record.append((fault, stepped, before, _snapshot(trainer.model)))
+        if fault is not None:
+            TALLY.fault(f"non-finite {fault.replace('_', ' ')}")
+        return stepped, stats
+
+    trainer.loss_fn = faulty_loss
+    trainer.train_step = faulty_step
+
+
+@pytest.mark.parametrize("opt_level", ["O0", "O2"])
+def test_non_finite_steps_are_skipped_counted_and_leave_the_model_untouched(tiny_world, tmp_path, capsys, opt_level):
+    extra = ["--total_epochs", "1", "--ckpt_every_steps", "1", "--opt-level", opt_level]
+    if opt_level == "O2":
+        extra += ["--loss-scale", "dynamic"]  # exercise the scaler's back-off too
+    trainer = make_trainer(tiny_world, tmp_path, *extra)
+    record: list = []
+    _inject(trainer, {NAN_LOSS: "nan_loss", INF_GRAD: "inf_grad", INF_INPUT: "inf_input"}, record)
+    scales = []
+    trainer.fit()
+    scales.append(trainer.stepper.scale)
+
+    assert [(fault, stepped) for fault, stepped, _, _ in record] == [
+        (None, True), ("nan_loss", False), ("inf_grad", False), ("inf_input", False)
+    ]
+    for fault, stepped, before, after in record:
+        changed = [k for k in before if not torch.equal(before[k], after[k])]
+        if stepped:
+            assert changed, "a good step must update the model"
+        else:
+            # Weights AND BatchNorm running statistics: a skipped step leaves no trace.
+            assert changed == [], f"{fault}: skipped step changed {changed[:3]}"
+    assert trainer.stepper.skipped_steps == 3
+    out = capsys.readouterr().out
+    assert out.count("non-finite loss or gradients, step skipped") == 3
+    assert "skipped 3" in out
+    if opt_level == "O2":
+        assert scales[0] < 2.0**16  # dynamic loss scale backed off on the skipped steps
+    ckpt = load_checkpoint(tmp_path / "ckpt.pth")
+    assert ckpt["precision"]["skipped_steps"] == 3
+    assert all(torch.isfinite(v.float()).all() for v in ckpt["state_dicts"][0].values())
+
+
+def test_a_run_of_non_finite_steps_stops_with_the_last_good_checkpoint_intact(tiny_world, tmp_path):
+    trainer = make_trainer(tiny_world, tmp_path, "--total_epochs", "2", "--ckpt_every_steps", "1",
+                           "--max_nonfinite_steps", "3")
+    record: list = []
+    _inject(trainer, {step: "nan_loss" for step in range(3, 9)}, record)
+    with pytest.raises(BpmError) as raised:
+        trainer.fit()
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "3 consecutive non-finite steps" in message and str(tmp_path / "ckpt.pth") in message
+    assert len(record) == 5  # two good steps, then three skipped ones
+    good = record[1][3]  # the model after the last good step
+    ckpt = load_checkpoint(tmp_path / "ckpt.pth")
+    assert ckpt["global_step"] == 4  # saved after each skipped step below the limit; the 3rd stops first
+    for key, value in ckpt["state_dicts"][0].items():
+        assert torch.equal(value, good[key]), key
+        assert torch.isfinite(value.float()).all()
+    assert math.isfinite(trainer.stepper.scale)
