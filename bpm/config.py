@@ -107,6 +107,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model_weight_file", default="", help="weights to evaluate with --only_test")
     parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
     parser.add_argument("--batch_size_test", type=int, default=64, help="images per batch for feature extraction")
+    parser.add_argument("--mq_pooling", default="average", choices=["average", "max"],
+                        help="how Market's multi-query (gt_bbox) features are pooled per query")
     parser.add_argument("--test_flip", type=str2bool, default=False, help="average features of each image and its mirror")
     parser.add_argument("--save_features", default="", help="also save test features, names, pids, camids to this .h5 file")
 

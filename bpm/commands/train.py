@@ -36,6 +36,7 @@ def eval_settings(args: argparse.Namespace) -> EvalSettings:
         workers=args.workers,
         save_features=args.save_features or None,
         flip=args.test_flip,
+        mq_pooling=args.mq_pooling,
     )
 
 

@@ -33,6 +33,7 @@ class EvalSettings:
     workers: int = 2
     max_rank: int = 50
     save_features: str | None = None
+    mq_pooling: str = "average"
     shard: bool = False  # multi-process job: split extraction over ranks; only rank 0 computes metrics
 
 
@@ -104,7 +105,7 @@ def evaluate_test_set(
     if mq_feat is not None:
         mq_pids, mq_cams = _ids(test_set.multi_query)
         q_pids, q_cams = _ids(test_set.query)
-        pooled = pool_multi_query(mq_feat, mq_pids, mq_cams, q_pids, q_cams, "average")
+        pooled = pool_multi_query(mq_feat, mq_pids, mq_cams, q_pids, q_cams, settings.mq_pooling)
         multi = evaluate_features(pooled, g_feat, test_set.query, test_set.gallery, settings.rerank, settings.max_rank)
         report["multi_query"] = multi["plain"]
         if "reranked" in multi:
