@@ -12,6 +12,7 @@ import random
 import signal
 
 import pytest
+import torch
 from _runner import (
     TALLY,
     assert_same_training,
@@ -20,6 +21,7 @@ from _runner import (
     finish,
     kill_at_random,
     last_logged_step,
+    make_trainer,
     record_loss,
     start,
     train_argv,
@@ -57,7 +59,7 @@ def test_sigkill_at_random_points_then_resume_gives_bitwise_the_same_run(tiny_wo
     TALLY.resumed_runs += 1
     assert finish(run) == 0, run.output()
     assert kills >= 1
-    assert "Resumed from" in run.output()
+    assert "Resumed from" in run.output() and ", skipped" not in run.output()
     assert_same_training(straight, final_state(exp_dir))
 
 
@@ -86,3 +88,38 @@ def test_sigterm_and_ctrl_c_stop_after_the_step_with_a_checkpoint_then_resume_ex
     TALLY.resumed_runs += 1
     assert finish(run) == 0, run.output()
     assert_same_training(straight, final_state(exp_dir))
+
+
+class _Crash(Exception):
+    """Stands in for the process dying right after a checkpoint reached the disk."""
+
+
+@pytest.mark.parametrize("crash_after", [3, 6])
+def test_mid_epoch_resume_at_o2_restores_master_weights_and_loss_scaler_exactly(tiny_world, tmp_path, crash_after):
+    switches = ("--opt-level", "O2", "--loss-scale", "dynamic", "--ckpt_every_steps", "1")
+    straight = make_trainer(tiny_world, tmp_path / "straight", *switches)
+    straight.fit()
+
+    crashed = make_trainer(tiny_world, tmp_path / "crashed", *switches)
+    save = crashed.save_checkpoint
+
+    def save_then_die():
+        save()
+        if crashed.position.global_step == crash_after:
+            raise _Crash
+
+    crashed.save_checkpoint = save_then_die
+    with pytest.raises(_Crash):
+        crashed.fit()
+    TALLY.fault("crash after a mid-epoch checkpoint (in-process, O2)")
+    resumed = make_trainer(tiny_world, tmp_path / "crashed", *switches)
+    resumed.resume()
+    TALLY.resumed_runs += 1
+    resumed.fit()
+
+    assert resumed.stepper.scale == straight.stepper.scale
+    for a, b in zip(straight.stepper.master_params, resumed.stepper.master_params):
+        assert torch.equal(a, b)
+    sa, sb = straight.model.state_dict(), resumed.model.state_dict()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
