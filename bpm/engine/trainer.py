@@ -205,6 +205,7 @@ class Trainer:
         lr = lr_at_epoch(self.args, epoch + 1)
         set_lr(self.optimizer, lr)
         self.sampler.set_epoch(epoch, self.position.step)
+        steps_to_run = len(self.sampler) - self.position.step  # fewer after a mid-epoch resume
         totals = {"loss": 0.0, "precision": 0.0, "satisfy_margin": 0.0, "dist_ap": 0.0, "dist_an": 0.0}
         count = 0
         start = time.time()
@@ -254,7 +255,7 @@ class Trainer:
             print(
                 f"Ep {epoch + 1}, {time.time() - start:.1f}s, lr {lr:.3g}, loss {means['loss']:.4f}, "
                 f"prec {means['precision']:.2%}, sm {means['satisfy_margin']:.2%}, d_ap {means['dist_ap']:.4f}, "
-                f"d_an {means['dist_an']:.4f}" + (f", skipped {len(self.sampler) - count}" if count < len(self.sampler) else "")
+                f"d_an {means['dist_an']:.4f}" + (f", skipped {steps_to_run - count}" if count < steps_to_run else "")
             )
 
     def _maybe_validate(self, logger: RunLogger | None) -> None:
