@@ -96,10 +96,12 @@ def bench_net(net: str, args, paths: list[str], tmp: Path) -> list[dict]:
 
 
 def print_rows(rows: list[dict]) -> None:
-    print(f"{'net':<12}{'batch':>6}  {'backend':<26}{'img/s':>9}{'ms/batch':>10}{'x ORT FP32':>12}")
     for r in rows:
         print(f"{r['net']:<12}{r['batch']:>6}  {r['backend']:<26}{r['images_per_s']:>9.1f}{r['ms_per_batch']:>10.1f}"
-              f"{r['vs_ort_fp32']:>12.2f}")
+              f"{r['vs_ort_fp32']:>12.2f}", flush=True)
+
+
+def print_targets(rows: list[dict]) -> None:
     for net, target in TARGETS_BATCH32.items():
         got = {r["backend"]: r for r in rows if r["net"] == net and r["batch"] == 32}
         if "ort_int8" in got:
@@ -136,9 +138,12 @@ def main(argv: list[str] | None = None) -> int:
                                                                  num_junk=0, seed=5))
         folder = world / "bounding_box_train"
         paths = [str(folder / n) for n in list_image_names(folder)]
+        print(f"{'net':<12}{'batch':>6}  {'backend':<26}{'img/s':>9}{'ms/batch':>10}{'x ORT FP32':>12}")
         for net in nets:
-            rows += bench_net(net, args, paths, Path(tmp))
-    print_rows(rows)
+            net_rows = bench_net(net, args, paths, Path(tmp))
+            print_rows(net_rows)
+            rows += net_rows
+    print_targets(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     return 0
