@@ -10,8 +10,16 @@ from __future__ import annotations
 import argparse
 
 from bpm.config import _int_tuple, str2bool
+from bpm.errors import BpmError
 from bpm.export.pipeline import FORMATS, ExportOptions, parse_formats, run_export
 from bpm.export.quantize import CALIBRATION_METHODS, QUANT_FORMATS
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    try:
+        return parse_formats(text)
+    except BpmError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--formats: ")) from exc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint (ckpt.pth), weights file (ours or the original's), ImageNet file or .safetensors")
     parser.add_argument("--out", required=True, help="output folder (file names say the format)")
     parser.add_argument("--net", default=None, help="resnet50 or mobilenetV2 (default: read from the file)")
-    parser.add_argument("--formats", type=parse_formats, default=FORMATS, help=f"comma list of {','.join(FORMATS)}")
+    parser.add_argument("--formats", type=_formats, default=FORMATS, help=f"comma list of {','.join(FORMATS)}")
     parser.add_argument("--resize_h_w", type=_int_tuple(2), default=(256, 128), help="input size as '(h, w)'")
     parser.add_argument("--last_conv_stride", type=int, default=1, choices=[1, 2])
     parser.add_argument("--opt-level", dest="opt_level", default="O0", choices=["O0", "O1", "O2", "O3"],

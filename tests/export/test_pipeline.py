@@ -144,3 +144,13 @@ def test_baked_normalization_takes_raw_pixels(tmp_path, original_ckpt, mobilenet
     with torch.no_grad():
         want = mobilenet(torch.from_numpy(image_batch(image_paths[:2], SIZE))).numpy()
     assert cosine_rows(runner(raw), want).min() > 0.9999
+
+
+def test_cli_rejects_unknown_format_and_missing_weights(tmp_path, capsys):
+    from bpm.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--weights", "w.pt", "--out", str(tmp_path), "--formats", "onnx,tflite"])
+    assert exit_info.value.code == 2 and "unknown format(s) tflite" in capsys.readouterr().err
+    assert main(["export", "--weights", str(tmp_path / "none.pt"), "--out", str(tmp_path), "--formats", "onnx"]) == 2
+    assert "weights file not found" in capsys.readouterr().err
