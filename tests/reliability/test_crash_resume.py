@@ -94,7 +94,7 @@ class _Crash(Exception):
     """Stands in for the process dying right after a checkpoint reached the disk."""
 
 
-@pytest.mark.parametrize("crash_after", [3, 6])
+@pytest.mark.parametrize("crash_after", [6])  # mid-epoch 2: after an epoch boundary too
 def test_mid_epoch_resume_at_o2_restores_master_weights_and_loss_scaler_exactly(tiny_world, tmp_path, crash_after):
     switches = ("--opt-level", "O2", "--loss-scale", "dynamic", "--ckpt_every_steps", "1")
     straight = make_trainer(tiny_world, tmp_path / "straight", *switches)
