@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -36,15 +37,23 @@ from bpm.models.reid import build_model  # noqa: E402
 TARGETS_BATCH32 = {"mobilenetV2": 450.0, "resnet50": 90.0}
 
 
-def images_per_second(run: Callable[[], object], batch: int, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        run()
-    times = []
+def images_per_second(runners: dict[str, Callable[[], object]], batch: int, repeats: int,
+                      warmup: int) -> dict[str, float]:
+    """Median images/s per runner, timed round-robin (one run of each in turn, ``repeats`` rounds).
+
+    Interleaving makes load from other processes fall on every backend alike, so the ratios stay
+    meaningful on a shared machine even when the absolute figures do not.
+    """
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return batch / statistics.median(times)
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: batch / statistics.median(t) for name, t in times.items()}
 
 
 def calibrated_model(net: str, paths: list[str], size: tuple[int, int], stride: int) -> torch.nn.Module:
@@ -84,10 +93,7 @@ def bench_net(net: str, args, paths: list[str], tmp: Path) -> list[dict]:
             for name, path in files.items():
                 session = OnnxModel(path, threads=args.threads)
                 runners[name] = (lambda s: lambda: s(x))(session)
-            measured = {}
-            for name, run in runners.items():
-                repeats = args.repeats if batch > 1 else args.repeats * 4
-                measured[name] = images_per_second(run, batch, repeats, warmup=2)
+            measured = images_per_second(runners, batch, args.repeats if batch > 1 else args.repeats * 4, warmup=2)
         base = measured["ort_fp32"]
         for name, ips in measured.items():
             rows.append({"net": net, "batch": batch, "backend": name, "images_per_s": ips,
@@ -130,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.repeats = min(args.repeats, 3)
     torch.set_num_threads(args.threads)
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"torch {torch.__version__}, {args.threads} threads, input {h}x{w}, ResNet-50 last_conv_stride "
           f"{args.last_conv_stride}; medians of {args.repeats} runs (x4 at batch 1)")
     rows: list[dict] = []
@@ -144,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             print_rows(net_rows)
             rows += net_rows
     print_targets(rows)
+    print(f"load average after: {os.getloadavg()[0]:.1f} (other processes share the cores: absolute figures"
+          " drop with load; ratios, timed round-robin, much less)")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     return 0
