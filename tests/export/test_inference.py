@@ -92,3 +92,11 @@ def test_original_infer_images_example_script(tmp_path, original_ckpt, world):
     mat = loadmat(str(tmp_path / "features.mat"))
     assert mat["features"].shape[1] == 1280
     assert len(mat["names"]) == mat["features"].shape[0] and str(mat["names"][0][0][0]).endswith(".jpg")
+
+
+def test_extractor_honours_opt_level(original_ckpt, image_paths):
+    fp32 = bpm.FeatureExtractor(original_ckpt, resize_h_w=SIZE)(image_paths[:4])
+    # float16, not the CPU default bfloat16: its 8-bit mantissa moves an untrained network's output too far.
+    half = bpm.FeatureExtractor(original_ckpt, resize_h_w=SIZE, opt_level="O2", amp_dtype="float16")
+    assert half.policy.casts_weights
+    assert cosine_rows(half(image_paths[:4]), fp32).min() > 0.99
