@@ -38,7 +38,8 @@ def atomic_torch_save(obj: object, path: str | Path) -> None:
         Path(tmp_name).unlink(missing_ok=True)
         cause = _os_error(exc)
         if cause is not None:
-            raise BpmError(f"{path}: could not write checkpoint ({cause.strerror or cause}); the previous one is intact") from exc
+            reason = cause.strerror or cause
+            raise BpmError(f"{path}: could not write checkpoint ({reason}); the previous one is intact") from exc
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

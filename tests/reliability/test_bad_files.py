@@ -236,7 +236,8 @@ def test_training_on_a_corrupt_jpeg_stops_in_one_line_with_its_checkpoint_whole(
         _truncate_jpeg(path)
     TALLY.fault("corrupt JPEG")
     exp_dir = tmp_path / "exp"
-    line = cli_error(capsys, ["train", *train_switches(world, exp_dir), "--workers", workers, "--ckpt_every_steps", "1"])
+    argv = ["train", *train_switches(world, exp_dir, "--workers", workers, "--ckpt_every_steps", "1")]
+    line = cli_error(capsys, argv)
     assert any(f"{victim}: cannot decode image" in line for victim in victims), line
     if (exp_dir / "ckpt.pth").exists():
         assert load_checkpoint(exp_dir / "ckpt.pth")["global_step"] < 4
