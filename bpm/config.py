@@ -77,8 +77,8 @@ def loss_scale_value(text: str | None) -> float | str | None:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number or 'dynamic', got {text!r}")
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number or 'dynamic', got {text!r}")
     return value
 
 

@@ -98,6 +98,7 @@ def test_str2bool_words(word, value):
         ("--staircase_decay_at_epochs", "(1.5, 2)"),
         ("--loss-scale", "-1"),
         ("--loss-scale", "huge"),
+        ("--loss-scale", "inf"),
         ("--last_conv_stride", "3"),
     ],
 )
