@@ -6,6 +6,7 @@ this file only wires them together and turns :class:`BpmError` into a one-line m
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -47,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except BpmError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise
+        print(f"error: {exc.filename or 'output'}: {exc.strerror}; the last checkpoint is intact", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

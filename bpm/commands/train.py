@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
+import time
 from pathlib import Path
 
 from bpm import distributed
@@ -137,6 +139,11 @@ def _train(args, model, policy, dataset, exp_dir: Path, ctx: distributed.DistCon
     trainer = Trainer(model, policy, args, dataset.train, exp_dir, validator, ctx.rank, ctx.world_size)
     if args.resume:
         trainer.resume()
+    elif ctx.is_main and trainer.ckpt_path.exists():
+        # A fresh run must not silently replace a previous run's checkpoint at its first save.
+        kept = trainer.ckpt_path.with_name(f"{trainer.ckpt_path.name}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
+        os.replace(trainer.ckpt_path, kept)
+        print(f"Starting afresh (no --resume true): the previous checkpoint was kept as {kept}")
     if ctx.is_main:
         check_free_space(exp_dir, estimate_checkpoint_bytes(trainer.checkpoint_state(), trainer.optimizer),
                          trainer.ckpt_path)

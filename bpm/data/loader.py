@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import signal
 from typing import Callable, Sequence
 
 import torch
@@ -38,6 +39,11 @@ class ImageDataset(Dataset):
         return self.transform(read_image(record.path)), record.pid, record.camid, index
 
 
+def _ignore_sigint(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group; workers leave it to the trainer, which stops cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def train_loader(
     records: Sequence[ImageRecord], transform: Callable, batch_sampler: PKBatchSampler, workers: int
 ) -> DataLoader:
@@ -46,6 +52,7 @@ def train_loader(
         batch_sampler=batch_sampler,
         num_workers=workers,
         persistent_workers=workers > 0,
+        worker_init_fn=_ignore_sigint,
         pin_memory=torch.cuda.is_available(),
     )
 
