@@ -1,33 +1,14 @@
 """Shared fixtures: a tiny synthetic world in Market-1501 layout, generated once per session."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
 
-from bpm.config import add_train_arguments
-from bpm.data.synthetic import WorldConfig, generate_world
-
-TINY_WORLD = WorldConfig(
-    num_train_ids=16, num_test_ids=8, num_cameras=3, min_cameras_per_id=2, max_cameras_per_id=3,
-    min_images_per_id_camera=2, max_images_per_id_camera=3, num_distractors=6, num_junk=3,
-    image_height=64, image_width=32, seed=7,
-)
+from bpm.data.synthetic import generate_world
+from train_helpers import TINY_WORLD
 
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> Path:
     return generate_world(tmp_path_factory.mktemp("world") / "tiny", TINY_WORLD)
-
-
-def train_args(world: Path, exp_dir: Path, *extra: str) -> argparse.Namespace:
-    """Parsed training switches for a few quick CPU steps on ``world``."""
-    parser = argparse.ArgumentParser()
-    add_train_arguments(parser)
-    return parser.parse_args([
-        "-d", "()", "--dataset", "market1501", "--data_root", str(world), "--exp_dir", str(exp_dir),
-        "--resize_h_w", "(64, 32)", "--ids_per_batch", "4", "--ims_per_id", "2", "--total_epochs", "2",
-        "--workers", "0", "--set_seed", "true", "--log_to_file", "false", "--rerank", "false",
-        "--steps_per_log", "0", *extra,
-    ])

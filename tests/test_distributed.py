@@ -29,7 +29,7 @@ from bpm.errors import BpmError
 from bpm.evaluation.features import extract_features
 from bpm.precision import PrecisionPolicy
 
-from conftest import train_args
+from train_helpers import train_args
 
 POLICY = PrecisionPolicy.create("O0", "cpu")
 

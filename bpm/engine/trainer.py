@@ -30,6 +30,7 @@ from bpm.engine.logging import RunLogger
 from bpm.engine.lr_schedule import lr_at_epoch, set_lr
 from bpm.errors import BpmError
 from bpm.losses import BatchHardTripletLoss
+from bpm.models.weights import load_model_weights_from_state
 from bpm.precision import PrecisionPolicy, PrecisionStepper
 
 # A validation callback returns (mAP, rank-1) for the current model.
@@ -105,7 +106,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- checkpoints
     def checkpoint_state(self) -> dict:
-        model = self.model.module if hasattr(self.model, "module") else self.model
+        model = self.bare_model
         return {
             "state_dicts": [model.state_dict(), self.optimizer.state_dict()],
             "ep": self.position.epoch,
@@ -127,10 +128,7 @@ class Trainer:
         """Continue from ``path`` (default: the run's ``ckpt.pth``), restoring everything saved."""
         path = Path(path or self.ckpt_path)
         ckpt = load_checkpoint(path)
-        model = self.model.module if hasattr(self.model, "module") else self.model
-        from bpm.models.weights import load_model_weights_from_state
-
-        load_model_weights_from_state(model, ckpt["state_dicts"][0], path)
+        load_model_weights_from_state(self.bare_model, ckpt["state_dicts"][0], path)
         try:
             self.optimizer.load_state_dict(ckpt["state_dicts"][1])
         except (ValueError, KeyError) as exc:

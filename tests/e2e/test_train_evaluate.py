@@ -9,7 +9,7 @@ from bpm.data.synthetic import WorldConfig, generate_world
 
 pytestmark = pytest.mark.slow
 
-SMALL_WORLD = WorldConfig(num_train_ids=48, num_test_ids=24, num_cameras=4, num_distractors=20, num_junk=5,
+SMALL_WORLD = WorldConfig(num_train_ids=48, num_test_ids=24, num_cameras=4, max_cameras_per_id=4, num_distractors=20, num_junk=5,
                           image_height=64, image_width=32, seed=3)
 
 

@@ -9,7 +9,7 @@ from bpm.engine.trainer import Trainer, seed_everything
 from bpm.errors import BpmError
 from bpm.models.reid import build_model
 from bpm.precision import PrecisionPolicy
-from conftest import train_args
+from train_helpers import train_args
 
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):

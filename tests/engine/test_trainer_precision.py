@@ -13,7 +13,7 @@ from bpm.engine.trainer import Trainer, seed_everything
 from bpm.errors import BpmError
 from bpm.models.reid import build_model
 from bpm.precision import PrecisionPolicy
-from conftest import train_args
+from train_helpers import train_args
 
 
 def make_trainer(world, exp_dir, *extra: str) -> Trainer:

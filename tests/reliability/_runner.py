@@ -238,7 +238,7 @@ def assert_same_training(a: dict, b: dict) -> None:
 
 def make_trainer(world: Path, exp_dir: Path, *extra: str):
     """An in-process :class:`Trainer` on the tiny world (same switches as tests/conftest.py ``train_args``)."""
-    from conftest import train_args
+    from train_helpers import train_args
 
     from bpm.data.datasets import build_dataset
     from bpm.engine.trainer import Trainer, seed_everything
