@@ -85,7 +85,7 @@ class WorldConfig:
     num_junk: int = 100
     image_height: int = 128
     image_width: int = 64
-    nuisance: float = 1.0
+    nuisance: float = 0.35
     jpeg_quality: int = 90
     seed: int = 0
 
