@@ -20,7 +20,7 @@ from bpm.engine.logging import RunLogger, StreamMirror
 from bpm.engine.trainer import Trainer, seed_everything
 from bpm.errors import BpmError
 from bpm.models.reid import build_model
-from bpm.models.weights import load_model_weights
+from bpm.models.weights import load_imagenet_weights, load_model_weights
 from bpm.precision import PrecisionPolicy, resolve_device
 from bpm.vis.plots import write_run_plots
 
@@ -76,14 +76,12 @@ def _run_process(args: argparse.Namespace, ctx: distributed.DistContext) -> int:
         weights = args.model_weight_file or str(Path(args.exp_dir or default_exp_dir(args)) / "ckpt.pth")
         load_model_weights(model, weights)
     elif args.net_pretrained_path and not args.resume:
-        from bpm.models.weights import load_imagenet_weights
-
         load_imagenet_weights(model, args.net_pretrained_path)
     dataset = build_dataset(
         args.dataset,
         args.data_root or None,
         cuhk03_type=args.cuhk03_type,
-        trainset_part=getattr(args, "trainset_part", "trainval"),
+        trainset_part=args.trainset_part,
         skip_bad_images=args.skip_bad_images,
         seed=args.seed,
     )

@@ -72,7 +72,7 @@ def test_scaler_state_is_checkpointed_and_restored(tiny_world, tmp_path):
     saved = trainer.checkpoint_state()["precision"]
     skipped = trainer.stepper.skipped_steps  # a rare non-finite step halves the scale and resets the tracker
     assert saved["scaler"]["scale"] == 1024.0 / 2**skipped and saved["skipped_steps"] == skipped
-    assert saved["scaler"]["_growth_tracker"] >= 1
+    assert saved["scaler"]["_growth_tracker"] >= 1 or skipped >= 1  # a skip resets the tracker
     on_disk = load_checkpoint(trainer.ckpt_path)["precision"]
     assert on_disk["scaler"] == saved["scaler"]
 
