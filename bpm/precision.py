@@ -179,6 +179,17 @@ class PrecisionPolicy:
     def static_loss_scale(self) -> float | None:
         return self.loss_scale if isinstance(self.loss_scale, float) else None
 
+    @property
+    def channels_last(self) -> bool:
+        """Whether models and inputs use the channels-last layout.
+
+        It is the faster layout for convolutions on tensor cores and, in FP32, on current CPUs
+        (oneDNN); it changes no numbers. Half-precision CPU convolutions stay contiguous: with
+        channels-last, bfloat16 depthwise convolutions on tiny feature maps gave NaN weight
+        gradients in our tests (PyTorch 2.14 CPU).
+        """
+        return self.device.type == "cuda" or self.opt_level == "O0"
+
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Move to the device and cast: FP32 at O0/O1, half at O2/O3 with BatchNorm FP32 if asked.
 
@@ -189,11 +200,10 @@ class PrecisionPolicy:
         if self.device.type == "cuda" and self.opt_level == "O0":
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cuda.matmul.allow_tf32 = False
-        # Channels-last is the faster layout for convolutions on current CPUs (oneDNN) and on
-        # tensor cores; it changes no numbers, only the memory order of 4-D weights.
+        layout = torch.channels_last if self.channels_last else torch.preserve_format
         if not self.casts_weights:
-            return model.to(self.device, torch.float32, memory_format=torch.channels_last)
-        model = model.to(self.device, self.half_dtype, memory_format=torch.channels_last)
+            return model.to(self.device, torch.float32, memory_format=layout)
+        model = model.to(self.device, self.half_dtype, memory_format=layout)
         if self.keep_batchnorm_fp32:
             native = _native_mixed_batchnorm(self.device.type, self.half_dtype)
             for module in model.modules():
@@ -212,7 +222,7 @@ class PrecisionPolicy:
 
     def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, self.input_dtype, non_blocking=self.device.type == "cuda")
-        return images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last and images.dim() == 4 else images
 
     def describe(self) -> str:
         """One line for the run log: what is half, what stays FP32, how the loss is scaled."""

@@ -20,12 +20,10 @@ from bpm.precision import PrecisionPolicy
 def embed_batch(model: torch.nn.Module, images: torch.Tensor, policy: PrecisionPolicy, flip: bool = False) -> torch.Tensor:
     """Embeddings of one batch as FP32; with ``flip``, averaged with the mirrored images' embeddings.
 
-    On CPU the batch goes in channels-last: oneDNN's convolutions then skip layout reorders
-    (bench/infer_speed.py: faster for both networks, up to ~2x for MobileNet-V2 at batch 32).
+    The policy picks the memory layout (channels-last where it is faster and safe:
+    bench/infer_speed.py measured up to ~2x for MobileNet-V2 at batch 32 on CPU).
     """
     images = policy.prepare_input(images)
-    if images.device.type == "cpu" and images.dim() == 4:
-        images = images.contiguous(memory_format=torch.channels_last)
     with policy.autocast():
         features = model(images).float()
         if flip:
