@@ -5,7 +5,22 @@ wrong network) is raised as :class:`BpmError` with a single-line message naming 
 and what was expected. The command-line front end prints it as ``error: <message>`` and exits
 with status 2, so scripts can tell user errors from crashes (tracebacks, status 1).
 """
+import sys
+from typing import Callable
 
 
 class BpmError(Exception):
     """A user-facing error whose message is one line naming the culprit and the expectation."""
+
+
+def exit_code_of(work: Callable[[], None]) -> int:
+    """Run a script's ``work``: 0 on success, or print a :class:`BpmError` as one ``error:`` line and give 2.
+
+    The original's stand-alone scripts use this so their failures read like the ``bpm`` command's.
+    """
+    try:
+        work()
+    except BpmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

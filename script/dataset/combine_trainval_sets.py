@@ -10,7 +10,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 from bpm.data.transform import combine_trainval_sets  # noqa: E402
-from bpm.errors import BpmError  # noqa: E402
+from bpm.errors import exit_code_of  # noqa: E402
 
 MEMBERS = (
     ("market1501", "~/Dataset/market1501"),
@@ -29,13 +29,12 @@ def main() -> int:
     expand = os.path.expanduser
     im_dirs = [expand(getattr(args, f"{name}_im_dir")) for name, _ in MEMBERS]
     partition_files = [expand(getattr(args, f"{name}_partition_file")) for name, _ in MEMBERS]
-    try:
+
+    def work() -> None:
         out = combine_trainval_sets(im_dirs, partition_files, expand(args.save_dir))
-    except BpmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"Partition file saved to {out}")
-    return 0
+        print(f"Partition file saved to {out}")
+
+    return exit_code_of(work)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 from bpm.data.transform import transform_cuhk03  # noqa: E402
-from bpm.errors import BpmError  # noqa: E402
+from bpm.errors import exit_code_of  # noqa: E402
 
 
 def main() -> int:
@@ -19,14 +19,13 @@ def main() -> int:
     parser.add_argument("--train_test_partition_file", default="~/Dataset/cuhk03/re_ranking_train_test_split.pkl")
     args = parser.parse_args()
     expand = os.path.expanduser
-    try:
-        written = transform_cuhk03(expand(args.zip_file), expand(args.train_test_partition_file), expand(args.save_dir))
-    except BpmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for out in written:
-        print(f"Partition file saved to {out}")
-    return 0
+
+    def work() -> None:
+        for out in transform_cuhk03(expand(args.zip_file), expand(args.train_test_partition_file),
+                                    expand(args.save_dir)):
+            print(f"Partition file saved to {out}")
+
+    return exit_code_of(work)
 
 
 if __name__ == "__main__":

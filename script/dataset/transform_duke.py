@@ -9,7 +9,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 from bpm.data.transform import transform_duke  # noqa: E402
-from bpm.errors import BpmError  # noqa: E402
+from bpm.errors import exit_code_of  # noqa: E402
 
 
 def main() -> int:
@@ -17,13 +17,12 @@ def main() -> int:
     parser.add_argument("--zip_file", default="~/Dataset/duke/DukeMTMC-reID.zip")
     parser.add_argument("--save_dir", default="~/Dataset/duke")
     args = parser.parse_args()
-    try:
+
+    def work() -> None:
         out = transform_duke(os.path.expanduser(args.zip_file), os.path.expanduser(args.save_dir))
-    except BpmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"Partition file saved to {out}")
-    return 0
+        print(f"Partition file saved to {out}")
+
+    return exit_code_of(work)
 
 
 if __name__ == "__main__":
