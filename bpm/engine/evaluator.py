@@ -17,7 +17,7 @@ import torch
 from bpm.data.records import ImageRecord, TestSet
 from bpm.errors import BpmError
 from bpm.evaluation import compute_distances, evaluate, pool_multi_query, re_ranking
-from bpm.evaluation.features import extract_features, save_features
+from bpm.evaluation.features import degenerate_rows, extract_features, save_features
 from bpm.precision import PrecisionPolicy
 
 RESULT_LINE = "[mAP: {:5.2%}], [cmc1: {:5.2%}], [cmc5: {:5.2%}], [cmc10: {:5.2%}]"
@@ -50,6 +50,7 @@ def summarize(result: dict) -> dict:
         "mINP": float(result["mINP"]),
         "cmc": {"1": float(cmc[0]), "5": float(cmc[4]), "10": float(cmc[9])},
         "num_valid_queries": int(result["num_valid_queries"]),
+        **({"degenerate_features": result["degenerate_features"]} if "degenerate_features" in result else {}),
     }
 
 
@@ -95,6 +96,7 @@ def evaluate_test_set(
     mq_feat = extract(test_set.multi_query, "multi-query") if test_set.multi_query else None
     if settings.shard and not _is_main_rank():
         return _report_from_main(None)
+    degenerate = _degenerate_features(test_set.name, policy, {"query": q_feat, "gallery": g_feat, "multi-query": mq_feat})
     if settings.save_features:
         save_features(settings.save_features, q_feat, test_set.query, f"{test_set.name}/query")
         save_features(settings.save_features, g_feat, test_set.gallery, f"{test_set.name}/gallery")
@@ -110,6 +112,9 @@ def evaluate_test_set(
         report["multi_query"] = multi["plain"]
         if "reranked" in multi:
             report["reranked_multi_query"] = multi["reranked"]
+    if degenerate:
+        for result in report.values():
+            result["degenerate_features"] = degenerate
     if verbose:
         print(f"Test set {test_set.name}: {len(test_set.query)} queries x {len(test_set.gallery)} gallery images")
         titles = {"single_query": "Single Query", "multi_query": "Multi Query",
@@ -118,6 +123,30 @@ def evaluate_test_set(
             if key in report:
                 print(format_result(title, report[key]))
     return _report_from_main(report) if settings.shard else report
+
+
+def _degenerate_features(name: str, policy: PrecisionPolicy, splits: dict[str, np.ndarray | None]) -> dict:
+    """Flag all-zero feature rows (one warning line per split) and refuse non-finite ones.
+
+    All-zero rows are not an error: an untrained network evaluated in half precision produces
+    them legitimately, and a validation pass must not end a training run; but the metrics must
+    not pass unflagged. Non-finite rows have no distances at all, so they stop the evaluation.
+    """
+    precision = "float32" if policy.opt_level == "O0" else str(policy.half_dtype).replace("torch.", "")
+    advice = "" if policy.opt_level == "O0" else "; evaluate with --opt-level O0"
+    found = {}
+    for split, features in splits.items():
+        if features is None:
+            continue
+        counts = degenerate_rows(features)
+        if counts["non_finite"]:
+            raise BpmError(f"test set {name}: {counts['non_finite']} of {len(features)} {split} features are not "
+                           f"finite at {policy.opt_level} ({precision} overflow){advice}")
+        if counts["all_zero"]:
+            found[split] = counts
+            print(f"WARNING test set {name}: {counts['all_zero']} of {len(features)} {split} features are all zero at "
+                  f"{policy.opt_level} ({precision} underflow?); the metrics below are not meaningful{advice}", flush=True)
+    return found
 
 
 def _is_main_rank() -> bool:

@@ -71,6 +71,20 @@ def extract_features(
     return torch.cat(chunks).numpy()
 
 
+def degenerate_rows(features: np.ndarray) -> dict[str, int]:
+    """How many feature rows are unusable: with a non-finite value, or all zero.
+
+    Half precision can produce either without any error: an untrained MobileNet-V2's embeddings
+    are ~1e-9 in FP32 and underflow to exactly zero in float16, large activations overflow to
+    inf. Distances between such rows are all ties (or NaN), so the metrics computed from them
+    look like chance and mean nothing.
+    """
+    if features.size == 0:
+        return {"non_finite": 0, "all_zero": 0}
+    finite = np.isfinite(features).all(axis=1)
+    return {"non_finite": int((~finite).sum()), "all_zero": int((finite & ~features.any(axis=1)).sum())}
+
+
 def save_features(path: str | Path, features: np.ndarray, records: Sequence[ImageRecord], split: str) -> None:
     """Append one split's features, names, pids and camids to an HDF5 file (group per split)."""
     import h5py

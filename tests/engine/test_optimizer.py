@@ -24,3 +24,19 @@ def test_sgd_uses_nesterov_momentum():
                           [torch.nn.Parameter(torch.zeros(2))])
     assert isinstance(opt, torch.optim.SGD)
     assert opt.defaults["momentum"] == 0.8 and opt.defaults["nesterov"] and opt.defaults["lr"] == 0.01
+
+
+def test_half_precision_weights_stay_finite_when_squared_gradients_underflow():
+    """O3 keeps float16 weights: the update must be computed in FP32 or Adam's eps vanishes.
+
+    Gradients of 1e-5 square to 1e-10, below float16's smallest subnormal (6e-8), and zero
+    gradients leave both moments at zero; an update done in float16 divides by eps=1e-8 -> 0.
+    """
+    weight = torch.nn.Parameter(torch.ones(4, dtype=torch.float16))
+    opt = build_optimizer(args("--base_lr", "0.01", "--weight_decay", "0"), [weight])
+    for _ in range(3):
+        weight.grad = torch.tensor([1e-5, 0.0, 1e-3, -1e-3], dtype=torch.float16)
+        opt.step()
+    assert torch.isfinite(weight).all()
+    assert weight[1] == 1  # no gradient, no move
+    assert weight[0] < 1 and weight[2] < 1 and weight[3] > 1  # Adam moves ~lr against the gradient's sign

@@ -1,0 +1,64 @@
+"""Evaluation glue: degenerate features (half-precision underflow/overflow) are flagged, not passed off."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bpm.data.datasets import build_dataset
+from bpm.engine.evaluator import EvalSettings, evaluate_test_set, write_results
+from bpm.errors import BpmError
+from bpm.evaluation.features import degenerate_rows
+from bpm.precision import PrecisionPolicy
+
+
+class ConstantNet(torch.nn.Module):
+    """Embeds every image as the same vector: zeros (underflow) or inf (overflow) or a real signal."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pooled = images.mean(dim=(2, 3)) * self.scale
+        if self.mode == "zero":
+            return pooled * 0
+        if self.mode == "inf":
+            return pooled / 0
+        return pooled
+
+
+def test_degenerate_rows_counts_zero_and_non_finite_rows():
+    features = np.array([[0, 0], [1, 0], [np.nan, 1], [np.inf, 0], [0, 0]], dtype=np.float32)
+    assert degenerate_rows(features) == {"non_finite": 2, "all_zero": 2}
+    assert degenerate_rows(np.zeros((0, 3), dtype=np.float32)) == {"non_finite": 0, "all_zero": 0}
+
+
+def _evaluate(tiny_world, mode: str) -> dict:
+    test_set = build_dataset("market1501", tiny_world).test_sets[0]
+    settings = EvalSettings(resize_h_w=(32, 16), batch_size=8, workers=0)
+    return evaluate_test_set(ConstantNet(mode).eval(), test_set, PrecisionPolicy.create("O0"), settings)
+
+
+def test_all_zero_features_are_flagged_in_the_log_and_results(tiny_world, tmp_path, capsys):
+    report = _evaluate(tiny_world, "zero")
+    out = capsys.readouterr().out
+    assert "WARNING test set" in out and "all zero" in out and "not meaningful" in out
+    n_query = report["single_query"]["degenerate_features"]["query"]["all_zero"]
+    assert n_query == len(build_dataset("market1501", tiny_world).test_sets[0].query)
+    payload = write_results(tmp_path / "results.json", "market1501", "net", "O0", {"t": report})
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["test_sets"]["t"]["single_query"]["degenerate_features"] == payload["test_sets"]["t"]["single_query"]["degenerate_features"]
+
+
+def test_non_finite_features_stop_the_evaluation_with_one_line(tiny_world):
+    with pytest.raises(BpmError, match=r"query features are not finite at O0") as info:
+        _evaluate(tiny_world, "inf")
+    assert "\n" not in str(info.value)
+
+
+def test_healthy_features_carry_no_flag(tiny_world, capsys):
+    report = _evaluate(tiny_world, "real")
+    assert "WARNING" not in capsys.readouterr().out
+    assert all("degenerate_features" not in result for result in report.values())
