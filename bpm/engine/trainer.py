@@ -137,10 +137,15 @@ class Trainer:
         path = Path(path or self.ckpt_path)
         ckpt = load_checkpoint(path)
         load_model_weights_from_state(self.bare_model, ckpt["state_dicts"][0], path)
+        # A saved param group carries its kernel choice (the original's and older checkpoints: unfused);
+        # keep this run's fused kernels, which O3 needs (see build_optimizer).
+        kernels = {key: self.optimizer.defaults[key] for key in ("fused", "foreach") if key in self.optimizer.defaults}
         try:
             self.optimizer.load_state_dict(ckpt["state_dicts"][1])
         except (ValueError, KeyError) as exc:
             raise BpmError(f"{path}: optimizer state does not match this run's settings ({exc})") from exc
+        for group in self.optimizer.param_groups:
+            group.update(kernels)
         self.stepper.load_state_dict(ckpt.get("precision", {}))
         self.position = Position(int(ckpt["ep"]), int(ckpt.get("step", 0)), int(ckpt.get("global_step", 0)),
                                  dict(ckpt.get("scores", {})))

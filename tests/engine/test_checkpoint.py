@@ -58,3 +58,17 @@ def test_resume_continues_exactly(tiny_world, tmp_path, opt_level):
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_keeps_fused_kernels_over_an_unfused_checkpoint(tiny_world, tmp_path):
+    """Older and original checkpoints saved unfused Adam groups; O3 needs the fused (FP32-math) update."""
+    first = _trainer(tiny_world, tmp_path / "run", 1)
+    first.fit()
+    ckpt = load_checkpoint(tmp_path / "run" / "ckpt.pth")
+    for group in ckpt["state_dicts"][1]["param_groups"]:
+        group["fused"], group["foreach"] = None, None
+    atomic_torch_save(ckpt, tmp_path / "run" / "ckpt.pth")
+    resumed = _trainer(tiny_world, tmp_path / "run", 2)
+    resumed.resume()
+    assert all(group["fused"] for group in resumed.optimizer.param_groups)
+    assert len(resumed.optimizer.state) > 0  # the moments themselves were restored
