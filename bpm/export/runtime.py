@@ -58,10 +58,10 @@ def image_batch(items: Iterable[ImageLike], resize_h_w: tuple[int, int], raw: bo
     return np.ascontiguousarray(np.stack(arrays), dtype=np.float32)
 
 
-def session_options(threads: int = 0):
+def session_options(threads: int = 0, spin: bool = False):
     """Full graph optimisation, one inter-op thread, ``threads`` intra-op threads (0: ORT's default).
 
-    Intra-op threads do not spin between runs. Spinning (ORT's default) keeps the cores busy
+    Intra-op threads do not spin between runs (``spin`` restores ORT's default, for comparisons). Spinning (ORT's default) keeps the cores busy
     after each call, so whatever runs next on them (JPEG decoding and resizing of the next batch
     in :class:`bpm.FeatureExtractor`, another session, the application itself) gets them late.
     bench/infer_speed.py measured what it costs on 2 cores: with two sessions alternating,
@@ -74,7 +74,7 @@ def session_options(threads: int = 0):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     if threads:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
