@@ -12,15 +12,13 @@ sessions that take turns on the same cores.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.infer_speed import calibrated_model  # noqa: E402
+from bench.infer_speed import calibrated_model, images_per_second  # noqa: E402
 from bpm.data.datasets.common import list_image_names  # noqa: E402
 from bpm.data.synthetic import WorldConfig, generate_world  # noqa: E402
 from bpm.export.onnx import OnnxSpec, export_onnx  # noqa: E402
@@ -80,26 +78,16 @@ def main(argv: list[str] | None = None) -> int:
                             calibrate_method=CalibrationMethod.MinMax,
                             extra_options={"CalibTensorRangeSymmetric": False, "CalibMovingAverage": False}, **options)
         x = image_batch([paths[i % len(paths)] for i in range(args.batch)], (h, w))
-        sessions = {}
+        runners = {}
         for name, path in files.items():
             session = ort.InferenceSession(str(path), session_options(args.threads, args.spin),
                                            providers=["CPUExecutionProvider"])
-            sessions[name] = (session, session.get_inputs()[0].name)
-        times: dict[str, list[float]] = {name: [] for name in sessions}
-        for session, input_name in sessions.values():
-            for _ in range(2):
-                session.run(None, {input_name: x})
-        for _ in range(args.repeats):
-            for name, (session, input_name) in sessions.items():
-                start = time.perf_counter()
-                session.run(None, {input_name: x})
-                times[name].append(time.perf_counter() - start)
+            runners[name] = (lambda s, n: lambda: s.run(None, {n: x}))(session, session.get_inputs()[0].name)
+        speed = images_per_second(runners, args.batch, args.repeats, warmup=2)
     print(f"{args.net}, {h}x{w}, batch {args.batch}, {args.threads} threads, spinning {'on' if args.spin else 'off'}, "
           f"median of {args.repeats} round-robin runs")
-    base = args.batch / statistics.median(times["ORT FP32"])
-    for name, t in times.items():
-        ips = args.batch / statistics.median(t)
-        print(f"  {name:<38}{ips:9.1f} img/s  {ips / base:5.2f}x ORT FP32")
+    for name, ips in speed.items():
+        print(f"  {name:<38}{ips:9.1f} img/s  {ips / speed['ORT FP32']:5.2f}x ORT FP32")
     return 0
 
 

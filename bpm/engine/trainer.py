@@ -60,7 +60,6 @@ def build_optimizer(args, params: Sequence[torch.Tensor]) -> torch.optim.Optimiz
     underflows gets 0/0 and the whole network turns NaN within a few steps (seen on an H100 and
     reproduced on CPU). It is also one kernel per step instead of one per tensor group on CUDA.
     """
-    params = list(params)
     if args.optimizer == "sgd":
         return torch.optim.SGD(params, lr=args.base_lr, momentum=args.momentum, nesterov=True,
                                weight_decay=args.weight_decay, fused=True)

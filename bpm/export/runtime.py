@@ -61,9 +61,10 @@ def image_batch(items: Iterable[ImageLike], resize_h_w: tuple[int, int], raw: bo
 def session_options(threads: int = 0, spin: bool = False):
     """Full graph optimisation, one inter-op thread, ``threads`` intra-op threads (0: ORT's default).
 
-    Intra-op threads do not spin between runs (``spin`` restores ORT's default, for comparisons). Spinning (ORT's default) keeps the cores busy
-    after each call, so whatever runs next on them (JPEG decoding and resizing of the next batch
-    in :class:`bpm.FeatureExtractor`, another session, the application itself) gets them late.
+    Intra-op threads do not spin between runs (``spin`` restores ORT's default, for comparisons).
+    Spinning keeps the cores busy after each call, so whatever runs next on them (JPEG decoding
+    and resizing of the next batch in :class:`bpm.FeatureExtractor`, another session, the
+    application itself) gets them late.
     bench/infer_speed.py measured what it costs on 2 cores: with two sessions alternating,
     MobileNet-V2 INT8 at batch 32 fell from ~1200-1400 to ~680 img/s, while one session alone
     gained nothing measurable from spinning (FP32 574 vs 568 img/s, batch 1 no faster either).
