@@ -17,26 +17,31 @@ from bpm.models.weights import read_weights_file
 from export_helpers import SIZE
 
 
-# An untrained network is chaotic: 8-bit rounding in 52 layers moves its embedding far more than a
-# trained network's (measured mean cosine ~0.8 at 64x32). These mechanics tests therefore accept
-# 0.75 for INT8; the real 0.98 threshold is checked on a trained network in test_int8_trained.py.
-UNTRAINED_INT8_COSINE = 0.75
+# These are mechanics tests on an untrained network, whose response to 8-bit rounding is chaotic and
+# depends on the CPU: ONNX Runtime's u8 x s8 kernels sum in saturating 16-bit lanes on AVX2 without
+# VNNI (mean cosine 0.64 seen there, 0.8 on AVX-512-VNNI). So INT8 *accuracy* is not asserted here
+# (no threshold: any finite cosine passes); it is checked on a trained network in
+# test_int8_trained.py. FP32/FP16 thresholds do not depend on the instruction set and stay.
+NO_INT8_THRESHOLD = -1.0
+
+
+def _export(out, original_ckpt, calib_folder):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(COSINE_THRESHOLDS, "int8", NO_INT8_THRESHOLD)
+        return run_export(ExportOptions(
+            weights=str(original_ckpt), out_dir=str(out), resize_h_w=SIZE,
+            calib_images=str(calib_folder), calib_count=32, verify_count=16, threads=2,
+        ), log=lambda line: None)
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, original_ckpt, world):
     out = tmp_path_factory.mktemp("out")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(COSINE_THRESHOLDS, "int8", UNTRAINED_INT8_COSINE)
-        result = run_export(ExportOptions(
-            weights=str(original_ckpt), out_dir=str(out), resize_h_w=SIZE,
-            calib_images=str(world / "bounding_box_train"), calib_count=32, verify_count=16, threads=2,
-        ), log=lambda line: None)
-    return out, result
+    return out, _export(out, original_ckpt, world / "bounding_box_train")
 
 
 def _threshold(precision: str) -> float:
-    return UNTRAINED_INT8_COSINE if precision == "int8" else COSINE_THRESHOLDS[precision]
+    return NO_INT8_THRESHOLD if precision == "int8" else COSINE_THRESHOLDS[precision]
 
 
 def test_every_format_is_written_and_verified(exported):
@@ -51,6 +56,7 @@ def test_every_format_is_written_and_verified(exported):
     assert {row["format"] for row in report["formats"]} == set(FORMATS)
     for row in report["formats"]:
         assert row["cosine_mean"] >= _threshold(row["precision"])
+        assert -1.0 - 1e-6 <= row["cosine_mean"] <= 1.0 + 1e-6
     assert "alternate images for calibration and verification" in report["images"]
     assert report["calibration_images"] == 32 and report["verification_images"] == 16
 
@@ -84,8 +90,27 @@ def test_onnx_dynamic_batch_matches_torch(exported, mobilenet, image_paths, fmt)
         got = runner(x)
         with torch.no_grad():
             want = mobilenet(torch.from_numpy(x)).numpy()
-        assert got.shape == (batch, 1280)
+        assert got.shape == (batch, 1280) and np.isfinite(got).all()
         assert cosine_rows(got, want).mean() >= _threshold(precision)
+
+
+def test_mechanics_do_not_depend_on_int8_accuracy(tmp_path, original_ckpt, world):
+    """The guard for CPU independence: INT8 numerics differ by instruction set, so the mechanics
+    above must pass whatever INT8 accuracy the CPU gives. Calibrating on flat grey images (ranges
+    far from the real ones) makes the INT8 model as bad as on the worst CPU; the export must still
+    be written, verified and reported, with only its measured cosine showing the damage."""
+    from PIL import Image
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(4):
+        Image.new("RGB", (32, 64), (120 + i, 120 + i, 120 + i)).save(flat / f"{i:04d}.jpg")
+    result = _export(tmp_path / "out", original_ckpt, flat)
+    report = json.loads((tmp_path / "out" / "export_report.json").read_text())
+    int8 = next(row for row in report["formats"] if row["format"] == "onnx_int8")
+    assert report["passed"] is True and result["files"]["onnx_int8"].is_file()
+    good = next(row for row in report["formats"] if row["format"] == "onnx")
+    assert int8["cosine_mean"] < good["cosine_mean"]
 
 
 def test_failed_threshold_fails_the_command_and_still_writes_the_report(tmp_path, original_ckpt, monkeypatch):
