@@ -3,10 +3,11 @@
 # weights on all three test sets (combined), with re-ranking.
 #   ./testMe.sh WEIGHTS [SWITCHES...]     e.g. ./testMe.sh expt_res/resnet50.pth -d '()' --dataset market1501
 # WEIGHTS: a training checkpoint (ckpt.pth) or a weights file (ours or the original's released files).
+# Test-only data needs no training images: --dataset folder --data_root D (D holding query/ and gallery/).
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ $# -eq 0 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-  sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
   [ $# -eq 0 ] && exit 2 || exit 0
 fi
 weights=$1

@@ -130,19 +130,17 @@ def _model_sets(args: argparse.Namespace, exp_dir: Path) -> tuple[list[VisSet], 
     """Load the model (failing fast on a wrong weights file), index the dataset, and wire lazy extraction."""
     from bpm.data.datasets import build_dataset
     from bpm.evaluation.features import extract_features
-    from bpm.models.reid import build_model
-    from bpm.models.weights import load_model_weights
+    from bpm.models.reid import load_inference_model
     from bpm.precision import PrecisionPolicy, resolve_device
 
     device = resolve_device(tuple(args.sys_device_ids))
     policy = PrecisionPolicy.create(args.opt_level, device, args.amp_dtype, args.keep_batchnorm_fp32)
     weights = args.model_weight_file or args.ckpt_file or str(exp_dir / "ckpt.pth")
-    model = build_model(args.net, args.last_conv_stride)
-    load_model_weights(model, weights)
-    model = policy.prepare_model(model)
+    model = policy.prepare_model(load_inference_model(weights, args.net, args.last_conv_stride))
     dataset = build_dataset(args.dataset, args.data_root or None,
                             cuhk03_type=getattr(args, "cuhk03_type", "detected"),
-                            skip_bad_images=getattr(args, "skip_bad_images", False))
+                            skip_bad_images=getattr(args, "skip_bad_images", False),
+                            require_train=False)  # only query/gallery are drawn: a test-only folder works
 
     def extractor(records: list[ImageRecord], desc: str) -> np.ndarray:
         return extract_features(model, records, policy, tuple(args.resize_h_w), args.batch_size_test,

@@ -1,7 +1,9 @@
 """``bpm data check``: index a dataset, decode every image, and print its statistics.
 
 The counts are what the benchmark papers publish, so a user can compare them with the README's
-table and know the dataset on disk is complete and read the standard way.
+table and know the dataset on disk is complete and read the standard way. A dataset with query and
+gallery images but no training images is reported as test-only (usable for evaluation), not as
+broken.
 """
 from __future__ import annotations
 
@@ -48,6 +50,8 @@ def dataset_stats(ds: IndexedDataset) -> dict[str, Any]:
         "dataset": ds.name,
         "root": ds.root,
         "layout": ds.layout,
+        # A test-only dataset (no training images) can be evaluated but not trained on.
+        "test_only": not ds.train,
         "num_train_ids": ds.num_train_ids,
         "num_train_images": len(ds.train),
         "num_query": sum(t["num_query"] for t in tests),
@@ -73,7 +77,11 @@ def _all_paths(ds: IndexedDataset) -> list[str]:
 def _print_text(stats: dict[str, Any]) -> None:
     print(f"dataset   {stats['dataset']}  ({stats['layout']})")
     print(f"root      {stats['root']}")
-    print(f"train     {stats['num_train_ids']} ids, {stats['num_train_images']} images")
+    if stats["test_only"]:
+        print("train     none: test-only dataset (query and gallery only); it can be evaluated "
+              "(bpm test, bpm visualize) but not trained on")
+    else:
+        print(f"train     {stats['num_train_ids']} ids, {stats['num_train_images']} images")
     for t in stats["test_sets"] + ([stats["val"]] if "val" in stats else []):
         print(
             f"test {t['name']}: query {t['num_query']} images ({t['num_query_ids']} ids), "
@@ -90,7 +98,8 @@ def _print_text(stats: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     ds = build_dataset(
-        args.dataset, args.data_root or None, cuhk03_type=args.cuhk03_type, trainset_part=args.trainset_part
+        args.dataset, args.data_root or None, cuhk03_type=args.cuhk03_type, trainset_part=args.trainset_part,
+        require_train=False,
     )
     stats = dataset_stats(ds)
     if not args.names_only:

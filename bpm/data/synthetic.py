@@ -28,7 +28,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -610,14 +610,35 @@ _HELP = {
 }
 
 
+# Flags whose default follows other flags, so that changing one flag alone never makes the
+# untouched defaults contradict it (``--num_cameras 3`` must not fail on ``--max_cameras_per_id``'s
+# default of 5). In resolution order: name -> (help text of the default, rule on the values so far).
+_MAX_IDS = 9999
+_D = WorldConfig()
+_DEPENDENT_DEFAULTS: dict[str, tuple[str, Callable[[dict], int]]] = {
+    "num_test_ids": (f"min({_D.num_test_ids}, {_MAX_IDS} - num_train_ids)",
+                     lambda v: min(_D.num_test_ids, _MAX_IDS - v["num_train_ids"])),
+    "max_cameras_per_id": (f"min({_D.max_cameras_per_id}, num_cameras), at least min_cameras_per_id",
+                           lambda v: max(v["min_cameras_per_id"], min(_D.max_cameras_per_id, v["num_cameras"]))),
+    "min_images_per_id_camera": (f"max({_D.min_images_per_id_camera}, queries_per_id_camera + 1)",
+                                 lambda v: max(_D.min_images_per_id_camera, v["queries_per_id_camera"] + 1)),
+    "max_images_per_id_camera": (f"max({_D.max_images_per_id_camera}, min_images_per_id_camera)",
+                                 lambda v: max(_D.max_images_per_id_camera, v["min_images_per_id_camera"])),
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``bpm synth`` flags: ``--out``, ``--force`` and one flag per WorldConfig field."""
     parser.add_argument("--out", required=True, help="folder to write the world into")
     parser.add_argument("--force", action="store_true", help="redraw even if an identical world is there")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     for f in dataclasses.fields(WorldConfig):
-        parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default,
-                            help=f"{_HELP[f.name]} (default: {f.default})")
+        if f.name in _DEPENDENT_DEFAULTS:
+            parser.add_argument(f"--{f.name}", type=type(f.default), default=None,
+                                help=f"{_HELP[f.name]} (default: {_DEPENDENT_DEFAULTS[f.name][0]})")
+        else:
+            parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default,
+                                help=f"{_HELP[f.name]} (default: {f.default})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -627,7 +648,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> WorldConfig:
-    return WorldConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(WorldConfig)})
+    """The world of the parsed flags; flags left out take defaults that fit the flags given."""
+    values = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(WorldConfig)}
+    for name, (_, rule) in _DEPENDENT_DEFAULTS.items():
+        if values[name] is None:
+            values[name] = rule(values)
+    return WorldConfig(**{k: (getattr(_D, k) if v is None else v) for k, v in values.items()})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -42,10 +42,15 @@ def train_transform(
     crop_ratio: float = 1.0,
     erase: bool = False,
     erase_prob: float = 0.2,
+    pad_crop: int = 0,
 ) -> T.Compose:
+    """``pad_crop``: zero-pad by this many pixels and crop back to ``resize_h_w`` at a random place
+    (the strong baselines' small-translation augmentation; 10 px at 256x128)."""
     steps: list = [RandomCropResize(crop_prob, crop_ratio), T.Resize(resize_h_w, T.InterpolationMode.BILINEAR)]
     if mirror:
         steps.append(T.RandomHorizontalFlip())
+    if pad_crop > 0:
+        steps += [T.Pad(pad_crop), T.RandomCrop(resize_h_w)]
     steps += [T.ToTensor(), T.Normalize(MEAN, STD)]
     if erase:
         # The original's random erasing: area fraction in [0.02, 0.4], aspect ratio in [0.3, 1/0.3].

@@ -27,6 +27,9 @@ from bpm.errors import BpmError
 log = logging.getLogger(__name__)
 
 TRAINSET_PARTS = ("trainval", "train")
+# A Market-layout release is recognised by its training folder or, in a test-only copy (no or an
+# empty bounding_box_train/), by its gallery folder.
+MARKET_MARKERS = ("bounding_box_train", "bounding_box_test")
 
 
 @dataclass(frozen=True)
@@ -47,12 +50,12 @@ def _load_synthetic(root: Path, options: DatasetOptions) -> IndexedDataset:
 
 
 def _load_market1501(root: Path, options: DatasetOptions) -> IndexedDataset:
-    release = find_release(root, ("Market-1501-v15.09.15", "Market-1501"), "bounding_box_train", "Market-1501 release")
+    release = find_release(root, ("Market-1501-v15.09.15", "Market-1501"), MARKET_MARKERS, "Market-1501 release")
     return load_market_layout(release, "market1501")
 
 
 def _load_duke(root: Path, options: DatasetOptions) -> IndexedDataset:
-    release = find_release(root, ("DukeMTMC-reID",), "bounding_box_train", "DukeMTMC-reID release")
+    release = find_release(root, ("DukeMTMC-reID",), MARKET_MARKERS, "DukeMTMC-reID release")
     ds = load_market_layout(release, "duke")
     ds.layout = "DukeMTMC-reID release"
     return ds
@@ -113,7 +116,8 @@ def resolve_root(name: str, data_root: str | os.PathLike | None) -> Path:
     if name == "synthetic":
         return Path("data") / "synthetic"
     if name not in DEFAULT_FOLDERS:
-        raise BpmError(f"--dataset {name} needs --data_root (a folder with train/, query/ and gallery/)")
+        raise BpmError(f"--dataset {name} needs --data_root "
+                       "(a folder with query/ and gallery/, and train/ for training)")
     return default_data_home() / DEFAULT_FOLDERS[name]
 
 
@@ -147,6 +151,28 @@ def _drop_unreadable(ds: IndexedDataset) -> IndexedDataset:
     return replace(ds, train=keep(ds.train), test_sets=[fix(t) for t in ds.test_sets], val=fix(ds.val) if ds.val else None)
 
 
+def _train_source(ds: IndexedDataset) -> str:
+    """Where ``ds`` would have found its training images, for the "needs training images" error."""
+    if ds.layout.startswith("converted"):
+        return "trainval_im_names of partitions.pkl"
+    return {
+        "folder": "train/",
+        "msmt17": "list_train.txt",
+        "cuhk03": "the protocol's training split",
+        "combined": "the members' training sets",
+    }.get(ds.name, "bounding_box_train/")
+
+
+def require_training_images(ds: IndexedDataset) -> None:
+    """Refuse, in one line naming the folder, to train on a test-only dataset."""
+    if not ds.train:
+        raise BpmError(
+            f"{ds.root}: {ds.name} has no training images ({_train_source(ds)} is missing or empty); "
+            "training needs training images - a test-only folder can only be evaluated "
+            "(bpm test, bpm visualize, --only_test true)"
+        )
+
+
 def build_dataset(
     name: str,
     data_root: str | os.PathLike | None = None,
@@ -156,12 +182,17 @@ def build_dataset(
     skip_bad_images: bool = False,
     seed: int = 1,
     num_val_ids: int = 100,
+    require_train: bool = True,
 ) -> IndexedDataset:
     """Index dataset ``name`` (names only, no pixels unless ``skip_bad_images``) from ``data_root``
     or its folder under ``BPM_DATA``.
 
     Training records carry contiguous labels 0..N-1; query/gallery records keep the dataset's ids.
     With ``trainset_part="train"``, ``val`` holds the held-out identities (see ``split.py``).
+
+    A test-only dataset (only query and gallery images: a new camera network, a second benchmark)
+    is a :class:`BpmError` with ``require_train`` (training), and otherwise comes back with an
+    empty ``train`` list and no validation split (testing, visualising, ``bpm data check``).
     """
     if name not in READERS:
         raise BpmError(f"--dataset: unknown dataset {name!r}; expected one of {', '.join(sorted(READERS))}")
@@ -173,10 +204,12 @@ def build_dataset(
     ds = load_raw(name, resolve_root(name, data_root), options)
     if skip_bad_images:
         ds = _drop_unreadable(ds)
+    if require_train:
+        require_training_images(ds)
+    if not ds.train:
+        return ds
     if trainset_part == "train" and ds.val is None:
         ds.train, ds.val = split_train_val(ds.train, name, seed, num_val_ids)
-    if not ds.train:
-        raise BpmError(f"{ds.root}: {name} has no training images")
     ds.train = relabel(ds.train)
     return ds
 
@@ -190,5 +223,6 @@ __all__ = [
     "build_dataset",
     "default_data_home",
     "load_raw",
+    "require_training_images",
     "resolve_root",
 ]

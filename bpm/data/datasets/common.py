@@ -78,28 +78,34 @@ def extract_zip_once(zip_path: Path) -> Path:
     return target
 
 
-def find_release(root: Path, folder_names: tuple[str, ...], marker: str, what: str) -> Path:
+def find_release(root: Path, folder_names: tuple[str, ...], marker: str | tuple[str, ...], what: str) -> Path:
     """Locate a raw release inside ``root``: ``root`` itself, a known subfolder, or a known zip.
 
-    ``marker`` is a file or folder that only the release has (``bounding_box_train``).
-    ``root`` may also be the zip itself.
+    ``marker`` is a file or folder that only the release has (``bounding_box_train``), or several
+    such names, any one of which is enough (a test-only Market folder has ``bounding_box_test``
+    but no ``bounding_box_train``). ``root`` may also be the zip itself.
     """
+    markers = (marker,) if isinstance(marker, str) else tuple(marker)
+
+    def holds_release(folder: Path) -> bool:
+        return any((folder / m).exists() for m in markers)
+
     if root.is_file() and root.suffix.lower() == ".zip":
         root = extract_zip_once(root)
-    if (root / marker).exists():
+    if holds_release(root):
         return root
     for name in folder_names:
-        if (root / name / marker).exists():
+        if holds_release(root / name):
             return root / name
     for name in folder_names:
         archive = root / f"{name}.zip"
         if archive.is_file():
             extracted = extract_zip_once(archive)
             for candidate in (extracted, extracted / name):
-                if (candidate / marker).exists():
+                if holds_release(candidate):
                     return candidate
-            raise BpmError(f"{archive}: expected the zip to hold {name}/{marker}")
+            raise BpmError(f"{archive}: expected the zip to hold {name}/{markers[0]}")
     if not root.exists():
         raise BpmError(f"{root}: dataset folder not found (expected {what})")
-    expected = ", ".join([marker] + [f"{n}/" for n in folder_names] + [f"{n}.zip" for n in folder_names])
+    expected = ", ".join(list(markers) + [f"{n}/" for n in folder_names] + [f"{n}.zip" for n in folder_names])
     raise BpmError(f"{root}: no {what} found; expected one of {expected} (or images/ + partitions.pkl)")

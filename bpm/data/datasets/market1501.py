@@ -54,15 +54,21 @@ def multi_query_records(gt_bbox: list[ImageRecord], query: list[ImageRecord]) ->
 def load_split_folders(root: Path, name: str, train: str, query: str, gallery: str, layout: str) -> IndexedDataset:
     """Read three Market-named folders (and ``gt_bbox`` when present) into one dataset.
 
-    Training ids keep their original numbers; ``build_dataset`` relabels them.
+    Training ids keep their original numbers; ``build_dataset`` relabels them. The training
+    folder may be missing or empty: a test-only folder (a new camera network, a second
+    benchmark) is evaluated with an empty training list, and only training refuses it.
     """
     root = Path(root)
     if not root.is_dir():
         raise BpmError(f"{root}: dataset folder not found (expected {name} in {layout} layout)")
-    for sub in (train, query, gallery):
+    for sub in (query, gallery):
         if not (root / sub).is_dir():
-            raise BpmError(f"{root / sub}: missing folder (expected {train}/, {query}/ and {gallery}/ in {root})")
-    train_records, junk_train = read_split(root / train)
+            raise BpmError(f"{root / sub}: missing folder (expected {query}/ and {gallery}/, "
+                           f"and {train}/ for training, in {root})")
+    train_records: list[ImageRecord] = []
+    junk_train = 0
+    if (root / train).is_dir():
+        train_records, junk_train = read_split(root / train)
     query_records, junk_query = read_split(root / query)
     gallery_records, junk_gallery = read_split(root / gallery)
     multi_query: list[ImageRecord] = []
@@ -79,5 +85,5 @@ def load_split_folders(root: Path, name: str, train: str, query: str, gallery: s
 
 
 def load_market_layout(root: Path, name: str) -> IndexedDataset:
-    """Read a folder holding ``bounding_box_train``, ``bounding_box_test``, ``query`` (optionally ``gt_bbox``)."""
+    """Read a folder holding ``bounding_box_test`` and ``query`` (optionally ``bounding_box_train``, ``gt_bbox``)."""
     return load_split_folders(root, name, "bounding_box_train", "query", "bounding_box_test", "Market-1501 release")

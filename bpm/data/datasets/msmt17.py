@@ -3,7 +3,8 @@
 ``list_{train,val,query,gallery}.txt`` hold ``<relative path> <label>`` lines; the label is the
 identity, the camera is the third field of the file name (``0000_000_01_0303morning_0015_0.jpg``
 -> camera 1, 15 cameras in all). Training uses train + val (the usual 1,041 ids), images under
-``train/`` and ``test/`` (V1) or ``mask_train_v2/`` and ``mask_test_v2/`` (V2).
+``train/`` and ``test/`` (V1) or ``mask_train_v2/`` and ``mask_test_v2/`` (V2). A release without
+``list_train.txt`` is test-only.
 """
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def load_msmt17(root: Path) -> IndexedDataset:
     release = find_release(root, ("MSMT17_V2", "MSMT17_V1"), "list_query.txt", "MSMT17 (MSMT17_V1/ or MSMT17_V2/)")
     train_dirs = [release / d for d in _TRAIN_DIRS if (release / d).is_dir()] + [release]
     test_dirs = [release / d for d in _TEST_DIRS if (release / d).is_dir()] + [release]
-    train = _read_list(release / "list_train.txt", train_dirs)
+    # Without list_train.txt the release is test-only: it can be evaluated, not trained on.
+    train = _read_list(release / "list_train.txt", train_dirs) if (release / "list_train.txt").is_file() else []
     if (release / "list_val.txt").is_file():
         train += _read_list(release / "list_val.txt", train_dirs)
     query = _read_list(release / "list_query.txt", test_dirs)
