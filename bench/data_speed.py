@@ -31,6 +31,7 @@ from bpm.data.datasets import build_dataset  # noqa: E402
 from bpm.data.loader import ImageDataset  # noqa: E402
 from bpm.data.records import ImageRecord  # noqa: E402
 from bpm.data.transforms import train_transform  # noqa: E402
+from bpm.machine import print_machine  # noqa: E402
 
 # Market-1501 split sizes (files on disk, junk included).
 MARKET_FILES = {"bounding_box_train": 12936, "bounding_box_test": 19732, "query": 3368}
@@ -104,6 +105,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
+    print_machine()
     with tempfile.TemporaryDirectory() as tmp:
         index_s = bench_indexing(Path(tmp), args.repeats)
         loader_rate = bench_loader(Path(tmp), args.images, args.repeats)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bpm.evaluation.features import embed_batch  # noqa: E402
+from bpm.machine import print_machine  # noqa: E402
 from bpm.models.reid import build_model  # noqa: E402
 from bpm.precision import PrecisionPolicy  # noqa: E402
 
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="32,256")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args(argv)
+    print_machine()
     if not torch.cuda.is_available():
         sys.exit("gpu_infer_speed: torch.cuda.is_available() is False; this benchmark needs a CUDA GPU")
     h, w = (int(v) for v in args.size.split("x"))

@@ -37,6 +37,7 @@ from bpm.data.synthetic import WorldConfig, generate_world  # noqa: E402
 from bpm.export.onnx import OnnxSpec, convert_to_fp16, export_onnx  # noqa: E402
 from bpm.export.quantize import quantize_int8  # noqa: E402
 from bpm.export.runtime import OnnxModel, image_batch  # noqa: E402
+from bpm.machine import print_machine  # noqa: E402
 from bpm.models.reid import build_model  # noqa: E402
 
 TARGETS_BATCH32 = {"mobilenetV2": 450.0, "resnet50": 90.0}
@@ -132,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per setting (x4 at batch 1); median")
     parser.add_argument("--calib", type=int, default=64, help="INT8 calibration images (rendered pedestrians)")
     parser.add_argument("--last_conv_stride", type=int, default=1, choices=[1, 2], help="ResNet-50 layer4 stride")
-    parser.add_argument("--json", default="", help="also write the rows to this JSON file")
+    parser.add_argument("--json", default="", help="also write the machine and the rows to this JSON file")
     args = parser.parse_args(argv)
+    machine = print_machine()
     h, w = (int(v) for v in args.size.lower().split("x"))
     args.size = (h, w)
     args.batches = [int(b) for b in args.batches.split(",")]
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average after: {os.getloadavg()[0]:.1f} (other processes share the cores: absolute figures"
           " drop with load; ratios, timed round-robin, much less)")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
     return 0
 
 

@@ -24,6 +24,7 @@ from bpm.data.synthetic import WorldConfig, generate_world  # noqa: E402
 from bpm.export.onnx import OnnxSpec, export_onnx  # noqa: E402
 from bpm.export.quantize import ImageCalibrationReader  # noqa: E402
 from bpm.export.runtime import image_batch, session_options  # noqa: E402
+from bpm.machine import print_machine  # noqa: E402
 
 
 def variants(graph) -> dict[str, dict]:
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--spin", action="store_true", help="let ORT threads spin between runs (ORT's default)")
     args = parser.parse_args(argv)
+    print_machine()
     import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, quantize_static

@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from bpm.evaluation import compute_distances, evaluate
+from bpm.machine import print_machine
 
 
 def peak_mb() -> float:
@@ -27,6 +28,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2_000)
     parser.add_argument("--ids", type=int, default=5_000)
     args = parser.parse_args()
+    print_machine()
     rng = np.random.default_rng(0)
     dim, cams = 128, 8
     centres = rng.normal(size=(args.ids + 1, dim)).astype(np.float32)

@@ -109,6 +109,9 @@ def main() -> None:
     if args.worker:
         worker(Path(args.worker[0]), args.worker[1])
         return
+    from bpm.machine import print_machine
+
+    print_machine()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         make_inputs(folder, 1000, 5000)

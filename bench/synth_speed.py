@@ -18,6 +18,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from bpm.data.synthetic import WorldConfig, generate_world  # noqa: E402
+from bpm.machine import print_machine  # noqa: E402
 
 
 def timed(config: WorldConfig, folder: Path) -> tuple[float, int]:
@@ -31,6 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    print_machine()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     small = WorldConfig(num_train_ids=60, num_test_ids=30)

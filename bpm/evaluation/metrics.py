@@ -6,12 +6,23 @@ of each true match among the *valid* gallery entries, so per chunk of queries we
 
 1. take the distance ``t`` of the worst true match of each query,
 2. keep only valid entries with distance <= ``t`` (everything that can outrank a true match),
-3. encode each kept entry as one sortable 64-bit key ``(row, distance, gallery index)`` and sort
-   the keys of the whole chunk at once,
-4. read the rank of each true match as its key's position minus the start of its row.
+3. rank the true matches among the kept entries, by one of two strategies chosen per chunk
+   from the number of kept entries (their cost crosses at about ``_ROW_SORT_MIN_KEPT`` per row):
 
-The key contains the gallery index, so ties in distance are broken by gallery index (a stable
-sort), exactly and without a special case. Memory stays bounded by the chunk size.
+   - *few kept* (a strong model: true matches near the top): encode each kept entry as one
+     sortable 64-bit key ``(row, distance, gallery index)``, sort the keys of the whole chunk
+     at once and read each true match's rank as its key's position minus the start of its row.
+     The key holds the gallery index, so distance ties are broken by gallery index exactly;
+   - *many kept* (a weak model: early training, cross-domain testing; the worst true match
+     lies deep in the ranking and about half the gallery is kept): building and sorting keys
+     would dominate, so sort each row's kept *distances* in place (NumPy's SIMD sort) and
+     count the kept entries strictly below each true match by binary search. A true match
+     whose distance another kept entry shares (rare with real distances) is then corrected
+     by counting the tied entries with a smaller gallery index.
+
+Chunks are independent and run on the cores this process may use (at most ``_MAX_THREADS``);
+memory stays bounded by the chunk size times the threads.
+(``bench/eval_speed.py`` measures both kinds of data against the classic loop.)
 
 Ranking rules (Market-1501 protocol): gallery entries with the query's id *and* camera are
 dropped, as are junk entries (pid ``-1``); distractors (pid ``0``) are ordinary non-matches;
@@ -19,6 +30,8 @@ queries without any remaining true match are skipped and counted.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -30,6 +43,8 @@ AP_DEFINITIONS = ("sklearn", "market_matlab")
 JUNK_PID = -1
 CUHK03_DRAWS = 10
 _CHUNK_ELEMENTS = 1 << 22
+_MAX_THREADS = 4
+_ROW_SORT_MIN_KEPT = 96
 
 
 def evaluate(
@@ -151,32 +166,60 @@ def _match_structure(qp, gp, qc, gc):
 def _positive_ranks(dist, pos_r, pos_c, inv_r, inv_c, junk_cols) -> np.ndarray:
     """0-based rank of every true match among the valid gallery entries of its query.
 
-    Returns an array aligned with ``pos_r``/``pos_c``.
+    Returns an array aligned with ``pos_r``/``pos_c``. Chunks of query rows are independent and
+    run on up to ``_MAX_THREADS`` threads (NumPy releases the GIL in the heavy steps); results
+    and errors are collected in chunk order, so the outcome does not depend on the threads.
     """
     num_q, num_g = dist.shape
     col_bits = max(1, int(num_g - 1).bit_length())
     rows_per_chunk = max(1, min(num_q, _CHUNK_ELEMENTS // num_g))
     ranks = np.empty(pos_r.size, dtype=np.int64)
+    starts = list(range(0, num_q, rows_per_chunk))
     pos_bounds = np.searchsorted(pos_r, np.arange(0, num_q + rows_per_chunk, rows_per_chunk))
     inv_bounds = np.searchsorted(inv_r, np.arange(0, num_q + rows_per_chunk, rows_per_chunk))
-    for k, s in enumerate(range(0, num_q, rows_per_chunk)):
+
+    def one_chunk(k: int) -> None:
+        s = starts[k]
         block = dist[s : s + rows_per_chunk]
         if not (np.isfinite(block.min()) and np.isfinite(block.max())):  # NaN propagates
             bad = s + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
             raise BpmError(f"distance matrix has NaN or infinite values (first in query row {bad})")
         p0, p1 = pos_bounds[k], pos_bounds[k + 1]
         if p0 == p1:
-            continue
+            return
         i0, i1 = inv_bounds[k], inv_bounds[k + 1]
         ranks[p0:p1] = _chunk_ranks(
             block, pos_r[p0:p1] - s, pos_c[p0:p1], inv_r[i0:i1] - s, inv_c[i0:i1], junk_cols, col_bits
         )
+
+    workers = min(_worker_count(), len(starts))
+    if workers <= 1:
+        for k in range(len(starts)):
+            one_chunk(k)
+        return ranks
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(one_chunk, k) for k in range(len(starts))]
+        try:
+            for future in futures:
+                future.result()
+        finally:
+            for future in futures:
+                future.cancel()
     return ranks
+
+
+def _worker_count() -> int:
+    """Threads for the chunk loop: the cores this process may use, at most ``_MAX_THREADS``."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(_MAX_THREADS, cores))
 
 
 def _chunk_ranks(block, pr, pc, ir, ic, junk_cols, col_bits) -> np.ndarray:
     """Ranks of the true matches ``(pr, pc)`` of one chunk of query rows (see module doc)."""
-    rows = block.shape[0]
+    rows, num_g = block.shape
     pos_d = block[pr, pc]
     worst = np.full(rows, -np.inf, dtype=block.dtype)
     np.maximum.at(worst, pr, pos_d)
@@ -185,9 +228,16 @@ def _chunk_ranks(block, pr, pc, ir, ic, junk_cols, col_bits) -> np.ndarray:
     if junk_cols.size:
         keep[:, junk_cols] = False
     flat = np.flatnonzero(keep)
-    kr, kc = np.divmod(flat, block.shape[1])
-    vals = block.reshape(-1)[flat]
-    if block.dtype == np.float32:
+    vals = block.reshape(-1).take(flat)
+    if flat.size < _ROW_SORT_MIN_KEPT * rows:
+        return _key_sort_ranks(flat, vals, num_g, rows, pr, pc, pos_d, col_bits)
+    return _row_sort_ranks(block, keep, flat, vals, pr, pc, pos_d)
+
+
+def _key_sort_ranks(flat, vals, num_g, rows, pr, pc, pos_d, col_bits) -> np.ndarray:
+    """Few kept entries: one sort of ``(row, distance, gallery index)`` keys for the chunk."""
+    kr, kc = np.divmod(flat, num_g)
+    if vals.dtype == np.float32:
         value_keys, pos_value_keys, value_bits = _float32_keys(vals), _float32_keys(pos_d), 32
     else:
         uniq = np.unique(vals)
@@ -203,6 +253,39 @@ def _chunk_ranks(block, pr, pc, ir, ic, junk_cols, col_bits) -> np.ndarray:
     pos_keys = (pr.astype(np.uint64) << shift_r) | (pos_value_keys << shift_v) | pc.astype(np.uint64)
     row_start = np.concatenate(([0], np.cumsum(np.bincount(kr, minlength=rows))))
     return np.searchsorted(keys, pos_keys) - row_start[pr]
+
+
+def _row_sort_ranks(block, keep, flat, vals, pr, pc, pos_d) -> np.ndarray:
+    """Many kept entries: sort each row's kept *distances* in place (NumPy's SIMD sort; no keys
+    to build) and count, by binary search, the kept entries strictly below each true match.
+    Where another kept entry has exactly a true match's distance, the entries tied with it at
+    a smaller gallery index are counted and added (ties broken by gallery index).
+    """
+    rows, num_g = block.shape
+    seg = np.searchsorted(flat, np.arange(rows + 1) * num_g)
+    pos_bounds = np.searchsorted(pr, np.arange(rows + 1))
+    seg_list, pos_list = seg.tolist(), pos_bounds.tolist()
+    ranks = np.empty(pr.size, dtype=np.int64)
+    for r in np.flatnonzero(pos_bounds[1:] > pos_bounds[:-1]).tolist():
+        a, b = pos_list[r], pos_list[r + 1]
+        row_vals = vals[seg_list[r] : seg_list[r + 1]]
+        row_vals.sort()
+        ranks[a:b] = row_vals.searchsorted(pos_d[a:b], side="left")
+    # The kept entries equal to a true match sit right after position ``rank`` of its sorted
+    # row, the match itself among them; a second one means a tie.
+    after = seg[pr] + ranks + 1
+    tied = after < seg[pr + 1]
+    tied[tied] = vals[after[tied]] == pos_d[tied]
+    for r in np.unique(pr[tied]).tolist():
+        sel = pos_list[r] + np.flatnonzero(tied[pos_list[r] : pos_list[r + 1]])
+        row = block[r]
+        equal = np.flatnonzero(keep[r] & np.isin(row, pos_d[sel]))  # ascending gallery index
+        order = np.argsort(row[equal], kind="stable")  # by distance, then gallery index
+        place = np.empty_like(order)
+        place[order] = np.arange(order.size)
+        first = np.searchsorted(row[equal][order], pos_d[sel], side="left")
+        ranks[sel] += place[np.searchsorted(equal, pc[sel])] - first
+    return ranks
 
 
 def _float32_keys(values: np.ndarray) -> np.ndarray:

@@ -216,3 +216,106 @@ def test_bad_input_raises_clear_error(kwargs, match):
     args.update(kwargs)
     with pytest.raises(BpmError, match=match):
         evaluate(**args)
+
+
+# --- Weak-model data: true matches spread over the whole ranking, most of the gallery kept. ---
+
+
+def _weak_case(rng, num_q, num_g, ids, cams, dtype, levels=0, junk=True):
+    """Distances U(0, 1) for the same id, U(0, 1) + 0.5 otherwise (a barely trained model)."""
+    qp = rng.integers(1, ids + 1, num_q)
+    qc = rng.integers(0, cams, num_q)
+    gp = rng.integers(-1 if junk else 0, ids + 1, num_g)
+    gc = rng.integers(0, cams, num_g)
+    dist = rng.random((num_q, num_g))
+    if levels:
+        dist = np.round(dist * levels) / levels
+    dist = dist + 0.5 * (qp[:, None] != gp[None, :])
+    return dist.astype(dtype), qp, gp, qc, gc
+
+
+@pytest.mark.parametrize("path", ["row_sort", "key_sort", "auto"])
+@pytest.mark.parametrize("ap", ["sklearn", "market_matlab"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "seed,num_q,num_g,ids,cams,levels",
+    [(20, 30, 700, 12, 3, 0), (21, 25, 400, 5, 2, 0), (22, 20, 600, 10, 4, 8), (23, 12, 300, 4, 2, 1)],
+)
+def test_weak_model_cases_match_brute_force(monkeypatch, seed, num_q, num_g, ids, cams, levels, dtype, ap, path):
+    # "auto" keeps the real threshold: with hundreds of kept entries per row it takes the row
+    # sort; the other two force one strategy for every chunk.
+    if path != "auto":
+        monkeypatch.setattr("bpm.evaluation.metrics._ROW_SORT_MIN_KEPT", 0 if path == "row_sort" else 10**9)
+    rng = np.random.default_rng(seed)
+    dist, qp, gp, qc, gc = _weak_case(rng, num_q, num_g, ids, cams, dtype, levels)
+    got = evaluate(dist, qp, gp, qc, gc, max_rank=30, ap=ap)
+    assert_same(got, brute_force(dist, qp, gp, qc, gc, 30, ap))
+    assert got["num_valid_queries"] > 0
+
+
+def test_weak_model_auto_path_is_row_sort(monkeypatch):
+    # The case above really exercises the row sort when left to choose.
+    from bpm.evaluation import metrics
+
+    calls = []
+    real = metrics._row_sort_ranks
+    monkeypatch.setattr(metrics, "_row_sort_ranks", lambda *a: calls.append(1) or real(*a))
+    rng = np.random.default_rng(20)
+    evaluate(*_weak_case(rng, 30, 700, 12, 3, np.float32))
+    assert calls
+
+
+@pytest.mark.parametrize("levels", [1, 3, 50])
+def test_row_sort_ties_between_true_matches_and_others(monkeypatch, levels):
+    # Few distinct distances: a true match ties with other true matches, distractors,
+    # same-camera (dropped) entries and junk; order among equals is gallery order.
+    monkeypatch.setattr("bpm.evaluation.metrics._ROW_SORT_MIN_KEPT", 0)
+    rng = np.random.default_rng(30 + levels)
+    dist, qp, gp, qc, gc = _random_case(rng, 40, 90, 5, 3, levels, np.float32)
+    dist[::4] = -dist[::4]  # negative values and -0.0 == 0.0 ties
+    got = evaluate(dist, qp, gp, qc, gc, max_rank=20)
+    assert_same(got, brute_force(dist, qp, gp, qc, gc, 20, "sklearn"))
+
+
+def test_row_sort_keeps_whole_gallery_when_worst_match_is_last(monkeypatch):
+    # Every query's last true match is the farthest entry: all valid entries are kept.
+    monkeypatch.setattr("bpm.evaluation.metrics._ROW_SORT_MIN_KEPT", 0)
+    rng = np.random.default_rng(40)
+    dist, qp, gp, qc, gc = _weak_case(rng, 15, 200, 6, 3, np.float64, junk=False)
+    for i in range(15):
+        cols = np.flatnonzero((gp == qp[i]) & (gc != qc[i]))
+        if cols.size:
+            dist[i, cols[-1]] = 5.0
+    got = evaluate(dist, qp, gp, qc, gc, max_rank=10, ap="market_matlab")
+    assert_same(got, brute_force(dist, qp, gp, qc, gc, 10, "market_matlab"))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+@pytest.mark.parametrize("row_sort_min", [0, 10**9])
+def test_threaded_chunks_match_brute_force(monkeypatch, threads, row_sort_min):
+    # Many small chunks on several threads give the serial result.
+    monkeypatch.setattr("bpm.evaluation.metrics._CHUNK_ELEMENTS", 300)
+    monkeypatch.setattr("bpm.evaluation.metrics._MAX_THREADS", threads)
+    monkeypatch.setattr("bpm.evaluation.metrics._ROW_SORT_MIN_KEPT", row_sort_min)
+    monkeypatch.setattr("bpm.evaluation.metrics._worker_count", lambda: threads)
+    rng = np.random.default_rng(50)
+    dist, qp, gp, qc, gc = _weak_case(rng, 60, 100, 8, 3, np.float32, levels=20)
+    got = evaluate(dist, qp, gp, qc, gc, max_rank=15)
+    assert_same(got, brute_force(dist, qp, gp, qc, gc, 15, "sklearn"))
+
+
+def test_threaded_chunks_report_first_bad_row(monkeypatch):
+    monkeypatch.setattr("bpm.evaluation.metrics._CHUNK_ELEMENTS", 200)
+    monkeypatch.setattr("bpm.evaluation.metrics._worker_count", lambda: 2)
+    rng = np.random.default_rng(51)
+    dist, qp, gp, qc, gc = _weak_case(rng, 40, 100, 8, 3, np.float64)
+    dist[33, 5] = np.inf
+    dist[17, 50] = np.nan
+    with pytest.raises(BpmError, match="first in query row 17"):
+        evaluate(dist, qp, gp, qc, gc)
+
+
+def test_worker_count_is_bounded():
+    from bpm.evaluation import metrics
+
+    assert 1 <= metrics._worker_count() <= metrics._MAX_THREADS
