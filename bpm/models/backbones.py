@@ -2,8 +2,10 @@
 
 Attribute names are chosen so that state_dict keys match the original project's released
 weights (``base.base.*`` for ResNet-50, ``base.features.*`` for MobileNet-V2) once wrapped by
-:class:`bpm.models.reid.ReidModel`. Weights are never downloaded: the trunk starts random and
-``bpm.models.weights`` loads local files on request.
+:class:`bpm.models.reid.ReidModel`; they must not change. The trunk starts random;
+``bpm.models.imagenet`` / ``bpm.models.weights`` load weights on request. Which trunks exist, and
+what else is known about each (feature size, ImageNet weights, key mapping), is
+:data:`bpm.models.registry.BACKBONES`.
 """
 from __future__ import annotations
 
@@ -54,13 +56,16 @@ class MobileNetV2Trunk(nn.Module):
         return self.features(x)
 
 
-BACKBONES: dict[str, type[nn.Module]] = {
-    "resnet50": ResNet50Trunk,
-    "mobilenetV2": MobileNetV2Trunk,
-}
-
-
 def build_backbone(net: str, last_conv_stride: int = 1) -> nn.Module:
-    if net not in BACKBONES:
-        raise BpmError(f"--net: unknown network {net!r}; expected one of {', '.join(BACKBONES)}")
-    return BACKBONES[net](last_conv_stride=last_conv_stride)
+    """The trunk of the backbone registered as ``net`` (random weights); unknown names are a one-line error."""
+    from bpm.models.registry import get_backbone  # the registry imports the trunk classes above
+
+    return get_backbone(net).build(last_conv_stride)
+
+
+def __getattr__(name: str):
+    if name == "BACKBONES":  # older code imported the table from here
+        from bpm.models.registry import BACKBONES
+
+        return BACKBONES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

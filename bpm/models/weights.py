@@ -5,6 +5,10 @@ plain state_dicts (ours, the original's released ``base.base.*``/``base.features
 or FP32), DataParallel/DDP ``module.`` prefixes, torchvision ImageNet files, the original's
 ``mobilenet_v2.pth.tar`` layout, and ``.safetensors``. Every pickle is opened with
 ``torch.load(weights_only=True)``, which refuses anything that would execute code.
+
+What is network-specific (which keys belong to which backbone, how ImageNet keys map onto the
+trunk) comes from :mod:`bpm.models.registry`; ``--net_pretrained_path imagenet`` is
+:mod:`bpm.models.imagenet`.
 """
 from __future__ import annotations
 
@@ -18,8 +22,9 @@ import torch
 from torch import nn
 
 from bpm.errors import BpmError
-
-StateDict = dict[str, torch.Tensor]
+from bpm.models.registry import (  # noqa: F401  (convert_tonylins_mobilenet: re-exported for older imports)
+    MODEL_TRUNK_PREFIX, StateDict, convert_tonylins_mobilenet, detect_backbone, get_backbone, split_model_state,
+)
 
 
 def read_weights_file(path: str | Path) -> object:
@@ -79,42 +84,9 @@ def extract_model_state(obj: object, path: str | Path = "<weights>") -> StateDic
 
 
 def detect_net(state: Mapping[str, torch.Tensor]) -> str | None:
-    """Which of our networks a state_dict belongs to, judged from its key names."""
-    keys = list(state)
-    if any(k.startswith(("base.base.layer4", "layer4.")) for k in keys):
-        return "resnet50"
-    if any(k.startswith(("base.features.", "features.")) for k in keys):
-        return "mobilenetV2"
-    return None
-
-
-_TONYLINS_BLOCK = re.compile(r"^(.*features\.\d+\.conv\.)(\d+)\.(.+)$")
-
-
-def convert_tonylins_mobilenet(state: StateDict) -> StateDict:
-    """Rename keys of the original ``mobilenet_v2.pth.tar`` layout to torchvision's.
-
-    The original MobileNet-V2 kept each inverted-residual block flat (conv, bn, relu, ...);
-    torchvision nests the first two conv-bn-relu triples. Blocks with an expansion layer have
-    indices up to 7, the first block (no expansion) up to 4.
-    """
-    if not any(k.endswith("conv.0.weight") for k in state) or any(".conv.0.0." in k for k in state):
-        return dict(state)
-    blocks: dict[str, int] = {}
-    for key in state:
-        match = _TONYLINS_BLOCK.match(key)
-        if match:
-            blocks[match.group(1)] = max(blocks.get(match.group(1), 0), int(match.group(2)))
-    expand_map = {0: "0.0", 1: "0.1", 3: "1.0", 4: "1.1", 6: "2", 7: "3"}
-    plain_map = {0: "0.0", 1: "0.1", 3: "1", 4: "2"}
-    renamed: StateDict = {}
-    for key, value in state.items():
-        match = _TONYLINS_BLOCK.match(key)
-        if match:
-            index_map = expand_map if blocks[match.group(1)] == 7 else plain_map
-            key = f"{match.group(1)}{index_map[int(match.group(2))]}.{match.group(3)}"
-        renamed[key] = value
-    return renamed
+    """Which registered network a state_dict belongs to, judged from its key names (any level)."""
+    spec = detect_backbone(state)
+    return spec.name if spec is not None else None
 
 
 def _describe_mismatch(missing: list[str], unexpected: list[str]) -> str:
@@ -154,30 +126,59 @@ def load_model_weights(model: nn.Module, path: str | Path) -> None:
 def load_model_weights_from_state(model: nn.Module, state: StateDict, path: str | Path = "<weights>") -> None:
     """:func:`load_model_weights` for a state_dict already in memory (e.g. from a checkpoint)."""
     state = {re.sub(r"^module\.", "", k): v for k, v in state.items()}
-    found = detect_net(state)
+    found = detect_backbone(state)
     net = getattr(model, "net", None)
-    if found is not None and net is not None and found != net:
-        raise BpmError(f"{path}: holds {found} weights, but --net is {net}")
-    if not any(k.startswith("base.") for k in state):
-        state = {f"base.{k}": v for k, v in state.items()}
-    if net == "mobilenetV2":
-        state = convert_tonylins_mobilenet(state)
+    if found is not None and net is not None and found.name != net:
+        raise BpmError(f"{path}: holds {found.name} weights, but --net is {net}")
+    if not any(k.startswith(MODEL_TRUNK_PREFIX) for k in state):  # a bare trunk file
+        state = {f"{MODEL_TRUNK_PREFIX}{k}": v for k, v in state.items()}
+    spec = get_backbone(net) if net is not None else found
+    if spec is not None:
+        trunk, rest = split_model_state(state)
+        state = {**{f"{MODEL_TRUNK_PREFIX}{k}": v for k, v in spec.normalize_trunk(trunk).items()}, **rest}
     _load_strict(model, state, path, f"--net {net}")
 
 
-def load_imagenet_weights(model: nn.Module, path: str | Path) -> None:
-    """Initialise the backbone from a local ImageNet file (torchvision layout or the original's MobileNet-V2 file).
+def load_imagenet_weights(model: nn.Module, path: str | Path) -> str:
+    """Initialise the backbone from a local file; returns what the file was (for a log line).
 
-    The classifier (``fc.*`` / ``classifier.*``) is dropped: re-ID uses the pooled trunk only.
+    Read: an ImageNet classification file (torchvision's layout, or the original's
+    ``mobilenet_v2.pth.tar`` layout; the classifier ``fc.*`` / ``classifier.*`` is dropped: re-ID
+    uses the pooled trunk only), a re-ID checkpoint or weights file (its backbone only), or a
+    bare trunk state_dict.
     """
     state = extract_model_state(read_weights_file(path), path)
-    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
-    found = detect_net(state)
-    if found is not None and found != model.net:
-        raise BpmError(f"{path}: holds {found} ImageNet weights, but --net is {model.net}")
-    trunk = model.base
-    if model.net == "mobilenetV2":
-        state = convert_tonylins_mobilenet(state)
-        _load_strict(trunk, state, path, "torchvision MobileNet-V2 (features.*)")
-    else:
-        _load_strict(trunk.base, state, path, "torchvision ResNet-50 (conv1.*, layer1-4.*)")
+    layout, trunk_state = imagenet_trunk_state(model, state, path)
+    load_trunk_state(model, trunk_state, path)
+    return layout
+
+
+def load_trunk_state(model: nn.Module, trunk_state: StateDict, path: str | Path = "<weights>") -> None:
+    """Copy a trunk-level state_dict into ``model.base``, refusing any mismatch in one line."""
+    _load_strict(model.base, trunk_state, path, f"the {model.net} backbone")
+
+
+def imagenet_trunk_state(model: nn.Module, state: Mapping[str, torch.Tensor],
+                         path: str | Path = "<weights>") -> tuple[str, StateDict]:
+    """(layout name, trunk-level state) of a state_dict meant to initialise ``model``'s backbone.
+
+    The layout is whichever reading of the keys (ImageNet file, re-ID model, bare trunk) matches
+    the trunk's keys best; a file of another network is refused in one line.
+    """
+    spec = get_backbone(model.net)
+    state = {re.sub(r"^module\.", "", k): v for k, v in state.items()}
+    found = detect_backbone(state)
+    if found is not None and found is not spec:
+        raise BpmError(f"{path}: holds {found.name} weights, but --net is {spec.name}")
+    readings = [(spec.describe_imagenet_layout(state), spec.imagenet_to_trunk(state))]
+    model_trunk, _rest = split_model_state(state)
+    if model_trunk:
+        readings.append(("re-ID weights, backbone only", spec.normalize_trunk(model_trunk)))
+    readings.append(("trunk weights", spec.normalize_trunk(state)))
+    own = {k for k in model.base.state_dict() if not k.endswith("num_batches_tracked")}
+
+    def mismatches(candidate: Mapping[str, torch.Tensor]) -> int:
+        keys = {k for k in candidate if not k.endswith("num_batches_tracked")}
+        return len(own ^ keys)
+
+    return min(readings, key=lambda reading: mismatches(reading[1]))  # first of equals: the ImageNet reading
