@@ -27,13 +27,16 @@ from pathlib import Path
 
 import torch
 
+from bpm.engine.config import TrainConfig
 from bpm import distributed
 from bpm.config import add_train_arguments, parse_tuple
+from bpm.recipes import apply_recipe
 from bpm.data.datasets import build_dataset
 from bpm.data.synthetic import WorldConfig, generate_world
 from bpm.engine.trainer import Trainer, seed_everything
 from bpm.models.reid import build_model
 from bpm.precision import PrecisionPolicy
+from bpm.machine import print_machine
 
 
 def measure(payload: dict) -> int:
@@ -43,13 +46,14 @@ def measure(payload: dict) -> int:
         torch.set_num_threads(payload["threads"] or max(1, (os.cpu_count() or 1) // ctx.local_world_size))
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
-    args = parser.parse_args(payload["train_args"])
+    args = parser.parse_args(["--recipe", "original", *payload["train_args"]])
+    apply_recipe(args)
     seed_everything(args.seed)
     policy = PrecisionPolicy.create(args.opt_level, ctx.device, args.amp_dtype, args.keep_batchnorm_fp32,
                                     args.loss_scale)
     records = build_dataset("market1501", payload["world"]).train
     with tempfile.TemporaryDirectory() as exp_dir:
-        trainer = Trainer(build_model(args.net, args.last_conv_stride), policy, args, records, Path(exp_dir), None,
+        trainer = Trainer(build_model(args.net, args.last_conv_stride), policy, TrainConfig.from_args(args), records, Path(exp_dir), None,
                           ctx.rank, ctx.world_size)
         times = []
         batches = iter(trainer.loader)
@@ -83,6 +87,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per rank (0: cores / world size)")
     args = parser.parse_args()
+    print_machine()
     worlds = [int(w) for w in args.world_sizes.split(",")]
     h, w = parse_tuple(args.resize_h_w)
     steps_needed = args.warmup + args.steps

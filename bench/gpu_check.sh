@@ -70,7 +70,7 @@ common=(-d '(0,)' --dataset synthetic --data_root "$work/world" --net mobilenetV
         --workers 4 --set_seed true)
 train=("${common[@]}" --opt-level O2 --ids_per_batch 16 --ims_per_id 4 --optimizer sgd --momentum 0.9
        --base_lr 0.03 --exp_decay_at_epoch $((EPOCHS / 2 + 1)) --erase false --crop_prob 0 --steps_per_log 0
-       --rerank false --exp_dir "$work/o2")
+       --rerank false --net_pretrained_path none --exp_dir "$work/o2")
 start=$(date +%s)
 "$PY" -m bpm train "${train[@]}" --total_epochs $((EPOCHS - 10)) --eval_untrained true
 cp "$work/o2/results.json" "$work/first_part.json"

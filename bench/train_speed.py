@@ -58,21 +58,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _trainer_args(args: argparse.Namespace, level: str) -> argparse.Namespace:
     from bpm.config import add_train_arguments
+    from bpm.recipes import apply_recipe
 
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
     h, w = args.size.split(",")
     argv = ["-d", "()" if args.device == "cpu" else "(0,)", "--opt-level", level, "--resize_h_w", f"({h}, {w})",
             "--ids_per_batch", str(args.ids), "--ims_per_id", str(args.ims), "--workers", "0",
-            "--set_seed", "true", "--log_to_file", "false"]
+            "--set_seed", "true", "--log_to_file", "false", "--recipe", "original"]
     if args.amp_dtype:
         argv += ["--amp_dtype", args.amp_dtype]
-    return parser.parse_args(argv)
+    parsed = parser.parse_args(argv)
+    apply_recipe(parsed)
+    return parsed
 
 
 def _ours(args, net: str, level: str, device):
     """A Trainer on dummy records (its loader is never iterated); the step is Trainer.train_step."""
     from bpm.data.records import ImageRecord
+    from bpm.engine.config import TrainConfig
     from bpm.engine.trainer import Trainer
     from bpm.models.reid import build_model
     from bpm.precision import PrecisionPolicy
@@ -82,7 +86,7 @@ def _ours(args, net: str, level: str, device):
     records = [ImageRecord(f"/nonexistent/{i}.jpg", i % args.ids, 1) for i in range(args.ids * args.ims)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # O3 training warns by design
-        trainer = Trainer(build_model(net), policy, targs, records, "/nonexistent")
+        trainer = Trainer(build_model(net), policy, TrainConfig.from_args(targs), records, "/nonexistent")
 
     def step(images, labels) -> float:
         _stepped, stats = trainer.train_step(images, labels)
@@ -95,7 +99,7 @@ def _bare(args, net: str, level: str, device):
     """The textbook loop for the level, with the same model, loss and optimizer settings."""
     import torch
 
-    from bpm.losses import BatchHardTripletLoss
+    from bpm.losses.triplet import BatchHardTripletLoss
     from bpm.models.reid import build_model
 
     half = {"float16": torch.float16, "bfloat16": torch.bfloat16}[
@@ -119,7 +123,7 @@ def _bare(args, net: str, level: str, device):
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        return stats.loss
+        return stats["loss"]
 
     return step, f"bare {level}"
 
@@ -196,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print("RESULT " + json.dumps(run_child(args)), flush=True)
         return 0
+    from bpm.machine import print_machine
+
+    print_machine()
     forwarded = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--quick"]
     forwarded += ["--size", args.size, "--ids", str(args.ids), "--ims", str(args.ims),
                   "--steps", str(args.steps), "--warmup", str(args.warmup)]

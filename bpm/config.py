@@ -114,17 +114,38 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every switch of the original ``train.py`` (seed-facts), plus the few new ones."""
+    """Every switch of the original ``train.py`` (seed-facts), plus the new ones.
+
+    Switches that make a recipe default to None and take their value from ``--recipe``
+    (:mod:`bpm.recipes`) unless given; call :func:`bpm.recipes.apply_recipe` after parsing.
+    """
+    from bpm.recipes import RECIPES
+
     add_common_arguments(parser)
+    parser.add_argument("--recipe", default="bot", choices=list(RECIPES),
+                        help="training preset: bot (strong baseline: BNNeck, ID + triplet loss, warm-up, erasing; "
+                             "the default of bpm train) or original (the 2019 triplet-only recipe; the default of "
+                             "script/experiment/train.py); every switch it sets can still be given")
+    parser.add_argument("--neck", default=None, choices=["none", "bnneck"], help="after pooling (default: from --recipe)")
+    parser.add_argument("--pooling", default=None, choices=["avg", "gem"], help="global pooling (default: from --recipe)")
+    parser.add_argument("--id_loss_weight", type=float, default=None,
+                        help="weight of the ID (softmax) loss on a training-only classifier, 0 = off (default: from --recipe)")
+    parser.add_argument("--label_smoothing", type=float, default=0.1, help="ID loss label smoothing epsilon")
+    parser.add_argument("--center_loss_weight", type=float, default=None, help="centre loss weight, 0 = off (default: from --recipe)")
+    parser.add_argument("--test_normalize", type=str2bool, default=None,
+                        help="L2-normalise features at test (default: yes for a model with a BNNeck, "
+                             "else --normalize_feature)")
     parser.add_argument("-r", "--run", type=int, default=1)
     parser.add_argument("--set_seed", type=str2bool, default=False)
     parser.add_argument("--seed", type=int, default=1, help="seed used when --set_seed true")
     parser.add_argument("--trainset_part", default="trainval", choices=["trainval", "train"])
-    parser.add_argument("--crop_prob", type=float, default=0.1)
+    parser.add_argument("--crop_prob", type=float, default=None, help="random crop probability (default: from --recipe)")
     parser.add_argument("--crop_ratio", type=float, default=1.0)
     parser.add_argument("--mirror", type=str2bool, default=True)
-    parser.add_argument("--erase", type=str2bool, default=True)
-    parser.add_argument("--erase_prob", type=float, default=0.2)
+    parser.add_argument("--pad_crop", type=int, default=None,
+                        help="zero-pad by this many pixels and crop back at a random place (default: from --recipe)")
+    parser.add_argument("--erase", type=str2bool, default=None, help="random erasing (default: from --recipe)")
+    parser.add_argument("--erase_prob", type=float, default=None, help="random erasing probability (default: from --recipe)")
     parser.add_argument("--ids_per_batch", type=int, default=32)
     parser.add_argument("--ims_per_id", type=int, default=4)
     parser.add_argument("--steps_per_log", type=int, default=20)
@@ -133,17 +154,22 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--soft_margin", type=str2bool, default=False, help="softplus(d_ap - d_an) instead of a margin")
     parser.add_argument("--only_test", type=str2bool, default=False)
     parser.add_argument("--resume", type=str2bool, default=False)
-    parser.add_argument("--base_lr", type=float, default=2e-4)
-    parser.add_argument("--lr_decay_type", default="exp", choices=["exp", "staircase"])
+    parser.add_argument("--base_lr", type=float, default=None, help="learning rate (default: from --recipe)")
+    parser.add_argument("--lr_decay_type", default=None, choices=["exp", "staircase", "cosine"], help="schedule (default: from --recipe)")
+    parser.add_argument("--warmup_epochs", type=int, default=None,
+                        help="linear warm-up from 0.1x the rate over this many epochs (default: from --recipe)")
     parser.add_argument("--exp_decay_at_epoch", type=int, default=151)
     parser.add_argument("--staircase_decay_at_epochs", type=_int_tuple(), default=(101, 201))
     parser.add_argument("--staircase_decay_multiply_factor", type=float, default=0.1)
-    parser.add_argument("--optimizer", default="adam", choices=["adam", "sgd"],
+    parser.add_argument("--optimizer", default=None, choices=["adam", "sgd"],
                         help="adam (the original's) or sgd (Nesterov, uses --momentum)")
     parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--weight_decay", type=float, default=5e-4)
+    parser.add_argument("--weight_decay", type=float, default=None, help="default: from --recipe")
     parser.add_argument("--total_epochs", type=int, default=300)
-    parser.add_argument("--net_pretrained_path", default="", help="local ImageNet weights file for the backbone")
+    parser.add_argument("--net_pretrained_path", default="imagenet",
+                        help="initial backbone weights: 'imagenet' (torchvision's ImageNet weights, downloaded once "
+                             "into $TORCH_HOME/hub/checkpoints/), 'none' (random), or a local weights file "
+                             "(torchvision or the original's mobilenet_v2.pth.tar layout, or a re-ID checkpoint)")
     parser.add_argument("--ckpt_every_steps", type=int, default=0,
                         help="also checkpoint every N steps within an epoch (0: only at epoch ends)")
     parser.add_argument("--max_nonfinite_steps", type=int, default=50,

@@ -62,11 +62,13 @@ class FeatureExtractor:
                 raise BpmError(f"{weights}: holds {self.onnx.spec.net}, but --net is {net}")
             self.net = self.onnx.spec.net
             self.resize_h_w = self.onnx.spec.resize_h_w
+            self._feature_dim = int(self.onnx.session.get_outputs()[0].shape[-1])
             return
         from bpm.export.weights import load_source_model
 
         model, _kind = load_source_model(weights, net, last_conv_stride)
         self.net = model.net
+        self._feature_dim = model.feature_dim
         self.resize_h_w = tuple(resize_h_w)
         self.policy = PrecisionPolicy.create(opt_level, device, amp_dtype, keep_batchnorm_fp32)
         if threads:
@@ -75,7 +77,7 @@ class FeatureExtractor:
 
     @property
     def feature_dim(self) -> int:
-        return 2048 if self.net == "resnet50" else 1280
+        return self._feature_dim
 
     def __call__(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
         """``(N, D)`` float32 features; a single image gives ``(1, D)``."""

@@ -5,6 +5,7 @@ import pytest
 
 from bpm.config import add_train_arguments, parse_tuple, str2bool
 from bpm.data.transforms import RandomCropResize, train_transform
+from bpm.recipes import apply_recipe
 
 
 def parser() -> argparse.ArgumentParser:
@@ -62,7 +63,8 @@ DEFAULTS = {
     "resume": False, "exp_dir": "", "model_weight_file": "", "opt_level": "O0", "keep_batchnorm_fp32": True,
     "loss_scale": None, "base_lr": 2e-4, "lr_decay_type": "exp", "exp_decay_at_epoch": 151,
     "staircase_decay_at_epochs": (101, 201), "staircase_decay_multiply_factor": 0.1, "momentum": 0.9,
-    "total_epochs": 300, "net": "mobilenetV2", "net_pretrained_path": "",
+    "total_epochs": 300, "net": "mobilenetV2",
+    "net_pretrained_path": "imagenet",  # the original's '' also started from ImageNet (it always downloaded)
 }
 
 
@@ -73,9 +75,33 @@ def test_every_original_switch_is_accepted(flag):
 
 
 def test_original_defaults():
-    args = parser().parse_args([])
+    """The original's command lines (script/experiment/train.py) run the original recipe."""
+    args = parser().parse_args(["--recipe", "original"])
+    apply_recipe(args)
     for dest, value in DEFAULTS.items():
         assert getattr(args, dest) == value, dest
+
+
+def test_bot_is_the_default_recipe_and_every_recipe_switch_can_be_overridden():
+    args = parser().parse_args(["--total_epochs", "24", "--resize_h_w", "(128, 64)"])
+    apply_recipe(args)
+    assert (args.recipe, args.neck, args.id_loss_weight, args.lr_decay_type) == ("bot", "bnneck", 1.0, "cosine")
+    assert args.warmup_epochs == 2 and args.pad_crop == 5 and args.erase_prob == 0.5  # scaled with budget and size
+    args = parser().parse_args(["--neck", "none", "--base_lr", "1e-3", "--erase", "false", "--warmup_epochs", "0"])
+    apply_recipe(args)
+    assert (args.neck, args.base_lr, args.erase, args.warmup_epochs, args.id_loss_weight) == ("none", 1e-3, False, 0, 1.0)
+
+
+def test_original_script_runs_the_original_recipe(monkeypatch):
+    import runpy
+    import sys
+
+    seen = {}
+    monkeypatch.setattr("bpm.cli.main", lambda argv: seen.setdefault("argv", argv) and 0)
+    monkeypatch.setattr(sys, "argv", ["train.py", "--total_epochs", "1"])
+    with pytest.raises(SystemExit):
+        runpy.run_path("script/experiment/train.py", run_name="__main__")
+    assert seen["argv"][:3] == ["train", "--recipe", "original"] and seen["argv"][3:] == ["--total_epochs", "1"]
 
 
 def test_loss_scale_dynamic():

@@ -20,6 +20,7 @@ import pytest
 import torch
 from torch import nn
 
+from bpm.engine.config import TrainConfig
 from bpm import distributed
 from bpm.data.datasets import build_dataset
 from bpm.engine.evaluator import EvalSettings, evaluate_test_set
@@ -113,7 +114,7 @@ def fit_losses(rank: int, world_size: int, payload: dict, exp_dir: Path, resume:
     args = _train_args(payload, exp_dir)
     seed_everything(args.seed)
     records = build_dataset("market1501", payload["world"]).train
-    trainer = Trainer(TinyNet(), POLICY, args, records, exp_dir, None, rank, world_size)
+    trainer = Trainer(TinyNet(), POLICY, TrainConfig.from_args(args), records, exp_dir, None, rank, world_size)
     if resume:
         trainer.resume(Path(payload["resume_from"]))
     if rank != 0:
@@ -328,7 +329,8 @@ def test_torchrun_cli_two_ranks_then_resume_in_one_process(tiny_world, tmp_path)
     exp = tmp_path / "exp"
     common = ["train", "-d", "()", "--dataset", "market1501", "--data_root", str(tiny_world), "--exp_dir", str(exp),
               "--resize_h_w", "(64, 32)", "--ids_per_batch", "4", "--ims_per_id", "2", "--workers", "0",
-              "--set_seed", "true", "--rerank", "false", "--steps_per_log", "1", "--gather_for_mining", "true"]
+              "--set_seed", "true", "--rerank", "false", "--steps_per_log", "1", "--gather_for_mining", "true",
+              "--net_pretrained_path", "none"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                           str(distributed.free_port()), "-m", "bpm", *common, "--total_epochs", "1"],

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from bpm.config import add_train_arguments
+from bpm.recipes import apply_recipe
 from bpm.data.synthetic import WorldConfig
 
 TINY_WORLD = WorldConfig(
@@ -18,9 +19,11 @@ def train_args(world: Path, exp_dir: Path, *extra: str) -> argparse.Namespace:
     """Parsed training switches for a few quick CPU steps on ``world``."""
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
-    return parser.parse_args([
+    args = parser.parse_args([
         "-d", "()", "--dataset", "market1501", "--data_root", str(world), "--exp_dir", str(exp_dir),
         "--resize_h_w", "(64, 32)", "--ids_per_batch", "4", "--ims_per_id", "2", "--total_epochs", "2",
         "--workers", "0", "--set_seed", "true", "--log_to_file", "false", "--rerank", "false",
-        "--steps_per_log", "0", *extra,
+        "--steps_per_log", "0", "--recipe", "original", "--net_pretrained_path", "none", *extra,
     ])
+    apply_recipe(args)
+    return args

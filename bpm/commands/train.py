@@ -15,13 +15,15 @@ from bpm import distributed
 from bpm.config import add_train_arguments, default_exp_dir, save_config
 from bpm.data.datasets import build_dataset
 from bpm.engine.diskspace import check_free_space, estimate_checkpoint_bytes, prepare_exp_dir
+from bpm.engine.config import TrainConfig
 from bpm.engine.evaluator import EvalSettings, evaluate_model, evaluate_test_set, write_results
 from bpm.engine.logging import RunLogger, StreamMirror
 from bpm.engine.trainer import Trainer, seed_everything
 from bpm.errors import BpmError
-from bpm.models.reid import build_model
-from bpm.models.weights import load_imagenet_weights, load_model_weights
+from bpm.models.imagenet import init_backbone
+from bpm.models.reid import ReidModel, build_model, load_inference_model
 from bpm.precision import PrecisionPolicy, resolve_device
+from bpm.recipes import apply_recipe
 from bpm.vis.plots import write_run_plots
 
 
@@ -29,10 +31,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_train_arguments(parser)
 
 
-def eval_settings(args: argparse.Namespace) -> EvalSettings:
+def test_normalize(args: argparse.Namespace, model: ReidModel) -> bool:
+    """``--test_normalize``, by default on for BNNeck features: the neck makes them suited to cosine
+    comparison (the ID loss shapes their direction), as in the strong baselines' evaluation."""
+    if args.test_normalize is not None:
+        return args.test_normalize
+    return args.normalize_feature or model.architecture["neck"] == "bnneck"
+
+
+def eval_settings(args: argparse.Namespace, normalize: bool) -> EvalSettings:
     return EvalSettings(
         resize_h_w=tuple(args.resize_h_w),
-        normalize_feature=args.normalize_feature,
+        normalize_feature=normalize,
         rerank=args.rerank,
         batch_size=args.batch_size_test,
         workers=args.workers,
@@ -51,6 +61,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """One process, a torchrun worker, or (``-d '(0,1,...)'``) the launcher of one worker per GPU."""
+    apply_recipe(args)
     _check_args(args)
     if distributed.wants_local_spawn(args.sys_device_ids):
         resolve_device(tuple(args.sys_device_ids))  # a missing GPU is reported once, before any worker starts
@@ -71,12 +82,9 @@ def _run_process(args: argparse.Namespace, ctx: distributed.DistContext) -> int:
     if args.set_seed:
         seed_everything(args.seed)
     # Build everything that can fail on user input before touching the experiment folder.
-    model = build_model(args.net, args.last_conv_stride)
     if args.only_test:
         weights = args.model_weight_file or str(Path(args.exp_dir or default_exp_dir(args)) / "ckpt.pth")
-        load_model_weights(model, weights)
-    elif args.net_pretrained_path and not args.resume:
-        load_imagenet_weights(model, args.net_pretrained_path)
+        model = load_inference_model(weights, args.net, args.last_conv_stride)
     dataset = build_dataset(
         args.dataset,
         args.data_root or None,
@@ -84,7 +92,15 @@ def _run_process(args: argparse.Namespace, ctx: distributed.DistContext) -> int:
         trainset_part=args.trainset_part,
         skip_bad_images=args.skip_bad_images,
         seed=args.seed,
+        require_train=not args.only_test,  # a test-only folder (query/ + gallery/ only) is fine for --only_test
     )
+    if not args.only_test:
+        # The ID head has one output per training identity, so the model comes after the data set.
+        num_classes = dataset.num_train_ids if TrainConfig.from_args(args).loss.needs_classes else 0
+        model = build_model(args.net, args.last_conv_stride, pooling=args.pooling, neck=args.neck,
+                            num_classes=num_classes)
+        if not args.resume:
+            init_backbone(model, args.net_pretrained_path)
     distributed.check_same_across_ranks(
         ctx, {ts.name: distributed.records_digest(ts.query + ts.gallery) for ts in dataset.test_sets}
         | {"training set": distributed.records_digest(dataset.train)}, "datasets")
@@ -99,7 +115,7 @@ def _run_process(args: argparse.Namespace, ctx: distributed.DistContext) -> int:
         print(f"Dataset {dataset.name}: {len(dataset.train)} training images of {dataset.num_train_ids} identities; "
               f"test sets: {', '.join(ts.name for ts in dataset.test_sets)}")
         print(f"Network {args.net}, precision {policy.describe()}, device {device}")
-        settings = eval_settings(args)
+        settings = eval_settings(args, test_normalize(args, model))
         settings.shard = ctx.enabled
         extra: dict = {}
         if args.only_test:
@@ -127,14 +143,15 @@ def _run_process(args: argparse.Namespace, ctx: distributed.DistContext) -> int:
 def _train(args, model, policy, dataset, exp_dir: Path, ctx: distributed.DistContext):
     validator = None
     if dataset.val is not None:
-        val_settings = EvalSettings(resize_h_w=tuple(args.resize_h_w), normalize_feature=args.normalize_feature,
+        val_settings = EvalSettings(resize_h_w=tuple(args.resize_h_w), normalize_feature=test_normalize(args, model),
                                     batch_size=args.batch_size_test, workers=args.workers, shard=ctx.enabled)
 
         def validator(m):
             result = evaluate_test_set(m, dataset.val, policy, val_settings, verbose=False)["single_query"]
             return float(result["mAP"]), float(result["cmc"][0])
 
-    trainer = Trainer(model, policy, args, dataset.train, exp_dir, validator, ctx.rank, ctx.world_size)
+    trainer = Trainer(model, policy, TrainConfig.from_args(args), dataset.train, exp_dir, validator, ctx.rank,
+                      ctx.world_size)
     if args.resume:
         trainer.resume()
     elif ctx.is_main and trainer.ckpt_path.exists():

@@ -1,8 +1,9 @@
 """Where a run's telemetry goes: console (mirrored to files), TensorBoard, and a JSON-lines log.
 
-The JSON-lines file ``train_log.jsonl`` is what ``bpm plot`` reads; TensorBoard scalars keep
-the original's names (``loss``, ``precision``, ``satisfy_margin``, ``average_distance``,
-``val scores``) so old dashboards still work.
+The JSON-lines file ``train_log.jsonl`` is what ``bpm plot`` reads. Every statistic the criterion
+returns becomes a TensorBoard scalar of the same name; the original's names (``loss``,
+``precision``, ``satisfy_margin``, ``average_distance``, ``val scores``) stay, so old dashboards
+still work.
 """
 from __future__ import annotations
 
@@ -68,12 +69,12 @@ class RunLogger:
         self.jsonl.write(json.dumps({"kind": "step", "step": step, "epoch": epoch, **values}) + "\n")
         self.jsonl.flush()
         if self.writer is not None:
-            for name in ("loss", "precision", "satisfy_margin", "lr", "loss_scale"):
-                if name in values:
-                    self.writer.add_scalar(name, values[name], step)
-            self.writer.add_scalars(
-                "average_distance", {"dist_ap": values["dist_ap"], "dist_an": values["dist_an"]}, step
-            )
+            distances = {k: values[k] for k in ("dist_ap", "dist_an") if k in values}
+            for name, value in values.items():
+                if name not in distances:
+                    self.writer.add_scalar(name, value, step)
+            if distances:
+                self.writer.add_scalars("average_distance", distances, step)
 
     def log_validation(self, step: int, epoch: int, mAP: float, rank1: float) -> None:
         self.jsonl.write(json.dumps({"kind": "val", "step": step, "epoch": epoch, "mAP": mAP, "Rank1": rank1}) + "\n")

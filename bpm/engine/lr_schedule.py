@@ -1,10 +1,14 @@
-"""The original's learning-rate schedules as pure functions of the epoch.
+"""Learning-rate schedules as pure functions of the epoch.
 
 Computing the rate from (epoch, settings) instead of multiplying it step by step keeps it right
 after ``--resume`` (the original's staircase schedule compounded wrongly on resume).
-Epochs here are 1-based, as in the original's formulas.
+Epochs here are 1-based, as in the original's formulas. Any schedule can start with a linear
+warm-up (``warmup_epochs``): from ``warmup_factor * base`` at epoch 1 to the schedule's own rate,
+which protects ImageNet features and a freshly initialised ID classifier from the first large steps.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -21,11 +25,31 @@ def staircase_lr(base_lr: float, epoch: int, decay_at_epochs: tuple[int, ...], f
     return base_lr * factor ** sum(1 for e in decay_at_epochs if epoch >= e)
 
 
-def lr_at_epoch(args, epoch: int) -> float:
-    """Learning rate of 1-based ``epoch`` for the schedule chosen by ``--lr_decay_type``."""
-    if args.lr_decay_type == "exp":
-        return exp_decay_lr(args.base_lr, epoch, args.total_epochs, args.exp_decay_at_epoch)
-    return staircase_lr(args.base_lr, epoch, tuple(args.staircase_decay_at_epochs), args.staircase_decay_multiply_factor)
+def cosine_lr(base_lr: float, epoch: int, total_epochs: int, start_epoch: int = 1) -> float:
+    """Half a cosine from ``base`` at ``start_epoch`` down towards 0 after ``total_epochs``."""
+    span = max(total_epochs + 1 - start_epoch, 1)
+    progress = min(max(epoch - start_epoch, 0) / span, 1.0)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_factor_at(epoch: int, warmup_epochs: int, start_factor: float) -> float:
+    """``start_factor`` at epoch 1 rising linearly to 1 at ``warmup_epochs + 1``."""
+    if warmup_epochs <= 0 or epoch > warmup_epochs:
+        return 1.0
+    return start_factor + (1.0 - start_factor) * (epoch - 1) / warmup_epochs
+
+
+def lr_at_epoch(cfg, epoch: int) -> float:
+    """Learning rate of 1-based ``epoch`` for the schedule chosen by ``lr_decay_type``
+    (``cfg``: a :class:`bpm.engine.config.TrainConfig` or anything with the same fields)."""
+    warmup = int(getattr(cfg, "warmup_epochs", 0) or 0)
+    if cfg.lr_decay_type == "exp":
+        lr = exp_decay_lr(cfg.base_lr, epoch, cfg.total_epochs, cfg.exp_decay_at_epoch)
+    elif cfg.lr_decay_type == "cosine":
+        lr = cosine_lr(cfg.base_lr, epoch, cfg.total_epochs, start_epoch=warmup + 1)
+    else:
+        lr = staircase_lr(cfg.base_lr, epoch, tuple(cfg.staircase_decay_at_epochs), cfg.staircase_decay_multiply_factor)
+    return lr * warmup_factor_at(epoch, warmup, float(getattr(cfg, "warmup_factor", 0.1)))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

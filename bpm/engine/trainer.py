@@ -1,7 +1,8 @@
-"""The training loop: P x K batches -> model (under the precision policy) -> triplet loss -> step.
+"""The training loop: P x K batches -> model (under the precision policy) -> criterion -> step.
 
-The trainer knows nothing about datasets or metrics: it gets training records and, optionally,
-a validation callback. It owns checkpointing, so everything needed to resume exactly (model,
+The trainer knows nothing about datasets, metrics or which losses it optimises: it gets a model,
+training records, a typed :class:`TrainConfig`, optionally a criterion (built from the config
+otherwise) and a validation callback, and logs whatever statistics the criterion returns. It owns checkpointing, so everything needed to resume exactly (model,
 optimizer, scaler and master weights, epoch and step, every RNG state, the sampler seed) lives
 in one atomic file.
 """
@@ -26,10 +27,12 @@ from bpm.data.sampler import PKBatchSampler
 from bpm.data.transforms import train_transform
 from bpm.distributed import DistContext, broadcast_object, gather_for_mining, mean_over_ranks
 from bpm.engine.checkpoint import CKPT_NAME, atomic_torch_save, load_checkpoint, rng_state, set_rng_state
+from bpm.engine.config import TrainConfig
 from bpm.engine.logging import RunLogger
 from bpm.engine.lr_schedule import lr_at_epoch, set_lr
 from bpm.errors import BpmError
-from bpm.losses import BatchHardTripletLoss
+from bpm.losses.combine import ReidCriterion
+from bpm.models.reid import ReidOutput
 from bpm.models.weights import load_model_weights_from_state
 from bpm.precision import PrecisionPolicy, PrecisionStepper
 
@@ -51,7 +54,7 @@ class Position:
     scores: dict = field(default_factory=dict)
 
 
-def build_optimizer(args, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
+def build_optimizer(cfg: TrainConfig, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
     """Adam (the original's choice) or SGD with Nesterov momentum, both with weight decay.
 
     Both use PyTorch's fused kernels, which do the update arithmetic in FP32 whatever the
@@ -60,10 +63,21 @@ def build_optimizer(args, params: Sequence[torch.Tensor]) -> torch.optim.Optimiz
     underflows gets 0/0 and the whole network turns NaN within a few steps (seen on an H100 and
     reproduced on CPU). It is also one kernel per step instead of one per tensor group on CUDA.
     """
-    if args.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=args.base_lr, momentum=args.momentum, nesterov=True,
-                               weight_decay=args.weight_decay, fused=True)
-    return torch.optim.Adam(params, lr=args.base_lr, weight_decay=args.weight_decay, fused=True)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.base_lr, momentum=cfg.momentum, nesterov=True,
+                               weight_decay=cfg.weight_decay, fused=True)
+    return torch.optim.Adam(params, lr=cfg.base_lr, weight_decay=cfg.weight_decay, fused=True)
+
+
+def class_index(train_records: Sequence[ImageRecord]) -> dict[int, int]:
+    """Training identity -> classifier output 0..C-1, sorted, so every rank agrees (the ID head's
+    classes are global under DDP) and a resumed run maps identities as before."""
+    return {pid: index for index, pid in enumerate(sorted({r.pid for r in train_records}))}
+
+
+def _as_output(out: torch.Tensor | ReidOutput) -> ReidOutput:
+    """Models without neck or head (and plain test networks) may return a bare feature tensor."""
+    return out if isinstance(out, ReidOutput) else ReidOutput(out, out, None)
 
 
 class Trainer:
@@ -71,38 +85,45 @@ class Trainer:
         self,
         model: torch.nn.Module,
         policy: PrecisionPolicy,
-        args,
+        cfg: TrainConfig,
         train_records: Sequence[ImageRecord],
         exp_dir: Path,
         validator: Validator | None = None,
         rank: int = 0,
         world_size: int = 1,
+        criterion: Callable | None = None,
     ) -> None:
-        self.args = args
+        self.cfg = cfg
         self.policy = policy
         self.exp_dir = Path(exp_dir)
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
         self.dist = DistContext(rank, world_size, device=policy.device)
-        self.gather_for_mining = bool(getattr(args, "gather_for_mining", False)) and self.dist.enabled
-        self.model = _wrap_for_ranks(model, policy, self.dist, bool(getattr(args, "sync_bn", False)))
+        self.gather_for_mining = cfg.gather_for_mining and self.dist.enabled
+        self.classes = class_index(train_records)
+        self._class_of = torch.full((max(self.classes, default=0) + 1,), -1, dtype=torch.long)
+        for pid, index in self.classes.items():
+            self._class_of[pid] = index
+        if criterion is None:
+            criterion = ReidCriterion(cfg.loss, len(self.classes), getattr(model, "feature_dim", 0))
+        self.criterion = criterion.to(policy.device) if isinstance(criterion, torch.nn.Module) else criterion
+        self.model = _wrap_for_ranks(model, policy, self.dist, cfg.sync_bn)
         self.stepper = PrecisionStepper(policy, self.model)
-        self.optimizer = build_optimizer(args, self.stepper.optimizer_params())
-        self.loss_fn = BatchHardTripletLoss(args.margin, args.soft_margin, args.normalize_feature)
+        self.optimizer = build_optimizer(cfg, self.stepper.optimizer_params())
         self.validator = validator
         self.position = Position()
-        self.sampler_seed = args.seed if args.set_seed else random.SystemRandom().randrange(2**31)
+        self.sampler_seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**31)
         self.sampler_seed = int(broadcast_object(self.dist, self.sampler_seed))  # one data order for all ranks
         self.sampler = PKBatchSampler(
-            [r.pid for r in train_records], args.ids_per_batch, args.ims_per_id, self.sampler_seed, rank, world_size
+            [r.pid for r in train_records], cfg.ids_per_batch, cfg.ims_per_id, self.sampler_seed, rank, world_size
         )
         transform = train_transform(
-            tuple(args.resize_h_w), args.mirror, args.crop_prob, args.crop_ratio, args.erase, args.erase_prob
+            tuple(cfg.resize_h_w), cfg.mirror, cfg.crop_prob, cfg.crop_ratio, cfg.erase, cfg.erase_prob, cfg.pad_crop
         )
-        self.loader = train_loader(train_records, transform, self.sampler, args.workers)
+        self.loader = train_loader(train_records, transform, self.sampler, cfg.workers)
         self.ckpt_path = self.exp_dir / CKPT_NAME
-        self.max_nonfinite_steps = args.max_nonfinite_steps
-        self.ckpt_every_steps = args.ckpt_every_steps
+        self.max_nonfinite_steps = cfg.max_nonfinite_steps
+        self.ckpt_every_steps = cfg.ckpt_every_steps
         self._stop_signal: int | None = None
         self._stop_agreed = False
 
@@ -123,7 +144,11 @@ class Trainer:
             "precision": self.stepper.state_dict(),
             "sampler_seed": self.sampler_seed,
             "rng": rng_state(),
+            # Criterion buffers (centre-loss centres); a plain-function criterion has none.
+            "criterion": self.criterion.state_dict() if isinstance(self.criterion, torch.nn.Module) else {},
             "net": getattr(model, "net", None),
+            "architecture": getattr(model, "architecture", None),
+            "num_classes": len(self.classes),
             "opt_level": self.policy.opt_level,
         }
 
@@ -146,6 +171,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group.update(kernels)
         self.stepper.load_state_dict(ckpt.get("precision", {}))
+        if ckpt.get("criterion") and isinstance(self.criterion, torch.nn.Module):
+            self.criterion.load_state_dict(ckpt["criterion"])
         self.position = Position(int(ckpt["ep"]), int(ckpt.get("step", 0)), int(ckpt.get("global_step", 0)),
                                  dict(ckpt.get("scores", {})))
         self.sampler_seed = int(ckpt.get("sampler_seed", self.sampler_seed))
@@ -172,13 +199,11 @@ class Trainer:
         self.model.train()
         buffers = [b.detach().clone() for b in self.model.buffers()]
         images = self.policy.prepare_input(images)
-        labels = labels.to(self.policy.device)
+        targets = self._class_of[labels].to(self.policy.device)
         with self.policy.autocast():
-            features = self.model(images)
-        if self.gather_for_mining:
-            features, labels = gather_for_mining(self.dist, features, labels)
-        loss, stats = self.loss_fn(features, labels)
-        values = vars(stats)
+            outputs = _as_output(self.model(images))
+        gather = (lambda f, t: gather_for_mining(self.dist, f, t)) if self.gather_for_mining else None
+        loss, values = self.criterion(outputs, targets, gather)
         if self.dist.enabled:
             # One collective per step: the job's mean statistics, whether any rank saw a non-finite
             # loss (then every rank skips, or DDP's all-reduce would wait for the skipping one), and
@@ -199,7 +224,7 @@ class Trainer:
     def fit(self, logger: RunLogger | None = None) -> Position:
         previous = self._install_signal_handlers()
         try:
-            while self.position.epoch < self.args.total_epochs:
+            while self.position.epoch < self.cfg.total_epochs:
                 self._train_epoch(logger)
                 self.position.epoch += 1
                 self.position.step = 0
@@ -212,11 +237,11 @@ class Trainer:
 
     def _train_epoch(self, logger: RunLogger | None) -> None:
         epoch = self.position.epoch
-        lr = lr_at_epoch(self.args, epoch + 1)
+        lr = lr_at_epoch(self.cfg, epoch + 1)
         set_lr(self.optimizer, lr)
         self.sampler.set_epoch(epoch, self.position.step)
         steps_to_run = len(self.sampler) - self.position.step  # fewer after a mid-epoch resume
-        totals = {"loss": 0.0, "precision": 0.0, "satisfy_margin": 0.0, "dist_ap": 0.0, "dist_an": 0.0}
+        totals: dict[str, float] = {}
         count = 0
         start = time.time()
         show_bar = self.is_main and sys.stdout.isatty()
@@ -229,8 +254,8 @@ class Trainer:
             bar.update(1)
             if stepped:
                 count += 1
-                for key in totals:
-                    totals[key] += stats[key]
+                for key, value in stats.items():
+                    totals[key] = totals.get(key, 0.0) + value
             elif self.is_main:
                 print(f"Ep {epoch + 1}, step {self.position.step}: non-finite loss or gradients, step skipped "
                       f"(loss scale now {self.stepper.scale:g})")
@@ -243,12 +268,9 @@ class Trainer:
             values = {**stats, "lr": lr, "loss_scale": self.stepper.scale}
             if self.is_main and logger is not None and stepped:
                 logger.log_step(self.position.global_step, epoch + 1, values)
-            if self.is_main and self.args.steps_per_log > 0 and self.position.step % self.args.steps_per_log == 0:
-                bar.write(
-                    f"Ep {epoch + 1}, step {self.position.step}/{len(self.sampler)}, {time.time() - start:.1f}s, "
-                    f"loss {stats['loss']:.4f}, prec {stats['precision']:.2%}, sm {stats['satisfy_margin']:.2%}, "
-                    f"d_ap {stats['dist_ap']:.4f}, d_an {stats['dist_an']:.4f}"
-                )
+            if self.is_main and self.cfg.steps_per_log > 0 and self.position.step % self.cfg.steps_per_log == 0:
+                bar.write(f"Ep {epoch + 1}, step {self.position.step}/{len(self.sampler)}, {time.time() - start:.1f}s, "
+                          f"{format_stats(stats)}")
             if self.ckpt_every_steps and self.position.step % self.ckpt_every_steps == 0:
                 self.save_checkpoint()
             if (self._stop_agreed if self.dist.enabled else self._stop_signal is not None):
@@ -262,14 +284,11 @@ class Trainer:
         bar.close()
         if self.is_main:
             means = {k: v / max(count, 1) for k, v in totals.items()}
-            print(
-                f"Ep {epoch + 1}, {time.time() - start:.1f}s, lr {lr:.3g}, loss {means['loss']:.4f}, "
-                f"prec {means['precision']:.2%}, sm {means['satisfy_margin']:.2%}, d_ap {means['dist_ap']:.4f}, "
-                f"d_an {means['dist_an']:.4f}" + (f", skipped {steps_to_run - count}" if count < steps_to_run else "")
-            )
+            print(f"Ep {epoch + 1}, {time.time() - start:.1f}s, lr {lr:.3g}, {format_stats(means)}"
+                  + (f", skipped {steps_to_run - count}" if count < steps_to_run else ""))
 
     def _maybe_validate(self, logger: RunLogger | None) -> None:
-        every = self.args.epochs_per_val
+        every = self.cfg.epochs_per_val
         if self.validator is None or not math.isfinite(every) or every <= 0:
             return
         if self.position.epoch % int(every) != 0:
@@ -280,6 +299,17 @@ class Trainer:
             print(f"Validation after epoch {self.position.epoch}: [mAP: {mAP:.2%}], [cmc1: {rank1:.2%}]")
             if logger is not None:
                 logger.log_validation(self.position.global_step, self.position.epoch, mAP, rank1)
+
+
+# The original's short names for its triplet statistics; fractions print as percentages.
+_SHORT_NAMES = {"precision": "prec", "satisfy_margin": "sm", "dist_ap": "d_ap", "dist_an": "d_an"}
+_FRACTIONS = {"precision", "satisfy_margin", "id_accuracy"}
+
+
+def format_stats(stats: dict[str, float]) -> str:
+    """``loss 0.1234, prec 95.00%, ...`` for whatever statistics the criterion returned."""
+    return ", ".join(f"{_SHORT_NAMES.get(k, k)} {v:.2%}" if k in _FRACTIONS else f"{_SHORT_NAMES.get(k, k)} {v:.4f}"
+                     for k, v in stats.items())
 
 
 def _wrap_for_ranks(

@@ -22,8 +22,7 @@ from bpm.export.quantize import quantize_int8
 from bpm.export.runtime import OnnxModel, image_batch
 from bpm.export.verify import FormatCheck, add_retrieval, check_cosine, format_table, retrieval_scores, write_report
 from bpm.export.weights import load_source_model, save_pt, save_safetensors, state_precision, weights_state
-from bpm.models.reid import build_model
-from bpm.models.weights import load_model_weights
+from bpm.models.reid import load_inference_model
 
 FORMATS = ("pt", "pt16", "safetensors", "onnx", "onnx16", "onnx_int8")
 ONNX_FORMATS = ("onnx", "onnx16", "onnx_int8")
@@ -177,8 +176,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
                 save_safetensors(state, path, {"net": model.net, "format": "bpm re-ID weights (base.* keys)"})
             else:
                 save_pt(state, path)
-            reloaded = build_model(model.net, opts.last_conv_stride)
-            load_model_weights(reloaded, path)
+            reloaded = load_inference_model(path, model.net, opts.last_conv_stride)
             checks.append(check_cosine(fmt, path, state_precision(state),
                                        _torch_features(reloaded.eval(), images.verification, opts), reference))
 

@@ -12,7 +12,7 @@ from typing import Mapping
 import torch
 
 from bpm.errors import BpmError
-from bpm.models.reid import ReidModel, build_model
+from bpm.models.reid import ReidModel, build_model, build_model_for_state, inference_state
 from bpm.models.weights import (
     StateDict, detect_net, extract_model_state, load_imagenet_weights, load_model_weights_from_state,
     read_weights_file,
@@ -34,12 +34,14 @@ def load_source_model(path: str | Path, net: str | None = None, last_conv_stride
     net = net or detect_net(state)
     if net is None:
         raise BpmError(f"{path}: cannot tell the network from its keys; pass --net resnet50 or --net mobilenetV2")
-    model = build_model(net, last_conv_stride)
     if any(k.startswith(("fc.", "classifier.")) for k in state):
+        model = build_model(net, last_conv_stride)
         load_imagenet_weights(model, path)
         kind = "ImageNet classifier weights (backbone only)"
     else:
-        load_model_weights_from_state(model, state, path)
+        # Pooling and neck as trained; the training-only ID head (head.*) is never exported.
+        model = build_model_for_state(net, last_conv_stride, state)
+        load_model_weights_from_state(model, inference_state(state), path)
         kind = "training checkpoint" if isinstance(raw, Mapping) and "state_dicts" in raw else "re-ID weights"
     return model.float().eval(), kind
 

@@ -6,8 +6,6 @@ original did.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
@@ -26,19 +24,12 @@ def hard_example_mining(dist: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     return dist_ap, dist_an
 
 
-@dataclass
-class TripletStats:
-    """What the original logged per step, as plain floats."""
-
-    loss: float
-    precision: float
-    satisfy_margin: float
-    dist_ap: float
-    dist_an: float
-
-
 class BatchHardTripletLoss(torch.nn.Module):
-    """``relu(d_ap - d_an + margin)`` averaged over anchors, or ``softplus(d_ap - d_an)`` with ``soft_margin``."""
+    """``relu(d_ap - d_an + margin)`` averaged over anchors, or ``softplus(d_ap - d_an)`` with ``soft_margin``.
+
+    Returns the loss and what the original logged per step (``loss``, ``precision``: d_an > d_ap,
+    ``satisfy_margin``, ``dist_ap``, ``dist_an``) as plain floats.
+    """
 
     def __init__(self, margin: float = 0.3, soft_margin: bool = False, normalize_feature: bool = False) -> None:
         super().__init__()
@@ -46,7 +37,7 @@ class BatchHardTripletLoss(torch.nn.Module):
         self.soft_margin = soft_margin
         self.normalize_feature = normalize_feature
 
-    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, TripletStats]:
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         features = features.float()
         if self.normalize_feature:
             features = F.normalize(features, dim=1)
@@ -54,11 +45,11 @@ class BatchHardTripletLoss(torch.nn.Module):
         gap = dist_ap - dist_an
         loss = F.softplus(gap).mean() if self.soft_margin else F.relu(gap + self.margin).mean()
         with torch.no_grad():
-            stats = TripletStats(
-                loss=float(loss),
-                precision=float((dist_an > dist_ap).float().mean()),
-                satisfy_margin=float((dist_an > dist_ap + self.margin).float().mean()),
-                dist_ap=float(dist_ap.mean()),
-                dist_an=float(dist_an.mean()),
-            )
+            stats = {
+                "loss": float(loss),
+                "precision": float((dist_an > dist_ap).float().mean()),
+                "satisfy_margin": float((dist_an > dist_ap + self.margin).float().mean()),
+                "dist_ap": float(dist_ap.mean()),
+                "dist_an": float(dist_an.mean()),
+            }
         return loss, stats

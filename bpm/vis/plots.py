@@ -21,12 +21,13 @@ CMC_PNG = "cmc_curve.png"
 
 # (panel title, [(log key, label)], logarithmic y axis)
 _STEP_PANELS = [
-    ("triplet loss", [("loss", "loss")], False),
+    ("loss", [("loss", "loss")], False),
     ("batch statistics", [("precision", "precision (d_an > d_ap)"), ("satisfy_margin", "satisfy margin")], False),
     ("average distance", [("dist_ap", "d_ap"), ("dist_an", "d_an")], False),
     ("learning rate", [("lr", "lr")], True),
     ("loss scale", [("loss_scale", "loss scale")], True),
 ]
+_META_KEYS = {"kind", "step", "epoch"}
 _TITLES = {"single_query": "single query", "multi_query": "multi query",
            "reranked_single_query": "re-ranked single query", "reranked_multi_query": "re-ranked multi query"}
 
@@ -82,8 +83,12 @@ def plot_training_curves(exp_dir: str | Path, out: str | Path | None = None) -> 
     steps, vals = read_run_log(exp_dir / RUN_LOG)
     if not steps and not vals:
         raise BpmError(f"{exp_dir / RUN_LOG}: the run log holds no step or validation records yet")
+    known = {key for _title, keys, _log in _STEP_PANELS for key, _label in keys}
+    # Statistics of other criteria (ID loss, accuracy, centre loss, ...) get a panel each.
+    others = sorted({k for r in steps for k, v in r.items()
+                     if k not in known | _META_KEYS and isinstance(v, (int, float))})
     panels = [(title, [(label, *_series(steps, key)) for key, label in keys], log_y)
-              for title, keys, log_y in _STEP_PANELS]
+              for title, keys, log_y in [*_STEP_PANELS, *((k.replace("_", " "), [(k, k)], False) for k in others)]]
     panels = [p for p in panels if any(x.size for _label, x, _y in p[1])]
     # Without loss scaling (O0, bfloat16) the logged scale is a constant 1: not worth a panel.
     panels = [p for p in panels if p[0] != "loss scale" or any((y != 1.0).any() for _l, _x, y in p[1])]

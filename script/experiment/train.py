@@ -8,4 +8,5 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bpm.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    # The original's command lines keep the original's recipe (a later --recipe on the line wins).
+    sys.exit(main(["train", "--recipe", "original", *sys.argv[1:]]))

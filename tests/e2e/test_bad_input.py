@@ -22,7 +22,7 @@ def one_error_line(done: subprocess.CompletedProcess) -> str:
 
 def test_missing_data_folder(tmp_path):
     line = one_error_line(bpm("train", "-d", "()", "--dataset", "market1501", "--data_root", str(tmp_path / "nope"),
-                              "--exp_dir", str(tmp_path / "exp")))
+                              "--exp_dir", str(tmp_path / "exp"), "--net_pretrained_path", "none"))
     assert str(tmp_path / "nope") in line
     assert not (tmp_path / "exp").exists()
 
@@ -63,5 +63,6 @@ def test_unreadable_image(tmp_path, tiny_world):
     victim.write_bytes(b"not a jpeg")
     line = one_error_line(bpm("train", "-d", "()", "--dataset", "market1501", "--data_root", str(world),
                               "--resize_h_w", "(64, 32)", "--ids_per_batch", "4", "--ims_per_id", "2",
-                              "--total_epochs", "1", "--workers", "0", "--exp_dir", str(tmp_path / "exp")))
+                              "--total_epochs", "1", "--workers", "0", "--exp_dir", str(tmp_path / "exp"),
+                              "--net_pretrained_path", "none"))
     assert victim.name in line

@@ -35,7 +35,8 @@ def test_original_train_test_visualize_chain(converted, tmp_path):
     # trainMe.sh: MobileNet-V2, O2, combined-style trainval recipe, validation every 5 epochs, erase/crop off.
     run("script/experiment/train.py", "-d", "()", "--dataset", "market1501", "--data_root", str(converted),
         "--trainset_part", "trainval", "--net", "mobilenetV2", "--opt-level", "O2", "--total_epochs", "1",
-        "--epochs_per_val", "5", "--erase", "false", "--crop_prob", "0", "--exp_dir", str(exp_dir), *SMALL)
+        "--epochs_per_val", "5", "--erase", "false", "--crop_prob", "0", "--exp_dir", str(exp_dir),
+        "--net_pretrained_path", "none", *SMALL)
     ckpt = torch.load(exp_dir / "ckpt.pth", weights_only=True)
     assert {"state_dicts", "ep", "scores"} <= set(ckpt) and ckpt["ep"] == 1
     assert list(exp_dir.glob("stdout_*.txt")) and list(exp_dir.glob("stderr_*.txt"))

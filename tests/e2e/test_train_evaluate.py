@@ -19,7 +19,8 @@ def test_training_lowers_loss_and_raises_map(tmp_path):
     cmd = [sys.executable, "-m", "bpm", "train", "-d", "()", "--dataset", "market1501", "--data_root", str(world),
            "--resize_h_w", "(64, 32)", "--ids_per_batch", "8", "--ims_per_id", "4", "--optimizer", "sgd",
            "--base_lr", "0.03", "--total_epochs", "30", "--exp_decay_at_epoch", "16", "--erase", "false", "--crop_prob", "0", "--set_seed", "true", "--workers", "1",
-           "--eval_untrained", "true", "--rerank", "false", "--exp_dir", str(exp_dir), "--steps_per_log", "0"]
+           "--eval_untrained", "true", "--rerank", "false", "--exp_dir", str(exp_dir), "--steps_per_log", "0",
+           "--net_pretrained_path", "none"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Single Query:" in done.stdout and "[mAP:" in done.stdout

@@ -3,6 +3,7 @@ import os
 import pytest
 import torch
 
+from bpm.engine.config import TrainConfig
 from bpm.data.datasets import build_dataset
 from bpm.engine.checkpoint import atomic_torch_save, load_checkpoint
 from bpm.engine.trainer import Trainer, seed_everything
@@ -34,30 +35,40 @@ def test_load_checkpoint_refuses_plain_weights(tmp_path):
         load_checkpoint(path)
 
 
-def _trainer(world, exp_dir, epochs, opt_level="O0"):
-    args = train_args(world, exp_dir, "--total_epochs", str(epochs), "--opt-level", opt_level)
+def _trainer(world, exp_dir, epochs, opt_level="O0", recipe="original"):
+    # bot with the centre loss too, so its buffers' resume is covered as well
+    extra = ("--center_loss_weight", "0.0005") if recipe == "bot" else ()
+    args = train_args(world, exp_dir, "--total_epochs", str(epochs), "--opt-level", opt_level, "--recipe", recipe,
+                      *extra)
     seed_everything(args.seed)
     dataset = build_dataset("market1501", str(world))
     policy = PrecisionPolicy.create(args.opt_level, "cpu")
-    return Trainer(build_model("mobilenetV2"), policy, args, dataset.train, exp_dir)
+    config = TrainConfig.from_args(args)
+    classes = dataset.num_train_ids if config.loss.needs_classes else 0
+    model = build_model("mobilenetV2", pooling=args.pooling, neck=args.neck, num_classes=classes)
+    return Trainer(model, policy, config, dataset.train, exp_dir)
 
 
-@pytest.mark.parametrize("opt_level", ["O0", "O2"])
-def test_resume_continues_exactly(tiny_world, tmp_path, opt_level):
-    straight = _trainer(tiny_world, tmp_path / "straight", 2, opt_level)
+@pytest.mark.parametrize("opt_level,recipe", [("O0", "original"), ("O2", "original"), ("O0", "bot")])
+def test_resume_continues_exactly(tiny_world, tmp_path, opt_level, recipe):
+    straight = _trainer(tiny_world, tmp_path / "straight", 2, opt_level, recipe)
     straight.fit()
 
-    first = _trainer(tiny_world, tmp_path / "split", 1, opt_level)
+    first = _trainer(tiny_world, tmp_path / "split", 1, opt_level, recipe)
     first.fit()
     ckpt = load_checkpoint(tmp_path / "split" / "ckpt.pth")
     assert ckpt["ep"] == 1 and set(ckpt) >= {"state_dicts", "ep", "scores"}
-    resumed = _trainer(tiny_world, tmp_path / "split", 2, opt_level)
+    resumed = _trainer(tiny_world, tmp_path / "split", 2, opt_level, recipe)
     resumed.resume()
     resumed.fit()
 
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    if recipe == "bot":
+        assert "head.weight" in a and "neck.bn.weight" in a
+        centres = straight.criterion.state_dict(), resumed.criterion.state_dict()
+        assert all(torch.equal(centres[0][k], centres[1][k]) for k in centres[0])
 
 
 def test_resume_keeps_fused_kernels_over_an_unfused_checkpoint(tiny_world, tmp_path):

@@ -1,3 +1,4 @@
+import math
 from argparse import Namespace
 
 import pytest
@@ -24,3 +25,21 @@ def test_dispatch_by_decay_type():
     assert lr_at_epoch(args, 2) == pytest.approx(1e-4)
     args.lr_decay_type = "exp"
     assert lr_at_epoch(args, 2) == 2e-4
+
+
+def test_cosine_with_linear_warmup():
+    from bpm.engine.lr_schedule import cosine_lr, warmup_factor_at
+
+    cfg = Namespace(lr_decay_type="cosine", base_lr=1.0, total_epochs=10, warmup_epochs=2, warmup_factor=0.1)
+    rates = [lr_at_epoch(cfg, e) for e in range(1, 11)]
+    assert rates[0] == pytest.approx(0.1) and rates[1] == pytest.approx(0.55)   # warm-up: 0.1 -> 1 over 2 epochs
+    assert rates[2] == pytest.approx(1.0)                                         # cosine starts at the base rate
+    assert all(a > b for a, b in zip(rates[2:], rates[3:])) and rates[-1] > 0    # then falls, never to 0 in-run
+    assert cosine_lr(1.0, 6, 9, start_epoch=1) == pytest.approx(0.5 * (1 + math.cos(math.pi * 5 / 9)))
+    assert warmup_factor_at(3, 2, 0.1) == 1.0 and warmup_factor_at(1, 0, 0.1) == 1.0
+
+
+def test_warmup_applies_to_every_schedule():
+    cfg = Namespace(lr_decay_type="exp", base_lr=2e-4, total_epochs=30, exp_decay_at_epoch=16, warmup_epochs=4,
+                    warmup_factor=0.1)
+    assert lr_at_epoch(cfg, 1) == pytest.approx(2e-5) and lr_at_epoch(cfg, 5) == pytest.approx(2e-4)

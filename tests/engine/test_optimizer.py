@@ -4,19 +4,25 @@ import argparse
 import torch
 
 from bpm.config import add_train_arguments
+from bpm.engine.config import TrainConfig
 from bpm.engine.trainer import build_optimizer
+from bpm.recipes import apply_recipe
 
 
-def args(*argv: str) -> argparse.Namespace:
+def args(*argv: str) -> TrainConfig:
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
-    return parser.parse_args(list(argv))
+    parsed = parser.parse_args(list(argv))
+    apply_recipe(parsed)
+    return TrainConfig.from_args(parsed)
 
 
-def test_adam_is_the_default():
-    opt = build_optimizer(args(), [torch.nn.Parameter(torch.zeros(2))])
+def test_adam_is_the_default_of_both_recipes():
+    opt = build_optimizer(args("--recipe", "original"), [torch.nn.Parameter(torch.zeros(2))])
     assert isinstance(opt, torch.optim.Adam)
     assert opt.defaults["lr"] == 2e-4 and opt.defaults["weight_decay"] == 5e-4
+    opt = build_optimizer(args(), [torch.nn.Parameter(torch.zeros(2))])
+    assert isinstance(opt, torch.optim.Adam) and opt.defaults["lr"] == 3.5e-4
 
 
 def test_sgd_uses_nesterov_momentum():

@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 
+from bpm.engine.config import TrainConfig
 from bpm.data.datasets import build_dataset
 from bpm.engine.checkpoint import load_checkpoint
 from bpm.engine.trainer import Trainer, seed_everything
@@ -22,7 +23,7 @@ def make_trainer(world, exp_dir, *extra: str) -> Trainer:
     policy = PrecisionPolicy.create(args.opt_level, "cpu", args.amp_dtype, args.keep_batchnorm_fp32, args.loss_scale)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # O3 warns by design
-        return Trainer(build_model("mobilenetV2"), policy, args, build_dataset("market1501", str(world)).train, exp_dir)
+        return Trainer(build_model("mobilenetV2"), policy, TrainConfig.from_args(args), build_dataset("market1501", str(world)).train, exp_dir)
 
 
 def overfit_losses(trainer: Trainer, steps: int) -> list[float]:
@@ -95,9 +96,9 @@ def test_a_run_of_non_finite_steps_stops_training_and_keeps_the_checkpoint(tiny_
     good = load_checkpoint(trainer.ckpt_path)
     weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
-    trainer.args.total_epochs = 2
-    loss_fn = trainer.loss_fn
-    trainer.loss_fn = lambda features, labels: (lambda out: (out[0] * math.nan, out[1]))(loss_fn(features, labels))
+    trainer.cfg.total_epochs = 2
+    criterion = trainer.criterion
+    trainer.criterion = lambda *inputs: (lambda out: (out[0] * math.nan, out[1]))(criterion(*inputs))
     with pytest.raises(BpmError, match=r"training stopped: 3 consecutive non-finite steps at epoch 2.*ckpt\.pth"):
         trainer.fit()
     assert capsys.readouterr().out.count("non-finite loss or gradients, step skipped") == 3

@@ -31,7 +31,8 @@ def test_int8_export_of_a_trained_model_meets_the_thresholds(tmp_path, trained_w
                  "--ids_per_batch", "8", "--ims_per_id", "4", "--optimizer", "sgd", "--momentum", "0.9",
                  "--base_lr", "0.03", "--total_epochs", "20", "--exp_decay_at_epoch", "11",
                  "--erase", "false", "--crop_prob", "0", "--set_seed", "true", "--workers", "0", "--rerank", "false",
-                 "--log_to_file", "false", "--exp_dir", str(exp_dir), "--steps_per_log", "0"]) == 0
+                 "--log_to_file", "false", "--exp_dir", str(exp_dir), "--steps_per_log", "0",
+                 "--net_pretrained_path", "none"]) == 0
     out = tmp_path / "export"
     run_export(ExportOptions(weights=str(exp_dir / "ckpt.pth"), out_dir=str(out), resize_h_w=(64, 32),
                              formats=("onnx", "onnx_int8"), dataset="market1501", data_root=str(world),

@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from bpm.losses import BatchHardTripletLoss, euclidean_dist, hard_example_mining
+from bpm.losses.triplet import BatchHardTripletLoss, euclidean_dist, hard_example_mining
 
 
 def brute_force(features: torch.Tensor, labels: list[int], margin: float, soft: bool):
@@ -30,10 +30,10 @@ def test_matches_brute_force(seed, soft):
     loss, stats = BatchHardTripletLoss(margin=0.3, soft_margin=soft)(features, torch.tensor(labels))
     expected, ap, an = brute_force(features, labels, 0.3, soft)
     assert float(loss) == pytest.approx(expected, rel=1e-4, abs=1e-5)
-    assert stats.dist_ap == pytest.approx(sum(ap) / len(ap), rel=1e-4)
-    assert stats.dist_an == pytest.approx(sum(an) / len(an), rel=1e-4)
-    assert stats.precision == pytest.approx(sum(a > p for p, a in zip(ap, an)) / len(ap))
-    assert stats.satisfy_margin == pytest.approx(sum(a > p + 0.3 for p, a in zip(ap, an)) / len(ap))
+    assert stats["dist_ap"] == pytest.approx(sum(ap) / len(ap), rel=1e-4)
+    assert stats["dist_an"] == pytest.approx(sum(an) / len(an), rel=1e-4)
+    assert stats["precision"] == pytest.approx(sum(a > p for p, a in zip(ap, an)) / len(ap))
+    assert stats["satisfy_margin"] == pytest.approx(sum(a > p + 0.3 for p, a in zip(ap, an)) / len(ap))
 
 
 def test_hand_checked_case():
@@ -46,7 +46,7 @@ def test_hand_checked_case():
     loss, stats = BatchHardTripletLoss(margin=0.5)(features, torch.tensor([0, 0, 1, 1]))
     # relu(1-3+.5)=0, relu(1-2+.5)=0, relu(4-2+.5)=2.5, relu(4-6+.5)=0
     assert float(loss) == pytest.approx(2.5 / 4, abs=1e-5)
-    assert stats.precision == pytest.approx(0.75)
+    assert stats["precision"] == pytest.approx(0.75)
 
 
 def test_half_inputs_are_computed_in_fp32_and_gradients_finite():

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from bpm.engine.config import TrainConfig
 from bpm.engine.checkpoint import CKPT_NAME, load_checkpoint
 
 TIMEOUT_S = 240.0
@@ -67,7 +68,7 @@ def train_switches(world: Path, exp_dir: Path, *extra: str) -> list[str]:
         "-d", "()", "--dataset", "market1501", "--data_root", str(world), "--exp_dir", str(exp_dir),
         "--resize_h_w", "(64, 32)", "--ids_per_batch", "4", "--ims_per_id", "2", "--total_epochs", "2",
         "--workers", "0", "--set_seed", "true", "--log_to_file", "false", "--rerank", "false", "--steps_per_log", "0",
-        *extra,
+        "--net_pretrained_path", "none", *extra,
     ]
 
 
@@ -249,4 +250,4 @@ def make_trainer(world: Path, exp_dir: Path, *extra: str):
     seed_everything(args.seed)
     dataset = build_dataset("market1501", str(world))
     policy = PrecisionPolicy.create(args.opt_level, "cpu", args.amp_dtype, args.keep_batchnorm_fp32, args.loss_scale)
-    return Trainer(build_model(args.net, args.last_conv_stride), policy, args, dataset.train, exp_dir)
+    return Trainer(build_model(args.net, args.last_conv_stride), policy, TrainConfig.from_args(args), dataset.train, exp_dir)

@@ -20,15 +20,15 @@ def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _inject(trainer, faults: dict[int, str], record: list) -> None:
     """Wrap ``train_step`` so chosen steps get a fault, and record the model around every step."""
-    step_fn, loss_fn = trainer.train_step, trainer.loss_fn
+    step_fn, criterion = trainer.train_step, trainer.criterion
     current = {"fault": None}
 
-    def faulty_loss(features, labels):
-        loss, stats = loss_fn(features, labels)
+    def faulty_loss(outputs, targets, gather=None):
+        loss, stats = criterion(outputs, targets, gather)
         if current["fault"] == "nan_loss":
             loss = loss * float("nan")
         elif current["fault"] == "inf_grad":
-            features.register_hook(lambda grad: grad * float("inf"))
+            outputs.pre_neck.register_hook(lambda grad: grad * float("inf"))
         return loss, stats
 
     def faulty_step(images, labels):
@@ -44,7 +44,7 @@ def _inject(trainer, faults: dict[int, str], record: list) -> None:
             TALLY.fault(f"non-finite {fault.replace('_', ' ')}")
         return stepped, stats
 
-    trainer.loss_fn = faulty_loss
+    trainer.criterion = faulty_loss
     trainer.train_step = faulty_step
 
 

@@ -122,7 +122,8 @@ def test_training_writes_plots_and_its_checkpoint_visualizes(tmp_path):
     exp = tmp_path / "exp"
     assert main(["train", "-d", "()", "--dataset", "market1501", "--data_root", str(root), "--exp_dir", str(exp),
                  "--resize_h_w", "(64, 32)", "--ids_per_batch", "4", "--ims_per_id", "2", "--total_epochs", "1",
-                 "--workers", "0", "--steps_per_log", "1", "--log_to_file", "false", "--rerank", "false"]) == 0
+                 "--workers", "0", "--steps_per_log", "1", "--log_to_file", "false", "--rerank", "false",
+                 "--net_pretrained_path", "none"]) == 0
     for name in ("training_curves.png", "cmc_curve.png"):
         assert (exp / name).stat().st_size > 10_000 and Image.open(exp / name).format == "PNG"
     assert main(["visualize", "-d", "()", "--dataset", "market1501", "--data_root", str(root), "--exp_dir", str(exp),

@@ -1,0 +1,60 @@
+"""Typed training settings: what the trainer needs, made from the command line at the command boundary.
+
+Tests and benchmarks build a :class:`TrainConfig` directly (every field has the original's
+default); the commands make one from their parsed switches with :meth:`TrainConfig.from_args`.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field, fields
+
+from bpm.losses.combine import LossConfig
+
+
+@dataclass
+class TrainConfig:
+    total_epochs: int = 300
+    ids_per_batch: int = 32
+    ims_per_id: int = 4
+    # optimisation
+    optimizer: str = "adam"
+    base_lr: float = 2e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_decay_type: str = "exp"
+    exp_decay_at_epoch: int = 151
+    staircase_decay_at_epochs: tuple[int, ...] = (101, 201)
+    staircase_decay_multiply_factor: float = 0.1
+    warmup_epochs: int = 0
+    warmup_factor: float = 0.1
+    # augmentation
+    resize_h_w: tuple[int, int] = (256, 128)
+    mirror: bool = True
+    crop_prob: float = 0.1
+    crop_ratio: float = 1.0
+    pad_crop: int = 0
+    erase: bool = True
+    erase_prob: float = 0.2
+    # criterion
+    loss: LossConfig = field(default_factory=LossConfig)
+    # loop
+    seed: int | None = None  # None: a fresh random data order
+    workers: int = 2
+    steps_per_log: int = 20
+    epochs_per_val: float = 1e10
+    ckpt_every_steps: int = 0
+    max_nonfinite_steps: int = 50
+    sync_bn: bool = False
+    gather_for_mining: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
+        """The training part of parsed ``bpm train`` switches (recipe presets already applied)."""
+        values = vars(args)
+        own = {f.name for f in fields(cls)} - {"loss", "seed"}
+        loss_names = {f.name for f in fields(LossConfig)}
+        config = cls(**{k: values[k] for k in own if k in values},
+                     loss=LossConfig(**{k: values[k] for k in loss_names if k in values}),
+                     seed=values.get("seed") if values.get("set_seed") else None)
+        config.resize_h_w = tuple(config.resize_h_w)
+        return config
