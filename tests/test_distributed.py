@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from bpm.engine.config import TrainConfig
+from bpm.models.reid import ReidOutput
 from bpm import distributed
 from bpm.data.datasets import build_dataset
 from bpm.engine.evaluator import EvalSettings, evaluate_test_set
@@ -42,14 +43,18 @@ class TinyNet(nn.Module):
 
     feature_dim = 16
 
-    def __init__(self, batchnorm: bool = False) -> None:
+    def __init__(self, batchnorm: bool = False, num_classes: int = 0) -> None:
         super().__init__()
         norm = nn.BatchNorm2d(8) if batchnorm else nn.GroupNorm(2, 8)
         self.base = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), norm, nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2),
                                   nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(16, num_classes, bias=False) if num_classes else None  # an ID head, as bot's
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor | ReidOutput:
+        features = self.base(x)
+        if self.training and self.head is not None:
+            return ReidOutput(features, features, self.head(features))
+        return features
 
 
 # ------------------------------------------------------------------------------ rank harness
@@ -114,7 +119,8 @@ def fit_losses(rank: int, world_size: int, payload: dict, exp_dir: Path, resume:
     args = _train_args(payload, exp_dir)
     seed_everything(args.seed)
     records = build_dataset("market1501", payload["world"]).train
-    trainer = Trainer(TinyNet(), POLICY, TrainConfig.from_args(args), records, exp_dir, None, rank, world_size)
+    model = TinyNet(num_classes=len({r.pid for r in records}) if args.id_loss_weight else 0)
+    trainer = Trainer(model, POLICY, TrainConfig.from_args(args), records, exp_dir, None, rank, world_size)
     if resume:
         trainer.resume(Path(payload["resume_from"]))
     if rank != 0:
@@ -260,11 +266,13 @@ def test_sharded_evaluation_equals_single_process_exactly(tiny_world, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_ranks_match_one_process_and_their_checkpoint_resumes_in_one(tiny_world, tmp_path):
+@pytest.mark.parametrize("id_loss", ["0", "1"])
+def test_two_ranks_match_one_process_and_their_checkpoint_resumes_in_one(tiny_world, tmp_path, id_loss):
     """World 2 x (P/2) with --gather_for_mining follows world 1 x P step by step (SGD, so a wrong
     gradient scale would show; Adam would hide it), and its checkpoint continues in one process
-    exactly as the one-process run continued."""
-    payload = {"world": str(tiny_world), "extra": ("--gather_for_mining", "true")}
+    exactly as the one-process run continued. With the ID loss too: its classes are the global
+    training identities, so every rank's head agrees and DDP's gradient average is the global one."""
+    payload = {"world": str(tiny_world), "extra": ("--gather_for_mining", "true", "--id_loss_weight", id_loss)}
     single = fit_losses(0, 1, {**payload, "epochs": 2}, tmp_path / "single")
     two = run_ranks(tmp_path, "train", {**payload, "epochs": 1, "exp_dir": str(tmp_path / "two")})
     steps = len(two[0]["losses"])
