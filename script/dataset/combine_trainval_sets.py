@@ -23,12 +23,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="Combine Trainval Set of Market1501, CUHK03, DukeMTMC-reID")
     for name, folder in MEMBERS:
         parser.add_argument(f"--{name}_im_dir", default=f"{folder}/images")
-        parser.add_argument(f"--{name}_partition_file", default=f"{folder}/partitions.pkl")
+        parser.add_argument(f"--{name}_partition_file", default=None,
+                            help=f"default: partitions.pkl beside --{name}_im_dir ({folder}/partitions.pkl)")
     parser.add_argument("--save_dir", default="~/Dataset/market1501_cuhk03_duke")
     args = parser.parse_args()
     expand = os.path.expanduser
     im_dirs = [expand(getattr(args, f"{name}_im_dir")) for name, _ in MEMBERS]
-    partition_files = [expand(getattr(args, f"{name}_partition_file")) for name, _ in MEMBERS]
+    # A partition file left out is the one beside its images, wherever --*_im_dir points.
+    partition_files = [expand(getattr(args, f"{name}_partition_file")
+                              or os.path.join(os.path.dirname(getattr(args, f"{name}_im_dir").rstrip("/")),
+                                              "partitions.pkl"))
+                       for name, _ in MEMBERS]
 
     def work() -> None:
         out = combine_trainval_sets(im_dirs, partition_files, expand(args.save_dir))

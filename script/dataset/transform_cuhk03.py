@@ -16,9 +16,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="Transform CUHK03 Dataset")
     parser.add_argument("--zip_file", default="~/Dataset/cuhk03/cuhk03_release.zip")
     parser.add_argument("--save_dir", default="~/Dataset/cuhk03")
-    parser.add_argument("--train_test_partition_file", default="~/Dataset/cuhk03/re_ranking_train_test_split.pkl")
+    parser.add_argument("--train_test_partition_file", default=None,
+                        help="default: re_ranking_train_test_split.pkl beside --zip_file")
     args = parser.parse_args()
     expand = os.path.expanduser
+    if args.train_test_partition_file is None:  # follows --zip_file, wherever that points
+        args.train_test_partition_file = os.path.join(os.path.dirname(args.zip_file), "re_ranking_train_test_split.pkl")
 
     def work() -> None:
         for out in transform_cuhk03(expand(args.zip_file), expand(args.train_test_partition_file),

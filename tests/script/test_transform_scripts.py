@@ -53,3 +53,13 @@ def test_cuhk03_and_combine_flags(tmp_path):
     ):
         text = _run(script, "--help").stdout
         assert all(flag in text for flag in flags), script
+
+
+def test_combine_partition_files_default_beside_their_images(tmp_path):
+    """A --*_partition_file left out follows its --*_im_dir (not a fixed ~/Dataset path)."""
+    args = []
+    for name in ("market1501", "cuhk03", "duke"):
+        (tmp_path / name / "images").mkdir(parents=True)
+        args += [f"--{name}_im_dir", str(tmp_path / name / "images")]
+    done = _run("combine_trainval_sets.py", *args, "--save_dir", str(tmp_path / "out"))
+    assert done.returncode == 2 and str(tmp_path / "market1501" / "partitions.pkl") in done.stderr, done.stderr
