@@ -126,6 +126,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training preset: bot (strong baseline: BNNeck, ID + triplet loss, warm-up, erasing; "
                              "the default of bpm train) or original (the 2019 triplet-only recipe; the default of "
                              "script/experiment/train.py); every switch it sets can still be given")
+    parser.add_argument("--sampler_epoch", default=None, choices=["ids", "images"],
+                        help="what an epoch is: one pass over the identities (the original's) or over the training "
+                             "images (torchreid's, fast-reid's) (default: from --recipe)")
     parser.add_argument("--neck", default=None, choices=["none", "bnneck"], help="after pooling (default: from --recipe)")
     parser.add_argument("--pooling", default=None, choices=["avg", "gem"], help="global pooling (default: from --recipe)")
     parser.add_argument("--id_loss_weight", type=float, default=None,

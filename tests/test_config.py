@@ -87,6 +87,7 @@ def test_bot_is_the_default_recipe_and_every_recipe_switch_can_be_overridden():
     apply_recipe(args)
     assert (args.recipe, args.neck, args.id_loss_weight, args.lr_decay_type) == ("bot", "bnneck", 1.0, "cosine")
     assert args.warmup_epochs == 2 and args.pad_crop == 5 and args.erase_prob == 0.5  # scaled with budget and size
+    assert args.sampler_epoch == "images"
     args = parser().parse_args(["--neck", "none", "--base_lr", "1e-3", "--erase", "false", "--warmup_epochs", "0"])
     apply_recipe(args)
     assert (args.neck, args.base_lr, args.erase, args.warmup_epochs, args.id_loss_weight) == ("none", 1e-3, False, 0, 1.0)

@@ -1,10 +1,16 @@
 """P x K identity sampling for batch-hard mining.
 
 Each batch holds ``ids_per_batch`` (P) identities with ``ims_per_id`` (K) images each, so every
-anchor has positives and negatives in the batch. One epoch is one pass over a random
-permutation of the identities; the last incomplete group of identities is dropped (it comes
-first in some later epoch's permutation instead). Identities with fewer than K images are
-sampled with replacement.
+anchor has positives and negatives in the batch. Identities with fewer than K images are sampled
+with replacement. What an epoch is (``epoch="ids"|"images"``):
+
+- ``ids`` (the original's): one pass over a random permutation of the identities, so an epoch
+  shows K images of each identity (2,972 of CUHK03's 7,239 images at K=4); the last incomplete
+  group of identities is dropped (it comes first in some later epoch's permutation instead).
+- ``images`` (torchreid's and fast-reid's meaning, the strong baseline's): as many batches as
+  the training images fill, each identity drawn with probability proportional to its number of
+  images, so an epoch shows about as many images as the training set has and "30 epochs" means
+  the same budget as in those frameworks.
 
 Everything is a pure function of ``(seed, epoch)``: resuming at (epoch, step) reproduces the
 exact batches, and each sample carries its own augmentation seed so results do not depend on
@@ -34,7 +40,10 @@ class PKBatchSampler(torch.utils.data.Sampler[list[Sample]]):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        epoch: str = "ids",
     ) -> None:
+        if epoch not in ("ids", "images"):
+            raise BpmError(f"--sampler_epoch: expected ids or images, got {epoch!r}")
         if ids_per_batch < 2:
             raise BpmError(f"--ids_per_batch: batch-hard mining needs at least 2 identities, got {ids_per_batch}")
         if ims_per_id < 1:
@@ -58,6 +67,9 @@ class PKBatchSampler(torch.utils.data.Sampler[list[Sample]]):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.epoch_kind = epoch
+        counts = np.array([len(self.index_by_id[pid]) for pid in self.ids], dtype=np.float64)
+        self.id_weights = counts / counts.sum()
         self.epoch = 0
         self.start_step = 0
 
@@ -67,16 +79,26 @@ class PKBatchSampler(torch.utils.data.Sampler[list[Sample]]):
         self.start_step = start_step
 
     def __len__(self) -> int:
+        if self.epoch_kind == "images":
+            total = sum(len(v) for v in self.index_by_id.values())
+            return max(1, total // (self.ids_per_batch * self.ims_per_id))
         return len(self.ids) // self.ids_per_batch
+
+    def _batch_ids(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """The identities of each batch of an epoch."""
+        if self.epoch_kind == "images":
+            return [rng.choice(self.ids, size=self.ids_per_batch, replace=False, p=self.id_weights)
+                    for _ in range(len(self))]
+        order = rng.permutation(self.ids)
+        return [order[b * self.ids_per_batch:(b + 1) * self.ids_per_batch] for b in range(len(self))]
 
     def global_batches(self, epoch: int) -> list[list[Sample]]:
         """All batches of an epoch, for every rank, as a list of P*K samples each."""
         rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(self.ids)
         batches = []
-        for b in range(len(self)):
+        for batch_ids in self._batch_ids(rng):
             batch: list[Sample] = []
-            for pid in order[b * self.ids_per_batch : (b + 1) * self.ids_per_batch]:
+            for pid in batch_ids:
                 pool = self.index_by_id[int(pid)]
                 picks = rng.choice(pool, size=self.ims_per_id, replace=len(pool) < self.ims_per_id)
                 batch.extend((int(i), int(s)) for i, s in zip(picks, rng.integers(0, 2**31 - 1, self.ims_per_id)))

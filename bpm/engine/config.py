@@ -16,6 +16,7 @@ class TrainConfig:
     total_epochs: int = 300
     ids_per_batch: int = 32
     ims_per_id: int = 4
+    sampler_epoch: str = "ids"  # "ids": one pass over identities (the original); "images": over images
     # optimisation
     optimizer: str = "adam"
     base_lr: float = 2e-4

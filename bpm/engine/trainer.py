@@ -115,7 +115,8 @@ class Trainer:
         self.sampler_seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**31)
         self.sampler_seed = int(broadcast_object(self.dist, self.sampler_seed))  # one data order for all ranks
         self.sampler = PKBatchSampler(
-            [r.pid for r in train_records], cfg.ids_per_batch, cfg.ims_per_id, self.sampler_seed, rank, world_size
+            [r.pid for r in train_records], cfg.ids_per_batch, cfg.ims_per_id, self.sampler_seed, rank, world_size,
+            cfg.sampler_epoch,
         )
         transform = train_transform(
             tuple(cfg.resize_h_w), cfg.mirror, cfg.crop_prob, cfg.crop_ratio, cfg.erase, cfg.erase_prob, cfg.pad_crop

@@ -75,3 +75,29 @@ def test_ranks_split_whole_identities_of_the_same_global_batch():
 def test_bad_settings_are_clear_errors(p, k, world):
     with pytest.raises(BpmError):
         PKBatchSampler(LABELS, p, k, world_size=world)
+
+
+def test_image_epochs_cover_the_training_images_in_proportion():
+    """``epoch="images"``: as many P x K batches as the images fill; identities drawn in proportion
+    to their image counts, P distinct ones per batch; a pure function of (seed, epoch)."""
+    labels = [pid for pid in range(20) for _ in range(12 if pid < 10 else 3)]  # 150 images
+    sampler = PKBatchSampler(labels, ids_per_batch=4, ims_per_id=2, seed=5, epoch="images")
+    assert len(sampler) == 150 // 8 and len(PKBatchSampler(labels, 4, 2, seed=5)) == 20 // 4
+    drawn = Counter()
+    for epoch in range(40):
+        for batch in batches(sampler, epoch):
+            ids = [labels[i] for i, _ in batch]
+            assert len(set(ids)) == 4 and all(c == 2 for c in Counter(ids).values())
+            drawn.update(set(ids))
+    rich = sum(drawn[p] for p in range(10)) / 10
+    poor = sum(drawn[p] for p in range(10, 20)) / 10
+    assert 2.5 < rich / poor < 5.5  # 4x the images -> about 4x the draws (without replacement within a batch)
+    again = PKBatchSampler(labels, ids_per_batch=4, ims_per_id=2, seed=5, epoch="images")
+    assert batches(again, 3) == batches(sampler, 3)
+    again.set_epoch(3, start_step=2)
+    assert list(again) == batches(sampler, 3)[2:]
+
+
+def test_unknown_epoch_kind_is_refused():
+    with pytest.raises(BpmError, match="--sampler_epoch"):
+        PKBatchSampler(LABELS, 2, 2, epoch="steps")
