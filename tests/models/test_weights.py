@@ -5,7 +5,7 @@ from torchvision.models import mobilenet_v2, resnet50
 
 from bpm.errors import BpmError
 from bpm.models.reid import ReidModel, build_model
-from bpm.models.weights import convert_tonylins_mobilenet, load_imagenet_weights, load_model_weights
+from bpm.models.weights import convert_tonylins_mobilenet, load_model_weights
 
 TONYLINS_INDEX = {"0.0": "0", "0.1": "1", "1.0": "3", "1.1": "4"}
 
