@@ -7,11 +7,13 @@ second half, light crop, random erasing p=0.2, pooled trunk feature). It is what
 ``bot``: the strong baseline of Luo et al., "Bag of Tricks and a Strong Baseline for Deep Person
 Re-ID" (CVPR-W 2019), the default of ``bpm train``: BNNeck, ID loss with label smoothing (0.1) plus
 batch-hard triplet, linear warm-up, random erasing (p=0.5), pad-and-crop, last stride 1 (the
-default of both recipes, where the backbone has one); BNNeck features are L2-normalised at test. Its learning
-rate follows a cosine after the warm-up (chosen by measurement on real data: README, "Accuracy on
-real data"); the warm-up and pad scale with the epoch budget and input size as BoT's 10 of 120
-epochs and 10 px at 256x128 do. Centre loss and GeM pooling are opt-in
-(``--center_loss_weight 0.0005``, ``--pooling gem``).
+default of both recipes, where the backbone has one), epochs over all training images (torchreid's
+and fast-reid's meaning of an epoch); BNNeck features are L2-normalised at test. Its learning rate
+follows a cosine after the warm-up (fast-reid's choice; BoT used steps at 40 and 70 of 120 epochs,
+which do not scale to short CPU budgets); the warm-up and pad scale with the epoch budget and
+input size as BoT's 10 of 120 epochs and 10 px at 256x128 do. Centre loss and GeM pooling are
+opt-in (``--center_loss_weight 0.0005``, ``--pooling gem``). Measured figures: README, "Accuracy on
+real data".
 """
 from __future__ import annotations
 

@@ -163,3 +163,13 @@ def test_random_crop_uses_prob_and_ratio():
     sizes = {RandomCropResize(1.0, 0.5)(image).size for _ in range(20)}
     assert all(32 <= w <= 64 and 64 <= h <= 128 for w, h in sizes) and len(sizes) > 1
     assert RandomCropResize(0.0, 0.5)(image).size == (64, 128)
+
+
+def test_loss_terms_reach_the_criterion():
+    from bpm.engine.config import TrainConfig
+    from bpm.losses.combine import ReidCriterion
+
+    args = parser().parse_args(["--triplet_weight", "0", "--center_loss_weight", "0.0005", "--label_smoothing", "0.2"])
+    apply_recipe(args)
+    criterion = ReidCriterion(TrainConfig.from_args(args).loss, num_classes=3, feature_dim=4)
+    assert criterion.triplet is None and criterion.id_loss.epsilon == 0.2 and criterion.center is not None
