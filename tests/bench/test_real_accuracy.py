@@ -1,4 +1,4 @@
-"""Smoke test of bench/real_accuracy.py on a tiny synthetic folder-layout set (never ../shared)."""
+"""Smoke test of bench/real_accuracy.py on a tiny synthetic folder-layout set (never the project's real data)."""
 from __future__ import annotations
 
 import importlib.util
