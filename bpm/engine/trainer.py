@@ -2,9 +2,10 @@
 
 The trainer knows nothing about datasets, metrics or which losses it optimises: it gets a model,
 training records, a typed :class:`TrainConfig`, optionally a criterion (built from the config
-otherwise) and a validation callback, and logs whatever statistics the criterion returns. It owns checkpointing, so everything needed to resume exactly (model,
-optimizer, scaler and master weights, epoch and step, every RNG state, the sampler seed) lives
-in one atomic file.
+otherwise) and a validation callback, and logs whatever statistics the criterion returns. It owns
+checkpointing, so everything needed to resume exactly (model, optimizer, scaler and master
+weights, criterion buffers, epoch and step, every RNG state, the sampler seed) lives in one
+atomic file.
 """
 from __future__ import annotations
 
