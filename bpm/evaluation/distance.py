@@ -26,8 +26,9 @@ def compute_distances(
 ) -> np.ndarray:
     """Return the (len(q_feats), len(g_feats)) float32 distance matrix.
 
-    ``euclidean``: ||q - g||, via ||q||^2 + ||g||^2 - 2 q.g clamped at 0 before the square
-    root (rounding can make it slightly negative); ``squared=True`` skips the root.
+    ``euclidean``: ||q - g||, via ||q||^2 + ||g||^2 - 2 q.g on features centred on their common
+    mean, clamped at 0 before the square root (rounding can make it slightly negative);
+    ``squared=True`` skips the root.
     ``cosine``: 1 - cos(q, g) on L2-normalised features (zero vectors stay zero).
     ``device=None`` uses CUDA when available, else CPU. ``chunk_size`` query rows are
     processed at a time, so peak extra memory is about chunk_size x len(g_feats) floats.
@@ -45,6 +46,12 @@ def compute_distances(
     if not (torch.isfinite(q).all() and torch.isfinite(g).all()):
         raise BpmError("features contain NaN or infinite values")
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if metric == "euclidean" and len(q) and len(g):
+        # Euclidean distance is translation invariant; centring first keeps the expansion below from
+        # cancelling catastrophically when features share a large common component (an offset of
+        # 100 turned FP32 distances into noise: mAP 67.5 % where float64 gives 100 %).
+        centre = (q.double().sum(0) + g.double().sum(0)) / (len(q) + len(g))
+        q, g = q - centre.float(), g - centre.float()
     g = g.to(dev)
     if metric == "cosine":
         g = torch.nn.functional.normalize(g, dim=1)
