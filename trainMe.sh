@@ -21,7 +21,7 @@ if [ $# -eq 0 ]; then
   "$PY" -m bpm synth --out data/synthetic
   "$PY" -m bpm train -d '()' --dataset synthetic --data_root data/synthetic --net mobilenetV2 --opt-level O0 \
     --recipe bot --sampler_epoch ids --resize_h_w '(96, 48)' --ids_per_batch 16 --ims_per_id 4 --optimizer sgd \
-    --momentum 0.9 --base_lr 0.03 --total_epochs "${DEMO_EPOCHS:-50}" --workers 1 --test_flip true \
+    --momentum 0.9 --base_lr 0.03 --total_epochs "${DEMO_EPOCHS:-60}" --workers 1 --test_flip true \
     --steps_per_log 0 --rerank false --eval_untrained true --set_seed true --net_pretrained_path none \
     --exp_dir "$exp_dir"
   "$PY" - "$exp_dir/results.json" "$start" <<'PYEOF'
