@@ -68,7 +68,7 @@ def train_switches(world: Path, exp_dir: Path, *extra: str) -> list[str]:
         "-d", "()", "--dataset", "market1501", "--data_root", str(world), "--exp_dir", str(exp_dir),
         "--resize_h_w", "(64, 32)", "--ids_per_batch", "4", "--ims_per_id", "2", "--total_epochs", "2",
         "--workers", "0", "--set_seed", "true", "--log_to_file", "false", "--rerank", "false", "--steps_per_log", "0",
-        "--net_pretrained_path", "none", *extra,
+        "--net_pretrained_path", "none", "--recipe", "original", *extra,
     ]
 
 
