@@ -7,13 +7,13 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt setup.py
+$(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@# On this project's machines torch 2.14.1/torchvision 0.29.1 come from local disk; elsewhere any recent pair works.
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 \
 		|| $(PY) -m pip install -q torch torchvision
-	$(PY) -m pip install -q -r requirements.txt pytest
-	$(PY) -m pip install -q --no-deps -e .
+	@# The dependencies are in pyproject.toml; torch/torchvision above already satisfy theirs.
+	$(PY) -m pip install -q -e ".[test]"
 	@touch $(STAMP)
 
 test: venv
@@ -26,4 +26,4 @@ test-all: venv
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

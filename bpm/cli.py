@@ -10,7 +10,10 @@ import errno
 import importlib
 import sys
 
+from bpm import __version__
 from bpm.errors import BpmError
+from bpm.helpformat import make_parser
+from bpm.runconfig import parse_args_with_config
 
 # name -> (module, one-line help). Modules are imported lazily so `bpm synth` does not pay for torch.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -27,7 +30,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bpm", description="Mixed-precision person re-identification.")
+    parser = argparse.ArgumentParser(prog="bpm", description="Mixed-precision person re-identification.",
+                                     allow_abbrev=False)
+    parser.add_argument("--version", action="version", version=f"bpm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -36,14 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
-        build_parser().parse_args(argv)  # prints help or the "invalid choice" error and exits
+    if not argv or argv[0] in ("-h", "--help", "--version") or argv[0] not in SUBCOMMANDS:
+        build_parser().parse_args(argv)  # prints help, the version or the "invalid choice" error and exits
         return 2
     module_name, help_text = SUBCOMMANDS[argv[0]]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"bpm {argv[0]}", description=help_text)
+    parser = make_parser(f"bpm {argv[0]}", help_text)
     module.add_arguments(parser)
-    args = parser.parse_args(argv[1:])
+    if any(action.dest == "config" for action in parser._actions):
+        args = parse_args_with_config(parser, argv[1:])  # --config FILE: the file's switches as defaults
+    else:
+        args = parser.parse_args(argv[1:])
     try:
         return int(module.run(args) or 0)
     except BpmError as exc:

@@ -67,6 +67,48 @@ def _int_tuple(length: int | None = None):
     return parse
 
 
+class _UnsetTuple(tuple):
+    """A default the user did not type (see :func:`unset`)."""
+
+
+class _UnsetInt(int):
+    """A default the user did not type (see :func:`unset`)."""
+
+
+class _UnsetStr(str):
+    """A default the user did not type (see :func:`unset`)."""
+
+
+def unset(value: tuple | int | str) -> tuple | int | str:
+    """``value`` marked as "not given on the command line": it behaves exactly like ``value``, but
+    :func:`is_unset` tells it apart, so a setting stored in a weights file can replace it while a
+    typed value wins (:mod:`bpm.models.meta`)."""
+    if isinstance(value, str):
+        return _UnsetStr(value)
+    return _UnsetTuple(value) if isinstance(value, tuple) else _UnsetInt(value)
+
+
+def is_unset(value: object) -> bool:
+    return isinstance(value, (_UnsetTuple, _UnsetInt, _UnsetStr))
+
+
+def device_ids(text: str | tuple) -> tuple[int, ...]:
+    """``-d``: tuple text as in the original, or ``auto``: GPU 0 when CUDA is available, else the CPU.
+
+    ``auto`` is resolved here, once, and said in one line, so every later step sees the
+    original's tuple (a CPU-only machine no longer fails on the default).
+    """
+    if isinstance(text, str) and text.strip().lower() == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            print(f"device: cuda:0 (auto: CUDA available, {torch.cuda.get_device_name(0)})")
+            return (0,)
+        print("device: cpu (auto: CUDA not available)")
+        return ()
+    return _int_tuple()(text)
+
+
 def loss_scale_value(text: str | None) -> float | str | None:
     """``--loss-scale``: a positive number (static scaling) or ``dynamic``."""
     if text is None or str(text).lower() in ("none", ""):
@@ -84,18 +126,22 @@ def loss_scale_value(text: str | None) -> float | str | None:
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Switches every script of the original shared: device, data, network, precision."""
-    parser.add_argument("-d", "--sys_device_ids", type=_int_tuple(), default=(0,),
-                        help="GPU ids as tuple text, '()' for CPU (default '(0,)'; falls back to a clear error without CUDA)")
+    parser.add_argument("-d", "--sys_device_ids", type=device_ids, default="auto",
+                        help="'auto' (GPU 0 when CUDA is available, else the CPU; default), GPU ids as tuple "
+                             "text such as '(0,)', or '()' for the CPU")
     parser.add_argument("--dataset", default="market1501",
                         help="market1501, cuhk03, duke, msmt17, combined, folder, synthetic")
     parser.add_argument("--data_root", default="", help="dataset folder; overrides $BPM_DATA/<dataset>")
     parser.add_argument("--cuhk03_type", default="detected", choices=["detected", "labeled"])
     parser.add_argument("--skip_bad_images", type=str2bool, default=False,
                         help="warn about unreadable images and leave them out instead of stopping")
-    parser.add_argument("--resize_h_w", type=_int_tuple(2), default=(256, 128), help="input size as '(h, w)'")
-    parser.add_argument("--last_conv_stride", type=int, default=1, choices=[1, 2])
+    parser.add_argument("--resize_h_w", type=_int_tuple(2), default=unset((256, 128)),
+                        help="input size as '(h, w)' (default: the weights file's, else (256, 128))")
+    parser.add_argument("--last_conv_stride", type=int, default=unset(1), choices=[1, 2],
+                        help="stride of the last stage (default: the weights file's, else 1)")
     parser.add_argument("--normalize_feature", type=str2bool, default=False)
-    parser.add_argument("--net", default="mobilenetV2", help="resnet50 or mobilenetV2")
+    parser.add_argument("--net", default=unset("mobilenetV2"),
+                        help="resnet50 or mobilenetV2 (default: the weights file's, else mobilenetV2)")
     parser.add_argument("--opt-level", dest="opt_level", default="O0", help="O0 (FP32), O1, O2, O3")
     parser.add_argument("--keep-batchnorm-fp32", dest="keep_batchnorm_fp32", type=str2bool, default=True)
     parser.add_argument("--loss-scale", dest="loss_scale", type=loss_scale_value, default=None,
@@ -160,7 +206,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--soft_margin", type=str2bool, default=False, help="softplus(d_ap - d_an) instead of a margin")
     parser.add_argument("--only_test", type=str2bool, default=False)
     parser.add_argument("--resume", type=str2bool, default=False)
-    parser.add_argument("--base_lr", type=float, default=None, help="learning rate (default: from --recipe)")
+    parser.add_argument("--base_lr", "--lr", type=float, default=None, help="learning rate (default: from --recipe)")
     parser.add_argument("--lr_decay_type", default=None, choices=["exp", "staircase", "cosine"], help="schedule (default: from --recipe)")
     parser.add_argument("--warmup_epochs", type=int, default=None,
                         help="linear warm-up from 0.1x the rate over this many epochs (default: from --recipe)")
@@ -168,7 +214,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--staircase_decay_at_epochs", type=_int_tuple(), default=(101, 201))
     parser.add_argument("--staircase_decay_multiply_factor", type=float, default=0.1)
     parser.add_argument("--optimizer", default=None, choices=["adam", "sgd"],
-                        help="adam (the original's) or sgd (Nesterov, uses --momentum)")
+                        help="adam (the original's) or sgd (Nesterov, uses --momentum) (default: from --recipe)")
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--weight_decay", type=float, default=None, help="default: from --recipe")
     parser.add_argument("--total_epochs", type=int, default=300)
@@ -197,9 +243,11 @@ def default_exp_dir(args: argparse.Namespace) -> Path:
     return Path("expt_res") / name
 
 
-def save_config(args: argparse.Namespace, path: Path) -> None:
-    """Write the resolved settings as JSON, so every result can be traced to its command line."""
+def save_config(args: argparse.Namespace, path: Path, records: dict[str, Any] | None = None) -> None:
+    """Write the resolved settings as JSON, so every result can be traced to its command line and
+    re-run with ``--config`` (:mod:`bpm.runconfig`); ``records`` (e.g. ``versions``) are added as is."""
     values: dict[str, Any] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
+    values.update(records or {})
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(values, indent=2, sort_keys=True, default=str))
     os.replace(tmp, path)

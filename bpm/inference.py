@@ -24,6 +24,13 @@ class FeatureExtractor:
     ``weights``: any file ``bpm export`` reads (checkpoint, weights, safetensors) for the torch
     backend, or an exported ``.onnx`` file (its metadata gives input size and normalisation).
     ``opt_level`` applies to the torch backend (O2/O3 run half-precision weights).
+    ``net``, ``resize_h_w`` and ``last_conv_stride`` default to what the weights file stores
+    (:mod:`bpm.models.meta`; 256x128 and stride 1 for older files); a given value that differs
+    is used, with a one-line warning.
+
+    Images: paths, PIL images, ``HxWx3`` arrays, or a torch tensor batch ``(N, 3, H, W)`` (or one
+    ``(3, H, W)`` image) of RGB pixels, uint8 0..255 or float 0..1, *not* normalised: every input
+    goes through the same resize and normalisation as the files the model was evaluated on.
 
     >>> extractor = FeatureExtractor("mobilenetV2_256x128_fp32.onnx")
     >>> features = extractor(["a.jpg", "b.jpg"])          # (2, 1280) float32
@@ -34,12 +41,12 @@ class FeatureExtractor:
         weights: str | Path,
         net: str | None = None,
         device: str | torch.device = "cpu",
-        resize_h_w: tuple[int, int] = (256, 128),
+        resize_h_w: tuple[int, int] | None = None,
         opt_level: str = "O0",
         backend: str | None = None,
         batch_size: int = 32,
         normalize: bool = False,
-        last_conv_stride: int = 1,
+        last_conv_stride: int | None = None,
         amp_dtype: str | None = None,
         keep_batchnorm_fp32: bool = True,
         threads: int = 0,
@@ -66,10 +73,12 @@ class FeatureExtractor:
             return
         from bpm.export.weights import load_source_model
 
+        from bpm.models.meta import choose
+
         model, _kind = load_source_model(weights, net, last_conv_stride)
         self.net = model.net
         self._feature_dim = model.feature_dim
-        self.resize_h_w = tuple(resize_h_w)
+        self.resize_h_w = choose("resize_h_w", resize_h_w, model.input_meta, weights)
         self.policy = PrecisionPolicy.create(opt_level, device, amp_dtype, keep_batchnorm_fp32)
         if threads:
             torch.set_num_threads(threads)
@@ -81,6 +90,8 @@ class FeatureExtractor:
 
     def __call__(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
         """``(N, D)`` float32 features; a single image gives ``(1, D)``."""
+        if isinstance(images, torch.Tensor):
+            images = tensor_images(images)
         if isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim == 3) \
                 or not isinstance(images, (Sequence, np.ndarray)):
             images = [images]
@@ -98,3 +109,17 @@ class FeatureExtractor:
 
         # embed_batch runs CPU batches channels-last (faster with oneDNN).
         return embed_batch(self.model, torch.from_numpy(image_batch(items, self.resize_h_w)), self.policy).cpu().numpy()
+
+
+def tensor_images(batch: torch.Tensor) -> list[np.ndarray]:
+    """A ``(N, 3, H, W)`` or ``(3, H, W)`` RGB tensor (uint8 0..255 or float 0..1) as ``HxWx3`` arrays,
+    so that tensors take exactly the path of files and arrays (resize, then normalisation)."""
+    if batch.ndim == 3:
+        batch = batch.unsqueeze(0)
+    if batch.ndim != 4 or batch.shape[1] != 3:
+        raise BpmError(f"image tensor: expected (N, 3, H, W) RGB, got shape {tuple(batch.shape)}")
+    if batch.dtype != torch.uint8 and not batch.is_floating_point():
+        raise BpmError(f"image tensor: expected uint8 0..255 or float 0..1, got {batch.dtype}")
+    array = batch.detach().cpu()
+    array = (array if array.dtype == torch.uint8 else array.float()).permute(0, 2, 3, 1).numpy()
+    return list(array)

@@ -56,7 +56,7 @@ ORIGINAL_SWITCHES = {
 }
 
 DEFAULTS = {
-    "sys_device_ids": (0,), "run": 1, "set_seed": False, "dataset": "market1501", "trainset_part": "trainval",
+    "run": 1, "set_seed": False, "dataset": "market1501", "trainset_part": "trainval",
     "resize_h_w": (256, 128), "crop_prob": 0.1, "crop_ratio": 1.0, "mirror": True, "erase": True,
     "erase_prob": 0.2, "ids_per_batch": 32, "ims_per_id": 4, "log_to_file": True, "steps_per_log": 20,
     "epochs_per_val": 1e10, "last_conv_stride": 1, "normalize_feature": False, "margin": 0.3, "only_test": False,

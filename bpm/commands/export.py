@@ -28,8 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (file names say the format)")
     parser.add_argument("--net", default=None, help="resnet50 or mobilenetV2 (default: read from the file)")
     parser.add_argument("--formats", type=_formats, default=FORMATS, help=f"comma list of {','.join(FORMATS)}")
-    parser.add_argument("--resize_h_w", type=_int_tuple(2), default=(256, 128), help="input size as '(h, w)'")
-    parser.add_argument("--last_conv_stride", type=int, default=1, choices=[1, 2])
+    parser.add_argument("--resize_h_w", type=_int_tuple(2), default=None,
+                        help="input size as '(h, w)' (default: the weights file's, else (256, 128))")
+    parser.add_argument("--last_conv_stride", type=int, default=None, choices=[1, 2],
+                        help="default: the weights file's, else 1")
     parser.add_argument("--opt-level", dest="opt_level", default="O0", choices=["O0", "O1", "O2", "O3"],
                         help="precision of the 'pt' weights file: O0/O1 FP32, O2/O3 FP16")
     parser.add_argument("--keep-batchnorm-fp32", dest="keep_batchnorm_fp32", type=str2bool, default=True,
@@ -59,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace) -> ExportOptions:
     return ExportOptions(
-        weights=args.weights, out_dir=args.out, net=args.net, formats=args.formats, resize_h_w=tuple(args.resize_h_w),
+        weights=args.weights, out_dir=args.out, net=args.net, formats=args.formats, resize_h_w=args.resize_h_w,
         last_conv_stride=args.last_conv_stride, opt_level=args.opt_level,
         keep_batchnorm_fp32=args.keep_batchnorm_fp32, dataset=args.dataset, data_root=args.data_root,
         calib_images=args.calib_images, calib_count=args.calib_count, verify_count=args.verify_count,

@@ -24,11 +24,13 @@ from bpm.models.imagenet import init_backbone
 from bpm.models.reid import ReidModel, build_model, load_inference_model
 from bpm.precision import PrecisionPolicy, resolve_device
 from bpm.recipes import apply_recipe
+from bpm.runconfig import add_config_argument, run_versions
 from bpm.vis.plots import write_run_plots
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_train_arguments(parser)
+    add_config_argument(parser)
 
 
 def test_normalize(args: argparse.Namespace, model: ReidModel) -> bool:
@@ -50,6 +52,15 @@ def eval_settings(args: argparse.Namespace, normalize: bool) -> EvalSettings:
         flip=args.test_flip,
         mq_pooling=args.mq_pooling,
     )
+
+
+def settings_from_weights(args: argparse.Namespace, model: ReidModel, weights: str) -> None:
+    """Network, last stride and input size as the weights file stores them, unless typed
+    (:mod:`bpm.models.meta`): a model trained at 64x32 is evaluated at 64x32."""
+    from bpm.models.meta import choose
+
+    args.net, args.last_conv_stride = model.net, model.last_conv_stride
+    args.resize_h_w = choose("resize_h_w", args.resize_h_w, model.input_meta, weights)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -85,6 +96,7 @@ def _run_process(args: argparse.Namespace, ctx: distributed.DistContext) -> int:
     if args.only_test:
         weights = args.model_weight_file or str(Path(args.exp_dir or default_exp_dir(args)) / "ckpt.pth")
         model = load_inference_model(weights, args.net, args.last_conv_stride)
+        settings_from_weights(args, model, weights)
     dataset = build_dataset(
         args.dataset,
         args.data_root or None,
@@ -110,14 +122,15 @@ def _run_process(args: argparse.Namespace, ctx: distributed.DistContext) -> int:
     mirror = StreamMirror(exp_dir) if args.log_to_file and ctx.is_main else None
     try:
         if ctx.is_main:
-            save_config(args, exp_dir / "config.json")
+            save_config(args, exp_dir / "config.json", {"versions": run_versions(device)})
         print(f"Experiment folder: {exp_dir}")
         print(f"Dataset {dataset.name}: {len(dataset.train)} training images of {dataset.num_train_ids} identities; "
               f"test sets: {', '.join(ts.name for ts in dataset.test_sets)}")
-        print(f"Network {args.net}, precision {policy.describe()}, device {device}")
+        print(f"Network {args.net}, input {args.resize_h_w[0]}x{args.resize_h_w[1]}, "
+              f"precision {policy.describe()}, device {device}")
         settings = eval_settings(args, test_normalize(args, model))
         settings.shard = ctx.enabled
-        extra: dict = {}
+        extra: dict = {"versions": run_versions(device)}
         if args.only_test:
             model = policy.prepare_model(model)
         else:

@@ -64,6 +64,14 @@ def _check_args(args: argparse.Namespace) -> None:
         raise BpmError("--features_file replaces the model: give it or --model_weight_file/--ckpt_file, not both")
     if args.save_features:
         raise BpmError("--save_features: not available here; save features with `bpm test --save_features FILE`")
+    # Inputs are checked before anything slow (imports, dataset indexing, the model) starts.
+    if args.features_file and not Path(args.features_file).is_file():
+        raise BpmError(f"--features_file {args.features_file}: file not found")
+    for flag in ("model_weight_file", "ckpt_file"):
+        if getattr(args, flag) and not Path(getattr(args, flag)).is_file():
+            raise BpmError(f"--{flag} {getattr(args, flag)}: weights file not found")
+    if args.data_root and not args.features_file and not Path(args.data_root).exists():
+        raise BpmError(f"--data_root {args.data_root}: folder not found")
 
 
 def _exp_dir(args: argparse.Namespace) -> Path:
@@ -130,13 +138,16 @@ def _model_sets(args: argparse.Namespace, exp_dir: Path) -> tuple[list[VisSet], 
     """Load the model (failing fast on a wrong weights file), index the dataset, and wire lazy extraction."""
     from bpm.data.datasets import build_dataset
     from bpm.evaluation.features import extract_features
+    from bpm.commands.train import settings_from_weights
     from bpm.models.reid import load_inference_model
     from bpm.precision import PrecisionPolicy, resolve_device
 
     device = resolve_device(tuple(args.sys_device_ids))
     policy = PrecisionPolicy.create(args.opt_level, device, args.amp_dtype, args.keep_batchnorm_fp32)
     weights = args.model_weight_file or args.ckpt_file or str(exp_dir / "ckpt.pth")
-    model = policy.prepare_model(load_inference_model(weights, args.net, args.last_conv_stride))
+    bare = load_inference_model(weights, args.net, args.last_conv_stride)
+    settings_from_weights(args, bare, weights)
+    model = policy.prepare_model(bare)
     dataset = build_dataset(args.dataset, args.data_root or None,
                             cuhk03_type=getattr(args, "cuhk03_type", "detected"),
                             skip_bad_images=getattr(args, "skip_bad_images", False),

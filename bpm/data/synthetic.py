@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from bpm.errors import BpmError
+from bpm.helpformat import make_parser
 
 GENERATOR_VERSION = 1
 """Bumped whenever the renderer changes, so cached worlds drawn by an older renderer are redrawn."""
@@ -642,7 +643,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bpm synth", description="Draw the synthetic Market-1501-style demo world.")
+    parser = make_parser(prog="bpm synth", description="Draw the synthetic Market-1501-style demo world.")
     add_arguments(parser)
     return parser
 

@@ -14,6 +14,7 @@ from bpm.losses.combine import LossConfig
 @dataclass
 class TrainConfig:
     total_epochs: int = 300
+    recipe: str = ""  # the --recipe name, recorded in checkpoints (bpm.models.meta)
     ids_per_batch: int = 32
     ims_per_id: int = 4
     sampler_epoch: str = "ids"  # "ids": one pass over identities (the original); "images": over images

@@ -33,6 +33,7 @@ from bpm.engine.logging import RunLogger
 from bpm.engine.lr_schedule import lr_at_epoch, set_lr
 from bpm.errors import BpmError
 from bpm.losses.combine import ReidCriterion
+from bpm.models.meta import model_meta
 from bpm.models.reid import ReidOutput
 from bpm.models.weights import load_model_weights_from_state
 from bpm.precision import PrecisionPolicy, PrecisionStepper
@@ -152,6 +153,7 @@ class Trainer:
             "architecture": getattr(model, "architecture", None),
             "num_classes": len(self.classes),
             "opt_level": self.policy.opt_level,
+            "input": model_meta(model, self.cfg.resize_h_w, self.cfg.recipe),  # see bpm.models.meta
         }
 
     def save_checkpoint(self) -> None:

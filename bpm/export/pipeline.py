@@ -7,7 +7,7 @@ on real images. The command fails if any format misses its threshold.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -22,6 +22,7 @@ from bpm.export.quantize import quantize_int8
 from bpm.export.runtime import OnnxModel, image_batch
 from bpm.export.verify import FormatCheck, add_retrieval, check_cosine, format_table, retrieval_scores, write_report
 from bpm.export.weights import load_source_model, save_pt, save_safetensors, state_precision, weights_state
+from bpm.models.meta import choose, model_meta, safetensors_metadata
 from bpm.models.reid import load_inference_model
 
 FORMATS = ("pt", "pt16", "safetensors", "onnx", "onnx16", "onnx_int8")
@@ -34,8 +35,8 @@ class ExportOptions:
     out_dir: str
     net: str | None = None
     formats: tuple[str, ...] = FORMATS
-    resize_h_w: tuple[int, int] = (256, 128)
-    last_conv_stride: int = 1
+    resize_h_w: tuple[int, int] | None = None  # None: the weights file's (bpm.models.meta), else 256x128
+    last_conv_stride: int | None = None        # None: the weights file's, else 1
     opt_level: str = "O0"
     keep_batchnorm_fp32: bool = True
     dataset: str | None = None
@@ -147,6 +148,9 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
     """
     out = Path(opts.out_dir)
     model, kind = load_source_model(opts.weights, opts.net, opts.last_conv_stride)
+    opts = replace(opts, resize_h_w=choose("resize_h_w", opts.resize_h_w, model.input_meta, opts.weights),
+                   last_conv_stride=model.last_conv_stride)
+    meta = model_meta(model, opts.resize_h_w, str(model.input_meta.get("recipe", "")))
     names = {**_file_names(opts, model.net), **opts.file_names}
     input_name, output_name = (LEGACY_INPUT_NAME, LEGACY_OUTPUT_NAME) if opts.legacy_names \
         else (opts.input_name, opts.output_name)
@@ -173,9 +177,10 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
             state = weights_state(model, level, opts.keep_batchnorm_fp32)
             path = out / names[fmt]
             if fmt == "safetensors":
-                save_safetensors(state, path, {"net": model.net, "format": "bpm re-ID weights (base.* keys)"})
+                save_safetensors(state, path, {"net": model.net, "format": "bpm re-ID weights (base.* keys)",
+                                               **safetensors_metadata(meta)})
             else:
-                save_pt(state, path)
+                save_pt(state, path, meta)
             reloaded = load_inference_model(path, model.net, opts.last_conv_stride)
             checks.append(check_cosine(fmt, path, state_precision(state),
                                        _torch_features(reloaded.eval(), images.verification, opts), reference))

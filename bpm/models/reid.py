@@ -15,6 +15,7 @@ from typing import Mapping, NamedTuple
 import torch
 from torch import nn
 
+from bpm.config import is_unset, unset
 from bpm.models.backbones import build_backbone
 from bpm.models.heads import HEAD_PREFIX, build_id_head
 from bpm.models.necks import build_neck
@@ -36,7 +37,8 @@ class ReidModel(nn.Module):
     def __init__(self, net: str, last_conv_stride: int = 1, pooling: str = "avg", neck: str = "none",
                  num_classes: int = 0) -> None:
         super().__init__()
-        self.net = net
+        self.net = str(net)  # plain str/int: a command-line default marker must never reach a checkpoint
+        self.last_conv_stride = int(last_conv_stride)
         self.base = build_backbone(net, last_conv_stride)
         self.feature_dim: int = self.base.feature_dim
         self.pool = build_pooling(pooling)
@@ -85,9 +87,16 @@ def load_inference_model(path, net: str, last_conv_stride: int = 1) -> ReidModel
     """The model stored in a checkpoint or weights file, shaped as it was trained (pooling and neck
     read from its keys) and without the training-only ID head; the one loader behind ``bpm test``,
     ``bpm visualize``, ``bpm export`` and :class:`bpm.FeatureExtractor`."""
-    from bpm.models.weights import extract_model_state, load_model_weights_from_state, read_weights_file
+    from bpm.models.meta import choose, stored_meta
+    from bpm.models.weights import detect_net, extract_model_state, load_model_weights_from_state, read_weights_file
 
-    state = extract_model_state(read_weights_file(path), path)
-    model = build_model_for_state(net, last_conv_stride, state)
+    raw = read_weights_file(path)
+    state = extract_model_state(raw, path)
+    meta = stored_meta(raw, path)
+    if "net" not in meta and is_unset(net):
+        net = unset(detect_net(state) or net)  # a file without settings: its keys tell the network
+    net = choose("net", net, meta, path)
+    model = build_model_for_state(net, choose("last_conv_stride", last_conv_stride, meta, path), state)
     load_model_weights_from_state(model, inference_state(state), path)
+    model.input_meta = meta  # what the file says about its input (resize_h_w, ...); {} for older files
     return model

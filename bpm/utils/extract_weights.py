@@ -17,19 +17,22 @@ from pathlib import Path
 
 from bpm.config import _int_tuple, str2bool
 from bpm.errors import BpmError
+from bpm.helpformat import make_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="checkpoint -> weights file + ONNX, each verified")
+    parser = make_parser(description="checkpoint -> weights file + ONNX, each verified")
     parser.add_argument("--check_point_file", required=True, help="training checkpoint (ckpt.pth) or weights file")
     parser.add_argument("--model_file", default="", help="weights file to write (.pt; .safetensors also works)")
     parser.add_argument("--onnx_file", default="", help="ONNX file to write")
     parser.add_argument("--net", default=None, help="resnet50 or mobilenetV2 (default: read from the checkpoint)")
-    parser.add_argument("--resize_h_w", type=_int_tuple(2), default=(256, 128))
+    parser.add_argument("--resize_h_w", type=_int_tuple(2), default=None,
+                        help="default: the checkpoint's, else (256, 128)")
     parser.add_argument("--opt-level", dest="opt_level", default="O2", choices=["O0", "O1", "O2", "O3"],
                         help="O2/O3: FP16 weights and ONNX (the original's default); O0/O1: FP32")
     parser.add_argument("--keep-batchnorm-fp32", dest="keep_batchnorm_fp32", type=str2bool, default=True)
-    parser.add_argument("--last_conv_stride", type=int, default=1, choices=[1, 2])
+    parser.add_argument("--last_conv_stride", type=int, default=None, choices=[1, 2],
+                        help="default: the checkpoint's, else 1")
     parser.add_argument("--legacy_names", type=str2bool, default=True,
                         help="ONNX input/output names actual_input_1/output1, as the original's file")
     parser.add_argument("--dataset", default=None, help="optional dataset for the accuracy check")
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.onnx_file or args.model_file).resolve().parent
     options = ExportOptions(
         weights=args.check_point_file, out_dir=str(out_dir), net=args.net, formats=tuple(formats),
-        resize_h_w=tuple(args.resize_h_w), last_conv_stride=args.last_conv_stride, opt_level=args.opt_level,
+        resize_h_w=args.resize_h_w, last_conv_stride=args.last_conv_stride, opt_level=args.opt_level,
         keep_batchnorm_fp32=args.keep_batchnorm_fp32, legacy_names=args.legacy_names, dataset=args.dataset,
         data_root=args.data_root, file_names=names,
     )

@@ -11,6 +11,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from bpm.data.transform import combine_trainval_sets  # noqa: E402
 from bpm.errors import exit_code_of  # noqa: E402
+from bpm.helpformat import make_parser  # noqa: E402
 
 MEMBERS = (
     ("market1501", "~/Dataset/market1501"),
@@ -20,7 +21,7 @@ MEMBERS = (
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="Combine Trainval Set of Market1501, CUHK03, DukeMTMC-reID")
+    parser = make_parser(description="Combine Trainval Set of Market1501, CUHK03, DukeMTMC-reID")
     for name, folder in MEMBERS:
         parser.add_argument(f"--{name}_im_dir", default=f"{folder}/images")
         parser.add_argument(f"--{name}_partition_file", default=None,

@@ -10,10 +10,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from bpm.data.transform import transform_cuhk03  # noqa: E402
 from bpm.errors import exit_code_of  # noqa: E402
+from bpm.helpformat import make_parser  # noqa: E402
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="Transform CUHK03 Dataset")
+    parser = make_parser(description="Transform CUHK03 Dataset")
     parser.add_argument("--zip_file", default="~/Dataset/cuhk03/cuhk03_release.zip")
     parser.add_argument("--save_dir", default="~/Dataset/cuhk03")
     parser.add_argument("--train_test_partition_file", default=None,

@@ -10,10 +10,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from bpm.data.transform import transform_market1501  # noqa: E402
 from bpm.errors import exit_code_of  # noqa: E402
+from bpm.helpformat import make_parser  # noqa: E402
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="Transform Market1501 Dataset")
+    parser = make_parser(description="Transform Market1501 Dataset")
     parser.add_argument("--zip_file", default="~/Dataset/market1501/Market-1501-v15.09.15.zip")
     parser.add_argument("--save_dir", default="~/Dataset/market1501")
     args = parser.parse_args()

@@ -1,0 +1,39 @@
+"""``-h`` that shows every switch's default, shared by every parser of the project.
+
+argparse's own :class:`argparse.ArgumentDefaultsHelpFormatter` skips switches without help text
+and prints ``(default: None)`` for switches whose value comes from elsewhere (``--recipe``);
+this one shows a default for every switch with a value, leaves alone help that already says
+where its default comes from, and hides meaningless ``None``/``''`` defaults.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+_NO_HELP = "\0"  # placeholder help of a switch that has none: argparse skips empty help
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in ``-h``: ``(default: X)`` appended unless the help already names its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = "" if action.help in (None, _NO_HELP) else action.help
+        if "default" in text.lower() or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        if action.default is None or action.default == "" or isinstance(action, argparse._HelpAction):
+            return text
+        default = action.default
+        shown = f"'{default}'" if isinstance(default, str) else str(default).replace("%", "%%")
+        return f"{text} (default: {shown})".strip()
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and action.option_strings and action.default not in (None, "", argparse.SUPPRESS):
+            action.help = _NO_HELP  # so argparse renders a help column, which _get_help_string fills with the default
+        return super()._format_action(action)
+
+
+def make_parser(prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` with no prefix matching (``--lr`` must never silently mean ``--lr_decay_type``)
+    and defaults in ``-h``."""
+    return argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False,
+                                   formatter_class=HelpFormatter)

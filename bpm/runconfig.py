@@ -1,0 +1,114 @@
+"""``--config FILE``: a run's switches from a JSON file (e.g. a previous run's ``config.json``),
+with switches typed on the command line winning; and the versions every run records.
+
+The file is read before the command line is parsed and becomes the parser's defaults, so
+argparse itself gives the precedence (typed > file > built-in) and checks every value with the
+same type functions as typed text. A ``config.json`` written by ``bpm train`` therefore
+re-runs the same settings.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from bpm.errors import BpmError
+
+CONFIG_SWITCH = "--config"
+# Keys of a written config.json that are records, not switches.
+RECORD_KEYS = {"versions", "config"}
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(CONFIG_SWITCH, default=None, metavar="FILE",
+                        help="JSON file of switches (a run's config.json); switches typed on the command line win")
+
+
+def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` with the defaults taken from ``--config FILE`` when given."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument(CONFIG_SWITCH, default=None)
+    known, _rest = pre.parse_known_args(argv)
+    if known.config:
+        try:
+            parser.set_defaults(**config_defaults(parser, known.config))
+        except BpmError as exc:
+            parser.exit(2, f"error: {exc}\n")
+    return parser.parse_args(argv)
+
+
+def config_defaults(parser: argparse.ArgumentParser, path: str | Path) -> dict[str, Any]:
+    """The switches in a JSON file as parser defaults (lists become tuples; text goes through the
+    switch's own type function); unknown names are refused in one line."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BpmError(f"--config {path}: file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BpmError(f"--config {path}: not a readable JSON file ({exc})") from None
+    if not isinstance(values, dict):
+        raise BpmError(f"--config {path}: expected a JSON object of switch names and values")
+    actions = {a.dest: a for a in parser._actions if a.dest not in (argparse.SUPPRESS, "help")}
+    unknown = sorted(k for k in values if k not in actions and k not in RECORD_KEYS)
+    if unknown:
+        raise BpmError(f"--config {path}: unknown setting(s) {', '.join(unknown)}")
+    defaults: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in RECORD_KEYS:
+            continue
+        action = actions[key]
+        if isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(value, str) and action.type is not None:
+            try:
+                value = action.type(value)
+            except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
+                raise BpmError(f"--config {path}: {key}: {exc}") from None
+        if action.choices is not None and value is not None and value not in action.choices:
+            raise BpmError(f"--config {path}: {key}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+        defaults[key] = value
+    return defaults
+
+
+def run_versions(device: object = None) -> dict[str, Any]:
+    """What produced a run: bpm, torch, torchvision, onnxruntime and CUDA versions, the device, the
+    CPU model, and the git commit when bpm runs from a checkout (``None`` where unknown)."""
+    import torch
+
+    from bpm import __version__
+    from bpm.machine import describe_machine
+
+    machine = describe_machine()
+    return {
+        "bpm": __version__,
+        "torch": machine.get("torch"),
+        "torchvision": machine.get("torchvision"),
+        "onnxruntime": machine.get("onnxruntime"),
+        "cuda": torch.version.cuda,
+        "device": str(device) if device is not None else None,
+        "gpu": torch.cuda.get_device_name(device) if device is not None and str(device).startswith("cuda") else None,
+        "cpu": machine.get("cpu"),
+        "python": machine.get("python") or sys.version.split()[0],
+        "git_commit": git_commit(),
+    }
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (``+dirty`` with uncommitted changes), or ``None`` for an installed package."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")

@@ -1,0 +1,67 @@
+"""``--config FILE``: a run's config.json re-runs the same settings; typed switches win over the file;
+config.json and results.json record the versions."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bpm.commands import train
+from bpm.config import save_config
+from bpm.helpformat import make_parser
+from bpm.recipes import apply_recipe
+from bpm.runconfig import git_commit, parse_args_with_config, run_versions
+
+
+def _parse(argv):
+    parser = make_parser("bpm train")
+    train.add_arguments(parser)
+    args = parse_args_with_config(parser, argv)
+    apply_recipe(args)
+    return args
+
+
+def _settings(args):
+    return {k: v for k, v in vars(args).items() if k != "config"}
+
+
+def test_written_config_round_trips(tmp_path):
+    first = _parse(["-d", "()", "--recipe", "bot", "--lr", "0.03", "--resize_h_w", "(96, 48)", "--optimizer", "sgd",
+                    "--staircase_decay_at_epochs", "(5, 9)", "--loss-scale", "dynamic", "--total_epochs", "7"])
+    path = tmp_path / "config.json"
+    save_config(first, path, {"versions": {"bpm": "x"}})
+    again = _parse(["--config", str(path)])
+    assert _settings(again) == _settings(first)
+    save_config(again, tmp_path / "again.json")
+    assert _settings(_parse(["--config", str(tmp_path / "again.json")])) == _settings(first)
+
+
+def test_command_line_wins_over_the_file_wherever_it_is(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"base_lr": 0.01, "total_epochs": 5, "resize_h_w": [64, 32], "sys_device_ids": []}))
+    for argv in (["--config", str(path), "--lr", "0.5"], ["--lr", "0.5", "--config", str(path)]):
+        args = _parse(argv)
+        assert (args.base_lr, args.total_epochs, args.resize_h_w, args.sys_device_ids) == (0.5, 5, (64, 32), ())
+
+
+@pytest.mark.parametrize("content,message", [
+    ('{"lr_typo": 1}', "unknown setting(s) lr_typo"),
+    ("not json", "not a readable JSON file"),
+    ('{"recipe": "nope"}', "recipe: 'nope' is not one of"),
+    ('{"resize_h_w": "(1, 2, 3)"}', "resize_h_w:"),
+])
+def test_bad_config_file_is_one_line(tmp_path, capsys, content, message):
+    path = tmp_path / "c.json"
+    path.write_text(content)
+    with pytest.raises(SystemExit) as done:
+        _parse(["-d", "()", "--config", str(path)])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.startswith("error: --config") and message in err and err.count("\n") == 1
+
+
+def test_versions_are_recorded():
+    versions = run_versions("cpu")
+    assert versions["bpm"] and versions["torch"] and versions["device"] == "cpu" and versions["cpu"]
+    assert set(versions) >= {"torchvision", "onnxruntime", "cuda", "git_commit"}
+    commit = git_commit()
+    assert commit is None or len(commit.split("+")[0]) == 40
