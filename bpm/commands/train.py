@@ -17,7 +17,7 @@ from bpm.data.datasets import build_dataset
 from bpm.engine.diskspace import check_free_space, estimate_checkpoint_bytes, prepare_exp_dir
 from bpm.engine.config import TrainConfig
 from bpm.engine.evaluator import EvalSettings, evaluate_model, evaluate_test_set, write_results
-from bpm.engine.logging import RunLogger, StreamMirror
+from bpm.engine.logging import RunLogger, StreamMirror, log_hparams
 from bpm.engine.trainer import Trainer, seed_everything
 from bpm.errors import BpmError
 from bpm.models.imagenet import init_backbone
@@ -147,6 +147,10 @@ def _run_process(args: argparse.Namespace, ctx: distributed.DistContext) -> int:
             write_results(exp_dir / "results.json", dataset.name, args.net, args.opt_level, reports, extra)
             print(f"Results written to {exp_dir / 'results.json'}")
             write_run_plots(exp_dir, reports)  # cmc_curve.png, and training_curves.png after training; only warns
+            if not args.only_test and args.log_to_file:
+                first = next(iter(reports.values()))["single_query"]
+                log_hparams(exp_dir, vars(args), {"hparam/mAP": float(first["mAP"]), "hparam/mINP": float(first["mINP"]),
+                                                  "hparam/rank1": float(first["cmc"][0])}, args.total_epochs)
     finally:
         if mirror is not None:
             mirror.close()

@@ -20,10 +20,11 @@ from bpm.config import add_common_arguments, default_exp_dir, str2bool
 from bpm.data.records import ImageRecord, TestSet
 from bpm.errors import BpmError
 from bpm.vis.html import PageEntry, render_index, render_links, write_page
-from bpm.vis.rank_list import (QUERY_SEED, choose_queries, draw_rank_list, picture_names, rank_list,
-                               save_picture)
+from bpm.vis.rank_list import (MAX_TRUE_MATCHES, QUERY_SEED, choose_queries, draw_rank_list, draw_true_matches,
+                               picture_names, rank_list, save_picture, true_matches)
 
 RANK_LISTS = "rank_lists"
+MATCHES_DIR = "true_matches"
 
 
 @dataclass
@@ -67,9 +68,6 @@ def _check_args(args: argparse.Namespace) -> None:
     # Inputs are checked before anything slow (imports, dataset indexing, the model) starts.
     if args.features_file and not Path(args.features_file).is_file():
         raise BpmError(f"--features_file {args.features_file}: file not found")
-    for flag in ("model_weight_file", "ckpt_file"):
-        if getattr(args, flag) and not Path(getattr(args, flag)).is_file():
-            raise BpmError(f"--{flag} {getattr(args, flag)}: weights file not found")
     if args.data_root and not args.features_file and not Path(args.data_root).exists():
         raise BpmError(f"--data_root {args.data_root}: folder not found")
 
@@ -78,6 +76,10 @@ def _exp_dir(args: argparse.Namespace) -> Path:
     if args.exp_dir:
         return Path(args.exp_dir)
     return default_exp_dir(argparse.Namespace(**{**vars(args), "run": 1}))
+
+
+def _weights_path(args: argparse.Namespace, exp_dir: Path) -> str:
+    return args.model_weight_file or args.ckpt_file or str(exp_dir / "ckpt.pth")
 
 
 def _normalize(features: np.ndarray) -> np.ndarray:
@@ -144,7 +146,7 @@ def _model_sets(args: argparse.Namespace, exp_dir: Path) -> tuple[list[VisSet], 
 
     device = resolve_device(tuple(args.sys_device_ids))
     policy = PrecisionPolicy.create(args.opt_level, device, args.amp_dtype, args.keep_batchnorm_fp32)
-    weights = args.model_weight_file or args.ckpt_file or str(exp_dir / "ckpt.pth")
+    weights = _weights_path(args, exp_dir)
     bare = load_inference_model(weights, args.net, args.last_conv_stride)
     settings_from_weights(args, bare, weights)
     model = policy.prepare_model(bare)
@@ -223,7 +225,15 @@ def draw_set(vis: VisSet, out_dir: Path, num_queries: int, size: int, rerank: bo
         image = draw_rank_list(query[row].path, [vis.gallery[i].path for i in ranked.gallery_indices],
                                ranked.matches.tolist(), size)
         save_picture(image, out_dir / pictures[row])
-        entries.append(PageEntry(pictures[row], vis.query_names[chosen[row]], float(ap[row]), int(first[row])))
+        found = true_matches(dist[row], query[row].pid, query[row].camid, g_pids, g_cams)
+        shown = found[:MAX_TRUE_MATCHES]
+        strip = ""
+        if shown:
+            strip = f"{MATCHES_DIR}/{Path(pictures[row]).stem}.jpg"  # beside, so rank lists stay the only *.jpg
+            save_picture(draw_true_matches([vis.gallery[g].path for g, _ in shown], [r for _, r in shown], size),
+                         out_dir / strip)
+        entries.append(PageEntry(pictures[row], vis.query_names[chosen[row]], float(ap[row]), int(first[row]),
+                                 strip, tuple(r for _, r in shown), len(found)))
     notes = [f"Features: {source}.",
              f"{len(chosen)} of {len(vis.query)} queries (seed {seed}), top {size} of {len(vis.gallery)} gallery images, "
              f"{'k-reciprocal re-ranked' if rerank else 'Euclidean'} distances; same-identity same-camera and junk "
@@ -235,6 +245,8 @@ def draw_set(vis: VisSet, out_dir: Path, num_queries: int, size: int, rerank: bo
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     exp_dir = _exp_dir(args)
+    if not args.features_file and not Path(_weights_path(args, exp_dir)).is_file():
+        raise BpmError(f"{_weights_path(args, exp_dir)}: weights file not found")  # before any slow step
     if args.features_file:
         sets = load_feature_sets(args.features_file, args.normalize_feature)
         source = f"{args.features_file}{' (L2-normalised)' if args.normalize_feature else ''}"

@@ -21,6 +21,7 @@ from bpm.evaluation.features import degenerate_rows, extract_features, save_feat
 from bpm.precision import PrecisionPolicy
 
 RESULT_LINE = "[mAP: {:5.2%}], [cmc1: {:5.2%}], [cmc5: {:5.2%}], [cmc10: {:5.2%}]"
+MINP_FIELD = ", [mINP: {:5.2%}]"
 
 
 @dataclass
@@ -39,7 +40,9 @@ class EvalSettings:
 
 def format_result(title: str, result: dict) -> str:
     cmc = result["cmc"]
-    return f"{title + ':':<30}" + RESULT_LINE.format(result["mAP"], cmc[0], cmc[4], cmc[9])
+    line = f"{title + ':':<30}" + RESULT_LINE.format(result["mAP"], cmc[0], cmc[4], cmc[9])
+    # mINP after the original's four fields, so parsers of the original's line keep working.
+    return line + (MINP_FIELD.format(float(result["mINP"])) if "mINP" in result else "")
 
 
 def summarize(result: dict) -> dict:

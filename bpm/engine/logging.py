@@ -3,7 +3,8 @@
 The JSON-lines file ``train_log.jsonl`` is what ``bpm plot`` reads. Every statistic the criterion
 returns becomes a TensorBoard scalar of the same name; the original's names (``loss``,
 ``precision``, ``satisfy_margin``, ``average_distance``, ``val scores``) stay, so old dashboards
-still work.
+still work, all in one run (the ``tensorboard/`` folder). After the final test, the run's
+hyper-parameters and test metrics go to TensorBoard's HParams view (:func:`log_hparams`).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 
 class _Tee:
@@ -69,20 +70,38 @@ class RunLogger:
         self.jsonl.write(json.dumps({"kind": "step", "step": step, "epoch": epoch, **values}) + "\n")
         self.jsonl.flush()
         if self.writer is not None:
-            distances = {k: values[k] for k in ("dist_ap", "dist_an") if k in values}
             for name, value in values.items():
-                if name not in distances:
-                    self.writer.add_scalar(name, value, step)
-            if distances:
-                self.writer.add_scalars("average_distance", distances, step)
+                # The original's group "average_distance" keeps d_ap/d_an together, in this run (add_scalars
+                # would have written one extra run per curve).
+                tag = f"average_distance/{name}" if name in ("dist_ap", "dist_an") else name
+                self.writer.add_scalar(tag, value, step)
 
     def log_validation(self, step: int, epoch: int, mAP: float, rank1: float) -> None:
         self.jsonl.write(json.dumps({"kind": "val", "step": step, "epoch": epoch, "mAP": mAP, "Rank1": rank1}) + "\n")
         self.jsonl.flush()
         if self.writer is not None:
-            self.writer.add_scalars("val scores", {"mAP": mAP, "Rank1": rank1}, epoch)
+            self.writer.add_scalar("val scores/mAP", mAP, epoch)
+            self.writer.add_scalar("val scores/Rank1", rank1, epoch)
 
     def close(self) -> None:
         self.jsonl.close()
         if self.writer is not None:
             self.writer.close()
+
+
+def log_hparams(exp_dir: Path, hparams: dict[str, Any], metrics: dict[str, float], step: int = 0) -> None:
+    """Hyper-parameters and final test metrics into the run's own TensorBoard folder.
+
+    ``SummaryWriter.add_hparams`` would put them in a new sub-run named by the time; writing its
+    summaries into the run's folder keeps one run per experiment. Values that TensorBoard cannot
+    show (tuples, None) become text.
+    """
+    from tensorboardX import SummaryWriter
+    from tensorboardX.summary import hparams as hparams_summaries
+
+    clean = {k: (v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in hparams.items()}
+    with SummaryWriter(log_dir=str(Path(exp_dir) / "tensorboard")) as writer:
+        for summary in hparams_summaries(clean, metrics):
+            writer.file_writer.add_summary(summary)
+        for name, value in metrics.items():
+            writer.add_scalar(name, value, step)

@@ -21,6 +21,8 @@ body { font-family: sans-serif; margin: 1em; background: #fafafa; }
 .entry img { display: block; image-rendering: pixelated; }
 .broken::after { content: " (image missing)"; color: #c00; font-weight: bold; }
 .legend span { padding: 0 0.4em; color: #fff; }
+.matches { margin: 0.3em 0 0 0; font-size: 90%; color: #333; }
+.matches img { margin-top: 0.2em; }
 """
 
 _SCRIPT = """
@@ -47,6 +49,9 @@ class PageEntry:
     query_name: str
     ap: float
     first_match_rank: int
+    matches_picture: str = ""            # strip of the true matches (second, smaller row); "" for none
+    match_ranks: tuple[int, ...] = ()    # their ranks, in strip order
+    num_matches: int = 0                 # all true matches (the strip may show the first few only)
 
 
 def _ap_text(ap: float) -> str:
@@ -55,6 +60,19 @@ def _ap_text(ap: float) -> str:
 
 def _rank_text(rank: int) -> str:
     return "none" if rank < 1 else str(rank)
+
+
+def _matches_row(entry: PageEntry, name: str) -> str:
+    """The second, smaller row: the query's true matches (same identity, other cameras) with their ranks."""
+    if entry.num_matches == 0:
+        return '<p class="matches">No true match in the gallery.</p>'
+    shown = len(entry.match_ranks)
+    ranks = ", ".join(str(r) for r in entry.match_ranks)
+    more = f" (the first {shown} of {entry.num_matches} shown)" if shown < entry.num_matches else ""
+    picture = (f'<img class="matches-strip" src="{quote(entry.matches_picture)}" alt="true matches of {name}">'
+               if entry.matches_picture else "")
+    return (f'<div class="matches" data-ranks="{ranks}">True matches (same identity, other cameras) at rank '
+            f"{ranks}{more}:{picture}</div>")
 
 
 def render_index(title: str, entries: Sequence[PageEntry], notes: Sequence[str] = ()) -> str:
@@ -70,7 +88,8 @@ def render_index(title: str, entries: Sequence[PageEntry], notes: Sequence[str] 
     parts += [f"<p>{html.escape(note)}</p>" for note in notes]
     parts.append('<p class="legend">Query first (no border), then the gallery ranking: '
                  '<span style="background:#0a0">green</span> same identity, '
-                 '<span style="background:#c00">red</span> other identity.</p>')
+                 '<span style="background:#c00">red</span> other identity. Below each, the smaller row shows '
+                 "every true match with its rank (green: within the rank list, red: below it).</p>")
     for entry in entries:
         name = html.escape(entry.query_name)
         parts.append(
@@ -78,6 +97,7 @@ def render_index(title: str, entries: Sequence[PageEntry], notes: Sequence[str] 
             f"<p><b>{name}</b> &middot; AP {html.escape(_ap_text(entry.ap))} &middot; "
             f"first match at rank {_rank_text(entry.first_match_rank)}</p>"
             f'<a href="{quote(entry.picture)}"><img src="{quote(entry.picture)}" alt="rank list of {name}"></a>'
+            f"{_matches_row(entry, name)}"
             "</div>"
         )
     parts.append(f"<script>{_SCRIPT}</script>")

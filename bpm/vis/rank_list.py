@@ -6,6 +6,10 @@ the tile, green for the query's identity and red otherwise; tiles are separated 
 gaps in a single row, so k=10 gives a 784x128 picture. Gallery entries that the evaluation
 protocol ignores (same identity seen by the same camera, junk id -1) are skipped, so the
 picture shows exactly the ranking that CMC/mAP score.
+
+Beside each rank list, a smaller "true matches" strip (:func:`draw_true_matches`) shows every
+gallery image of the query's identity from another camera with its rank, so a match ranked 67th
+is seen, not only counted. The rank-list JPEG itself keeps the original's geometry.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from bpm.data.images import read_image
 from bpm.errors import BpmError
@@ -27,6 +31,9 @@ MISMATCH_RGB = (255, 0, 0)
 GAP_RGB = (255, 255, 255)
 JUNK_PID = -1
 QUERY_SEED = 1
+MATCH_TILE_H, MATCH_TILE_W = TILE_H // 2, TILE_W // 2  # the true-matches strip: half-size tiles
+CAPTION_H = 14
+MAX_TRUE_MATCHES = 20
 
 
 @dataclass(frozen=True)
@@ -61,14 +68,40 @@ def rank_list(
     return RankList(top, g_pids[top] == q_pid)
 
 
-def _tile(path: str, border_rgb: tuple[int, int, int] | None) -> np.ndarray:
-    image = read_image(path).resize((TILE_W, TILE_H), Image.BILINEAR)
+def true_matches(
+    distances: np.ndarray, q_pid: int, q_camid: int, g_pids: np.ndarray, g_camids: np.ndarray
+) -> list[tuple[int, int]]:
+    """``(gallery index, rank)`` of every true match of one query, best first; ranks are 1-based
+    among the valid gallery entries, as in :func:`rank_list` and the CMC."""
+    order = np.argsort(np.asarray(distances), kind="stable")
+    ignored = ((g_pids == q_pid) & (g_camids == q_camid)) | (g_pids == JUNK_PID)
+    valid = order[~ignored[order]]
+    return [(int(g), rank) for rank, g in enumerate(valid, start=1) if g_pids[g] == q_pid]
+
+
+def draw_true_matches(paths: Sequence[str], ranks: Sequence[int], size: int) -> Image.Image:
+    """A strip of half-size tiles, each a true match with its rank written under it; matches ranked
+    within the top ``size`` (visible in the rank list) get a green border, the others red."""
+    width = max(1, len(paths)) * (MATCH_TILE_W + GAP) - GAP
+    canvas = Image.new("RGB", (max(width, MATCH_TILE_W), MATCH_TILE_H + CAPTION_H), GAP_RGB)
+    draw = ImageDraw.Draw(canvas)
+    for slot, (path, rank) in enumerate(zip(paths, ranks)):
+        x = slot * (MATCH_TILE_W + GAP)
+        tile = _tile(path, MATCH_RGB if rank <= size else MISMATCH_RGB, (MATCH_TILE_W, MATCH_TILE_H), 2)
+        canvas.paste(Image.fromarray(tile), (x, 0))
+        draw.text((x + 1, MATCH_TILE_H + 1), f"#{rank}", fill=(0, 0, 0))
+    return canvas
+
+
+def _tile(path: str, border_rgb: tuple[int, int, int] | None, size_w_h: tuple[int, int] = (TILE_W, TILE_H),
+          border: int = BORDER) -> np.ndarray:
+    image = read_image(path).resize(size_w_h, Image.BILINEAR)
     pixels = np.array(image, dtype=np.uint8)
     if border_rgb is not None:
-        pixels[:BORDER, :] = border_rgb
-        pixels[-BORDER:, :] = border_rgb
-        pixels[:, :BORDER] = border_rgb
-        pixels[:, -BORDER:] = border_rgb
+        pixels[:border, :] = border_rgb
+        pixels[-border:, :] = border_rgb
+        pixels[:, :border] = border_rgb
+        pixels[:, -border:] = border_rgb
     return pixels
 
 

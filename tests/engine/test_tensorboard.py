@@ -1,0 +1,43 @@
+"""TensorBoard: one run per experiment (d_ap/d_an with the other scalars, under the original's
+names), the hyper-parameters and final test metrics in the HParams view; mINP printed with mAP."""
+from __future__ import annotations
+
+import struct
+
+from tensorboardX.proto import event_pb2
+
+from bpm.commands import train
+from train_helpers import train_args
+
+
+def _events(path):
+    """Every Event of a TFRecord event file (length, crc, payload, crc)."""
+    data, pos, events = path.read_bytes(), 0, []
+    while pos < len(data):
+        (length,) = struct.unpack("<Q", data[pos:pos + 8])
+        event = event_pb2.Event()
+        event.ParseFromString(data[pos + 12:pos + 12 + length])
+        events.append(event)
+        pos += 12 + length + 4
+    return events
+
+
+def test_one_run_with_original_names_hparams_and_minp(tiny_world, tmp_path, capsys):
+    exp = tmp_path / "run"
+    args = train_args(tiny_world, exp, "--total_epochs", "1", "--log_to_file", "true", "--steps_per_log", "1")
+    assert train.run(args) == 0
+    out = capsys.readouterr().out
+    single = next(line for line in out.splitlines() if line.startswith("Single Query:"))
+    assert single.split("[mAP:")[1].count("%") == 5 and single.endswith("%]") and ", [mINP:" in single
+
+    board = exp / "tensorboard"
+    assert not [p for p in board.iterdir() if p.is_dir()], "a sub-run was written"
+    tags, plugins = set(), set()
+    for path in board.iterdir():
+        for event in _events(path):
+            for value in event.summary.value:
+                tags.add(value.tag)
+                if value.metadata.plugin_data.plugin_name:
+                    plugins.add(value.metadata.plugin_data.plugin_name)
+    assert {"loss", "precision", "satisfy_margin", "average_distance/dist_ap", "average_distance/dist_an"} <= tags
+    assert {"hparam/mAP", "hparam/mINP", "hparam/rank1"} <= tags and "hparams" in plugins
