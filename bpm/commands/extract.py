@@ -94,6 +94,13 @@ def run(args: argparse.Namespace) -> int:
     from bpm.inference import FeatureExtractor
     from bpm.precision import resolve_device
 
+    # Inputs first: a typo in --images or --out must not wait for the model to load.
+    if Path(args.out).suffix not in OUTPUT_SUFFIXES:
+        raise BpmError(f"--out {args.out}: expected a file ending in .h5, .hdf5 or .mat")
+    if not Path(args.images).is_dir():
+        raise BpmError(f"--images {args.images}: not a folder")
+    if not Path(args.weights).is_file():
+        raise BpmError(f"{args.weights}: weights file not found")
     device = resolve_device(tuple(args.sys_device_ids))
     extractor = FeatureExtractor(
         args.weights, net=args.net, device=device, resize_h_w=args.resize_h_w, opt_level=args.opt_level,
