@@ -99,7 +99,7 @@ def _print_text(stats: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> int:
     ds = build_dataset(
         args.dataset, args.data_root or None, cuhk03_type=args.cuhk03_type, trainset_part=args.trainset_part,
-        require_train=False,
+        require_train=False, may_write=False,
     )
     stats = dataset_stats(ds)
     if not args.names_only:

@@ -1,6 +1,8 @@
 """Decoding images from disk with errors that name the file, and checking many at once."""
 from __future__ import annotations
 
+import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable
 
@@ -8,7 +10,31 @@ from PIL import Image, UnidentifiedImageError
 
 from bpm.errors import BpmError
 
-_DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
+# A decompression bomb (a few KB declaring 20000x20000 pixels) is a bad image, not a traceback:
+# PIL raises DecompressionBombError above 2x its MAX_IMAGE_PIXELS and only warns between 1x and 2x,
+# so both are turned into errors by opening images with warnings as errors for that one warning.
+_DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError,
+                  Image.DecompressionBombWarning, MemoryError)
+
+
+def _regular_file(path: str) -> None:
+    """Refuse anything but a regular file before opening it: a FIFO named ``*.jpg`` would block
+    ``open`` forever, and a device file (``/dev/zero``) never ends."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise ImageDecodeError(f"{path}: cannot read image ({exc.strerror or exc})") from exc
+    if not stat.S_ISREG(mode):
+        raise ImageDecodeError(f"{path}: not a regular file (a FIFO, device or folder is never an image)")
+
+
+def _open(path: str) -> Image.Image:
+    import warnings
+
+    _regular_file(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(path)
 
 
 class ImageDecodeError(BpmError):
@@ -32,7 +58,7 @@ def read_image(path: str) -> Image.Image:
     unhelpful trace; calling ``convert`` forces the decode here, where we can name the file.
     """
     try:
-        with Image.open(path) as image:
+        with _open(path) as image:
             return image.convert("RGB")
     except _DECODE_ERRORS as exc:
         raise ImageDecodeError(f"{path}: cannot decode image ({exc})") from exc
@@ -45,8 +71,10 @@ def image_problem(path: str) -> str | None:
     benchmarks are small (128x64 for Market), so a full pass stays in seconds.
     """
     try:
-        with Image.open(path) as image:
+        with _open(path) as image:
             image.load()
+    except ImageDecodeError as exc:
+        return str(exc).split(": ", 1)[-1]
     except _DECODE_ERRORS as exc:
         return str(exc) or type(exc).__name__
     return None

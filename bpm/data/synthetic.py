@@ -591,6 +591,31 @@ def ensure_world(root: str | Path, config: WorldConfig = WorldConfig(), progress
     return generate_world(root, config, progress=progress)
 
 
+def open_world(root: str | Path, config: WorldConfig = WorldConfig(), may_create: bool = True) -> Path:
+    """The world at ``root`` for ``--dataset synthetic``: reused when it matches ``config``, drawn only
+    when ``root`` is missing or empty (so this call creates it), and an error otherwise.
+
+    Why not redraw a mismatching world as ``ensure_world`` does: the folder may be a custom world
+    (``bpm synth`` with other flags) that other runs read, or hold the user's own files; replacing
+    it silently loses data. ``may_create=False`` (``bpm data check``) never writes at all.
+    """
+    root = Path(root)
+    if world_matches(root, config):
+        return root
+    fresh = not root.exists() or (root.is_dir() and not any(root.iterdir()))
+    regenerate = f"bpm synth --out {root} --force"
+    if fresh and may_create:
+        return generate_world(root, config)
+    if fresh:
+        raise BpmError(f"{root}: no synthetic world there (a check writes nothing); draw it with `bpm synth --out {root}`")
+    if (root / WORLD_FILE).is_file():
+        raise BpmError(f"{root}: holds a synthetic world drawn with other settings than --dataset synthetic's "
+                       f"(nothing was changed); read it as it is with --dataset market1501 --data_root {root}, or "
+                       f"replace it by the default world with `{regenerate}`")
+    raise BpmError(f"{root}: is not a synthetic world (no {WORLD_FILE}); nothing was changed - point --data_root at an "
+                   "empty or missing folder to draw the demo world there")
+
+
 _HELP = {
     "num_train_ids": "identities in bounding_box_train",
     "num_test_ids": "identities in query/bounding_box_test (disjoint from train)",

@@ -41,12 +41,13 @@ class DatasetOptions:
     skip_bad_images: bool = False
     seed: int = 1
     num_val_ids: int = 100
+    may_write: bool = True  # False for ``bpm data check``: a check never writes
 
 
 def _load_synthetic(root: Path, options: DatasetOptions) -> IndexedDataset:
-    from bpm.data.synthetic import WorldConfig, ensure_world
+    from bpm.data.synthetic import WorldConfig, open_world
 
-    return load_market_layout(ensure_world(root, WorldConfig()), "synthetic")
+    return load_market_layout(open_world(root, WorldConfig(), may_create=options.may_write), "synthetic")
 
 
 def _load_market1501(root: Path, options: DatasetOptions) -> IndexedDataset:
@@ -183,6 +184,7 @@ def build_dataset(
     seed: int = 1,
     num_val_ids: int = 100,
     require_train: bool = True,
+    may_write: bool = True,
 ) -> IndexedDataset:
     """Index dataset ``name`` (names only, no pixels unless ``skip_bad_images``) from ``data_root``
     or its folder under ``BPM_DATA``.
@@ -193,6 +195,7 @@ def build_dataset(
     A test-only dataset (only query and gallery images: a new camera network, a second benchmark)
     is a :class:`BpmError` with ``require_train`` (training), and otherwise comes back with an
     empty ``train`` list and no validation split (testing, visualising, ``bpm data check``).
+    ``may_write=False`` (``bpm data check``) never creates anything (the synthetic world).
     """
     if name not in READERS:
         raise BpmError(f"--dataset: unknown dataset {name!r}; expected one of {', '.join(sorted(READERS))}")
@@ -200,7 +203,7 @@ def build_dataset(
         raise BpmError(f"--cuhk03_type: expected one of {', '.join(IM_TYPES)}, got {cuhk03_type!r}")
     if trainset_part not in TRAINSET_PARTS:
         raise BpmError(f"--trainset_part: expected train or trainval, got {trainset_part!r}")
-    options = DatasetOptions(cuhk03_type, trainset_part, skip_bad_images, seed, num_val_ids)
+    options = DatasetOptions(cuhk03_type, trainset_part, skip_bad_images, seed, num_val_ids, may_write)
     ds = load_raw(name, resolve_root(name, data_root), options)
     if skip_bad_images:
         ds = _drop_unreadable(ds)
