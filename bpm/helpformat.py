@@ -20,7 +20,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         text = "" if action.help in (None, _NO_HELP) else action.help
         if "default" in text.lower() or action.default is argparse.SUPPRESS or not action.option_strings:
             return text
-        if action.default is None or action.default == "" or isinstance(action, argparse._HelpAction):
+        if action.default is None or action.default == "" or action.nargs == 0:  # -h, --version, flags
             return text
         default = action.default
         shown = f"'{default}'" if isinstance(default, str) else str(default).replace("%", "%%")

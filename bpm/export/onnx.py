@@ -31,9 +31,10 @@ class OnnxSpec:
     output_name: str = "features"
     bake_normalization: bool = False
     precision: str = "fp32"
+    input_meta: str = ""  # JSON of the source's input settings (bpm.models.meta): stride, recipe, neck, ...
 
     def metadata(self) -> dict[str, str]:
-        return {
+        return {**({"bpm.input_meta": self.input_meta} if self.input_meta else {}),
             "bpm.net": self.net,
             "bpm.resize_h_w": f"{self.resize_h_w[0]},{self.resize_h_w[1]}",
             "bpm.bake_normalization": str(self.bake_normalization).lower(),
@@ -116,6 +117,7 @@ def read_spec(path: str | Path) -> OnnxSpec:
         output_name=proto.graph.output[0].name,
         bake_normalization=meta.get("bpm.bake_normalization") == "true",
         precision=meta.get("bpm.precision", "fp32"),
+        input_meta=meta.get("bpm.input_meta", ""),
     )
 
 

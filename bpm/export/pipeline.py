@@ -6,6 +6,7 @@ on real images. The command fails if any format misses its threshold.
 """
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -154,7 +155,8 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
     names = {**_file_names(opts, model.net), **opts.file_names}
     input_name, output_name = (LEGACY_INPUT_NAME, LEGACY_OUTPUT_NAME) if opts.legacy_names \
         else (opts.input_name, opts.output_name)
-    spec = OnnxSpec(model.net, tuple(opts.resize_h_w), input_name, output_name, opts.bake_normalization)
+    spec = OnnxSpec(model.net, tuple(opts.resize_h_w), input_name, output_name, opts.bake_normalization,
+                    input_meta=json.dumps(meta, sort_keys=True))
     log(f"Loaded {opts.weights} ({kind}, {model.net})")
     out.mkdir(parents=True, exist_ok=True)
     checks: list[FormatCheck] = []

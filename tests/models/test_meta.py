@@ -11,6 +11,7 @@ import torch
 from bpm.cli import main
 from bpm.commands import train
 from bpm.data.datasets.common import list_image_names
+from bpm.export.onnx import read_spec
 from bpm.export.pipeline import ExportOptions, run_export
 from bpm.inference import FeatureExtractor
 from bpm.models.meta import stored_meta
@@ -70,7 +71,7 @@ def test_old_checkpoint_without_settings_keeps_todays_defaults(trained, tmp_path
 
 
 def test_released_weights_files_carry_the_settings(trained, tiny_world, tmp_path):
-    run_export(ExportOptions(weights=str(trained), out_dir=str(tmp_path), formats=("pt", "safetensors"),
+    run_export(ExportOptions(weights=str(trained), out_dir=str(tmp_path), formats=("pt", "safetensors", "onnx"),
                              calib_images=str(tiny_world / "bounding_box_train"), verify_count=4), log=lambda _: None)
     pt, st = tmp_path / "mobilenetV2_64x32_fp32.pt", tmp_path / "mobilenetV2_64x32_fp32.safetensors"
     raw = torch.load(pt, weights_only=True)
@@ -79,6 +80,8 @@ def test_released_weights_files_carry_the_settings(trained, tiny_world, tmp_path
     for path in (pt, st):
         extractor = FeatureExtractor(path)
         assert extractor.resize_h_w == (64, 32) and extractor.net == "mobilenetV2"
+    onnx_meta = json.loads(read_spec(tmp_path / "mobilenetV2_64x32_fp32.onnx").input_meta)
+    assert onnx_meta["resize_h_w"] == [64, 32] and onnx_meta["neck"] == "bnneck" and onnx_meta["recipe"] == "bot"
     reference = FeatureExtractor(trained)(_images(tiny_world))
     np.testing.assert_allclose(FeatureExtractor(pt)(_images(tiny_world)), reference, rtol=1e-4, atol=1e-5)
 
