@@ -6,7 +6,6 @@ this file only wires them together and turns :class:`BpmError` into a one-line m
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import sys
 
@@ -58,9 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
-            raise
-        print(f"error: {exc.filename or 'output'}: {exc.strerror}; the last checkpoint is intact", file=sys.stderr)
+        # Any OS error (a full disk, EPERM on an immutable file, a read-only mount) is one line that
+        # says what was kept; only a command that writes checkpoints speaks of one.
+        kept = getattr(module, "kept_on_error", None)
+        left = kept(args) if kept is not None else "files written before were kept"
+        print(f"error: {exc.filename or 'output'}: {exc.strerror or exc}; {left}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

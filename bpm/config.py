@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +247,7 @@ def save_config(args: argparse.Namespace, path: Path, records: dict[str, Any] | 
     re-run with ``--config`` (:mod:`bpm.runconfig`); ``records`` (e.g. ``versions``) are added as is."""
     values: dict[str, Any] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
     values.update(records or {})
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(values, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    from bpm.engine.outputs import write_text
+
+    # Atomic, and any OSError (EPERM on an immutable file, a full disk) is one line keeping the old file.
+    write_text(path, json.dumps(values, indent=2, sort_keys=True, default=str), "the run's settings")

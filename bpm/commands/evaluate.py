@@ -34,6 +34,11 @@ def run(args: argparse.Namespace) -> int:
             report["reranked_single_query"] = results["reranked"]
         reports[vis.name] = report
     if args.exp_dir:
+        from bpm.engine.runfolder import record_names
+
         Path(args.exp_dir).mkdir(parents=True, exist_ok=True)
-        write_results(Path(args.exp_dir) / "results.json", Path(args.features_file).name, "features", "-", reports)
+        # In a training folder: test_results.json, never the training run's results.json.
+        results_name = record_names(args.exp_dir, training=False)[1]
+        write_results(Path(args.exp_dir) / results_name, Path(args.features_file).name, "features", "-", reports)
+        print(f"Results written to {Path(args.exp_dir) / results_name}")
     return 0

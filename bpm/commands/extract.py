@@ -52,30 +52,48 @@ def market_ids(names: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
             np.array([int(m.group(2)) for m in matches], dtype=np.int64))
 
 
-def save_folder_features(out: Path, features: np.ndarray, names: list[str], folder: Path) -> None:
-    """Write features and names (and ids when the names carry them) as HDF5 or .mat by ``out``'s suffix."""
+def save_folder_features(out: Path, features: np.ndarray, names: list[str], folder: Path,
+                         attrs: dict | None = None) -> None:
+    """Write features and names (and ids when the names carry them) as HDF5 or .mat by ``out``'s suffix.
+
+    The file is written whole beside ``out`` and renamed over it (:func:`bpm.engine.outputs.atomic_write`):
+    never a half file, never a merge with an older one. ``attrs`` (weights, network, time) become HDF5
+    attributes (``.mat``: a ``source`` variable).
+    """
+    from bpm.engine.outputs import atomic_write
+
     ids = market_ids(names)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".mat":
+    attrs = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "images": str(folder.resolve()), **(attrs or {})}
+
+    def write_mat(tmp: Path) -> None:
         from scipy.io import savemat
 
-        data = {"features": features, "names": np.array(names, dtype=object).reshape(-1, 1)}  # N x 1 cell
+        data = {"features": features, "names": np.array(names, dtype=object).reshape(-1, 1),  # N x 1 cell
+                "source": {k: str(v) for k, v in attrs.items()}}
         if ids is not None:
             data["pids"], data["camids"] = ids
-        savemat(str(out), data)
-        return
-    import h5py
+        with open(tmp, "wb") as handle:
+            savemat(handle, data)
 
-    with h5py.File(out, "w") as handle:
-        handle.create_dataset("features", data=features)
-        handle.create_dataset("names", data=np.array(names, dtype=h5py.string_dtype()))
-        handle.create_dataset("paths", data=np.array([str(folder / n) for n in names], dtype=h5py.string_dtype()))
-        if ids is not None:
-            handle.create_dataset("pids", data=ids[0])
-            handle.create_dataset("camids", data=ids[1])
+    def write_h5(tmp: Path) -> None:
+        import h5py
+
+        with h5py.File(tmp, "w") as handle:
+            for key, value in attrs.items():
+                handle.attrs[key] = str(value)
+            handle.create_dataset("features", data=features)
+            handle.create_dataset("names", data=np.array(names, dtype=h5py.string_dtype()))
+            handle.create_dataset("paths", data=np.array([str(folder / n) for n in names], dtype=h5py.string_dtype()))
+            if ids is not None:
+                handle.create_dataset("pids", data=ids[0])
+                handle.create_dataset("camids", data=ids[1])
+
+    atomic_write(out, write_mat if out.suffix == ".mat" else write_h5, "features file")
 
 
-def extract_folder(extractor, folder: str | Path, out: str | Path) -> tuple[np.ndarray, list[str]]:
+def extract_folder(extractor, folder: str | Path, out: str | Path,
+                   attrs: dict | None = None) -> tuple[np.ndarray, list[str]]:
     """Embed every image of ``folder`` (sorted names) with ``extractor`` and save to ``out``."""
     folder, out = Path(folder), Path(out)
     if out.suffix not in OUTPUT_SUFFIXES:
@@ -86,7 +104,7 @@ def extract_folder(extractor, folder: str | Path, out: str | Path) -> tuple[np.n
     if not names:
         raise BpmError(f"--images {folder}: no images (.jpg, .jpeg, .png, .bmp) found")
     features = extractor([str(folder / n) for n in names])
-    save_folder_features(out, features, names, folder)
+    save_folder_features(out, features, names, folder, attrs)
     return features, names
 
 
@@ -99,8 +117,15 @@ def run(args: argparse.Namespace) -> int:
         raise BpmError(f"--out {args.out}: expected a file ending in .h5, .hdf5 or .mat")
     if not Path(args.images).is_dir():
         raise BpmError(f"--images {args.images}: not a folder")
-    if not Path(args.weights).is_file():
+    if not Path(args.weights).exists():
         raise BpmError(f"{args.weights}: weights file not found")
+    if not Path(args.weights).is_file():
+        raise BpmError(f"{args.weights}: not a regular file (a folder, FIFO or device); expected a weights file")
+    from bpm.engine.outputs import check_output_file
+    from bpm.switches import check_common
+
+    check_common(args)  # --resize_h_w, --batch_size
+    check_output_file(args.out, "--out", hdf5=Path(args.out).suffix != ".mat")
     device = resolve_device(tuple(args.sys_device_ids))
     extractor = FeatureExtractor(
         args.weights, net=args.net, device=device, resize_h_w=args.resize_h_w, opt_level=args.opt_level,
@@ -109,7 +134,9 @@ def run(args: argparse.Namespace) -> int:
         keep_batchnorm_fp32=args.keep_batchnorm_fp32, threads=args.threads,
     )
     start = time.perf_counter()
-    features, names = extract_folder(extractor, args.images, args.out)
+    attrs = {"weights": str(Path(args.weights).resolve()), "net": extractor.net, "backend": extractor.backend,
+             "opt_level": args.opt_level, "command": "bpm extract"}
+    features, names = extract_folder(extractor, args.images, args.out, attrs)
     seconds = time.perf_counter() - start
     print(f"{len(names)} images -> {args.out}: features {features.shape[0]}x{features.shape[1]} "
           f"({extractor.backend}, {extractor.net}, {len(names) / max(seconds, 1e-9):.1f} img/s)")

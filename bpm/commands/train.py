@@ -14,7 +14,11 @@ from pathlib import Path
 from bpm import distributed
 from bpm.config import add_train_arguments, default_exp_dir, save_config
 from bpm.data.datasets import build_dataset
+from bpm.engine.checkpoint import CKPT_NAME, load_checkpoint
 from bpm.engine.diskspace import check_free_space, estimate_checkpoint_bytes, prepare_exp_dir
+from bpm.engine.outputs import check_output_file
+from bpm.engine.resume_check import check_resume
+from bpm.engine.runfolder import RunLock, record_names, start_fresh_logs
 from bpm.engine.config import TrainConfig
 from bpm.engine.evaluator import EvalSettings, evaluate_model, evaluate_test_set, write_results
 from bpm.engine.logging import RunLogger, StreamMirror, log_hparams
@@ -24,6 +28,7 @@ from bpm.models.imagenet import init_backbone
 from bpm.models.reid import ReidModel, build_model, load_inference_model
 from bpm.precision import PrecisionPolicy, resolve_device
 from bpm.recipes import apply_recipe
+from bpm.switches import check_train
 from bpm.runconfig import add_config_argument, run_versions
 from bpm.vis.plots import write_run_plots
 
@@ -68,6 +73,19 @@ def _check_args(args: argparse.Namespace) -> None:
         raise BpmError("--only_test true and --resume true contradict each other; choose one")
     if args.total_epochs < 0:
         raise BpmError(f"--total_epochs: expected a non-negative number, got {args.total_epochs}")
+    check_train(args)  # every switch's value, before any work (bpm.switches)
+    if args.save_features:
+        check_output_file(args.save_features, "--save_features", hdf5=True)
+
+
+def kept_on_error(args: argparse.Namespace) -> str:
+    """What an output error at any point leaves behind (the ``bpm`` front end's OSError line)."""
+    if getattr(args, "only_test", False):
+        return "a test run writes no checkpoint; files written before were kept"
+    ckpt = Path(args.exp_dir or default_exp_dir(args)) / CKPT_NAME
+    if ckpt.is_file():
+        return f"the last checkpoint {ckpt} is intact (resume with --resume true)"
+    return "no checkpoint had been written yet"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,12 +135,38 @@ def _run_process(args: argparse.Namespace, ctx: distributed.DistContext) -> int:
         ctx, {ts.name: distributed.records_digest(ts.query + ts.gallery) for ts in dataset.test_sets}
         | {"training set": distributed.records_digest(dataset.train)}, "datasets")
     exp_dir = Path(args.exp_dir) if args.exp_dir else default_exp_dir(args)
+    ckpt, resume_changes = None, []
+    if args.resume:
+        # Switches that contradict the checkpoint are refused here, before the folder is touched.
+        ckpt = load_checkpoint(exp_dir / CKPT_NAME)
+        facts = {"net": model.net, "architecture": getattr(model, "architecture", None),
+                 "num_classes": len({r.pid for r in dataset.train})}
+        resume_changes = check_resume(ckpt, TrainConfig.from_args(args), facts, exp_dir / CKPT_NAME)
+    lock = None
     if ctx.is_main:
         prepare_exp_dir(exp_dir)  # an unwritable folder fails here, in one line, before any work
+        lock = RunLock(exp_dir, "bpm test" if args.only_test else "bpm train").acquire()  # one run per folder
+    try:
+        return _run_locked(args, ctx, policy, dataset, model, exp_dir, ckpt, resume_changes)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(args, ctx, policy, dataset, model, exp_dir: Path, ckpt: dict | None, resume_changes: list[str]) -> int:
+    """The part of a run that writes into ``exp_dir`` (rank 0 holds its lock)."""
+    device = ctx.device
+    config_name, results_name = record_names(exp_dir, training=not args.only_test)
+    if ctx.is_main and not args.only_test and not args.resume:
+        for kept in start_fresh_logs(exp_dir):  # a fresh run never appends to a previous run's log
+            print(f"Starting afresh (no --resume true): the previous run's {kept.name.split('.')[0]} was kept as {kept}")
     mirror = StreamMirror(exp_dir) if args.log_to_file and ctx.is_main else None
     try:
         if ctx.is_main:
-            save_config(args, exp_dir / "config.json", {"versions": run_versions(device)})
+            records = {"versions": run_versions(device)}
+            if resume_changes:
+                records["resume_changes"] = resume_changes
+            save_config(args, exp_dir / config_name, records)
         print(f"Experiment folder: {exp_dir}")
         print(f"Dataset {dataset.name}: {len(dataset.train)} training images of {dataset.num_train_ids} identities; "
               f"test sets: {', '.join(ts.name for ts in dataset.test_sets)}")
@@ -130,6 +174,10 @@ def _run_process(args: argparse.Namespace, ctx: distributed.DistContext) -> int:
               f"precision {policy.describe()}, device {device}")
         settings = eval_settings(args, test_normalize(args, model))
         settings.shard = ctx.enabled
+        weights = (args.model_weight_file if args.only_test else "") or str(exp_dir / CKPT_NAME)
+        settings.features_attrs = {"weights": str(Path(weights).resolve()), "net": args.net, "exp_dir": str(exp_dir.resolve()),
+                                   "dataset": dataset.name, "opt_level": args.opt_level,
+                                   "command": "bpm test" if args.only_test else "bpm train"}
         extra: dict = {"versions": run_versions(device)}
         if args.only_test:
             model = policy.prepare_model(model)
@@ -140,12 +188,12 @@ def _run_process(args: argparse.Namespace, ctx: distributed.DistContext) -> int:
                                            EvalSettings(**{**vars(settings), "rerank": False, "save_features": None}))
                 first = next(iter(untrained.values()))["single_query"]
                 extra["untrained"] = {"mAP": float(first["mAP"]), "cmc": {"1": float(first["cmc"][0])}}
-            model = _train(args, model, policy, dataset, exp_dir, ctx)
+            model = _train(args, model, policy, dataset, exp_dir, ctx, ckpt)
             print("Trained network:")
         reports = evaluate_model(model, dataset.test_sets, policy, settings)
         if ctx.is_main:
-            write_results(exp_dir / "results.json", dataset.name, args.net, args.opt_level, reports, extra)
-            print(f"Results written to {exp_dir / 'results.json'}")
+            write_results(exp_dir / results_name, dataset.name, args.net, args.opt_level, reports, extra)
+            print(f"Results written to {exp_dir / results_name}")
             write_run_plots(exp_dir, reports)  # cmc_curve.png, and training_curves.png after training; only warns
             if not args.only_test and args.log_to_file:
                 first = next(iter(reports.values()))["single_query"]
@@ -157,7 +205,7 @@ def _run_process(args: argparse.Namespace, ctx: distributed.DistContext) -> int:
     return 0
 
 
-def _train(args, model, policy, dataset, exp_dir: Path, ctx: distributed.DistContext):
+def _train(args, model, policy, dataset, exp_dir: Path, ctx: distributed.DistContext, ckpt: dict | None = None):
     validator = None
     if dataset.val is not None:
         val_settings = EvalSettings(resize_h_w=tuple(args.resize_h_w), normalize_feature=test_normalize(args, model),
@@ -170,7 +218,7 @@ def _train(args, model, policy, dataset, exp_dir: Path, ctx: distributed.DistCon
     trainer = Trainer(model, policy, TrainConfig.from_args(args), dataset.train, exp_dir, validator, ctx.rank,
                       ctx.world_size)
     if args.resume:
-        trainer.resume()
+        trainer.resume(ckpt=ckpt)
     elif ctx.is_main and trainer.ckpt_path.exists():
         # A fresh run must not silently replace a previous run's checkpoint at its first save.
         kept = trainer.ckpt_path.with_name(f"{trainer.ckpt_path.name}.{time.strftime('%Y%m%d-%H%M%S')}.bak")

@@ -65,6 +65,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise BpmError("--features_file replaces the model: give it or --model_weight_file/--ckpt_file, not both")
     if args.save_features:
         raise BpmError("--save_features: not available here; save features with `bpm test --save_features FILE`")
+    from bpm.switches import check_common
+
+    check_common(args)  # --resize_h_w, --workers, --batch_size_test
     # Inputs are checked before anything slow (imports, dataset indexing, the model) starts.
     if args.features_file and not Path(args.features_file).is_file():
         raise BpmError(f"--features_file {args.features_file}: file not found")
@@ -123,17 +126,46 @@ def _read_side(path: Path, group, normalize: bool) -> tuple[list[ImageRecord], l
     missing = [k for k in needed if k not in group]
     if missing:
         raise BpmError(f"--features_file {path}: group {group.name} lacks {', '.join(missing)}")
-    features = np.asarray(group["features"][()], dtype=np.float32)
-    paths = [str(p) for p in group["paths"].asstr()[()]]
-    names = [str(n) for n in group["names"].asstr()[()]]
-    pids = np.asarray(group["pids"][()], dtype=np.int64)
-    camids = np.asarray(group["camids"][()], dtype=np.int64)
+    where = f"--features_file {path}: {group.name}"
+    features = _numeric_dataset(group["features"], f"{where}/features", ndim=2)
+    paths = _string_dataset(group["paths"], f"{where}/paths")
+    names = _string_dataset(group["names"], f"{where}/names")
+    pids = _integer_dataset(group["pids"], f"{where}/pids")
+    camids = _integer_dataset(group["camids"], f"{where}/camids")
     if not (len(paths) == len(names) == len(pids) == len(camids) == features.shape[0]):
         raise BpmError(f"--features_file {path}: group {group.name} has datasets of different lengths")
     records = [ImageRecord(p, int(i), int(c)) for p, i, c in zip(paths, pids, camids)]
     if features.ndim == 2 and normalize:
         features = _normalize(features)
     return records, names, features
+
+
+def _numeric_dataset(dataset, where: str, ndim: int) -> np.ndarray:
+    """A numeric HDF5 dataset of ``ndim`` dimensions as float32, or one line naming it."""
+    if dataset.dtype.kind not in "fiu" or dataset.ndim != ndim:
+        raise BpmError(f"{where}: expected a {ndim}-D array of numbers, got {dataset.ndim}-D {dataset.dtype}")
+    return np.asarray(dataset[()], dtype=np.float32)
+
+
+def _string_dataset(dataset, where: str) -> list[str]:
+    import h5py
+
+    if h5py.check_string_dtype(dataset.dtype) is None or dataset.ndim != 1:
+        raise BpmError(f"{where}: expected a 1-D array of strings, got {dataset.ndim}-D {dataset.dtype}")
+    return [str(v) for v in dataset.asstr()[()]]
+
+
+def _integer_dataset(dataset, where: str) -> np.ndarray:
+    """Identity or camera numbers: integers; floats only when every value is a whole number (files
+    written by MATLAB or pandas store doubles), never truncated silently."""
+    if dataset.dtype.kind not in "fiu" or dataset.ndim != 1:
+        raise BpmError(f"{where}: expected a 1-D array of integers, got {dataset.ndim}-D {dataset.dtype}")
+    values = dataset[()]
+    if dataset.dtype.kind == "f":
+        if not (np.isfinite(values).all() and (values == np.round(values)).all()):
+            raise BpmError(f"{where}: expected whole numbers, got fractional or non-finite values "
+                           f"(e.g. {values[~(np.isfinite(values) & (values == np.round(values)))][0]!r})")
+    return np.asarray(values, dtype=np.int64)
 
 
 def _model_sets(args: argparse.Namespace, exp_dir: Path) -> tuple[list[VisSet], str]:
@@ -245,7 +277,7 @@ def draw_set(vis: VisSet, out_dir: Path, num_queries: int, size: int, rerank: bo
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     exp_dir = _exp_dir(args)
-    if not args.features_file and not Path(_weights_path(args, exp_dir)).is_file():
+    if not args.features_file and not Path(_weights_path(args, exp_dir)).exists():
         raise BpmError(f"{_weights_path(args, exp_dir)}: weights file not found")  # before any slow step
     if args.features_file:
         sets = load_feature_sets(args.features_file, args.normalize_feature)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from bpm.errors import BpmError
-from bpm.models.weights import read_weights_file
+from bpm.models.weights import checkpoint_model_state, read_weights_file
 
 CKPT_NAME = "ckpt.pth"
 
@@ -101,4 +101,18 @@ def load_checkpoint(path: str | Path) -> dict:
     ckpt = read_weights_file(path)
     if not isinstance(ckpt, dict) or "state_dicts" not in ckpt or "ep" not in ckpt:
         raise BpmError(f"{path}: not a training checkpoint (expected keys 'state_dicts' and 'ep')")
+    checkpoint_model_state(ckpt, path)
+    for key in ("ep", "step", "global_step"):
+        value = ckpt.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise BpmError(f"{path}: '{key}' must be a whole number >= 0, got {value!r}")
     return ckpt
+
+
+def resumable_state_dicts(ckpt: dict, path: str | Path) -> tuple[dict, dict]:
+    """The ``[model, optimizer]`` pair a resume needs, or one line naming the file."""
+    state_dicts = ckpt["state_dicts"]
+    if len(state_dicts) < 2 or not isinstance(state_dicts[1], dict):
+        raise BpmError(f"{path}: 'state_dicts' holds no optimizer state (expected [model, optimizer]); it can be "
+                       "evaluated or exported but not resumed - train afresh from it with --net_pretrained_path")
+    return state_dicts[0], state_dicts[1]

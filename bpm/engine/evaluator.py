@@ -7,7 +7,6 @@ This is the glue between feature extraction (needs the model) and the evaluation
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 from bpm.data.records import ImageRecord, TestSet
 from bpm.errors import BpmError
 from bpm.evaluation import compute_distances, evaluate, pool_multi_query, re_ranking
-from bpm.evaluation.features import degenerate_rows, extract_features, save_features
+from bpm.evaluation.features import degenerate_rows, extract_features, write_features_file
 from bpm.precision import PrecisionPolicy
 
 RESULT_LINE = "[mAP: {:5.2%}], [cmc1: {:5.2%}], [cmc5: {:5.2%}], [cmc10: {:5.2%}]"
@@ -36,6 +35,7 @@ class EvalSettings:
     save_features: str | None = None
     mq_pooling: str = "average"
     shard: bool = False  # multi-process job: split extraction over ranks; only rank 0 computes metrics
+    features_attrs: dict | None = None  # recorded in the --save_features file (weights, net, run folder, time)
 
 
 def format_result(title: str, result: dict) -> str:
@@ -83,9 +83,14 @@ def evaluate_features(
 
 
 def evaluate_test_set(
-    model: torch.nn.Module, test_set: TestSet, policy: PrecisionPolicy, settings: EvalSettings, verbose: bool = True
+    model: torch.nn.Module, test_set: TestSet, policy: PrecisionPolicy, settings: EvalSettings, verbose: bool = True,
+    features_out: dict | None = None,
 ) -> dict:
-    """Extract features for one test set and evaluate single-query and (where present) multi-query."""
+    """Extract features for one test set and evaluate single-query and (where present) multi-query.
+
+    With ``settings.save_features`` the features go into ``features_out`` (the caller writes every
+    test set's into one new file) or, when called alone, into a new file of this test set only.
+    """
     if not test_set.gallery:
         raise BpmError(f"test set {test_set.name}: the gallery is empty")
     if not test_set.query:
@@ -101,8 +106,12 @@ def evaluate_test_set(
         return _report_from_main(None)
     degenerate = _degenerate_features(test_set.name, policy, {"query": q_feat, "gallery": g_feat, "multi-query": mq_feat})
     if settings.save_features:
-        save_features(settings.save_features, q_feat, test_set.query, f"{test_set.name}/query")
-        save_features(settings.save_features, g_feat, test_set.gallery, f"{test_set.name}/gallery")
+        splits = {f"{test_set.name}/query": (q_feat, test_set.query),
+                  f"{test_set.name}/gallery": (g_feat, test_set.gallery)}
+        if features_out is None:
+            write_features_file(settings.save_features, splits, _features_attrs(settings))
+        else:
+            features_out.update(splits)
     single = evaluate_features(q_feat, g_feat, test_set.query, test_set.gallery, settings.rerank, settings.max_rank)
     report = {"single_query": single["plain"]}
     if "reranked" in single:
@@ -168,7 +177,19 @@ def _report_from_main(report: dict | None) -> dict:
 def evaluate_model(
     model: torch.nn.Module, test_sets: list[TestSet], policy: PrecisionPolicy, settings: EvalSettings
 ) -> dict[str, dict]:
-    return {ts.name: evaluate_test_set(model, ts, policy, settings) for ts in test_sets}
+    """Every test set; ``--save_features`` gets one new file holding exactly these test sets."""
+    collected: dict = {}
+    reports = {ts.name: evaluate_test_set(model, ts, policy, settings, features_out=collected) for ts in test_sets}
+    if settings.save_features and collected:
+        write_features_file(settings.save_features, collected, _features_attrs(settings))
+    return reports
+
+
+def _features_attrs(settings: EvalSettings) -> dict:
+    import time
+
+    return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "normalized": int(settings.normalize_feature),
+            "flip": int(settings.flip), "resize_h_w": str(tuple(settings.resize_h_w)), **(settings.features_attrs or {})}
 
 
 def write_results(path: Path, dataset: str, net: str, opt_level: str, reports: dict[str, dict], extra: dict | None = None) -> dict:
@@ -177,7 +198,7 @@ def write_results(path: Path, dataset: str, net: str, opt_level: str, reports: d
     first = next(iter(test_sets.values()))["single_query"]
     payload = {"dataset": dataset, "net": net, "opt_level": opt_level, "mAP": first["mAP"], "mINP": first["mINP"],
                "cmc": first["cmc"], "test_sets": test_sets, **(extra or {})}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    from bpm.engine.outputs import write_text
+
+    write_text(path, json.dumps(payload, indent=2), "results")  # any OSError: one line, the old file kept
     return payload

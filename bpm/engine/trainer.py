@@ -9,6 +9,7 @@ atomic file.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import signal
@@ -27,8 +28,11 @@ from bpm.data.records import ImageRecord
 from bpm.data.sampler import PKBatchSampler
 from bpm.data.transforms import train_transform
 from bpm.distributed import DistContext, broadcast_object, gather_for_mining, mean_over_ranks
-from bpm.engine.checkpoint import CKPT_NAME, atomic_torch_save, load_checkpoint, rng_state, set_rng_state
+from bpm.engine.checkpoint import (
+    CKPT_NAME, atomic_torch_save, load_checkpoint, resumable_state_dicts, rng_state, set_rng_state,
+)
 from bpm.engine.config import TrainConfig
+from bpm.engine.resume_check import apply_to_optimizer, check_resume
 from bpm.engine.logging import RunLogger
 from bpm.engine.lr_schedule import lr_at_epoch, set_lr
 from bpm.errors import BpmError
@@ -154,26 +158,35 @@ class Trainer:
             "num_classes": len(self.classes),
             "opt_level": self.policy.opt_level,
             "input": model_meta(model, self.cfg.resize_h_w, self.cfg.recipe),  # see bpm.models.meta
+            # The settings this run trained with: a resume compares its switches with them.
+            "train_config": dataclasses.asdict(self.cfg),
         }
 
     def save_checkpoint(self) -> None:
         if self.is_main:
             atomic_torch_save(self.checkpoint_state(), self.ckpt_path)
 
-    def resume(self, path: Path | None = None) -> None:
-        """Continue from ``path`` (default: the run's ``ckpt.pth``), restoring everything saved."""
+    def resume(self, path: Path | None = None, ckpt: dict | None = None) -> list[str]:
+        """Continue from ``path`` (default: the run's ``ckpt.pth``), restoring everything saved.
+
+        Switches that differ from the checkpoint's are refused or applied (:mod:`resume_check`);
+        returns the applied changes.
+        """
         path = Path(path or self.ckpt_path)
-        ckpt = load_checkpoint(path)
-        load_model_weights_from_state(self.bare_model, ckpt["state_dicts"][0], path)
+        ckpt = load_checkpoint(path) if ckpt is None else ckpt
+        applied = check_resume(ckpt, self.cfg, self.model_facts(), path)
+        model_state, optimizer_state = resumable_state_dicts(ckpt, path)
+        load_model_weights_from_state(self.bare_model, model_state, path)
         # A saved param group carries its kernel choice (the original's and older checkpoints: unfused);
         # keep this run's fused kernels, which O3 needs (see build_optimizer).
         kernels = {key: self.optimizer.defaults[key] for key in ("fused", "foreach") if key in self.optimizer.defaults}
         try:
-            self.optimizer.load_state_dict(ckpt["state_dicts"][1])
-        except (ValueError, KeyError) as exc:
+            self.optimizer.load_state_dict(optimizer_state)
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise BpmError(f"{path}: optimizer state does not match this run's settings ({exc})") from exc
         for group in self.optimizer.param_groups:
             group.update(kernels)
+        apply_to_optimizer(self.optimizer, self.cfg)
         self.stepper.load_state_dict(ckpt.get("precision", {}))
         if ckpt.get("criterion") and isinstance(self.criterion, torch.nn.Module):
             self.criterion.load_state_dict(ckpt["criterion"])
@@ -184,6 +197,21 @@ class Trainer:
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
         print(f"Resumed from {path} at epoch {self.position.epoch + 1}, step {self.position.step}")
+        if applied:
+            print(f"Resumed with changed switches (applied from here on): {', '.join(applied)}")
+        return applied
+
+    def _checkpoint_left(self) -> str:
+        """What a stopped run leaves to resume from, only naming a checkpoint that exists."""
+        if self.ckpt_path.is_file():
+            return f"last good checkpoint: {self.ckpt_path} (resume with --resume true)"
+        return "no checkpoint was written yet (nothing to resume from)"
+
+    def model_facts(self) -> dict:
+        """What the checkpoint records about the model, for :func:`check_resume`."""
+        model = self.bare_model
+        return {"net": getattr(model, "net", None), "architecture": getattr(model, "architecture", None),
+                "num_classes": len(self.classes)}
 
     # ----------------------------------------------------------------- signals
     def _request_stop(self, signum, frame) -> None:
@@ -267,7 +295,7 @@ class Trainer:
                 bar.close()
                 raise BpmError(
                     f"training stopped: {self.stepper.consecutive_skips} consecutive non-finite steps at epoch "
-                    f"{epoch + 1} (try a lower --base_lr or --opt-level O0); last good checkpoint: {self.ckpt_path}"
+                    f"{epoch + 1} (try a lower --base_lr or --opt-level O0); " + self._checkpoint_left()
                 )
             values = {**stats, "lr": lr, "loss_scale": self.stepper.scale}
             if self.is_main and logger is not None and stepped:

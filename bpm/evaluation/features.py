@@ -86,15 +86,47 @@ def degenerate_rows(features: np.ndarray) -> dict[str, int]:
 
 
 def save_features(path: str | Path, features: np.ndarray, records: Sequence[ImageRecord], split: str) -> None:
-    """Append one split's features, names, pids and camids to an HDF5 file (group per split)."""
+    """Append one split's features, names, pids and camids to an HDF5 file (group per split).
+
+    A low-level building block (tests, scripts); the commands write whole files with
+    :func:`write_features_file`, so an earlier model's test sets never survive in them.
+    """
     import h5py
 
     with h5py.File(path, "a") as handle:
-        if split in handle:
-            del handle[split]
-        group = handle.create_group(split)
-        group.create_dataset("features", data=features)
-        group.create_dataset("names", data=np.array([Path(r.path).name for r in records], dtype=h5py.string_dtype()))
-        group.create_dataset("paths", data=np.array([r.path for r in records], dtype=h5py.string_dtype()))
-        group.create_dataset("pids", data=np.array([r.pid for r in records], dtype=np.int64))
-        group.create_dataset("camids", data=np.array([r.camid for r in records], dtype=np.int64))
+        _write_split(handle, features, records, split)
+
+
+def write_features_file(path: str | Path, splits: dict[str, tuple[np.ndarray, Sequence[ImageRecord]]],
+                        attrs: dict[str, object]) -> Path:
+    """Write every split (``"<test set>/query"`` -> (features, records)) to a NEW HDF5 file at ``path``,
+    atomically, with ``attrs`` (weights, network, run folder, time) as file attributes.
+
+    Why never append: ``bpm evaluate`` reports every test set it finds, so a group left by an
+    earlier model would be reported as this model's.
+    """
+    import h5py
+
+    from bpm.engine.outputs import atomic_write
+
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as handle:
+            for key, value in attrs.items():
+                handle.attrs[key] = "" if value is None else (value if isinstance(value, (int, float)) else str(value))
+            for split, (features, records) in splits.items():
+                _write_split(handle, features, records, split)
+
+    return atomic_write(path, write, "features file")
+
+
+def _write_split(handle, features: np.ndarray, records: Sequence[ImageRecord], split: str) -> None:
+    import h5py
+
+    if split in handle:
+        del handle[split]
+    group = handle.create_group(split)
+    group.create_dataset("features", data=features)
+    group.create_dataset("names", data=np.array([Path(r.path).name for r in records], dtype=h5py.string_dtype()))
+    group.create_dataset("paths", data=np.array([r.path for r in records], dtype=h5py.string_dtype()))
+    group.create_dataset("pids", data=np.array([r.pid for r in records], dtype=np.int64))
+    group.create_dataset("camids", data=np.array([r.camid for r in records], dtype=np.int64))

@@ -30,8 +30,11 @@ from bpm.models.registry import (  # noqa: F401  (convert_tonylins_mobilenet: re
 def read_weights_file(path: str | Path) -> object:
     """Load a ``.pt/.pth/.tar`` pickle safely, or a ``.safetensors`` file; errors name the file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise BpmError(f"{path}: weights file not found")
+    if not path.is_file():
+        # A folder, FIFO or device (a symlink to /dev/zero would be read forever): never a weights file.
+        raise BpmError(f"{path}: not a regular file (a folder, FIFO or device); expected a weights file")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -73,14 +76,39 @@ def _verify_zip_checksums(path: Path) -> None:
 def extract_model_state(obj: object, path: str | Path = "<weights>") -> StateDict:
     """Find the model's state_dict inside whatever structure a weights file holds."""
     if isinstance(obj, Mapping) and "state_dicts" in obj:
-        obj = obj["state_dicts"][0]
+        obj = checkpoint_model_state(obj, path)
     elif isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     elif isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise BpmError(f"{path}: expected a state_dict of tensors or a checkpoint holding one")
+    check_weight_dtypes(obj, path)
     return {re.sub(r"^module\.", "", k): v for k, v in obj.items()}
+
+
+def checkpoint_model_state(ckpt: Mapping, path: str | Path = "<checkpoint>") -> Mapping:
+    """``ckpt["state_dicts"][0]``, or one line naming the file when ``state_dicts`` is not the
+    original's ``[model, optimizer]`` list (empty, a dict, a list of something else)."""
+    state_dicts = ckpt["state_dicts"]
+    if not isinstance(state_dicts, (list, tuple)) or not state_dicts or not isinstance(state_dicts[0], Mapping):
+        raise BpmError(f"{path}: 'state_dicts' must be a list [model state_dict, optimizer state_dict], got "
+                       f"{type(state_dicts).__name__}" + (f" of {len(state_dicts)}" if isinstance(state_dicts, (list, tuple)) else ""))
+    return state_dicts[0]
+
+
+# Integer buffers a state_dict legitimately holds (BatchNorm's step counter).
+_INTEGER_KEYS = ("num_batches_tracked",)
+
+
+def check_weight_dtypes(state: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """Refuse weights that are not floating point: loading casts int8/bool tensors to float silently,
+    which gives a network of 0/1 weights (or of a quantised file's raw codes) that runs and means nothing."""
+    for key, value in state.items():
+        if value.is_floating_point() or key.endswith(_INTEGER_KEYS):
+            continue
+        raise BpmError(f"{path}: tensor {key} is {str(value.dtype).replace('torch.', '')}; expected floating-point "
+                       "weights (a quantised or corrupted file?)")
 
 
 def detect_net(state: Mapping[str, torch.Tensor]) -> str | None:
@@ -126,6 +154,7 @@ def load_model_weights(model: nn.Module, path: str | Path) -> None:
 def load_model_weights_from_state(model: nn.Module, state: StateDict, path: str | Path = "<weights>") -> None:
     """:func:`load_model_weights` for a state_dict already in memory (e.g. from a checkpoint)."""
     state = {re.sub(r"^module\.", "", k): v for k, v in state.items()}
+    check_weight_dtypes(state, path)
     found = detect_backbone(state)
     net = getattr(model, "net", None)
     if found is not None and net is not None and found.name != net:
@@ -167,6 +196,7 @@ def imagenet_trunk_state(model: nn.Module, state: Mapping[str, torch.Tensor],
     """
     spec = get_backbone(model.net)
     state = {re.sub(r"^module\.", "", k): v for k, v in state.items()}
+    check_weight_dtypes(state, path)
     found = detect_backbone(state)
     if found is not None and found is not spec:
         raise BpmError(f"{path}: holds {found.name} weights, but --net is {spec.name}")

@@ -1,0 +1,99 @@
+"""``--resume true`` with switches that differ from the checkpoint's: refuse or apply, never ignore.
+
+Why: a resumed run used to take the optimizer's settings from the checkpoint whatever the
+command line said (``--weight_decay 0`` was recorded in ``config.json`` but 5e-4 was used), and
+``--optimizer sgd`` on an Adam checkpoint crashed with ``KeyError: 'momentum'`` after rewriting
+``config.json``. This module runs before the experiment folder is touched: switches that define the
+model, the optimizer's state or the data order must match (one line names them all); the others
+are applied and listed, and the checkpoint records the settings each run actually used.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from bpm.engine.config import TrainConfig
+from bpm.errors import BpmError
+
+# Changing these would make the checkpoint's weights, optimizer state or data position mean
+# something else: refused.
+FIXED = ("optimizer", "recipe", "ids_per_batch", "ims_per_id", "sampler_epoch", "resize_h_w")
+FIXED_LOSS = ("id_loss_weight", "center_loss_weight")  # they decide the ID head / centre buffers
+# Read again every step or epoch from the config, or pushed into the optimizer's param groups by
+# :func:`apply_to_optimizer`: applied, and said so.
+OPTIMIZER_GROUP_KEYS = ("weight_decay", "momentum")
+
+
+def stored_config(ckpt: dict) -> dict[str, Any]:
+    """The training settings a checkpoint was written with (``{}`` for older checkpoints)."""
+    found = ckpt.get("train_config")
+    return dict(found) if isinstance(found, dict) else {}
+
+
+def optimizer_kind(optimizer_state: Any) -> str | None:
+    """``adam``/``sgd`` judged from a saved optimizer state's param groups (older checkpoints)."""
+    groups = optimizer_state.get("param_groups") if isinstance(optimizer_state, dict) else None
+    if not groups or not isinstance(groups[0], dict):
+        return None
+    if "betas" in groups[0]:
+        return "adam"
+    if "nesterov" in groups[0] or "dampening" in groups[0]:
+        return "sgd"
+    return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return a == b
+
+
+def check_resume(ckpt: dict, cfg: TrainConfig, model_facts: dict[str, Any], path: str | Path) -> list[str]:
+    """Refuse incompatible changes in one line; return ``"name old -> new"`` for the applied ones.
+
+    ``model_facts`` are this run's ``net``, ``architecture`` and ``num_classes`` (compared with the
+    checkpoint's own record of them).
+    """
+    refused: list[str] = []
+    for key in ("net", "architecture", "num_classes"):
+        old, new = ckpt.get(key), model_facts.get(key)
+        if old is not None and new is not None and not _same(old, new):
+            refused.append(f"{key} {old} -> {new}")
+    state_dicts = ckpt.get("state_dicts") or [None, None]
+    saved_kind = optimizer_kind(state_dicts[1] if len(state_dicts) > 1 else None)
+    old_cfg = stored_config(ckpt)
+    if saved_kind is not None and saved_kind != cfg.optimizer:
+        refused.append(f"optimizer {saved_kind} -> {cfg.optimizer}")
+    new_cfg = dataclasses.asdict(cfg)
+    applied: list[str] = []
+    for key, new in new_cfg.items():
+        # The data order continues from the checkpoint's sampler seed whatever --seed says.
+        if key in ("loss", "seed") or key not in old_cfg or _same(old_cfg[key], new):
+            continue
+        line = f"{key} {old_cfg[key]} -> {new}"
+        if key in FIXED:
+            if key != "optimizer" or saved_kind is None:
+                refused.append(line)
+        else:
+            applied.append(line)
+    for key, new in new_cfg["loss"].items():
+        old = (old_cfg.get("loss") or {}).get(key, new)
+        if _same(old, new):
+            continue
+        (refused if key in FIXED_LOSS else applied).append(f"{key} {old} -> {new}")
+    if refused:
+        raise BpmError(f"{path}: --resume true with switches that change what the checkpoint holds: "
+                       f"{', '.join(refused)}; resume with the checkpoint's settings (see config.json) or train "
+                       "afresh in another --exp_dir")
+    return applied
+
+
+def apply_to_optimizer(optimizer, cfg: TrainConfig) -> None:
+    """Push this run's ``weight_decay`` (and SGD's ``momentum``) into the restored param groups,
+    which ``load_state_dict`` filled with the checkpoint's values. The learning rate is set from
+    ``--base_lr`` and the schedule at every epoch anyway."""
+    for group in optimizer.param_groups:
+        group["weight_decay"] = cfg.weight_decay
+        if "momentum" in group:
+            group["momentum"] = cfg.momentum
