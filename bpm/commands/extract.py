@@ -17,7 +17,7 @@ from bpm.config import _int_tuple, device_ids, str2bool
 from bpm.data.datasets.common import list_image_names
 from bpm.errors import BpmError
 
-_MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
+_MARKET_NAME = re.compile(r"^(-?[0-9]+)_c([0-9]+)")  # ASCII digits only, as the dataset readers
 OUTPUT_SUFFIXES = (".h5", ".hdf5", ".mat")
 
 

@@ -55,6 +55,9 @@ def check_resume(ckpt: dict, cfg: TrainConfig, model_facts: dict[str, Any], path
     ``model_facts`` are this run's ``net``, ``architecture`` and ``num_classes`` (compared with the
     checkpoint's own record of them).
     """
+    from bpm.engine.checkpoint import resumable_state_dicts
+
+    resumable_state_dicts(ckpt, path)  # [model, optimizer], or one line
     refused: list[str] = []
     for key in ("net", "architecture", "num_classes"):
         old, new = ckpt.get(key), model_facts.get(key)

@@ -70,7 +70,9 @@ def stored_meta(raw: object, path: str | Path | None = None) -> dict[str, Any]:
     if isinstance(raw, Mapping) and isinstance(raw.get(META_KEY), Mapping):
         found = raw[META_KEY]
     elif isinstance(raw, Mapping) and "state_dicts" in raw:
-        found = ((getattr(raw["state_dicts"][0], "_metadata", None) or {}).get("", {}) or {}).get(STATE_META_KEY)
+        state_dicts = raw["state_dicts"]  # malformed ones are refused, in one line, by the weights reader
+        first = state_dicts[0] if isinstance(state_dicts, (list, tuple)) and state_dicts else None
+        found = ((getattr(first, "_metadata", None) or {}).get("", {}) or {}).get(STATE_META_KEY)
     elif isinstance(raw, Mapping):
         found = ((getattr(raw, "_metadata", None) or {}).get("", {}) or {}).get(STATE_META_KEY)
     if found is None and path is not None and str(path).endswith(".safetensors"):

@@ -16,7 +16,7 @@ from bpm.data.partitions import load_partitions
 from bpm.data.records import ImageRecord, TestSet
 from bpm.errors import BpmError
 
-_NAME = re.compile(r"^(-?\d+)_(\d+)_(\d+)\.\w+$")
+_NAME = re.compile(r"^(-?[0-9]+)_([0-9]+)_([0-9]+)\.\w+$")  # ASCII digits only (see market1501._NAME)
 QUERY, GALLERY, MULTI_QUERY = 0, 1, 2
 
 
@@ -29,7 +29,9 @@ def parse_converted_name(name: str, where: str) -> tuple[int, int]:
     match = _NAME.match(name)
     if match is None:
         raise BpmError(f"{where}: image name {name!r} is not of the form 00000002_0001_00000000.jpg")
-    return int(match.group(1)), int(match.group(2))
+    from bpm.data.datasets.market1501 import checked_pid
+
+    return checked_pid(int(match.group(1)), f"{where}: {name}"), int(match.group(2))
 
 
 def converted_image_dir(root: Path) -> Path | None:

@@ -31,8 +31,8 @@ from bpm.errors import BpmError
 
 COLUMNS_PER_SIDE = 5
 IM_TYPES = ("detected", "labeled")
-_CACHE_NAME = re.compile(r"^(\d+)_(\d{3})_([12])_(\d{2})\.png$")
-_SPLIT_NAME = re.compile(r"^(\d+)_(\d+)_(\d+)\.\w+$")
+_CACHE_NAME = re.compile(r"^(\d+)_(\d{3})_([12])_(\d{2})\.png$", re.ASCII)
+_SPLIT_NAME = re.compile(r"^(\d+)_(\d+)_(\d+)\.\w+$", re.ASCII)
 _ROWS_FILE = "rows.json"
 
 

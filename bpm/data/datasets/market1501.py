@@ -15,9 +15,19 @@ from bpm.data.datasets.common import IndexedDataset, list_image_names
 from bpm.data.records import ImageRecord, TestSet
 from bpm.errors import BpmError
 
-_NAME = re.compile(r"^(-?\d+)_c(\d+)")
+# ASCII digits only: Python's \d also matches other scripts' digits ("٠٠٠٢"), which int() would
+# silently read as numbers; a name in another script is not a Market name.
+_NAME = re.compile(r"^(-?[0-9]+)_c([0-9]+)")
 
 JUNK_PID = -1
+
+
+def checked_pid(pid: int, where: str) -> int:
+    """Identities are >= 0 (0: distractor); -1 marks Market's junk boxes. Any other negative number
+    (``-0007_c1...``) is a typo or another data set's convention, and is refused rather than guessed."""
+    if pid < JUNK_PID:
+        raise BpmError(f"{where}: identity {pid} is negative; expected a number >= 0, or -1 for a junk box")
+    return pid
 
 
 def parse_market_name(name: str) -> tuple[int, int]:
@@ -25,7 +35,7 @@ def parse_market_name(name: str) -> tuple[int, int]:
     match = _NAME.match(os.path.basename(name))
     if match is None:
         raise BpmError(f"{name}: expected a Market-style name like 0002_c1s1_000451_03.jpg (<pid>_c<cam>...)")
-    return int(match.group(1)), int(match.group(2))
+    return checked_pid(int(match.group(1)), name), int(match.group(2))
 
 
 def read_split(folder: Path) -> tuple[list[ImageRecord], int]:
@@ -37,7 +47,7 @@ def read_split(folder: Path) -> tuple[list[ImageRecord], int]:
         match = _NAME.match(name)
         if match is None:
             raise BpmError(f"{folder / name}: expected a Market-style name like 0002_c1s1_000451_03.jpg")
-        pid = int(match.group(1))
+        pid = checked_pid(int(match.group(1)), str(folder / name))
         if pid == JUNK_PID:
             junk += 1
             continue
