@@ -10,7 +10,8 @@ from pathlib import Path
 
 from bpm.commands.visualize import load_feature_sets
 from bpm.config import str2bool
-from bpm.engine.evaluator import evaluate_features, format_result, write_results
+from bpm.engine.evaluator import evaluate_features, format_result, warn_near_constant, write_results
+from bpm.evaluation.features import near_constant_rows
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +25,9 @@ def run(args: argparse.Namespace) -> int:
     reports = {}
     for vis in load_feature_sets(args.features_file, args.normalize_feature):
         query_rows = list(range(len(vis.query)))
+        for split, feats in (("query", vis.query_features(query_rows)), ("gallery", vis.gallery_features())):
+            if near_constant_rows(feats):  # saved features carry no model to blame, but are flagged all the same
+                warn_near_constant(vis.name, split, len(feats))
         results = evaluate_features(vis.query_features(query_rows), vis.gallery_features(), vis.query, vis.gallery,
                                     args.rerank)
         print(f"Test set {vis.name}: {len(vis.query)} queries x {len(vis.gallery)} gallery images")

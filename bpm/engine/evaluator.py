@@ -158,7 +158,17 @@ def _degenerate_features(name: str, policy: PrecisionPolicy, splits: dict[str, n
             found[split] = counts
             print(f"WARNING test set {name}: {counts['all_zero']} of {len(features)} {split} features are all zero at "
                   f"{policy.opt_level} ({precision} underflow?); the metrics below are not meaningful{advice}", flush=True)
+        elif counts["near_constant"]:
+            found[split] = counts
+            warn_near_constant(name, split, len(features))
     return found
+
+
+def warn_near_constant(name: str, split: str, count: int) -> None:
+    """One warning line: features that barely depend on the image rank by ties (gallery order)."""
+    print(f"WARNING test set {name}: the {count} {split} features are nearly the same vector for every image "
+          "(the embedding does not depend on its input); the metrics below rank ties and are not meaningful",
+          flush=True)
 
 
 def _is_main_rank() -> bool:

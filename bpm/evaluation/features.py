@@ -80,9 +80,31 @@ def degenerate_rows(features: np.ndarray) -> dict[str, int]:
     look like chance and mean nothing.
     """
     if features.size == 0:
-        return {"non_finite": 0, "all_zero": 0}
+        return {"non_finite": 0, "all_zero": 0, "near_constant": 0}
     finite = np.isfinite(features).all(axis=1)
-    return {"non_finite": int((~finite).sum()), "all_zero": int((finite & ~features.any(axis=1)).sum())}
+    all_zero = finite & ~features.any(axis=1)
+    return {"non_finite": int((~finite).sum()), "all_zero": int(all_zero.sum()),
+            "near_constant": near_constant_rows(features[finite & ~all_zero])}
+
+
+# Rows closer than this (relative to the features' size) to their common mean carry no identity.
+NEAR_CONSTANT = 1e-4
+
+
+def near_constant_rows(features: np.ndarray) -> int:
+    """How many rows are (nearly) the same vector for every image: 0, or all of them.
+
+    A network whose output does not depend on its input (dead ReLUs, a collapsed embedding, a
+    constant non-zero feature) ranks by ties and rounding, i.e. by gallery order; all-zero rows
+    are only the most visible case. Computed in float64 so a large common offset does not hide it.
+    """
+    if len(features) < 2:
+        return 0
+    rows = features.astype(np.float64)
+    mean = rows.mean(axis=0)
+    scale = float(np.abs(rows).max())
+    spread = float(np.abs(rows - mean).max())
+    return len(rows) if scale > 0 and spread <= NEAR_CONSTANT * scale else 0
 
 
 def save_features(path: str | Path, features: np.ndarray, records: Sequence[ImageRecord], split: str) -> None:

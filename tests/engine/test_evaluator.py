@@ -31,8 +31,8 @@ class ConstantNet(torch.nn.Module):
 
 def test_degenerate_rows_counts_zero_and_non_finite_rows():
     features = np.array([[0, 0], [1, 0], [np.nan, 1], [np.inf, 0], [0, 0]], dtype=np.float32)
-    assert degenerate_rows(features) == {"non_finite": 2, "all_zero": 2}
-    assert degenerate_rows(np.zeros((0, 3), dtype=np.float32)) == {"non_finite": 0, "all_zero": 0}
+    assert degenerate_rows(features) == {"non_finite": 2, "all_zero": 2, "near_constant": 0}
+    assert degenerate_rows(np.zeros((0, 3), dtype=np.float32)) == {"non_finite": 0, "all_zero": 0, "near_constant": 0}
 
 
 def _evaluate(tiny_world, mode: str) -> dict:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from _runner import TALLY, make_trainer
 
+from bpm.data.records import ImageRecord
 from bpm.engine.checkpoint import load_checkpoint
 from bpm.errors import BpmError
 
@@ -97,3 +99,47 @@ def test_a_run_of_non_finite_steps_stops_with_the_last_good_checkpoint_intact(ti
         assert torch.equal(value, good[key]), key
         assert torch.isfinite(value.float()).all()
     assert math.isfinite(trainer.stepper.scale)
+
+
+# ----------------------------------------------------------------------------- issue #20 item 5
+def _brute_force(q: np.ndarray, g: np.ndarray, qp, gp, qc, gc) -> tuple[float, float]:
+    """mAP and rank-1 from float64 distances, one query at a time, ties in gallery order (stable sort)."""
+    aps, firsts = [], []
+    for i in range(len(q)):
+        d = np.sqrt(((q[i].astype(np.float64) - g.astype(np.float64)) ** 2).sum(axis=1))
+        keep = ~((gp == qp[i]) & (gc == qc[i])) & (gp != -1)
+        order = np.argsort(d, kind="stable")
+        order = order[keep[order]]
+        match = gp[order] == qp[i]
+        if not match.any():
+            continue
+        hits = np.flatnonzero(match)
+        aps.append(np.mean([(k + 1) / (pos + 1) for k, pos in enumerate(hits)]))
+        firsts.append(hits[0] == 0)
+    return float(np.mean(aps)), float(np.mean(firsts))
+
+
+@pytest.mark.parametrize("kind", ["offset 100", "nearly constant", "constant"])
+def test_degenerate_features_are_flagged_and_ranked_as_a_float64_brute_force(kind, capsys):
+    from bpm.engine.evaluator import evaluate_features
+    from bpm.evaluation.features import degenerate_rows
+
+    rng = np.random.default_rng(0)
+    ids = 8
+    gp, gc = np.repeat(np.arange(1, ids + 1), 4), np.tile([1, 2, 3, 4], ids)
+    gp = np.concatenate([gp, np.zeros(6, np.int64)])  # distractors, last in gallery order
+    gc = np.concatenate([gc, np.ones(6, np.int64)])
+    qp, qc = np.arange(1, ids + 1), np.full(ids, 5)
+    centres = rng.normal(size=(ids + 1, 16))
+    noise = {"offset 100": 0.3, "nearly constant": 1e-7, "constant": 0.0}[kind]
+    scale = {"offset 100": 1.0, "nearly constant": 1e-3, "constant": 0.0}[kind]
+    g = 100.0 + scale * centres[np.where(gp > 0, gp, 0)] + noise * rng.normal(size=(len(gp), 16))
+    q = 100.0 + scale * centres[qp] + noise * rng.normal(size=(ids, 16))
+    q, g = q.astype(np.float32), g.astype(np.float32)
+    records = lambda pids, cams: [ImageRecord(f"/x/{i}.jpg", int(p), int(c)) for i, (p, c) in enumerate(zip(pids, cams))]  # noqa: E731
+    TALLY.fault(f"degenerate features ({kind})")
+    result = evaluate_features(q, g, records(qp, qc), records(gp, gc), rerank=False)["plain"]
+    mAP, rank1 = _brute_force(q, g, qp, gp, qc, gc)
+    assert result["mAP"] == pytest.approx(mAP, abs=1e-6) and result["cmc"][0] == pytest.approx(rank1, abs=1e-6)
+    flagged = degenerate_rows(g)["near_constant"] == len(g)
+    assert flagged == (kind != "offset 100")
