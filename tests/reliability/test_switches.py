@@ -230,3 +230,24 @@ def test_nonfinite_stop_before_any_checkpoint_names_none(tiny_world, tmp_path):
     with pytest.raises(BpmError) as raised:
         trainer.fit()
     assert "no checkpoint was written yet" in str(raised.value) and "last good checkpoint" not in str(raised.value)
+
+
+def test_export_into_an_unwritable_folder_is_one_line(tmp_path, capsys, monkeypatch):
+    """``chattr +i`` on the folder the export folder goes into: creating it fails with EPERM (simulated)."""
+    model = build_model("mobilenetV2")
+    weights = tmp_path / "w.pth"
+    torch.save(model.state_dict(), weights)
+    out = tmp_path / "locked" / "export"
+    real_mkdir = Path.mkdir
+
+    def immutable(self, *args, **kwargs):
+        if Path(self) == out:
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", immutable)
+    TALLY.fault("EPERM on an output file")
+    line = cli_error(capsys, ["export", "--weights", str(weights), "--out", str(out), "--formats", "pt",
+                              "--resize_h_w", "(64, 32)"])
+    assert "Operation not permitted" in line and "checkpoint" not in line
+    assert not out.exists()
