@@ -44,7 +44,7 @@ def dists(tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("dist")
     sdist = _build("build_sdist", REPO, tmp / "dist")
     with tarfile.open(sdist) as archive:
-        archive.extractall(tmp / "unpacked", filter="data")
+        archive.extractall(tmp / "unpacked", **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     source = next((tmp / "unpacked").iterdir())
     wheel = _build("build_wheel", source, tmp / "dist")
     return {"sdist": sdist, "wheel": wheel}
