@@ -194,7 +194,9 @@ def _run_locked(args, ctx, policy, dataset, model, exp_dir: Path, ckpt: dict | N
         if ctx.is_main:
             write_results(exp_dir / results_name, dataset.name, args.net, args.opt_level, reports, extra)
             print(f"Results written to {exp_dir / results_name}")
-            write_run_plots(exp_dir, reports)  # cmc_curve.png, and training_curves.png after training; only warns
+            # cmc_curve.png (test_cmc_curve.png in a training folder), training_curves.png after training; only warns
+            write_run_plots(exp_dir, reports, cmc_name=results_name.replace("results.json", "cmc_curve.png"),
+                            training=not args.only_test)
             if not args.only_test and args.log_to_file:
                 first = next(iter(reports.values()))["single_query"]
                 log_hparams(exp_dir, vars(args), {"hparam/mAP": float(first["mAP"]), "hparam/mINP": float(first["mINP"]),

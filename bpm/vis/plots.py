@@ -157,18 +157,21 @@ def plot_cmc_curves(reports: Mapping[str, Mapping[str, Mapping]], path: str | Pa
     return path
 
 
-def write_run_plots(exp_dir: str | Path, reports: Mapping[str, Mapping[str, Mapping]] | None = None) -> list[Path]:
+def write_run_plots(exp_dir: str | Path, reports: Mapping[str, Mapping[str, Mapping]] | None = None,
+                    cmc_name: str = CMC_PNG, training: bool = True) -> list[Path]:
     """After ``bpm train``/``bpm test``: the CMC curve, and the training curves when the run trained.
 
     Plots are a convenience: a failure here (a missing font, a full disk) is reported as a
-    warning and never turns a finished training run into a failed one.
+    warning and never turns a finished training run into a failed one. A test in a training
+    folder passes ``cmc_name="test_cmc_curve.png"``, ``training=False``: the training run's
+    plots stay its own.
     """
     exp_dir = Path(exp_dir)
     written = []
     jobs = []
     if reports:
-        jobs.append(lambda: plot_cmc_curves(reports, exp_dir / CMC_PNG))
-    if (exp_dir / RUN_LOG).is_file():
+        jobs.append(lambda: plot_cmc_curves(reports, exp_dir / cmc_name))
+    if training and (exp_dir / RUN_LOG).is_file():
         jobs.append(lambda: plot_training_curves(exp_dir))
     for job in jobs:
         try:

@@ -120,12 +120,15 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
 def test_test_and_evaluate_never_replace_training_records(tiny_world, trained, tmp_path):
     exp_dir = copy_run(trained, tmp_path)
     config, results = (exp_dir / "config.json").read_bytes(), (exp_dir / "results.json").read_bytes()
+    plots = {name: (exp_dir / name).read_bytes() for name in ("cmc_curve.png", "training_curves.png")}
     TALLY.fault("bpm test into a training folder")
     features = tmp_path / "f.h5"
     assert main(["test", "-d", "()", "--dataset", "market1501", "--data_root", str(tiny_world), "--rerank", "false",
                  "--exp_dir", str(exp_dir), "--workers", "0", "--save_features", str(features)]) == 0
     assert main(["evaluate", "--features_file", str(features), "--rerank", "false", "--exp_dir", str(exp_dir)]) == 0
     assert (exp_dir / "config.json").read_bytes() == config and (exp_dir / "results.json").read_bytes() == results
+    assert {name: (exp_dir / name).read_bytes() for name in plots} == plots
+    assert (exp_dir / "test_cmc_curve.png").is_file()
     assert json.loads((exp_dir / "test_config.json").read_text())["only_test"] is True
     assert json.loads((exp_dir / "test_results.json").read_text())["mAP"] >= 0
 
