@@ -23,4 +23,8 @@ def exit_code_of(work: Callable[[], None]) -> int:
     except BpmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, EPERM, a read-only mount: one line, as the bpm command does
+        print(f"error: {exc.filename or 'output'}: {exc.strerror or exc}; files written before were kept",
+              file=sys.stderr)
+        return 2
     return 0
