@@ -53,7 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the original's names: input actual_input_1, output output1")
     parser.add_argument("--quant_format", default="qoperator", choices=QUANT_FORMATS,
                         help="INT8 graph style (qoperator measured faster on x86 CPUs)")
-    parser.add_argument("--calib_method", default="minmax", choices=CALIBRATION_METHODS)
+    parser.add_argument("--calib_method", default="minmax", choices=CALIBRATION_METHODS,
+                        help="activation ranges: mse = least-error clipping per tensor; the others are ONNX Runtime's")
+    parser.add_argument("--int8_equalize", type=str2bool, default=True,
+                        help="rescale channels between layers (same function) so 8-bit activation ranges fit every "
+                             "channel; see bpm/export/equalize.py")
+    parser.add_argument("--int8_sensitivity", type=int, default=0,
+                        help="report the N activations whose 8-bit rounding alone costs the most (0: off)")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--name", default="", help="file name stem (default <net>_<h>x<w>)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads for verification (0: all)")
@@ -67,7 +73,8 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
         calib_images=args.calib_images, calib_count=args.calib_count, verify_count=args.verify_count,
         evaluate=args.evaluate, max_map_drop=args.max_map_drop, bake_normalization=args.bake_normalization,
         input_name=args.input_name, output_name=args.output_name, legacy_names=args.legacy_names,
-        quant_format=args.quant_format, calib_method=args.calib_method, opset=args.opset, name=args.name,
+        quant_format=args.quant_format, calib_method=args.calib_method, int8_equalize=args.int8_equalize,
+        int8_sensitivity=args.int8_sensitivity, opset=args.opset, name=args.name,
         threads=args.threads,
     )
 

@@ -6,6 +6,7 @@ on real images. The command fails if any format misses its threshold.
 """
 from __future__ import annotations
 
+import copy
 import json
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -19,10 +20,14 @@ from bpm.data.datasets.common import list_image_names
 from bpm.data.records import TestSet
 from bpm.errors import BpmError
 from bpm.export.onnx import LEGACY_INPUT_NAME, LEGACY_OUTPUT_NAME, OnnxSpec, check_onnx, convert_to_fp16, export_onnx
+from bpm.export.equalize import equalize_ranges
 from bpm.export.quantize import quantize_int8
 from bpm.export.runtime import OnnxModel, image_batch
-from bpm.export.verify import FormatCheck, add_retrieval, check_cosine, format_table, retrieval_scores, write_report
+from bpm.export.sensitivity import activation_sensitivity
+from bpm.export.verify import (COSINE_THRESHOLDS, FormatCheck, add_retrieval, check_cosine, cosine_rows, format_table,
+                               retrieval_scores, write_report)
 from bpm.export.weights import load_source_model, save_pt, save_safetensors, state_precision, weights_state
+from bpm.machine import machine_line
 from bpm.models.meta import choose, model_meta, safetensors_metadata
 from bpm.models.reid import load_inference_model
 
@@ -53,6 +58,8 @@ class ExportOptions:
     legacy_names: bool = False
     quant_format: str = "qoperator"
     calib_method: str = "minmax"
+    int8_equalize: bool = True
+    int8_sensitivity: int = 0
     opset: int = 17
     name: str = ""
     batch_size: int = 32
@@ -142,6 +149,41 @@ def _file_names(opts: ExportOptions, net: str) -> dict[str, str]:
             "onnx": f"{stem}_fp32.onnx", "onnx16": f"{stem}_fp16.onnx", "onnx_int8": f"{stem}_int8.onnx"}
 
 
+def _int8_source(model: torch.nn.Module, fp32_onnx: Path, spec: OnnxSpec, images: ImageSets, opts: ExportOptions,
+                 tmp: Path, log: Callable[[str], None]) -> tuple[Path, dict]:
+    """The FP32 graph INT8 is quantised from, and what the report says about it.
+
+    Range-equalised (same function) unless turned off. The equalised copy is checked against the
+    model on the verification images; should ReLU6 clipping make it differ (a channel far above
+    its calibration range), the plain graph is used. With ``--int8_sensitivity N`` the N
+    activations whose 8-bit rounding alone costs the most cosine are reported.
+    """
+    notes: dict = {"calibration_images": len(images.calibration), "calib_method": opts.calib_method}
+    calibration = torch.from_numpy(image_batch(images.calibration, opts.resize_h_w))
+    source_model, source = model, fp32_onnx
+    if opts.int8_equalize:
+        equalized = copy.deepcopy(model).float().eval()
+        result = equalize_ranges(equalized.base, calibration, opts.batch_size)
+        agreement = cosine_rows(_torch_features(equalized, images.verification, opts),
+                                _torch_features(model, images.verification, opts)).min()
+        if agreement < COSINE_THRESHOLDS["fp32"]:
+            notes["equalisation"] = f"skipped: the equalised model differs (cosine {agreement:.6f})"
+        else:
+            notes["equalisation"] = result.describe()
+            source_model, source = equalized, export_onnx(equalized, tmp / "equalized_fp32.onnx", spec, opts.opset)
+    else:
+        notes["equalisation"] = "off (--int8_equalize false)"
+    log(f"  INT8 source: {notes['equalisation']}; ranges: {opts.calib_method} on {len(images.calibration)} images")
+    if opts.int8_sensitivity > 0:
+        check = torch.from_numpy(image_batch(images.verification, opts.resize_h_w))
+        rows = activation_sensitivity(source_model.float(), calibration, check)[:opts.int8_sensitivity]
+        notes["sensitivity"] = [{"activation": r.point, "range": [r.low, r.high], "cosine_alone": r.cosine}
+                                for r in rows]
+        log("  INT8 sensitivity (cosine with only this activation in 8 bits): "
+            + ", ".join(f"{r.point} {r.cosine:.4f}" for r in rows))
+    return source, notes
+
+
 def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
     """Export ``opts.formats`` into ``opts.out_dir``, verify them, write ``export_report.json``.
 
@@ -188,6 +230,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
                                        _torch_features(reloaded.eval(), images.verification, opts), reference))
 
         fp32_onnx = out / names["onnx"]
+        int8_notes: dict = {}
         if any(f in opts.formats for f in ONNX_FORMATS):
             fp32_onnx = fp32_onnx if "onnx" in opts.formats else Path(tmp) / names["onnx"]
             export_onnx(model, fp32_onnx, spec, opts.opset)
@@ -196,7 +239,8 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
             if fmt == "onnx16":
                 convert_to_fp16(fp32_onnx, path, spec)
             elif fmt == "onnx_int8":
-                quantize_int8(fp32_onnx, path, spec, images.calibration, opts.quant_format, opts.calib_method)
+                source, int8_notes = _int8_source(model, fp32_onnx, spec, images, opts, Path(tmp), log)
+                quantize_int8(source, path, spec, images.calibration, opts.quant_format, opts.calib_method)
             check_onnx(path)
             runner = OnnxModel(path, opts.threads)
             precision = runner.spec.precision
@@ -217,6 +261,8 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
         "onnx": {"opset": opts.opset, "input": input_name, "output": output_name,
                  "bake_normalization": opts.bake_normalization, "quant_format": opts.quant_format,
                  "calib_method": opts.calib_method},
+        "int8": int8_notes or None,
+        "machine": machine_line(),
         "reference": None if ref_scores is None else {"mAP": ref_scores[0], "rank1": ref_scores[1],
                                                       "test_set": images.test_set.name},
         "table": table.splitlines(),

@@ -1,0 +1,96 @@
+"""INT8 options: least-error activation ranges, equalisation on/off and the report's INT8 fields."""
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from bpm.export import pipeline
+from bpm.export.equalize import equalize_ranges
+from bpm.export.pipeline import ExportOptions, run_export
+from bpm.export.quantize import _ranged_tensors, mse_range, quantization_error
+from bpm.export.verify import COSINE_THRESHOLDS
+
+from export_helpers import SIZE
+
+
+def test_quantization_error_by_hand():
+    # [0, 2.55] in 256 levels: step 0.01; 0.004 -> 0 (error 0.004), 0.016 -> 0.02 (error 0.004)
+    assert quantization_error(np.array([0.004, 0.016]), 0.0, 2.55) == pytest.approx(0.004 ** 2, rel=1e-6)
+
+
+def test_mse_range_is_the_least_error_candidate():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(0, 0.1, 20000), rng.normal(0, 3, 20)])  # a dense core, rare tails
+    low, high = mse_range(values, values.min(), values.max())
+    assert 0.2 * values.max() <= high < values.max() and values.min() < low < 0
+    brute_force = min(quantization_error(values, values.min() * f, values.max() * f) for f in np.linspace(0.2, 1, 33))
+    assert quantization_error(values, low, high) == pytest.approx(brute_force)
+    assert quantization_error(values, low, high) < quantization_error(values, values.min(), values.max())
+    uniform = rng.uniform(0, 6, 20000)  # nothing to clip
+    assert mse_range(uniform, 0.0, 6.0)[1] == pytest.approx(6.0, rel=0.05)
+
+
+def test_ranged_tensors_skip_fused_activations_and_outputs():
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c1"], name="conv1"),
+             helper.make_node("Clip", ["c1", "lo", "hi"], ["a1"], name="clip1"),
+             helper.make_node("Conv", ["a1", "w"], ["c2"], name="conv2"),
+             helper.make_node("Add", ["c2", "a1"], ["s"], name="add"),
+             helper.make_node("GlobalAveragePool", ["s"], ["y"], name="gap")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 1, 1])])
+    assert _ranged_tensors(graph) == ["a1", "c2", "s"]  # c1 feeds the Clip (fused), y is the graph output
+
+
+@pytest.fixture(scope="module")
+def int8_report(tmp_path_factory, original_ckpt, world):
+    def export(equalize=None, **options):
+        out = tmp_path_factory.mktemp("int8")
+        with pytest.MonkeyPatch.context() as patch:  # mechanics only: no INT8 accuracy on an untrained net
+            patch.setitem(COSINE_THRESHOLDS, "int8", -1.0)
+            if equalize is not None:
+                patch.setattr(pipeline, "equalize_ranges", equalize)
+            run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(out), resize_h_w=SIZE,
+                                     formats=("onnx_int8",), calib_images=str(world / "bounding_box_train"),
+                                     calib_count=40, verify_count=8, threads=1, **options), log=lambda line: None)
+        return json.loads((out / "export_report.json").read_text()), out
+    return export
+
+
+# A tiny world's few calibration images leave ReLU6 headroom unproven for the verification images: a wider
+# margin keeps the equalised copy exact there, so this test sees the applied path.
+WIDE_MARGIN = functools.partial(equalize_ranges, margin=64.0)
+
+
+def test_report_names_calibration_equalisation_sensitivity_and_machine(int8_report):
+    report, out = int8_report(equalize=WIDE_MARGIN, calib_method="mse", int8_sensitivity=3)
+    int8 = report["int8"]
+    assert int8["calib_method"] == "mse" and int8["calibration_images"] == report["calibration_images"] > 0
+    assert int8["equalisation"].startswith("cross-layer equalisation:")
+    assert len(int8["sensitivity"]) == 3
+    cosines = [row["cosine_alone"] for row in int8["sensitivity"]]
+    assert cosines == sorted(cosines) and all(row["activation"] for row in int8["sensitivity"])
+    assert report["machine"].startswith("machine:")
+    proto = onnx.load(str(out / "mobilenetV2_64x32_int8.onnx"))
+    assert any(node.op_type.startswith("QLinear") for node in proto.graph.node)
+
+
+def test_an_equalised_copy_that_changes_the_model_is_not_used(int8_report):
+    def break_it(module, images, batch_size):
+        result = equalize_ranges(module, images, batch_size)
+        with torch.no_grad():
+            next(m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)).weight.mul_(3.0)
+        return result
+
+    report, _ = int8_report(equalize=break_it)
+    assert report["int8"]["equalisation"].startswith("skipped: the equalised model differs (cosine 0.")
+
+
+def test_equalisation_can_be_turned_off(int8_report):
+    report, _ = int8_report(int8_equalize=False)
+    assert report["int8"]["equalisation"].startswith("off") and "sensitivity" not in report["int8"]
