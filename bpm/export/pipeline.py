@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,8 +20,9 @@ import torch
 from bpm.data.datasets.common import list_image_names
 from bpm.data.records import TestSet
 from bpm.errors import BpmError
-from bpm.export.onnx import LEGACY_INPUT_NAME, LEGACY_OUTPUT_NAME, OnnxSpec, check_onnx, convert_to_fp16, export_onnx
 from bpm.export.equalize import equalize_ranges
+from bpm.export.onnx import LEGACY_INPUT_NAME, LEGACY_OUTPUT_NAME, OnnxSpec, check_onnx, convert_to_fp16, export_onnx
+from bpm.export.qat import finetune_for_int8
 from bpm.export.quantize import quantize_int8
 from bpm.export.runtime import OnnxModel, image_batch
 from bpm.export.sensitivity import activation_sensitivity
@@ -60,6 +62,8 @@ class ExportOptions:
     calib_method: str = "minmax"
     int8_equalize: bool = True
     int8_sensitivity: int = 0
+    qat_epochs: int = 0
+    qat_lr: float = 1e-5
     opset: int = 17
     name: str = ""
     batch_size: int = 32
@@ -88,6 +92,8 @@ class ImageSets:
     verification: list[str]
     description: str
     test_set: TestSet | None = None
+    #: Images INT8 fine-tuning may learn from (training identities only; the calibration pool).
+    training: list[str] = field(default_factory=list)
 
 
 def _folder_images(folder: str) -> list[str]:
@@ -118,14 +124,15 @@ def choose_images(opts: ExportOptions, tmp: Path) -> ImageSets:
         return ImageSets(
             [r.path for r in _evenly(ds.train, opts.calib_count)], [p for p in _evenly(test_paths, opts.verify_count)],
             f"{opts.dataset}: calibration on training images, verification on test set {test_set.name}",
-            test_set if opts.evaluate else None,
+            test_set if opts.evaluate else None, [r.path for r in ds.train],
         )
     if opts.calib_images:
         paths = _folder_images(opts.calib_images)
         verification = _evenly(paths[1::2], opts.verify_count)
         calibration = _evenly(paths[0::2], opts.calib_count)
         return ImageSets(calibration, verification,
-                         f"{opts.calib_images}: alternate images for calibration and verification")
+                         f"{opts.calib_images}: alternate images for calibration and verification",
+                         training=paths[0::2])
     if "onnx_int8" in opts.formats:
         raise BpmError("--formats onnx_int8 needs calibration images: give --dataset/--data_root or --calib_images DIR")
     paths = _synthetic_images(tmp)
@@ -147,6 +154,18 @@ def _file_names(opts: ExportOptions, net: str) -> dict[str, str]:
     pt_precision = "fp16" if opts.opt_level in ("O2", "O3") else "fp32"
     return {"pt": f"{stem}_{pt_precision}.pt", "pt16": f"{stem}_fp16.pt", "safetensors": f"{stem}_fp32.safetensors",
             "onnx": f"{stem}_fp32.onnx", "onnx16": f"{stem}_fp16.onnx", "onnx_int8": f"{stem}_int8.onnx"}
+
+
+def check_int8_options(opts: ExportOptions) -> None:
+    """One-line errors for INT8 switches, before anything is loaded or written."""
+    if opts.int8_sensitivity < 0:
+        raise BpmError(f"--int8_sensitivity: expected a count >= 0, got {opts.int8_sensitivity}")
+    if opts.qat_epochs < 0:
+        raise BpmError(f"--qat_epochs: expected a count >= 0, got {opts.qat_epochs}")
+    if not (math.isfinite(opts.qat_lr) and opts.qat_lr > 0):
+        raise BpmError(f"--qat_lr: expected a positive learning rate, got {opts.qat_lr}")
+    if opts.qat_epochs and "onnx_int8" not in opts.formats:
+        raise BpmError("--qat_epochs fine-tunes for INT8: add onnx_int8 to --formats")
 
 
 def _int8_source(model: torch.nn.Module, fp32_onnx: Path, spec: OnnxSpec, images: ImageSets, opts: ExportOptions,
@@ -173,6 +192,13 @@ def _int8_source(model: torch.nn.Module, fp32_onnx: Path, spec: OnnxSpec, images
             source_model, source = equalized, export_onnx(equalized, tmp / "equalized_fp32.onnx", spec, opts.opset)
     else:
         notes["equalisation"] = "off (--int8_equalize false)"
+    if opts.qat_epochs > 0:
+        source_model, result = finetune_for_int8(
+            source_model, images.training, lambda paths: torch.from_numpy(image_batch(paths, opts.resize_h_w)),
+            opts.qat_epochs, opts.qat_lr, log=log)
+        notes["fine_tuning"] = result.describe()
+        source = export_onnx(source_model, tmp / "int8_finetuned_fp32.onnx", spec, opts.opset)
+        log(f"  {result.describe()}")
     log(f"  INT8 source: {notes['equalisation']}; ranges: {opts.calib_method} on {len(images.calibration)} images")
     if opts.int8_sensitivity > 0:
         check = torch.from_numpy(image_batch(images.verification, opts.resize_h_w))
@@ -189,6 +215,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
 
     Returns the report; raises :class:`BpmError` (after writing the report) if a check fails.
     """
+    check_int8_options(opts)
     out = Path(opts.out_dir)
     model, kind = load_source_model(opts.weights, opts.net, opts.last_conv_stride)
     opts = replace(opts, resize_h_w=choose("resize_h_w", opts.resize_h_w, model.input_meta, opts.weights),

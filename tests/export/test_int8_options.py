@@ -10,6 +10,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from bpm.errors import BpmError
 from bpm.export import pipeline
 from bpm.export.equalize import equalize_ranges
 from bpm.export.pipeline import ExportOptions, run_export
@@ -94,3 +95,18 @@ def test_an_equalised_copy_that_changes_the_model_is_not_used(int8_report):
 def test_equalisation_can_be_turned_off(int8_report):
     report, _ = int8_report(int8_equalize=False)
     assert report["int8"]["equalisation"].startswith("off") and "sensitivity" not in report["int8"]
+
+
+def test_fine_tuning_is_reported(int8_report):
+    report, _ = int8_report(equalize=WIDE_MARGIN, qat_epochs=1, qat_lr=1e-4)
+    assert report["int8"]["fine_tuning"].startswith("quantisation-aware fine-tuning: 1 epoch(s)")
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"int8_sensitivity": -1}, "--int8_sensitivity"), ({"qat_epochs": -2}, "--qat_epochs"),
+    ({"qat_lr": float("nan")}, "--qat_lr"), ({"qat_epochs": 1, "formats": ("onnx",)}, "add onnx_int8"),
+])
+def test_bad_int8_switches_are_one_line_errors(tmp_path, options, message):
+    with pytest.raises(BpmError, match=message):
+        run_export(ExportOptions(weights=str(tmp_path / "missing.pth"), out_dir=str(tmp_path / "out"), **options))
+    assert not (tmp_path / "out").exists()
