@@ -541,6 +541,10 @@ def generate_world(root: str | Path, config: WorldConfig = WorldConfig(), progre
     root = Path(root)
     if root.exists() and (not root.is_dir() or (any(root.iterdir()) and not (root / WORLD_FILE).is_file())):
         raise BpmError(f"{root}: exists and is not a synthetic world (no {WORLD_FILE}); refusing to overwrite it")
+    foreign = _foreign_file(root) if root.is_dir() and (root / WORLD_FILE).is_file() else None
+    if foreign is not None:
+        raise BpmError(f"{root}: holds files the world did not write (e.g. {foreign}); refusing to replace it - "
+                       "move them out first")
     root.parent.mkdir(parents=True, exist_ok=True)
     shots, num_ids = _plan(config)
     identities = _Identities(config.seed, num_ids)
@@ -570,6 +574,28 @@ def generate_world(root: str | Path, config: WorldConfig = WorldConfig(), progre
     if progress:
         print(f"synth: wrote {len(shots)} images to {root} ({description['images']})", file=sys.stderr, flush=True)
     return root
+
+
+def _foreign_file(root: Path) -> Path | None:
+    """A file in a world folder that the generator did not write (a user's notes, extra images), if any:
+    replacing the world would delete it. The generator writes ``world.json`` and, per split, exactly the
+    number of JPEGs ``world.json`` records."""
+    try:
+        counts = json.loads((root / WORLD_FILE).read_text()).get("images", {})
+    except (OSError, ValueError):
+        counts = {}
+    for entry in sorted(root.iterdir()):
+        if entry.name == WORLD_FILE:
+            continue
+        if entry.name not in SPLITS or not entry.is_dir():
+            return entry
+        files = sorted(entry.iterdir())
+        odd = [f for f in files if f.suffix != ".jpg" or not f.is_file()]
+        if odd:
+            return odd[0]
+        if isinstance(counts, dict) and counts.get(entry.name) is not None and len(files) != counts[entry.name]:
+            return entry
+    return None
 
 
 def world_matches(root: str | Path, config: WorldConfig) -> bool:

@@ -94,8 +94,12 @@ def test_ensure_world_reuses_then_regenerates(tmp_path):
     assert ensure_world(root, TINY) == root and marker.exists()
     bigger = WorldConfig(**{**TINY.__dict__, "num_junk": 5})
     assert not world_matches(root, bigger)
+    with pytest.raises(BpmError, match="did not write"):  # a user's file is never deleted with the old world
+        ensure_world(root, bigger)
+    assert marker.exists() and world_matches(root, TINY)
+    marker.unlink()
     ensure_world(root, bigger)
-    assert not marker.exists() and world_matches(root, bigger)
+    assert world_matches(root, bigger)
     assert sum(pid == -1 for pid, _ in parsed(root, "bounding_box_test")) == 5
     assert [p.name for p in tmp_path.iterdir()] == ["w"]
 

@@ -125,3 +125,14 @@ def test_data_check_and_training_treat_bombs_and_fifos_as_bad_images(tiny_world,
         assert [item["path"] for item in report["unreadable"]] == [str(victim)]
         ds = build_dataset("market1501", root, skip_bad_images=True)
         assert str(victim) not in {r.path for r in ds.train}
+
+
+def test_bpm_synth_never_deletes_a_users_files_with_the_old_world(custom_world):
+    """Even an explicit redraw (``bpm synth --out DIR`` with other flags, or ``--force``) keeps them."""
+    import dataclasses
+
+    before = snapshot(custom_world)
+    TALLY.fault("redraw over a world holding a user's file")
+    with pytest.raises(BpmError, match="notes.txt"):
+        generate_world(custom_world, dataclasses.replace(TINY_WORLD, seed=99))
+    assert snapshot(custom_world) == before
