@@ -136,3 +136,12 @@ def test_bpm_synth_never_deletes_a_users_files_with_the_old_world(custom_world):
     with pytest.raises(BpmError, match="notes.txt"):
         generate_world(custom_world, dataclasses.replace(TINY_WORLD, seed=99))
     assert snapshot(custom_world) == before
+
+
+def test_training_on_a_bomb_stops_in_one_line_naming_it(tiny_world, tmp_path, capsys):
+    from _runner import train_switches
+
+    root, victim = _world_with(tiny_world, tmp_path, lambda p: Image.new("1", (20000, 20000)).save(p, format="PNG"))
+    TALLY.fault("decompression-bomb PNG")
+    line = cli_error(capsys, ["train", *train_switches(root, tmp_path / "exp", "--total_epochs", "1")])
+    assert str(victim) in line
