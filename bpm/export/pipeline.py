@@ -237,9 +237,11 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
         eval_paths = [r.path for r in images.test_set.query + images.test_set.gallery] if images.test_set else []
         nq = len(images.test_set.query) if images.test_set else 0
         ref_scores = None
+        # Scored as bpm test scores the model: BNNeck features are compared after L2 normalisation.
+        normalize = model.architecture.get("neck") == "bnneck"
         if images.test_set is not None:
             feats = _torch_features(model, eval_paths, opts)
-            ref_scores = retrieval_scores(feats[:nq], feats[nq:], images.test_set)
+            ref_scores = retrieval_scores(feats[:nq], feats[nq:], images.test_set, normalize)
 
         for fmt in (f for f in FORMATS if f in opts.formats and f not in ONNX_FORMATS):
             if fmt == "pt16" and "pt" in opts.formats and names["pt"] == names["pt16"]:
@@ -274,7 +276,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
             check = check_cosine(fmt, path, precision, runner.embed(images.verification, opts.batch_size), reference)
             if images.test_set is not None:
                 feats = runner.embed(eval_paths, opts.batch_size)
-                add_retrieval(check, retrieval_scores(feats[:nq], feats[nq:], images.test_set), ref_scores,
+                add_retrieval(check, retrieval_scores(feats[:nq], feats[nq:], images.test_set, normalize), ref_scores,
                               opts.max_map_drop)
             checks.append(check)
             log(f"  {fmt}: {path.name} verified (mean cosine {check.cosine_mean:.5f})")
@@ -291,6 +293,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
         "int8": int8_notes or None,
         "machine": machine_line(),
         "reference": None if ref_scores is None else {"mAP": ref_scores[0], "rank1": ref_scores[1],
+                                                      "l2_normalised": normalize,
                                                       "test_set": images.test_set.name},
         "table": table.splitlines(),
     }

@@ -61,8 +61,15 @@ def check_cosine(name: str, file: Path, precision: str, features: np.ndarray, re
     return check
 
 
-def retrieval_scores(q_feat: np.ndarray, g_feat: np.ndarray, test_set: TestSet) -> tuple[float, float]:
-    """Single-query mAP and rank-1 (fractions) of features on a test set."""
+def retrieval_scores(q_feat: np.ndarray, g_feat: np.ndarray, test_set: TestSet,
+                     normalize: bool = False) -> tuple[float, float]:
+    """Single-query mAP and rank-1 (fractions) of features on a test set.
+
+    ``normalize``: L2-normalise first, as ``bpm test`` does for BNNeck features, so an export is
+    scored the way the model is used.
+    """
+    if normalize:
+        q_feat, g_feat = (f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12) for f in (q_feat, g_feat))
     def ids(records: list[ImageRecord]) -> tuple[np.ndarray, np.ndarray]:
         return np.array([r.pid for r in records]), np.array([r.camid for r in records])
 
