@@ -31,20 +31,24 @@ DEFAULTS: dict[str, Any] = {"resize_h_w": (256, 128), "last_conv_stride": 1, "ne
 
 
 def model_meta(model, resize_h_w: tuple[int, int], recipe: str = "") -> dict[str, Any]:
-    """The input settings of ``model`` (a :class:`bpm.models.reid.ReidModel`) as plain JSON-able values."""
+    """The input settings of ``model`` (a :class:`bpm.models.reid.ReidModel`) as plain JSON-able values.
+
+    A model the trainer accepts that is not a ReidModel (tests' tiny networks, a user's own module)
+    records what it has; missing attributes become ``None``.
+    """
     from bpm import __version__
     from bpm.data.transforms import MEAN, STD
 
     architecture = getattr(model, "architecture", {}) or {}
     return {
-        "net": model.net,
+        "net": getattr(model, "net", None),
         "resize_h_w": [int(v) for v in resize_h_w],
         "last_conv_stride": int(getattr(model, "last_conv_stride", 1)),
         "mean": [float(v) for v in MEAN],
         "std": [float(v) for v in STD],
         "pooling": architecture.get("pooling", "avg"),
         "neck": architecture.get("neck", "none"),
-        "feature_dim": int(model.feature_dim),
+        "feature_dim": int(model.feature_dim) if hasattr(model, "feature_dim") else None,
         "recipe": recipe or "",
         "bpm_version": __version__,
     }
