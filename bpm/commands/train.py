@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from bpm import distributed
-from bpm.config import add_train_arguments, default_exp_dir, save_config
+from bpm.config import add_train_arguments, default_exp_dir, is_unset, save_config
 from bpm.data.datasets import build_dataset
 from bpm.engine.checkpoint import CKPT_NAME, load_checkpoint
 from bpm.engine.diskspace import check_free_space, estimate_checkpoint_bytes, prepare_exp_dir
@@ -139,6 +139,9 @@ def _run_process(args: argparse.Namespace, ctx: distributed.DistContext) -> int:
     if args.resume:
         # Switches that contradict the checkpoint are refused here, before the folder is touched.
         ckpt = load_checkpoint(exp_dir / CKPT_NAME)
+        stored_input = ckpt.get("input") if isinstance(ckpt.get("input"), dict) else {}
+        if is_unset(args.resize_h_w) and isinstance(stored_input.get("resize_h_w"), (list, tuple)):
+            args.resize_h_w = tuple(int(v) for v in stored_input["resize_h_w"])  # resume at the size it trained at
         facts = {"net": model.net, "architecture": getattr(model, "architecture", None),
                  "num_classes": len({r.pid for r in dataset.train})}
         resume_changes = check_resume(ckpt, TrainConfig.from_args(args), facts, exp_dir / CKPT_NAME)

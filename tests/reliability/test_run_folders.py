@@ -160,3 +160,13 @@ def test_resume_refuses_incompatible_switches_before_touching_anything(tiny_worl
                                                        *change)])
     assert "--resume true with switches" in line and change[0].lstrip("-") in line
     assert {p.name: p.read_bytes() for p in exp_dir.iterdir() if p.is_file()} == before
+
+
+def test_resume_without_resize_takes_the_checkpoints_input_size(tiny_world, trained, tmp_path, capsys):
+    exp_dir = copy_run(trained, tmp_path)
+    switches = train_switches(tiny_world, exp_dir, "--total_epochs", "2", "--resume", "true")
+    at = switches.index("--resize_h_w")
+    del switches[at:at + 2]  # trained at 64x32; the user does not retype it
+    assert main(["train", *switches]) == 0
+    assert json.loads((exp_dir / "config.json").read_text())["resize_h_w"] == [64, 32]
+    assert load_checkpoint(exp_dir / "ckpt.pth")["ep"] == 2
