@@ -54,7 +54,7 @@ def parse_tuple(text: str | tuple) -> tuple:
     return tuple(value)
 
 
-def _int_tuple(length: int | None = None):
+def int_tuple(length: int | None = None):
     def parse(text: str | tuple) -> tuple[int, ...]:
         value = parse_tuple(text)
         if not all(float(v).is_integer() for v in value):
@@ -105,7 +105,7 @@ def device_ids(text: str | tuple) -> tuple[int, ...]:
             return (0,)
         print("device: cpu (auto: CUDA not available)")
         return ()
-    return _int_tuple()(text)
+    return int_tuple()(text)
 
 
 def loss_scale_value(text: str | None) -> float | str | None:
@@ -134,7 +134,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cuhk03_type", default="detected", choices=["detected", "labeled"])
     parser.add_argument("--skip_bad_images", type=str2bool, default=False,
                         help="warn about unreadable images and leave them out instead of stopping")
-    parser.add_argument("--resize_h_w", type=_int_tuple(2), default=unset((256, 128)),
+    parser.add_argument("--resize_h_w", type=int_tuple(2), default=unset((256, 128)),
                         help="input size as '(h, w)' (default: the weights file's, else (256, 128))")
     parser.add_argument("--last_conv_stride", type=int, default=unset(1), choices=[1, 2],
                         help="stride of the last stage (default: the weights file's, else 1)")
@@ -210,7 +210,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup_epochs", type=int, default=None,
                         help="linear warm-up from 0.1x the rate over this many epochs (default: from --recipe)")
     parser.add_argument("--exp_decay_at_epoch", type=int, default=151)
-    parser.add_argument("--staircase_decay_at_epochs", type=_int_tuple(), default=(101, 201))
+    parser.add_argument("--staircase_decay_at_epochs", type=int_tuple(), default=(101, 201))
     parser.add_argument("--staircase_decay_multiply_factor", type=float, default=0.1)
     parser.add_argument("--optimizer", default=None, choices=["adam", "sgd"],
                         help="adam (the original's) or sgd (Nesterov, uses --momentum) (default: from --recipe)")

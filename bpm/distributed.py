@@ -297,15 +297,6 @@ def mean_over_ranks(ctx: DistContext, values: dict[str, float]) -> dict[str, flo
     return {k: float(v) / ctx.world_size for k, v in zip(keys, tensor.tolist())}
 
 
-def all_ranks_true(ctx: DistContext, flag: bool) -> bool:
-    """True only if ``flag`` holds on every rank (e.g. "my loss is finite")."""
-    if not ctx.enabled:
-        return flag
-    tensor = torch.tensor([0 if flag else 1], dtype=torch.int32, device=ctx.device)
-    dist.all_reduce(tensor)
-    return int(tensor.item()) == 0
-
-
 # --------------------------------------------------------------------------------------------
 # Sharded inference
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from bpm.config import _int_tuple, str2bool
+from bpm.config import int_tuple, str2bool
 from bpm.errors import BpmError
 from bpm.export.pipeline import FORMATS, ExportOptions, parse_formats, run_export
 from bpm.export.quantize import CALIBRATION_METHODS, QUANT_FORMATS
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (file names say the format)")
     parser.add_argument("--net", default=None, help="resnet50 or mobilenetV2 (default: read from the file)")
     parser.add_argument("--formats", type=_formats, default=FORMATS, help=f"comma list of {','.join(FORMATS)}")
-    parser.add_argument("--resize_h_w", type=_int_tuple(2), default=None,
+    parser.add_argument("--resize_h_w", type=int_tuple(2), default=None,
                         help="input size as '(h, w)' (default: the weights file's, else (256, 128))")
     parser.add_argument("--last_conv_stride", type=int, default=None, choices=[1, 2],
                         help="default: the weights file's, else 1")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bpm.config import _int_tuple, device_ids, str2bool
+from bpm.config import int_tuple, device_ids, str2bool
 from bpm.data.datasets.common import list_image_names
 from bpm.errors import BpmError
 
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--opt-level", dest="opt_level", default="O0", choices=["O0", "O1", "O2", "O3"])
     parser.add_argument("--keep-batchnorm-fp32", dest="keep_batchnorm_fp32", type=str2bool, default=True)
     parser.add_argument("--amp_dtype", default=None, choices=["float16", "bfloat16"])
-    parser.add_argument("--resize_h_w", type=_int_tuple(2), default=None,
+    parser.add_argument("--resize_h_w", type=int_tuple(2), default=None,
                         help="input size for the torch backend (default: the weights file's, else (256, 128); "
                              "an ONNX file carries its own)")
     parser.add_argument("--last_conv_stride", type=int, default=None, choices=[1, 2],

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bpm.config import _int_tuple, str2bool
+from bpm.config import int_tuple, str2bool
 from bpm.errors import BpmError
 from bpm.helpformat import make_parser
 
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model_file", default="", help="weights file to write (.pt; .safetensors also works)")
     parser.add_argument("--onnx_file", default="", help="ONNX file to write")
     parser.add_argument("--net", default=None, help="resnet50 or mobilenetV2 (default: read from the checkpoint)")
-    parser.add_argument("--resize_h_w", type=_int_tuple(2), default=None,
+    parser.add_argument("--resize_h_w", type=int_tuple(2), default=None,
                         help="default: the checkpoint's, else (256, 128)")
     parser.add_argument("--opt-level", dest="opt_level", default="O2", choices=["O0", "O1", "O2", "O3"],
                         help="O2/O3: FP16 weights and ONNX (the original's default); O0/O1: FP32")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bpm.config import _int_tuple, device_ids  # noqa: E402
+from bpm.config import int_tuple, device_ids  # noqa: E402
 from bpm.errors import BpmError  # noqa: E402
 from bpm.helpformat import make_parser  # noqa: E402
 
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(description="features of every image in a folder -> .mat")
     parser.add_argument("-d", "--sys_device_ids", type=device_ids, default="auto",
                         help="'auto' (GPU 0 if CUDA is available, else CPU), '(0,)' or '()' for CPU")
-    parser.add_argument("--resize_h_w", type=_int_tuple(2), default=(256, 128))
+    parser.add_argument("--resize_h_w", type=int_tuple(2), default=(256, 128))
     parser.add_argument("--ckpt_file", default="", help="training checkpoint")
     parser.add_argument("--model_weight_file", default="", help="weights file (used when --ckpt_file is empty)")
     parser.add_argument("--saved_feature_mat_file", required=True, help="output .mat file")
