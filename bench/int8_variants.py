@@ -5,7 +5,7 @@
 
 With ``--weights`` and a ``folder``-layout ``--data_root`` every variant is also scored on the
 held-out identities: mean/min cosine to PyTorch FP32, mAP and rank-1 (Euclidean on the exported
-feature, as ``bpm export`` checks them), so the export's default is justified by a table per CPU.
+feature, L2-normalised for BNNeck models, as ``bpm test`` and ``bpm export`` score them), so the export's default is justified by a table per CPU.
 Calibration uses training images only (evenly spread, ``--calib_count``), never test identities.
 Speed: batch ``--batch`` at ``--size`` (default 256x128: the issue's operating point), ``--threads``
 intra-op threads, median of ``--repeats`` round-robin runs; quantised from the same pre-processed
@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--qat_epochs", type=int, default=0,
+                        help="with --weights: add the equalised + fine-tuned (bpm export --qat_epochs) variant")
+    parser.add_argument("--qat_lr", type=float, default=1e-5)
     parser.add_argument("--only", action="append", default=[], help="run only these variants (repeatable)")
     parser.add_argument("--spin", action="store_true", help="let ORT threads spin between runs (ORT's default)")
     args = parser.parse_args(argv)
@@ -125,10 +128,20 @@ def main(argv: list[str] | None = None) -> int:
         equalized = copy.deepcopy(model)
         print(equalize_ranges(equalized.base, torch.from_numpy(image_batch(calibration, eval_size))).describe())
         graphs = {False: _prepare(model, tmp / "plain.onnx", spec), True: _prepare(equalized, tmp / "eq.onnx", spec)}
+        chosen_variants = variants(onnx.load(str(graphs[False])).graph)
+        if args.weights and args.qat_epochs > 0:
+            from bpm.export.qat import finetune_for_int8
+
+            tuned, result = finetune_for_int8(
+                equalized, [r.path for r in dataset.train],
+                lambda paths: torch.from_numpy(image_batch(paths, eval_size)), args.qat_epochs, args.qat_lr, log=print)
+            print(result.describe())
+            graphs["qat"] = _prepare(tuned, tmp / "qat.onnx", spec)
+            name = f"equalised + QAT {args.qat_epochs} ep. + MSE ranges"
+            chosen_variants[name] = {**chosen_variants[DEFAULT], "equalize": "qat", "mse": True}
         ranges = {}
         files = {"ORT FP32": graphs[False]}
-        chosen = {name: v for name, v in variants(onnx.load(str(graphs[False])).graph).items()
-                  if not args.only or name in args.only}
+        chosen = {name: v for name, v in chosen_variants.items() if not args.only or name in args.only}
         for i, (name, options) in enumerate(chosen.items()):
             options = dict(options)
             equalize, mse = options.pop("equalize", False), options.pop("mse", False)
@@ -145,13 +158,15 @@ def main(argv: list[str] | None = None) -> int:
                             calibrate_method=CalibrationMethod.MinMax, extra_options=extra, **options)
 
         accuracy = {}
+        normalize = getattr(model, "architecture", {}).get("neck") == "bnneck"  # as bpm test and bpm export score
         if test_set is not None:
             reference = None
             for name, path in files.items():
                 features = OnnxModel(path, args.threads).embed(eval_paths, 64)
                 reference = features if reference is None else reference
                 cos = cosine_rows(features, reference)
-                accuracy[name] = (cos.mean(), cos.min(), *retrieval_scores(features[:nq], features[nq:], test_set))
+                accuracy[name] = (cos.mean(), cos.min(),
+                                  *retrieval_scores(features[:nq], features[nq:], test_set, normalize))
 
         speed_files = files
         if eval_size != speed_size:  # same quantisation, re-exported at the speed size (dynamic shapes would differ)
@@ -163,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             for i, (name, options) in enumerate(chosen.items()):
                 options = {k: v for k, v in options.items() if k not in ("equalize", "mse")}
                 speed_files[name] = tmp / f"speed_{i}.onnx"
-                quantize_static(str(eq if chosen[name].get("equalize") else plain), str(speed_files[name]),
+                quantize_static(str(eq if chosen[name].get("equalize") else plain), str(speed_files[name]),  # same graph shape
                                 ImageCalibrationReader(calibration[:32], speed_spec),
                                 calibrate_method=CalibrationMethod.MinMax,
                                 extra_options={"CalibTensorRangeSymmetric": False, "CalibMovingAverage": False},

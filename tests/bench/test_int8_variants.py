@@ -32,11 +32,13 @@ def test_every_variant_gets_speed_and_accuracy(bench, tmp_path, capsys):
     torch.manual_seed(0)
     weights = tmp_path / "w.pth"
     torch.save(build_model("mobilenetV2").state_dict(), weights)
-    chosen = ["per-channel u8/s8 QOperator, MinMax", "equalised + MSE ranges"]
+    chosen = ["per-channel u8/s8 QOperator, MinMax", "equalised + MSE ranges", "equalised + QAT 1 ep. + MSE ranges"]
     assert bench.main(["--weights", str(weights), "--data_root", str(data), "--size", "64x32", "--calib_count", "8",
-                       "--repeats", "1", "--threads", "1", *[a for name in chosen for a in ("--only", name)]]) == 0
+                       "--repeats", "1", "--threads", "1", "--qat_epochs", "1",
+                       *[a for name in chosen for a in ("--only", name)]]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("machine:")
+    assert any(line.startswith("quantisation-aware fine-tuning: 1 epoch(s)") for line in lines)
     rows = {line.split(" | ")[0].strip("| "): line.strip("|").split("|") for line in lines if line.startswith("| ")}
     assert set(rows) == {"variant", "ORT FP32", *chosen}
     fp32 = [cell.strip() for cell in rows["ORT FP32"]]
