@@ -307,7 +307,9 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
     write_report(report_path, checks, context)
     failed = [c for c in checks if not c.passed]
     if failed:
+        hint = "; for INT8, try --qat_epochs 2 (fine-tuning with 8-bit rounding simulated)" \
+            if any(c.format == "onnx_int8" for c in failed) and opts.qat_epochs == 0 and images.training else ""
         raise BpmError(f"export check failed for {', '.join(c.format for c in failed)}: "
-                       f"{failed[0].failures[0]} (see {report_path})")
+                       f"{failed[0].failures[0]} (see {report_path}){hint}")
     log(f"All {len(checks)} exported files verified; report: {report_path}")
     return {"checks": checks, "report": report_path, "files": {f: out / names[f] for f in opts.formats}}
