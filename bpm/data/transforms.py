@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+import torch
 from PIL import Image
 from torchvision import transforms as T
 
@@ -58,5 +60,35 @@ def train_transform(
     return T.Compose(steps)
 
 
-def test_transform(resize_h_w: tuple[int, int]) -> T.Compose:
-    return T.Compose([T.Resize(resize_h_w, T.InterpolationMode.BILINEAR), T.ToTensor(), T.Normalize(MEAN, STD)])
+_MEAN = np.asarray(MEAN, dtype=np.float32).reshape(3, 1, 1)
+_STD = np.asarray(STD, dtype=np.float32).reshape(3, 1, 1)
+
+
+def model_input(image: Image.Image, resize_h_w: tuple[int, int], raw: bool = False) -> np.ndarray:
+    """The one definition of test-time preprocessing: ``[3, H, W]`` float32 from an RGB image.
+
+    PIL bilinear resize to ``(h, w)`` (aspect ratio not kept, as the original), then ``/255`` and
+    the original's mean/std (or 0..255 pixels if ``raw``: for graphs that normalise inside). The
+    PyTorch test pipeline (:func:`test_transform`), :class:`bpm.FeatureExtractor`, INT8
+    calibration and the ONNX runtime all call this, so every backend sees bit-identical input.
+    """
+    h, w = resize_h_w
+    pixels = np.asarray(image.convert("RGB").resize((w, h), Image.BILINEAR), dtype=np.float32).transpose(2, 0, 1)
+    return pixels if raw else (pixels / 255.0 - _MEAN) / _STD
+
+
+class TestTransform:
+    """``model_input`` as a torchvision-style transform (PIL image -> tensor) for data loaders."""
+
+    def __init__(self, resize_h_w: tuple[int, int]) -> None:
+        self.resize_h_w = tuple(resize_h_w)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(model_input(image, self.resize_h_w)))
+
+    def __repr__(self) -> str:
+        return f"TestTransform(resize_h_w={self.resize_h_w})"
+
+
+def test_transform(resize_h_w: tuple[int, int]) -> TestTransform:
+    return TestTransform(resize_h_w)

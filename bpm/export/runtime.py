@@ -12,15 +12,11 @@ import numpy as np
 from PIL import Image
 
 from bpm.data.images import read_image
-from bpm.data.transforms import MEAN, STD
+from bpm.data.transforms import model_input
 from bpm.errors import BpmError
 from bpm.export.onnx import OnnxSpec, read_spec
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray]
-
-_MEAN = np.asarray(MEAN, dtype=np.float32).reshape(3, 1, 1)
-_STD = np.asarray(STD, dtype=np.float32).reshape(3, 1, 1)
-
 
 def to_pil(item: ImageLike) -> Image.Image:
     """A path, a PIL image or an ``HxWx3`` uint8 RGB array (``HxW`` grey is widened) as an RGB image."""
@@ -43,18 +39,10 @@ def to_pil(item: ImageLike) -> Image.Image:
 
 
 def image_batch(items: Iterable[ImageLike], resize_h_w: tuple[int, int], raw: bool = False) -> np.ndarray:
-    """``[N, 3, H, W]`` float32: bilinear resize, then the original's normalisation (or 0..255 if ``raw``).
-
-    Matches ``bpm.data.transforms.test_transform`` (PIL bilinear resize, ToTensor, Normalize).
-    """
-    h, w = resize_h_w
-    arrays = []
-    for item in items:
-        image = to_pil(item).resize((w, h), Image.BILINEAR)
-        pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1)
-        arrays.append(pixels if raw else (pixels / 255.0 - _MEAN) / _STD)
+    """``[N, 3, H, W]`` float32 of :func:`bpm.data.transforms.model_input` (0..255 if ``raw``)."""
+    arrays = [model_input(to_pil(item), resize_h_w, raw) for item in items]
     if not arrays:
-        return np.zeros((0, 3, h, w), dtype=np.float32)
+        return np.zeros((0, 3, *resize_h_w), dtype=np.float32)
     return np.ascontiguousarray(np.stack(arrays), dtype=np.float32)
 
 

@@ -1,0 +1,42 @@
+"""One test-time preprocessing: the PyTorch loaders and the ONNX/INT8 path see bit-identical input."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from bpm.data.transforms import MEAN, STD, model_input
+from bpm.data.transforms import test_transform as make_test_transform
+from bpm.export.runtime import image_batch
+
+
+def _images(count: int = 4) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (rng.integers(40, 200), rng.integers(20, 90), 3), dtype=np.uint8))
+            for _ in range(count)]
+
+
+def test_torch_transform_and_onnx_batches_are_bit_identical(tmp_path):
+    images = _images()
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(tmp_path / f"{i}.png")
+        image.save(paths[-1])
+    transform = make_test_transform((64, 32))
+    torch_batch = torch.stack([transform(image) for image in images]).numpy()
+    assert torch_batch.dtype == np.float32 and torch_batch.shape == (4, 3, 64, 32)
+    assert np.array_equal(torch_batch, image_batch(images, (64, 32)))
+    assert np.array_equal(torch_batch, image_batch([str(p) for p in paths], (64, 32)))  # files decode the same
+
+
+def test_matches_torchvisions_resize_totensor_normalize():
+    reference = T.Compose([T.Resize((64, 32), T.InterpolationMode.BILINEAR), T.ToTensor(), T.Normalize(MEAN, STD)])
+    for image in _images():
+        assert np.allclose(model_input(image, (64, 32)), reference(image).numpy(), rtol=0, atol=1e-6)
+
+
+def test_raw_input_is_the_resized_pixels():
+    image = _images(1)[0]
+    raw = model_input(image, (16, 8), raw=True)
+    assert np.array_equal(raw, np.asarray(image.resize((8, 16), Image.BILINEAR), dtype=np.float32).transpose(2, 0, 1))
