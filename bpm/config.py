@@ -179,9 +179,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id_loss_weight", type=float, default=None,
                         help="weight of the ID (softmax) loss on a training-only classifier, 0 = off (default: from --recipe)")
     parser.add_argument("--label_smoothing", type=float, default=0.1, help="ID loss label smoothing epsilon")
-    parser.add_argument("--triplet_weight", type=float, default=1.0,
+    parser.add_argument("--triplet_weight", type=float, default=None,
                         help="weight of the batch-hard triplet loss, 0 = off (softmax-only training needs "
-                             "--id_loss_weight > 0)")
+                             "--id_loss_weight > 0) (default: from --recipe)")
     parser.add_argument("--center_loss_weight", type=float, default=None, help="centre loss weight, 0 = off (default: from --recipe)")
     parser.add_argument("--test_normalize", type=str2bool, default=None,
                         help="L2-normalise features at test (default: yes for a model with a BNNeck, "

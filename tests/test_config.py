@@ -5,7 +5,7 @@ import pytest
 
 from bpm.config import add_train_arguments, parse_tuple, str2bool
 from bpm.data.transforms import RandomCropResize, train_transform
-from bpm.recipes import apply_recipe
+from bpm.recipes import BOT_TRIPLET_WEIGHT, apply_recipe
 
 
 def parser() -> argparse.ArgumentParser:
@@ -58,7 +58,8 @@ ORIGINAL_SWITCHES = {
 DEFAULTS = {
     "run": 1, "set_seed": False, "dataset": "market1501", "trainset_part": "trainval",
     "resize_h_w": (256, 128), "crop_prob": 0.1, "crop_ratio": 1.0, "mirror": True, "erase": True,
-    "erase_prob": 0.2, "ids_per_batch": 32, "ims_per_id": 4, "log_to_file": True, "steps_per_log": 20,
+    "erase_prob": 0.2, "triplet_weight": 1.0, "ids_per_batch": 32, "ims_per_id": 4, "log_to_file": True,
+    "steps_per_log": 20,
     "epochs_per_val": 1e10, "last_conv_stride": 1, "normalize_feature": False, "margin": 0.3, "only_test": False,
     "resume": False, "exp_dir": "", "model_weight_file": "", "opt_level": "O0", "keep_batchnorm_fp32": True,
     "loss_scale": None, "base_lr": 2e-4, "lr_decay_type": "exp", "exp_decay_at_epoch": 151,
@@ -87,7 +88,7 @@ def test_bot_is_the_default_recipe_and_every_recipe_switch_can_be_overridden():
     apply_recipe(args)
     assert (args.recipe, args.neck, args.id_loss_weight, args.lr_decay_type) == ("bot", "bnneck", 1.0, "cosine")
     assert args.warmup_epochs == 2 and args.pad_crop == 5 and args.erase_prob == 0.5  # scaled with budget and size
-    assert args.sampler_epoch == "images"
+    assert args.sampler_epoch == "images" and args.erase is False and args.triplet_weight == BOT_TRIPLET_WEIGHT
     args = parser().parse_args(["--neck", "none", "--base_lr", "1e-3", "--erase", "false", "--warmup_epochs", "0"])
     apply_recipe(args)
     assert (args.neck, args.base_lr, args.erase, args.warmup_epochs, args.id_loss_weight) == ("none", 1e-3, False, 0, 1.0)
