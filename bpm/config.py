@@ -16,10 +16,6 @@ from typing import Any
 _TRUE = {"true", "yes", "y", "t", "1", "on"}
 _FALSE = {"false", "no", "n", "f", "0", "off"}
 
-NETS = ("resnet50", "mobilenetV2")
-OPT_LEVELS = ("O0", "O1", "O2", "O3")
-
-
 def str2bool(text: str | bool) -> bool:
     """The original's boolean words: true/false, yes/no, 1/0 (any case)."""
     if isinstance(text, bool):
