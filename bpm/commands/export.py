@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the original's names: input actual_input_1, output output1")
     parser.add_argument("--quant_format", default="qoperator", choices=QUANT_FORMATS,
                         help="INT8 graph style (qoperator measured faster on x86 CPUs)")
-    parser.add_argument("--calib_method", default="minmax", choices=CALIBRATION_METHODS,
+    parser.add_argument("--calib_method", default="mse", choices=CALIBRATION_METHODS,
                         help="activation ranges: mse = least-error clipping per tensor; the others are ONNX Runtime's")
     parser.add_argument("--int8_equalize", type=str2bool, default=True,
                         help="rescale channels between layers (same function) so 8-bit activation ranges fit every "

@@ -59,7 +59,7 @@ class ExportOptions:
     output_name: str = "features"
     legacy_names: bool = False
     quant_format: str = "qoperator"
-    calib_method: str = "minmax"
+    calib_method: str = "mse"
     int8_equalize: bool = True
     int8_sensitivity: int = 0
     qat_epochs: int = 0

@@ -69,7 +69,7 @@ WIDE_MARGIN = functools.partial(equalize_ranges, margin=64.0)
 
 
 def test_report_names_calibration_equalisation_sensitivity_and_machine(int8_report):
-    report, out = int8_report(equalize=WIDE_MARGIN, calib_method="mse", int8_sensitivity=3)
+    report, out = int8_report(equalize=WIDE_MARGIN, int8_sensitivity=3)  # mse: the default
     int8 = report["int8"]
     assert int8["calib_method"] == "mse" and int8["calibration_images"] == report["calibration_images"] > 0
     assert int8["equalisation"].startswith("cross-layer equalisation:")
