@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--qat_epochs", type=int, default=0,
                         help="with --weights: add the equalised + fine-tuned (bpm export --qat_epochs) variant")
-    parser.add_argument("--qat_lr", type=float, default=1e-5)
+    parser.add_argument("--qat_lr", type=float, default=1e-4)
     parser.add_argument("--only", action="append", default=[], help="run only these variants (repeatable)")
     parser.add_argument("--spin", action="store_true", help="let ORT threads spin between runs (ORT's default)")
     args = parser.parse_args(argv)

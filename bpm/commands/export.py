@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qat_epochs", type=int, default=0,
                         help="fine-tune N epochs on the training images with 8-bit rounding simulated, "
                              "learning the FP32 model's embedding, before quantising (0: post-training only)")
-    parser.add_argument("--qat_lr", type=float, default=1e-5, help="learning rate of --qat_epochs (Adam, cosine)")
+    parser.add_argument("--qat_lr", type=float, default=1e-4, help="learning rate of --qat_epochs (Adam, cosine)")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--name", default="", help="file name stem (default <net>_<h>x<w>)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads for verification (0: all)")
@@ -78,7 +78,8 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
         evaluate=args.evaluate, max_map_drop=args.max_map_drop, bake_normalization=args.bake_normalization,
         input_name=args.input_name, output_name=args.output_name, legacy_names=args.legacy_names,
         quant_format=args.quant_format, calib_method=args.calib_method, int8_equalize=args.int8_equalize,
-        int8_sensitivity=args.int8_sensitivity, qat_epochs=args.qat_epochs, qat_lr=args.qat_lr, opset=args.opset, name=args.name,
+        int8_sensitivity=args.int8_sensitivity, qat_epochs=args.qat_epochs, qat_lr=args.qat_lr,
+        opset=args.opset, name=args.name,
         threads=args.threads,
     )
 

@@ -128,7 +128,7 @@ class QatResult:
 
 
 def finetune_for_int8(model: nn.Module, images: Sequence, load_batch: Callable[[Sequence], torch.Tensor],
-                      epochs: int, lr: float = 1e-5, batch_size: int = 32, seed: int = 0,
+                      epochs: int, lr: float = 1e-4, batch_size: int = 32, seed: int = 0,
                       log: Callable[[str], None] = lambda line: None) -> tuple[nn.Module, QatResult]:
     """A copy of ``model`` (a :class:`ReidModel` in eval mode) fine-tuned to keep its embedding under INT8.
 

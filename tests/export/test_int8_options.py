@@ -117,7 +117,7 @@ def test_bad_int8_switches_are_one_line_errors(tmp_path, options, message):
 def test_a_failed_int8_check_suggests_fine_tuning(tmp_path, original_ckpt, world):
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(COSINE_THRESHOLDS, "int8", 1.5)  # cannot be met
-        with pytest.raises(BpmError, match=r"export check failed for onnx_int8: .*try --qat_epochs 2"):
+        with pytest.raises(BpmError, match=r"export check failed for onnx_int8: .*try --qat_epochs 4"):
             run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path), resize_h_w=SIZE,
                                      formats=("onnx_int8",), calib_images=str(world / "bounding_box_train"),
                                      calib_count=8, verify_count=4, threads=1), log=lambda line: None)
