@@ -303,7 +303,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
     write_report(report_path, checks, context)
     failed = [c for c in checks if not c.passed]
     if failed:
-        hint = "; for INT8, try --qat_epochs 4 (fine-tuning with 8-bit rounding simulated)" \
+        hint = "; for INT8, try --qat_epochs 4 or more (fine-tuning with 8-bit rounding simulated)" \
             if any(c.format == "onnx_int8" for c in failed) and opts.qat_epochs == 0 and images.training else ""
         raise BpmError(f"export check failed for {', '.join(c.format for c in failed)}: "
                        f"{failed[0].failures[0]} (see {report_path}){hint}")
