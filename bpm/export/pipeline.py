@@ -168,12 +168,12 @@ def check_int8_options(opts: ExportOptions) -> None:
         raise BpmError("--qat_epochs fine-tunes for INT8: add onnx_int8 to --formats")
 
 
-def _int8_source(model: torch.nn.Module, fp32_onnx: Path, spec: OnnxSpec, images: ImageSets, opts: ExportOptions,
-                 tmp: Path, log: Callable[[str], None]) -> tuple[Path, dict]:
+def _int8_source(model: torch.nn.Module, reference: np.ndarray, fp32_onnx: Path, spec: OnnxSpec, images: ImageSets,
+                 opts: ExportOptions, tmp: Path, log: Callable[[str], None]) -> tuple[Path, dict]:
     """The FP32 graph INT8 is quantised from, and what the report says about it.
 
     Range-equalised (same function) unless turned off. The equalised copy is checked against the
-    model on the verification images; should ReLU6 clipping make it differ (a channel far above
+    model's verification features (``reference``, already computed by the export); should ReLU6 clipping make it differ (a channel far above
     its calibration range), the plain graph is used. With ``--int8_sensitivity N`` the N
     activations whose 8-bit rounding alone costs the most cosine are reported.
     """
@@ -183,8 +183,7 @@ def _int8_source(model: torch.nn.Module, fp32_onnx: Path, spec: OnnxSpec, images
     if opts.int8_equalize:
         equalized = copy.deepcopy(model).float().eval()
         result = equalize_ranges(equalized.base, calibration, opts.batch_size)
-        agreement = cosine_rows(_torch_features(equalized, images.verification, opts),
-                                _torch_features(model, images.verification, opts)).min()
+        agreement = cosine_rows(_torch_features(equalized, images.verification, opts), reference).min()
         if agreement < COSINE_THRESHOLDS["fp32"]:
             notes["equalisation"] = f"skipped: the equalised model differs (cosine {agreement:.6f})"
         else:
@@ -268,7 +267,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
             if fmt == "onnx16":
                 convert_to_fp16(fp32_onnx, path, spec)
             elif fmt == "onnx_int8":
-                source, int8_notes = _int8_source(model, fp32_onnx, spec, images, opts, Path(tmp), log)
+                source, int8_notes = _int8_source(model, reference, fp32_onnx, spec, images, opts, Path(tmp), log)
                 quantize_int8(source, path, spec, images.calibration, opts.quant_format, opts.calib_method)
             check_onnx(path)
             runner = OnnxModel(path, opts.threads)

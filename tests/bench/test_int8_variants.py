@@ -1,9 +1,7 @@
 """Smoke test of bench/int8_variants.py: accuracy next to speed on a tiny folder set and checkpoint."""
 from __future__ import annotations
 
-import importlib.util
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,15 +9,12 @@ import torch
 from bpm.data.synthetic import WorldConfig, generate_world
 from bpm.models.reid import build_model
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "int8_variants.py"
+from bench_helpers import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("int8_variants", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("int8_variants")
 
 
 def test_every_variant_gets_speed_and_accuracy(bench, tmp_path, capsys):

@@ -1,7 +1,6 @@
 """Smoke test of bench/real_accuracy.py on a tiny synthetic folder-layout set (never the project's real data)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -10,15 +9,12 @@ import pytest
 
 from bpm.data.synthetic import WorldConfig, generate_world
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "real_accuracy.py"
+from bench_helpers import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("real_accuracy", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("real_accuracy")
 
 
 def _folder_layout(tmp_path: Path) -> tuple[Path, Path]:
