@@ -16,11 +16,11 @@ from bpm.runconfig import parse_args_with_config
 
 # name -> (module, one-line help). Modules are imported lazily so `bpm synth` does not pay for torch.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("bpm.data.synthetic", "generate the synthetic demo world (Market-1501 layout)"),
+    "synth": ("bpm.commands.synth", "generate the synthetic demo world (Market-1501 layout)"),
     "train": ("bpm.commands.train", "train (and evaluate) with the original's switches"),
     "test": ("bpm.commands.test", "evaluate a weights file (same switches as train --only_test true)"),
     "evaluate": ("bpm.commands.evaluate", "evaluate features saved with --save_features, without the model"),
-    "data": ("bpm.data.check", "data check: validate a dataset and print its statistics"),
+    "data": ("bpm.commands.data", "data check: validate a dataset and print its statistics"),
     "export": ("bpm.commands.export", "export weights and ONNX (FP32/FP16/INT8), each verified with ONNX Runtime"),
     "extract": ("bpm.commands.extract", "features of every image in a folder -> HDF5 or .mat"),
     "visualize": ("bpm.commands.visualize", "rank-list pictures (JPEG per query) and an index.html"),

@@ -1,6 +1,6 @@
 """Combine the converted trainval sets of Market-1501, CUHK03 and DukeMTMC-reID.
 
-Same flags as the original baseline's script; the work is done by bpm.data.transform.
+Same flags as the original baseline's script; the work is done by bpm.data.convert.
 Writes <save_dir>/trainval_images/ + partitions.pkl, which `--dataset combined` reads.
 """
 import argparse
@@ -9,7 +9,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from bpm.data.transform import combine_trainval_sets  # noqa: E402
+from bpm.data.convert import combine_trainval_sets  # noqa: E402
 from bpm.errors import exit_code_of  # noqa: E402
 from bpm.helpformat import make_parser  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Convert the CUHK03 release to the original's layout: {detected,labeled}/images/ + partitions.pkl.
 
-Same flags as the original baseline's script; the work is done by bpm.data.transform.
+Same flags as the original baseline's script; the work is done by bpm.data.convert.
 """
 import argparse
 import os
@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from bpm.data.transform import transform_cuhk03  # noqa: E402
+from bpm.data.convert import transform_cuhk03  # noqa: E402
 from bpm.errors import exit_code_of  # noqa: E402
 from bpm.helpformat import make_parser  # noqa: E402
 

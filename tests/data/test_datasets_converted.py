@@ -6,7 +6,7 @@ import pytest
 from dataset_fakes import make_cuhk03_release, make_market, write_jpeg, write_py2_pickle
 
 from bpm.data.datasets import build_dataset
-from bpm.data.transform import combine_trainval_sets, transform_cuhk03, transform_duke, transform_market1501
+from bpm.data.convert import combine_trainval_sets, transform_cuhk03, transform_duke, transform_market1501
 from bpm.errors import BpmError
 
 TRAINVAL = ["00000002_0001_00000000.jpg", "00000002_0002_00000000.jpg", "00000005_0001_00000000.jpg"]

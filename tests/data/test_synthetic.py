@@ -9,7 +9,9 @@ import pytest
 from PIL import Image
 
 from bpm.data import synthetic
-from bpm.data.synthetic import SPLITS, WorldConfig, ensure_world, generate_world, main, world_matches
+from bpm.commands import synth as synth_command
+from bpm.commands.synth import main
+from bpm.data.synthetic import SPLITS, WorldConfig, ensure_world, generate_world, world_matches
 from bpm.errors import BpmError
 
 NAME = re.compile(r"^(-1|\d{4})_c(\d)s(\d)_(\d{6})_(\d{2})\.jpg$")
@@ -162,7 +164,7 @@ def test_command_line(tmp_path, capsys):
 
 
 def _cli_config(*flags: str) -> WorldConfig:
-    return synthetic.config_from_args(synthetic.build_parser().parse_args(["--out", "x", *flags]))
+    return synth_command.config_from_args(synth_command.build_parser().parse_args(["--out", "x", *flags]))
 
 
 def test_command_line_defaults_follow_the_flags_they_depend_on():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bpm.data.datasets import build_dataset
-from bpm.data.transform import write_converted
+from bpm.data.convert import write_converted
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ from bpm.cli import main
 from bpm.data.datasets import build_dataset
 from bpm.data.images import read_image
 from bpm.data.loader import ImageDataset
-from bpm.data.transform import write_converted
+from bpm.data.convert import write_converted
 from bpm.engine.checkpoint import atomic_torch_save, load_checkpoint
 from bpm.errors import BpmError
 from bpm.models.reid import build_model
