@@ -6,7 +6,8 @@ consumer (trainer, feature extraction, rank lists, export) asks it instead of re
 scaler, and skipping of non-finite steps.
 
 Levels:
-  O0  true FP32 everywhere (on CUDA this also turns TF32 off, which PyTorch enables for convolutions).
+  O0  true FP32 everywhere (on CUDA this also turns TF32 off, which PyTorch enables for convolutions,
+      but only while the policy runs the model: see ``PrecisionPolicy.autocast``).
   O1  FP32 weights, ``torch.autocast`` runs eligible ops in half precision.
   O2  half-precision weights except BatchNorm (``keep_batchnorm_fp32``), FP32 master weights
       in the optimizer, loss scaling (dynamic by default for float16).
@@ -20,7 +21,7 @@ import functools
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -197,9 +198,6 @@ class PrecisionPolicy:
         too coarse in FP16. Where the backend cannot feed half input to FP32 BatchNorm itself,
         hooks cast around each such layer (what Apex did).
         """
-        if self.device.type == "cuda" and self.opt_level == "O0":
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
         layout = torch.channels_last if self.channels_last else torch.preserve_format
         if not self.casts_weights:
             return model.to(self.device, torch.float32, memory_format=layout)
@@ -215,10 +213,41 @@ class PrecisionPolicy:
                         module._bpm_fp32_hooks = True
         return model
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.opt_level != "O1":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.half_dtype)
+    @property
+    def forbids_tf32(self) -> bool:
+        """O0 on CUDA means true FP32: TF32 would round convolution and matmul inputs to 10 mantissa bits."""
+        return self.device.type == "cuda" and self.opt_level == "O0"
+
+    @contextlib.contextmanager
+    def fp32_math(self) -> Iterator[None]:
+        """TF32 off inside (at O0 on CUDA), the caller's TF32 flags back afterwards.
+
+        The flags are process-wide, so the policy holds them only while it computes (forward in
+        :meth:`autocast`, backward in :meth:`PrecisionStepper.step`): importing or using bpm must
+        not change the numerics of the user's own models.
+        """
+        if not self.forbids_tf32:
+            yield
+            return
+        # The matmul setting is saved as a precision name, so a user's "medium" comes back as "medium".
+        conv_tf32, matmul_precision = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+        torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32 = conv_tf32
+            torch.set_float32_matmul_precision(matmul_precision)
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        """The numerics the model runs under: ``torch.autocast`` at O1, no TF32 at O0 on CUDA."""
+        with self.fp32_math():
+            if self.opt_level != "O1":
+                yield
+                return
+            with torch.autocast(device_type=self.device.type, dtype=self.half_dtype):
+                yield
 
     def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, self.input_dtype, non_blocking=self.device.type == "cuda")
@@ -288,7 +317,8 @@ class PrecisionStepper:
                 p.grad = None
         loss_finite = bool(torch.isfinite(loss.detach()))
         if loss_finite:
-            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            with self.policy.fp32_math():
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             if self.policy.uses_master_weights:
                 for master, param in zip(self.master_params, self.model_params):
                     master.grad = None if param.grad is None else param.grad.float()

@@ -161,6 +161,49 @@ def test_hook_fallback_matches_native_mixed_batchnorm(monkeypatch):
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-2, atol=1e-3)
 
 
+def tf32_flags() -> tuple[bool, str]:
+    return torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+
+
+@pytest.fixture
+def user_tf32():
+    """A user who chose TF32 for their own models; put back as it was afterwards."""
+    saved = tf32_flags()
+    torch.backends.cudnn.allow_tf32 = True
+    torch.set_float32_matmul_precision("medium")
+    yield
+    torch.backends.cudnn.allow_tf32 = saved[0]
+    torch.set_float32_matmul_precision(saved[1])
+
+
+def test_o0_on_cuda_turns_tf32_off_only_while_it_computes(user_tf32):
+    # The flags are plain process settings, so a "cuda" policy shows the scoping without a GPU.
+    policy = PrecisionPolicy.create("O0", "cuda")
+    model = tiny_net()
+    stepper = PrecisionStepper(policy, model)
+    during_backward = []
+    model[0].weight.register_hook(lambda grad: during_backward.append(tf32_flags()))
+    x = torch.randn(2, 3, 8, 8)
+    with policy.autocast():
+        assert tf32_flags() == (False, "highest")
+        loss = model(x).pow(2).mean()
+    assert tf32_flags() == (True, "medium")
+    stepper.step(loss, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert during_backward == [(False, "highest")]
+    assert tf32_flags() == (True, "medium")
+    with pytest.raises(RuntimeError), policy.autocast():
+        raise RuntimeError("a failing forward pass")
+    assert tf32_flags() == (True, "medium")
+
+
+@pytest.mark.parametrize("level, device", [("O3", "cuda"), ("O0", "cpu"), ("O1", "cpu")])
+def test_other_levels_and_the_cpu_leave_tf32_alone(user_tf32, level, device):
+    policy = PrecisionPolicy.create(level, device)
+    with policy.autocast():
+        assert tf32_flags() == (True, "medium")
+    assert tf32_flags() == (True, "medium")
+
+
 # ------------------------------------------------------------------ stepping
 
 def test_o2_keeps_fp32_master_weights_and_copies_them_to_the_model():
