@@ -1,7 +1,9 @@
 """Image pipelines for training and testing, built from torchvision transforms.
 
 Normalisation uses the original's mean/std; resizing is bilinear to a fixed (h, w) without
-keeping the aspect ratio, as the original did.
+keeping the aspect ratio, as the original did. The random training steps draw from Python's and
+torch's global generators, as torchvision's do; the training loader runs them inside
+:func:`bpm.data.loader.sample_randomness`, seeded per sample and restored afterwards.
 """
 from __future__ import annotations
 
