@@ -163,8 +163,7 @@ def _run_locked(args, ctx, policy, dataset, model, exp_dir: Path, ckpt: dict | N
     if ctx.is_main and not args.only_test and not args.resume:
         for kept in start_fresh_logs(exp_dir):  # a fresh run never appends to a previous run's log
             print(f"Starting afresh (no --resume true): the previous run's {kept.name.split('.')[0]} was kept as {kept}")
-    mirror = StreamMirror(exp_dir) if args.log_to_file and ctx.is_main else None
-    try:
+    with StreamMirror(exp_dir, enabled=args.log_to_file and ctx.is_main):
         if ctx.is_main:
             records = {"versions": run_versions(device)}
             if resume_changes:
@@ -204,9 +203,6 @@ def _run_locked(args, ctx, policy, dataset, model, exp_dir: Path, ckpt: dict | N
                 first = next(iter(reports.values()))["single_query"]
                 log_hparams(exp_dir, vars(args), {"hparam/mAP": float(first["mAP"]), "hparam/mINP": float(first["mINP"]),
                                                   "hparam/rank1": float(first["cmc"][0])}, args.total_epochs)
-    finally:
-        if mirror is not None:
-            mirror.close()
     return 0
 
 

@@ -287,12 +287,9 @@ def run(args: argparse.Namespace) -> int:
     for vis in sets:
         _check_set(vis, args.rank_list_size)
     exp_dir.mkdir(parents=True, exist_ok=True)
-    mirror = None
-    if args.log_to_file:
-        from bpm.engine.logging import StreamMirror
+    from bpm.engine.logging import StreamMirror
 
-        mirror = StreamMirror(exp_dir)
-    try:
+    with StreamMirror(exp_dir, enabled=args.log_to_file):
         root = exp_dir / RANK_LISTS
         many = len(sets) > 1
         for vis in sets:
@@ -302,7 +299,4 @@ def run(args: argparse.Namespace) -> int:
         if many:
             links = [(vis.name, f"{vis.name}/index.html") for vis in sets]
             write_page(root / "index.html", render_links("Rank lists", links))
-    finally:
-        if mirror is not None:
-            mirror.close()
     return 0

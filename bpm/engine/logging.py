@@ -8,6 +8,7 @@ hyper-parameters and test metrics go to TensorBoard's HParams view (:func:`log_h
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -40,19 +41,35 @@ class _Tee:
 
 
 class StreamMirror:
-    """Mirror stdout/stderr into ``stdout_<time>.txt`` / ``stderr_<time>.txt`` (the original's file names)."""
+    """While entered, mirror stdout/stderr into ``stdout_<time>.txt`` / ``stderr_<time>.txt`` (the original's file names).
 
-    def __init__(self, exp_dir: Path) -> None:
-        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-        self.files = [open(exp_dir / f"stdout_{stamp}.txt", "a"), open(exp_dir / f"stderr_{stamp}.txt", "a")]
-        self.saved = sys.stdout, sys.stderr
-        sys.stdout = _Tee(sys.stdout, self.files[0])
-        sys.stderr = _Tee(sys.stderr, self.files[1])
+    The streams are the process's, so only a command enters this, as a ``with`` block: they are
+    the caller's again however the block ends. ``enabled=False`` mirrors nothing (``--log_to_file
+    false``, or a rank other than the first).
+    """
 
-    def close(self) -> None:
-        sys.stdout, sys.stderr = self.saved
-        for handle in self.files:
-            handle.close()
+    def __init__(self, exp_dir: Path, enabled: bool = True) -> None:
+        self.exp_dir = Path(exp_dir)
+        self.enabled = enabled
+        self._undo = contextlib.ExitStack()
+
+    def __enter__(self) -> "StreamMirror":
+        if self.enabled:
+            stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+            with contextlib.ExitStack() as undo:
+                out = undo.enter_context(open(self.exp_dir / f"stdout_{stamp}.txt", "a"))
+                err = undo.enter_context(open(self.exp_dir / f"stderr_{stamp}.txt", "a"))
+                undo.callback(_set_streams, sys.stdout, sys.stderr)  # runs before the files close
+                _set_streams(_Tee(sys.stdout, out), _Tee(sys.stderr, err))
+                self._undo = undo.pop_all()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._undo.close()
+
+
+def _set_streams(stdout: TextIO, stderr: TextIO) -> None:
+    sys.stdout, sys.stderr = stdout, stderr
 
 
 class RunLogger:
