@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from bpm.errors import BpmError
+from bpm.threads import share_cores_between_ranks
 
 DEFAULT_TIMEOUT_S = 1800.0
 """How long any collective waits for the slowest rank before giving up (``--dist_timeout``)."""
@@ -119,9 +120,8 @@ def init(sys_device_ids: Sequence[int], timeout_s: float = DEFAULT_TIMEOUT_S) ->
     device = device_for_rank(sys_device_ids, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    elif "OMP_NUM_THREADS" not in os.environ:
-        # Ranks sharing a machine's cores must not each start one thread per core.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
+    else:
+        share_cores_between_ranks(local_world_size)
     try:
         dist.init_process_group(
             backend_for(device), rank=rank, world_size=world_size,

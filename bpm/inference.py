@@ -14,6 +14,7 @@ import torch
 from bpm.errors import BpmError
 from bpm.export.runtime import ImageLike, OnnxModel, image_batch
 from bpm.precision import PrecisionPolicy
+from bpm.threads import torch_threads
 
 BACKENDS = ("torch", "onnx")
 
@@ -59,6 +60,7 @@ class FeatureExtractor:
         self.backend = backend
         self.batch_size = batch_size
         self.normalize = normalize
+        self.threads = threads  # held around each call (bpm.threads), not set for the process
         if backend == "onnx":
             if not str(weights).endswith(".onnx"):
                 raise BpmError(f"{weights}: the onnx backend needs an exported .onnx file (see bpm export)")
@@ -80,8 +82,6 @@ class FeatureExtractor:
         self._feature_dim = model.feature_dim
         self.resize_h_w = choose("resize_h_w", resize_h_w, model.input_meta, weights)
         self.policy = PrecisionPolicy.create(opt_level, device, amp_dtype, keep_batchnorm_fp32)
-        if threads:
-            torch.set_num_threads(threads)
         self.model = self.policy.prepare_model(model).eval()
 
     @property
@@ -108,7 +108,8 @@ class FeatureExtractor:
         from bpm.evaluation.features import embed_batch
 
         # embed_batch runs CPU batches channels-last (faster with oneDNN).
-        return embed_batch(self.model, torch.from_numpy(image_batch(items, self.resize_h_w)), self.policy).cpu().numpy()
+        with torch_threads(self.threads):
+            return embed_batch(self.model, torch.from_numpy(image_batch(items, self.resize_h_w)), self.policy).cpu().numpy()
 
 
 def tensor_images(batch: torch.Tensor) -> list[np.ndarray]:
