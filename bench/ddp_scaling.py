@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-from bpm.engine.config import TrainConfig
+from bpm.config import train_config
 from bpm import distributed
 from bpm.config import add_train_arguments, parse_tuple
-from bpm.recipes import apply_recipe
+from bpm.config import apply_recipe
 from bpm.data.datasets import build_dataset
 from bpm.data.synthetic import WorldConfig, generate_world
 from bpm.engine.trainer import Trainer, seed_everything
@@ -53,7 +53,7 @@ def measure(payload: dict) -> int:
                                     args.loss_scale)
     records = build_dataset("market1501", payload["world"]).train
     with tempfile.TemporaryDirectory() as exp_dir:
-        trainer = Trainer(build_model(args.net, args.last_conv_stride), policy, TrainConfig.from_args(args), records, Path(exp_dir), None,
+        trainer = Trainer(build_model(args.net, args.last_conv_stride), policy, train_config(args), records, Path(exp_dir), None,
                           ctx.rank, ctx.world_size)
         times = []
         batches = iter(trainer.loader)

@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _trainer_args(args: argparse.Namespace, level: str) -> argparse.Namespace:
     from bpm.config import add_train_arguments
-    from bpm.recipes import apply_recipe
+    from bpm.config import apply_recipe
 
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
@@ -76,7 +76,7 @@ def _trainer_args(args: argparse.Namespace, level: str) -> argparse.Namespace:
 def _ours(args, net: str, level: str, device):
     """A Trainer on dummy records (its loader is never iterated); the step is Trainer.train_step."""
     from bpm.data.records import ImageRecord
-    from bpm.engine.config import TrainConfig
+    from bpm.config import train_config
     from bpm.engine.trainer import Trainer
     from bpm.models.reid import build_model
     from bpm.precision import PrecisionPolicy
@@ -86,7 +86,7 @@ def _ours(args, net: str, level: str, device):
     records = [ImageRecord(f"/nonexistent/{i}.jpg", i % args.ids, 1) for i in range(args.ids * args.ims)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # O3 training warns by design
-        trainer = Trainer(build_model(net), policy, TrainConfig.from_args(targs), records, "/nonexistent")
+        trainer = Trainer(build_model(net), policy, train_config(targs), records, "/nonexistent")
 
     def step(images, labels) -> float:
         _stepped, stats = trainer.train_step(images, labels)

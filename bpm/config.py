@@ -1,9 +1,15 @@
-"""The original's command-line switches in one place.
+"""Every command-line switch, defined once, in groups; and the typed settings each group becomes.
 
-``script/experiment/train.py`` and ``bpm train``/``bpm test`` build their parsers here, so a
-command line written for the 2019 code base means the same thing in both. Values keep the
-original's syntax (``str2bool`` words, Python-tuple text such as ``'(256, 128)'``) but are
-parsed without ``eval``. The resolved settings are saved to ``exp_dir/config.json``.
+Each group (device, data, model, precision, features, test, output, training) is one
+``add_*_switches`` function; a command composes its parser from the groups it needs, so a switch
+means the same thing (name, type, default, choices, help) wherever it appears, and the original's
+``script/experiment/*.py`` command lines keep working. Choices come from the registries (datasets,
+backbones, opt-levels). Values keep the original's syntax (``str2bool`` words, Python-tuple text
+such as ``'(256, 128)'``) but are parsed without ``eval``.
+
+The commands turn the parsed namespace into typed settings right here (:func:`data_settings`,
+:func:`model_settings`, :func:`precision_settings`, :func:`train_config`, ...): below the command
+boundary no function takes an ``argparse.Namespace``.
 """
 from __future__ import annotations
 
@@ -11,7 +17,10 @@ import argparse
 import ast
 import json
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from bpm.errors import BpmError
 
 _TRUE = {"true", "yes", "y", "t", "1", "on"}
 _FALSE = {"false", "no", "n", "f", "0", "off"}
@@ -105,67 +114,131 @@ def device_ids(text: str | tuple) -> tuple[int, ...]:
 
 
 def loss_scale_value(text: str | None) -> float | str | None:
-    """``--loss-scale``: a positive number (static scaling) or ``dynamic``."""
+    """``--loss-scale``: a positive number (static scaling) or ``dynamic`` (checked by the precision policy's rule)."""
+    from bpm.precision import check_loss_scale
+
     if text is None or str(text).lower() in ("none", ""):
         return None
-    if str(text).lower() == "dynamic":
-        return "dynamic"
+    value = "dynamic" if str(text).lower() == "dynamic" else text
     try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number or 'dynamic', got {text!r}")
-    return value
+        return check_loss_scale(value)
+    except BpmError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--loss-scale: ")) from exc
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """Switches every script of the original shared: device, data, network, precision."""
+def opt_level_value(text: str) -> str:
+    """``--opt-level``: O0..O3 in any case (``o2`` is ``O2``)."""
+    return str(text).strip().upper()
+
+
+# --------------------------------------------------------------------------- switch groups
+
+
+def add_device_switches(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-d", "--sys_device_ids", type=device_ids, default="auto",
                         help="'auto' (GPU 0 when CUDA is available, else the CPU; default), GPU ids as tuple "
                              "text such as '(0,)', or '()' for the CPU")
-    parser.add_argument("--dataset", default="market1501",
-                        help="market1501, cuhk03, duke, msmt17, combined, folder, synthetic")
+
+
+def add_data_switches(parser: argparse.ArgumentParser, *, optional: bool = False, training_split: bool = False,
+                      dataset_help: str = "dataset layout to read") -> None:
+    """``--dataset``, ``--data_root``, ``--cuhk03_type``; ``optional``: no dataset unless given (``bpm export``);
+    ``training_split``: also ``--trainset_part`` (where the training images are read)."""
+    from bpm.data.datasets import READERS
+
+    parser.add_argument("--dataset", default=None if optional else "market1501", choices=sorted(READERS),
+                        help=dataset_help)
     parser.add_argument("--data_root", default="", help="dataset folder; overrides $BPM_DATA/<dataset>")
-    parser.add_argument("--cuhk03_type", default="detected", choices=["detected", "labeled"])
+    parser.add_argument("--cuhk03_type", default="detected", choices=["detected", "labeled"],
+                        help="which CUHK03 crops: the detector's or the hand-labelled boxes")
+    if training_split:
+        parser.add_argument("--trainset_part", default="trainval", choices=["trainval", "train"],
+                            help="train on trainval, or on train with 100 identities held out for validation")
+
+
+def add_image_check_switch(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip_bad_images", type=str2bool, default=False,
                         help="warn about unreadable images and leave them out instead of stopping")
-    parser.add_argument("--resize_h_w", type=int_tuple(2), default=unset((256, 128)),
-                        help="input size as '(h, w)' (default: the weights file's, else (256, 128))")
+
+
+def add_model_switches(parser: argparse.ArgumentParser, *, read_from_weights: bool = True) -> None:
+    """``--net``, ``--last_conv_stride``, ``--resize_h_w``. With ``read_from_weights`` (every command that
+    loads a weights file), a value left out is taken from the file (:mod:`bpm.models.meta`)."""
+    from bpm.models.registry import BACKBONES
+
+    nets = " or ".join(BACKBONES)
+    parser.add_argument("--net", default=unset("mobilenetV2"), choices=list(BACKBONES),
+                        help=f"{nets} (default: the weights file's, else mobilenetV2)")
     parser.add_argument("--last_conv_stride", type=int, default=unset(1), choices=[1, 2],
                         help="stride of the last stage (default: the weights file's, else 1)")
-    parser.add_argument("--normalize_feature", type=str2bool, default=False)
-    parser.add_argument("--net", default=unset("mobilenetV2"),
-                        help="resnet50 or mobilenetV2 (default: the weights file's, else mobilenetV2)")
-    parser.add_argument("--opt-level", dest="opt_level", default="O0", help="O0 (FP32), O1, O2, O3")
-    parser.add_argument("--keep-batchnorm-fp32", dest="keep_batchnorm_fp32", type=str2bool, default=True)
-    parser.add_argument("--loss-scale", dest="loss_scale", type=loss_scale_value, default=None,
-                        help="positive number or 'dynamic' (default: dynamic where float16 needs it)")
-    parser.add_argument("--amp_dtype", default=None, choices=["float16", "bfloat16"],
-                        help="half type for O1-O3 (default float16 on CUDA, bfloat16 on CPU)")
-    parser.add_argument("--log_to_file", type=str2bool, default=True)
-    parser.add_argument("--exp_dir", default="", help="output folder (default derived from the settings)")
-    parser.add_argument("--model_weight_file", default="", help="weights to evaluate with --only_test")
+    parser.add_argument("--resize_h_w", type=int_tuple(2), default=unset((256, 128)),
+                        help="input size as '(h, w)' (default: the weights file's, else (256, 128))")
+
+
+def add_precision_switches(parser: argparse.ArgumentParser, *, default: str = "O0", autocast: bool = True,
+                           training: bool = False,
+                           level_help: str = "O0 (FP32), O1 (mixed), O2 (half with FP32 master weights), "
+                                             "O3 (half everywhere)") -> None:
+    """``--opt-level`` and what refines it: ``--amp_dtype`` where a model runs (``autocast``; a weights file
+    writer has none), ``--loss-scale`` only where there is a loss (``training``)."""
+    from bpm.precision import OPT_LEVELS
+
+    parser.add_argument("--opt-level", dest="opt_level", type=opt_level_value, default=default,
+                        choices=list(OPT_LEVELS), help=level_help)
+    parser.add_argument("--keep-batchnorm-fp32", dest="keep_batchnorm_fp32", type=str2bool, default=True,
+                        help="O2/O3: keep BatchNorm in FP32 (like the original's O2 releases)")
+    if autocast:
+        parser.add_argument("--amp_dtype", default=None, choices=["float16", "bfloat16"],
+                            help="half type for O1-O3 (default float16 on CUDA, bfloat16 on CPU)")
+    if training:
+        parser.add_argument("--loss-scale", dest="loss_scale", type=loss_scale_value, default=None,
+                            help="positive number or 'dynamic' (default: dynamic where float16 needs it)")
+
+
+def add_feature_switches(parser: argparse.ArgumentParser) -> None:
+    """How features of a dataset's images are extracted."""
+    parser.add_argument("--normalize_feature", type=str2bool, default=False, help="L2-normalise the features")
     parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
     parser.add_argument("--batch_size_test", type=int, default=64, help="images per batch for feature extraction")
+    parser.add_argument("--test_flip", type=str2bool, default=False,
+                        help="average features of each image and its mirror")
+
+
+def add_test_switches(parser: argparse.ArgumentParser) -> None:
+    """Evaluation of a test set (``bpm train``, ``bpm test``)."""
+    parser.add_argument("--test_normalize", type=str2bool, default=None,
+                        help="L2-normalise features at test (default: yes for a model with a BNNeck, "
+                             "else --normalize_feature)")
     parser.add_argument("--mq_pooling", default="average", choices=["average", "max"],
                         help="how Market's multi-query (gt_bbox) features are pooled per query")
-    parser.add_argument("--test_flip", type=str2bool, default=False, help="average features of each image and its mirror")
-    parser.add_argument("--save_features", default="", help="also save test features, names, pids, camids to this .h5 file")
+    parser.add_argument("--rerank", type=str2bool, default=True, help="also print k-reciprocal re-ranked results")
+    parser.add_argument("--save_features", default="",
+                        help="also save test features, names, pids, camids to this .h5 file")
+    parser.add_argument("--dist_timeout", type=float, default=1800.0,
+                        help="multi-process: seconds a rank waits for the others before stopping with an error")
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every switch of the original ``train.py`` (seed-facts), plus the new ones.
+def add_output_switches(parser: argparse.ArgumentParser, *, run_number: bool = True) -> None:
+    """Where a run writes, and the weights an evaluation reads."""
+    parser.add_argument("--exp_dir", default="", help="output folder (default derived from the settings)")
+    if run_number:
+        parser.add_argument("-r", "--run", type=int, default=1, help="run number in the default output folder's name")
+    parser.add_argument("--log_to_file", type=str2bool, default=True,
+                        help="mirror the console into the output folder (and TensorBoard when training)")
+    parser.add_argument("--model_weight_file", default="", help="weights to evaluate with --only_test")
+
+
+def add_train_switches(parser: argparse.ArgumentParser) -> None:
+    """The original ``train.py``'s training switches (seed-facts), plus the new ones.
 
     Switches that make a recipe default to None and take their value from ``--recipe``
-    (:mod:`bpm.recipes`) unless given; call :func:`bpm.recipes.apply_recipe` after parsing.
+    (:mod:`bpm.recipes`) unless given; :func:`apply_recipe` fills them after parsing.
     """
     from bpm.recipes import RECIPES
 
-    add_common_arguments(parser)
     parser.add_argument("--recipe", default="bot", choices=list(RECIPES),
-                        help="training preset: bot (strong baseline: BNNeck, ID + triplet loss, warm-up, erasing; "
-                             "the default of bpm train) or original (the 2019 triplet-only recipe; the default of "
+                        help="training preset: bot (strong baseline: BNNeck, ID loss, warm-up, cosine; the default of "
+                             "bpm train) or original (the 2019 triplet-only recipe; the default of "
                              "script/experiment/train.py); every switch it sets can still be given")
     parser.add_argument("--sampler_epoch", default=None, choices=["ids", "images"],
                         help="what an epoch is: one pass over the identities (the original's) or over the training "
@@ -179,13 +252,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weight of the batch-hard triplet loss, 0 = off (softmax-only training needs "
                              "--id_loss_weight > 0) (default: from --recipe)")
     parser.add_argument("--center_loss_weight", type=float, default=None, help="centre loss weight, 0 = off (default: from --recipe)")
-    parser.add_argument("--test_normalize", type=str2bool, default=None,
-                        help="L2-normalise features at test (default: yes for a model with a BNNeck, "
-                             "else --normalize_feature)")
-    parser.add_argument("-r", "--run", type=int, default=1)
     parser.add_argument("--set_seed", type=str2bool, default=False)
     parser.add_argument("--seed", type=int, default=1, help="seed used when --set_seed true")
-    parser.add_argument("--trainset_part", default="trainval", choices=["trainval", "train"])
     parser.add_argument("--crop_prob", type=float, default=None, help="random crop probability (default: from --recipe)")
     parser.add_argument("--crop_ratio", type=float, default=1.0)
     parser.add_argument("--mirror", type=str2bool, default=True)
@@ -225,25 +293,158 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="multi-GPU: BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only)")
     parser.add_argument("--gather_for_mining", type=str2bool, default=False,
                         help="multi-process: mine hard triplets over the features of all ranks, not per rank")
-    parser.add_argument("--dist_timeout", type=float, default=1800.0,
-                        help="multi-process: seconds a rank waits for the others before stopping with an error")
-    parser.add_argument("--rerank", type=str2bool, default=True, help="also print k-reciprocal re-ranked results")
     parser.add_argument("--eval_untrained", type=str2bool, default=False,
                         help="evaluate the network before training too (the demo prints both)")
 
 
-def default_exp_dir(args: argparse.Namespace) -> Path:
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every switch of the original ``train.py``: ``bpm train`` and ``script/experiment/train.py``."""
+    add_device_switches(parser)
+    add_data_switches(parser, training_split=True)
+    add_image_check_switch(parser)
+    add_model_switches(parser)
+    add_precision_switches(parser, training=True)
+    add_feature_switches(parser)
+    add_test_switches(parser)
+    add_output_switches(parser)
+    add_train_switches(parser)
+
+
+def add_test_arguments(parser: argparse.ArgumentParser) -> None:
+    """``bpm test``: what evaluating a weights file needs, and no training switch."""
+    add_device_switches(parser)
+    add_data_switches(parser)
+    add_image_check_switch(parser)
+    add_model_switches(parser)
+    add_precision_switches(parser)
+    add_feature_switches(parser)
+    add_test_switches(parser)
+    add_output_switches(parser)
+
+
+# --------------------------------------------------------------------------- typed settings
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Which dataset to index and how (:func:`bpm.data.datasets.build_dataset`'s arguments)."""
+
+    dataset: str
+    data_root: str | None = None
+    cuhk03_type: str = "detected"
+    trainset_part: str = "trainval"
+    skip_bad_images: bool = False
+    seed: int = 1  # draws the validation identities of --trainset_part train
+
+    def build(self, require_train: bool = True, may_write: bool = True):
+        """Index the dataset (:func:`bpm.data.datasets.build_dataset`)."""
+        from bpm.data.datasets import build_dataset
+
+        return build_dataset(self.dataset, self.data_root or None, cuhk03_type=self.cuhk03_type,
+                             trainset_part=self.trainset_part, skip_bad_images=self.skip_bad_images, seed=self.seed,
+                             require_train=require_train, may_write=may_write)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The network and its input; values the user did not type stay :func:`unset`-marked, so a weights
+    file's stored settings can replace them (:mod:`bpm.models.meta`)."""
+
+    net: str = unset("mobilenetV2")
+    last_conv_stride: int = unset(1)
+    resize_h_w: tuple[int, int] = unset((256, 128))
+
+
+@dataclass(frozen=True)
+class PrecisionSettings:
+    """``--opt-level`` and what refines it; :meth:`policy` makes the :class:`~bpm.precision.PrecisionPolicy`."""
+
+    opt_level: str = "O0"
+    keep_batchnorm_fp32: bool = True
+    amp_dtype: str | None = None
+    loss_scale: float | str | None = None
+
+    def policy(self, device):
+        from bpm.precision import PrecisionPolicy
+
+        return PrecisionPolicy.create(self.opt_level, device, self.amp_dtype, self.keep_batchnorm_fp32,
+                                      self.loss_scale)
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """How features of a dataset's images are extracted (the feature switch group)."""
+
+    normalize: bool = False
+    workers: int = 2
+    batch_size: int = 64
+    flip: bool = False
+
+
+def _get(args: argparse.Namespace, name: str, default: Any = None) -> Any:
+    return getattr(args, name, default)
+
+
+def data_settings(args: argparse.Namespace) -> DataSettings:
+    return DataSettings(dataset=args.dataset, data_root=args.data_root or None, cuhk03_type=args.cuhk03_type,
+                        trainset_part=_get(args, "trainset_part", "trainval"),
+                        skip_bad_images=_get(args, "skip_bad_images", False), seed=_get(args, "seed", 1))
+
+
+def model_settings(args: argparse.Namespace) -> ModelSettings:
+    return ModelSettings(net=args.net, last_conv_stride=args.last_conv_stride, resize_h_w=args.resize_h_w)
+
+
+def feature_settings(args: argparse.Namespace) -> FeatureSettings:
+    return FeatureSettings(normalize=args.normalize_feature, workers=args.workers, batch_size=args.batch_size_test,
+                           flip=args.test_flip)
+
+
+def precision_settings(args: argparse.Namespace) -> PrecisionSettings:
+    return PrecisionSettings(opt_level=args.opt_level, keep_batchnorm_fp32=args.keep_batchnorm_fp32,
+                             amp_dtype=args.amp_dtype, loss_scale=_get(args, "loss_scale"))
+
+
+def train_config(args: argparse.Namespace):
+    """The training part of parsed ``bpm train`` switches (:func:`apply_recipe` already applied)."""
+    from bpm.engine.config import TrainConfig
+    from bpm.losses.combine import LossConfig
+
+    values = vars(args)
+    own = {f.name for f in fields(TrainConfig)} - {"loss", "seed"}
+    loss_names = {f.name for f in fields(LossConfig)}
+    config = TrainConfig(**{k: values[k] for k in own if k in values},
+                         loss=LossConfig(**{k: values[k] for k in loss_names if k in values}),
+                         seed=values.get("seed") if values.get("set_seed") else None)
+    config.resize_h_w = tuple(config.resize_h_w)
+    return config
+
+
+def apply_recipe(args: argparse.Namespace) -> None:
+    """Fill every recipe switch the user left unset (None) from ``--recipe``'s preset, in place."""
+    from bpm.recipes import recipe_values
+
+    given = {name: value for name, value in vars(args).items() if value is not None}
+    for name, value in recipe_values(args.recipe, given).items():
+        setattr(args, name, value)
+
+
+def switch_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed switches as a plain dict (what ``config.json`` records and ranks compare)."""
+    return dict(vars(args))
+
+
+def default_exp_dir(dataset: str, net: str, opt_level: str, last_conv_stride: int, run: int = 1) -> Path:
     """The original derived a folder name from the settings; we do the same under ``expt_res/``."""
-    name = f"{args.dataset}_{args.net}_{args.opt_level}_stride{args.last_conv_stride}_run{args.run}"
-    return Path("expt_res") / name
+    return Path("expt_res") / f"{dataset}_{net}_{opt_level}_stride{last_conv_stride}_run{run}"
 
 
-def save_config(args: argparse.Namespace, path: Path, records: dict[str, Any] | None = None) -> None:
+def save_config(values: Mapping[str, Any], path: Path, records: dict[str, Any] | None = None) -> None:
     """Write the resolved settings as JSON, so every result can be traced to its command line and
     re-run with ``--config`` (:mod:`bpm.runconfig`); ``records`` (e.g. ``versions``) are added as is."""
-    values: dict[str, Any] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
-    values.update(records or {})
     from bpm.engine.outputs import write_text
 
+    data: dict[str, Any] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
+    data.update(records or {})
     # Atomic, and any OSError (EPERM on an immutable file, a full disk) is one line keeping the old file.
-    write_text(path, json.dumps(values, indent=2, sort_keys=True, default=str), "the run's settings")
+    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str), "the run's settings")

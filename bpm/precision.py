@@ -103,7 +103,7 @@ def _bn_output_to_half(module: nn.Module, inputs: tuple, output: torch.Tensor) -
     return output.to(module._bpm_incoming_dtype)
 
 
-def _check_loss_scale(loss_scale: float | int | str | None) -> float | str | None:
+def check_loss_scale(loss_scale: float | int | str | None) -> float | str | None:
     """``None`` (the level's default), ``"dynamic"`` or a positive finite number, as a float."""
     if loss_scale is None or loss_scale == "dynamic":
         return loss_scale
@@ -150,7 +150,7 @@ class PrecisionPolicy:
                 raise BpmError(f"--amp_dtype {amp_dtype}: this CPU build cannot train in {amp_dtype}; use bfloat16")
             if device.type == "cuda" and half == torch.bfloat16 and not torch.cuda.is_bf16_supported():
                 raise BpmError(f"--amp_dtype bfloat16: GPU {device} does not support bfloat16; use float16")
-        loss_scale = _check_loss_scale(loss_scale)
+        loss_scale = check_loss_scale(loss_scale)
         if level == "O3" and loss_scale is not None:
             raise BpmError("--loss-scale: not available at O3 (no FP32 master weights to unscale into); use O2")
         return cls(level, device, half, keep_batchnorm_fp32, loss_scale)

@@ -20,10 +20,10 @@ data".
 """
 from __future__ import annotations
 
-import argparse
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-Preset = dict[str, Any | Callable[[argparse.Namespace], Any]]
+# A value, or a rule computing it from the other switches (the epoch budget, the input size).
+Preset = dict[str, Any | Callable[[Mapping[str, Any]], Any]]
 
 #: Weight of the triplet loss in ``bot``, chosen by measurement (README, "Accuracy on real data").
 BOT_TRIPLET_WEIGHT = 0.0
@@ -37,8 +37,8 @@ RECIPES: dict[str, Preset] = {
     },
     "bot": {
         "optimizer": "adam", "base_lr": 3.5e-4, "weight_decay": 5e-4, "lr_decay_type": "cosine",
-        "warmup_epochs": lambda a: max(1, round(a.total_epochs / 12)),
-        "crop_prob": 0.0, "pad_crop": lambda a: max(1, round(a.resize_h_w[0] / 25.6)), "erase": False,
+        "warmup_epochs": lambda v: max(1, round(v["total_epochs"] / 12)),
+        "crop_prob": 0.0, "pad_crop": lambda v: max(1, round(v["resize_h_w"][0] / 25.6)), "erase": False,
         "erase_prob": 0.5, "neck": "bnneck", "pooling": "avg", "id_loss_weight": 1.0, "triplet_weight": BOT_TRIPLET_WEIGHT,
         "center_loss_weight": 0.0, "sampler_epoch": "images",
     },
@@ -48,10 +48,9 @@ RECIPES: dict[str, Preset] = {
 RECIPE_SWITCHES = tuple(RECIPES["original"])
 
 
-def apply_recipe(args: argparse.Namespace) -> None:
-    """Fill every recipe switch the user left unset from ``args.recipe``'s preset (in place)."""
-    preset = RECIPES[args.recipe]
-    for name in RECIPE_SWITCHES:
-        if getattr(args, name, None) is None:
-            value = preset[name]
-            setattr(args, name, value(args) if callable(value) else value)
+def recipe_values(recipe: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The values ``recipe`` gives the recipe switches missing from ``given`` (the switches the user set,
+    plus the non-recipe ones the rules read: ``total_epochs``, ``resize_h_w``)."""
+    preset = RECIPES[recipe]
+    return {name: (preset[name](given) if callable(preset[name]) else preset[name])
+            for name in RECIPE_SWITCHES if given.get(name) is None}

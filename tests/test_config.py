@@ -3,9 +3,11 @@ import argparse
 
 import pytest
 
+from bpm.config import train_config
 from bpm.config import add_train_arguments, parse_tuple, str2bool
 from bpm.data.transforms import RandomCropResize, train_transform
-from bpm.recipes import BOT_TRIPLET_WEIGHT, apply_recipe
+from bpm.config import apply_recipe
+from bpm.recipes import BOT_TRIPLET_WEIGHT
 
 
 def parser() -> argparse.ArgumentParser:
@@ -167,10 +169,9 @@ def test_random_crop_uses_prob_and_ratio():
 
 
 def test_loss_terms_reach_the_criterion():
-    from bpm.engine.config import TrainConfig
     from bpm.losses.combine import ReidCriterion
 
     args = parser().parse_args(["--triplet_weight", "0", "--center_loss_weight", "0.0005", "--label_smoothing", "0.2"])
     apply_recipe(args)
-    criterion = ReidCriterion(TrainConfig.from_args(args).loss, num_classes=3, feature_dim=4)
+    criterion = ReidCriterion(train_config(args).loss, num_classes=3, feature_dim=4)
     assert criterion.triplet is None and criterion.id_loss.epsilon == 0.2 and criterion.center is not None

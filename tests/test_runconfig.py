@@ -9,7 +9,7 @@ import pytest
 from bpm.commands import train
 from bpm.config import save_config
 from bpm.helpformat import make_parser
-from bpm.recipes import apply_recipe
+from bpm.config import apply_recipe
 from bpm.runconfig import git_commit, parse_args_with_config, run_versions
 
 
@@ -29,10 +29,10 @@ def test_written_config_round_trips(tmp_path):
     first = _parse(["-d", "()", "--recipe", "bot", "--lr", "0.03", "--resize_h_w", "(96, 48)", "--optimizer", "sgd",
                     "--staircase_decay_at_epochs", "(5, 9)", "--loss-scale", "dynamic", "--total_epochs", "7"])
     path = tmp_path / "config.json"
-    save_config(first, path, {"versions": {"bpm": "x"}})
+    save_config(vars(first), path, {"versions": {"bpm": "x"}})
     again = _parse(["--config", str(path)])
     assert _settings(again) == _settings(first)
-    save_config(again, tmp_path / "again.json")
+    save_config(vars(again), tmp_path / "again.json")
     assert _settings(_parse(["--config", str(tmp_path / "again.json")])) == _settings(first)
 
 

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from bpm.config import add_train_arguments
-from bpm.recipes import apply_recipe
+from bpm.config import apply_recipe
 from bpm.data.synthetic import WorldConfig
 
 TINY_WORLD = WorldConfig(

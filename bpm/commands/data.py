@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from bpm.data.check import all_image_paths, dataset_stats
-from bpm.data.datasets import READERS, build_dataset
+from bpm.config import add_data_switches, data_settings
 from bpm.data.images import find_unreadable
 
 ACTIONS = ("check",)
@@ -18,10 +18,7 @@ ACTIONS = ("check",)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=ACTIONS, help="check: validate a dataset and print its statistics")
-    parser.add_argument("--dataset", default="market1501", choices=sorted(READERS), help="dataset name")
-    parser.add_argument("--data_root", default="", help="the dataset's folder (default: $BPM_DATA/<dataset folder>)")
-    parser.add_argument("--cuhk03_type", default="detected", choices=("detected", "labeled"))
-    parser.add_argument("--trainset_part", default="trainval", choices=("trainval", "train"))
+    add_data_switches(parser, training_split=True)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--names_only", action="store_true", help="skip decoding the images (index only)")
 
@@ -49,10 +46,7 @@ def _print_text(stats: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    ds = build_dataset(
-        args.dataset, args.data_root or None, cuhk03_type=args.cuhk03_type, trainset_part=args.trainset_part,
-        require_train=False, may_write=False,
-    )
+    ds = data_settings(args).build(require_train=False, may_write=False)
     stats = dataset_stats(ds)
     if not args.names_only:
         bad = find_unreadable(all_image_paths(ds))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from bpm.config import int_tuple, str2bool
+from bpm.config import add_data_switches, add_model_switches, add_precision_switches, str2bool
 from bpm.errors import BpmError
 from bpm.export.pipeline import FORMATS, ExportOptions, parse_formats, run_export
 from bpm.export.quantize import CALIBRATION_METHODS, QUANT_FORMATS
@@ -26,18 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True,
                         help="checkpoint (ckpt.pth), weights file (ours or the original's), ImageNet file or .safetensors")
     parser.add_argument("--out", required=True, help="output folder (file names say the format)")
-    parser.add_argument("--net", default=None, help="resnet50 or mobilenetV2 (default: read from the file)")
     parser.add_argument("--formats", type=_formats, default=FORMATS, help=f"comma list of {','.join(FORMATS)}")
-    parser.add_argument("--resize_h_w", type=int_tuple(2), default=None,
-                        help="input size as '(h, w)' (default: the weights file's, else (256, 128))")
-    parser.add_argument("--last_conv_stride", type=int, default=None, choices=[1, 2],
-                        help="default: the weights file's, else 1")
-    parser.add_argument("--opt-level", dest="opt_level", default="O0", choices=["O0", "O1", "O2", "O3"],
-                        help="precision of the 'pt' weights file: O0/O1 FP32, O2/O3 FP16")
-    parser.add_argument("--keep-batchnorm-fp32", dest="keep_batchnorm_fp32", type=str2bool, default=True,
-                        help="keep BatchNorm tensors FP32 in FP16 weights files (like the original's O2 releases)")
-    parser.add_argument("--dataset", default=None, help="dataset for calibration images and the accuracy check")
-    parser.add_argument("--data_root", default=None, help="dataset folder")
+    add_model_switches(parser)
+    add_precision_switches(parser, autocast=False, level_help="precision of the 'pt' weights file: O0/O1 FP32, O2/O3 FP16")
+    add_data_switches(parser, optional=True, dataset_help="dataset for calibration images and the accuracy check")
     parser.add_argument("--calib_images", default=None,
                         help="folder of images for calibration and verification when no --dataset is given")
     parser.add_argument("--calib_count", type=int, default=200, help="calibration images for INT8")
@@ -74,6 +66,7 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
         weights=args.weights, out_dir=args.out, net=args.net, formats=args.formats, resize_h_w=args.resize_h_w,
         last_conv_stride=args.last_conv_stride, opt_level=args.opt_level,
         keep_batchnorm_fp32=args.keep_batchnorm_fp32, dataset=args.dataset, data_root=args.data_root,
+        cuhk03_type=args.cuhk03_type,
         calib_images=args.calib_images, calib_count=args.calib_count, verify_count=args.verify_count,
         evaluate=args.evaluate, max_map_drop=args.max_map_drop, bake_normalization=args.bake_normalization,
         input_name=args.input_name, output_name=args.output_name, legacy_names=args.legacy_names,

@@ -1,16 +1,22 @@
-"""``bpm test``: evaluate a weights file; the same switches as ``train.py --only_test true``."""
+"""``bpm test``: evaluate a weights file; ``train.py --only_test true`` with only the switches evaluation uses."""
 from __future__ import annotations
 
 import argparse
 
 from bpm.commands import train
+from bpm.config import add_test_arguments
+from bpm.runconfig import add_config_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    train.add_arguments(parser)
+    add_test_arguments(parser)
+    add_config_argument(parser)
     parser.set_defaults(only_test=True)
 
 
 def run(args: argparse.Namespace) -> int:
     args.only_test = True
     return train.run(args)
+
+
+kept_on_error = train.kept_on_error

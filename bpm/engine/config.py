@@ -1,12 +1,11 @@
 """Typed training settings: what the trainer needs, made from the command line at the command boundary.
 
 Tests and benchmarks build a :class:`TrainConfig` directly (every field has the original's
-default); the commands make one from their parsed switches with :meth:`TrainConfig.from_args`.
+default); the commands make one from their parsed switches with :func:`bpm.config.train_config`.
 """
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from bpm.losses.combine import LossConfig
 
@@ -48,15 +47,3 @@ class TrainConfig:
     max_nonfinite_steps: int = 50
     sync_bn: bool = False
     gather_for_mining: bool = False
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
-        """The training part of parsed ``bpm train`` switches (recipe presets already applied)."""
-        values = vars(args)
-        own = {f.name for f in fields(cls)} - {"loss", "seed"}
-        loss_names = {f.name for f in fields(LossConfig)}
-        config = cls(**{k: values[k] for k in own if k in values},
-                     loss=LossConfig(**{k: values[k] for k in loss_names if k in values}),
-                     seed=values.get("seed") if values.get("set_seed") else None)
-        config.resize_h_w = tuple(config.resize_h_w)
-        return config

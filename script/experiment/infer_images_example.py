@@ -16,23 +16,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bpm.config import int_tuple, device_ids  # noqa: E402
+from bpm.config import (add_device_switches, add_model_switches, add_precision_switches, is_unset,  # noqa: E402
+                        model_settings, precision_settings)
 from bpm.errors import BpmError  # noqa: E402
 from bpm.helpformat import make_parser  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(description="features of every image in a folder -> .mat")
-    parser.add_argument("-d", "--sys_device_ids", type=device_ids, default="auto",
-                        help="'auto' (GPU 0 if CUDA is available, else CPU), '(0,)' or '()' for CPU")
-    parser.add_argument("--resize_h_w", type=int_tuple(2), default=(256, 128))
+    add_device_switches(parser)
+    add_model_switches(parser)
+    add_precision_switches(parser)
     parser.add_argument("--ckpt_file", default="", help="training checkpoint")
     parser.add_argument("--model_weight_file", default="", help="weights file (used when --ckpt_file is empty)")
     parser.add_argument("--saved_feature_mat_file", required=True, help="output .mat file")
     parser.add_argument("--image_dir", required=True, help="folder of images")
-    parser.add_argument("--net", default="mobilenetV2", help="resnet50 or mobilenetV2")
-    parser.add_argument("--opt-level", dest="opt_level", default="O0", choices=["O0", "O1", "O2", "O3"])
-    parser.add_argument("--last_conv_stride", type=int, default=1, choices=[1, 2])
     return parser
 
 
@@ -49,9 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.saved_feature_mat_file)
         if out.suffix != ".mat":
             out = out.with_name(out.name + ".mat")
-        extractor = FeatureExtractor(weights, net=args.net, device=resolve_device(tuple(args.sys_device_ids)),
-                                     resize_h_w=tuple(args.resize_h_w), opt_level=args.opt_level,
-                                     backend="torch", last_conv_stride=args.last_conv_stride)
+        model, precision = model_settings(args), precision_settings(args)
+        extractor = FeatureExtractor(weights, net=None if is_unset(model.net) else model.net,
+                                     device=resolve_device(tuple(args.sys_device_ids)), resize_h_w=model.resize_h_w,
+                                     opt_level=precision.opt_level, backend="torch",
+                                     last_conv_stride=model.last_conv_stride, amp_dtype=precision.amp_dtype,
+                                     keep_batchnorm_fp32=precision.keep_batchnorm_fp32)
         features, names = extract_folder(extractor, args.image_dir, out)
     except BpmError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from bpm.engine.config import TrainConfig
+from bpm.config import train_config
 from bpm.data.datasets import build_dataset
 from bpm.engine.checkpoint import atomic_torch_save, load_checkpoint
 from bpm.engine.trainer import Trainer, seed_everything
@@ -43,7 +43,7 @@ def _trainer(world, exp_dir, epochs, opt_level="O0", recipe="original"):
     seed_everything(args.seed)
     dataset = build_dataset("market1501", str(world))
     policy = PrecisionPolicy.create(args.opt_level, "cpu")
-    config = TrainConfig.from_args(args)
+    config = train_config(args)
     classes = dataset.num_train_ids if config.loss.needs_classes else 0
     model = build_model("mobilenetV2", pooling=args.pooling, neck=args.neck, num_classes=classes)
     return Trainer(model, policy, config, dataset.train, exp_dir)

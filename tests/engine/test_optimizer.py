@@ -3,10 +3,11 @@ import argparse
 
 import torch
 
+from bpm.config import train_config
 from bpm.config import add_train_arguments
 from bpm.engine.config import TrainConfig
 from bpm.engine.trainer import build_optimizer
-from bpm.recipes import apply_recipe
+from bpm.config import apply_recipe
 
 
 def args(*argv: str) -> TrainConfig:
@@ -14,7 +15,7 @@ def args(*argv: str) -> TrainConfig:
     add_train_arguments(parser)
     parsed = parser.parse_args(list(argv))
     apply_recipe(parsed)
-    return TrainConfig.from_args(parsed)
+    return train_config(parsed)
 
 
 def test_adam_is_the_default_of_both_recipes():

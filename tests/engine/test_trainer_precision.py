@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from bpm.engine.config import TrainConfig
+from bpm.config import train_config
 from bpm.data.datasets import build_dataset
 from bpm.engine.checkpoint import load_checkpoint
 from bpm.engine.trainer import Trainer, seed_everything
@@ -23,7 +23,7 @@ def make_trainer(world, exp_dir, *extra: str) -> Trainer:
     policy = PrecisionPolicy.create(args.opt_level, "cpu", args.amp_dtype, args.keep_batchnorm_fp32, args.loss_scale)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # O3 warns by design
-        return Trainer(build_model("mobilenetV2"), policy, TrainConfig.from_args(args), build_dataset("market1501", str(world)).train, exp_dir)
+        return Trainer(build_model("mobilenetV2"), policy, train_config(args), build_dataset("market1501", str(world)).train, exp_dir)
 
 
 def overfit_losses(trainer: Trainer, steps: int) -> list[float]:

@@ -143,7 +143,7 @@ def test_cosine_rows():
 
 @pytest.mark.slow
 def test_extract_weights_script_keeps_the_original_flags(tmp_path, original_ckpt):
-    from bpm.utils.extract_weights import main as extract_weights
+    from bpm.commands.extract_weights import main as extract_weights
 
     model_file, onnx_file = tmp_path / "w" / "model_weight.pt", tmp_path / "o" / "model.onnx"
     assert extract_weights(["--check_point_file", str(original_ckpt), "--model_file", str(model_file),

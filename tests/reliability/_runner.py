@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bpm.engine.config import TrainConfig
+from bpm.config import train_config
 from bpm.engine.checkpoint import CKPT_NAME, load_checkpoint
 
 TIMEOUT_S = 240.0
@@ -252,4 +252,4 @@ def make_trainer(world: Path, exp_dir: Path, *extra: str):
     seed_everything(args.seed)
     dataset = build_dataset("market1501", str(world))
     policy = PrecisionPolicy.create(args.opt_level, "cpu", args.amp_dtype, args.keep_batchnorm_fp32, args.loss_scale)
-    return Trainer(build_model(args.net, args.last_conv_stride), policy, TrainConfig.from_args(args), dataset.train, exp_dir)
+    return Trainer(build_model(args.net, args.last_conv_stride), policy, train_config(args), dataset.train, exp_dir)

@@ -61,7 +61,7 @@ def test_soft_margin_needs_no_margin(tiny_world, tmp_path):
     from bpm.switches import check_train
     from train_helpers import train_args
 
-    check_train(train_args(tiny_world, tmp_path, "--soft_margin", "true", "--margin", "-1"))
+    check_train(vars(train_args(tiny_world, tmp_path, "--soft_margin", "true", "--margin", "-1")))
 
 
 @pytest.mark.parametrize("where", ["missing folder", "a folder", "not HDF5"])

@@ -6,7 +6,7 @@ graph like the original's releases; ``O0``/``O1`` write FP32. Unlike the origina
 has a dynamic batch axis and a flattened ``[N, D]`` output, and both files are reloaded and
 compared with the PyTorch model before the script succeeds (see ``bpm export`` for all formats).
 
-    python -m bpm.utils.extract_weights --check_point_file expt_res/mobilenet/ckpt.pth \\
+    python script/experiment/extract_weights.py --check_point_file expt_res/mobilenet/ckpt.pth \\
         --model_file expt_res/mobilenet/model_weight.pt --onnx_file expt_res/mobilenet/model.onnx
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bpm.config import int_tuple, str2bool
+from bpm.config import add_data_switches, add_model_switches, add_precision_switches, str2bool
 from bpm.errors import BpmError
 from bpm.helpformat import make_parser
 
@@ -25,18 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--check_point_file", required=True, help="training checkpoint (ckpt.pth) or weights file")
     parser.add_argument("--model_file", default="", help="weights file to write (.pt; .safetensors also works)")
     parser.add_argument("--onnx_file", default="", help="ONNX file to write")
-    parser.add_argument("--net", default=None, help="resnet50 or mobilenetV2 (default: read from the checkpoint)")
-    parser.add_argument("--resize_h_w", type=int_tuple(2), default=None,
-                        help="default: the checkpoint's, else (256, 128)")
-    parser.add_argument("--opt-level", dest="opt_level", default="O2", choices=["O0", "O1", "O2", "O3"],
-                        help="O2/O3: FP16 weights and ONNX (the original's default); O0/O1: FP32")
-    parser.add_argument("--keep-batchnorm-fp32", dest="keep_batchnorm_fp32", type=str2bool, default=True)
-    parser.add_argument("--last_conv_stride", type=int, default=None, choices=[1, 2],
-                        help="default: the checkpoint's, else 1")
+    add_model_switches(parser)
+    add_precision_switches(parser, default="O2", autocast=False,
+                           level_help="O2/O3: FP16 weights and ONNX (the original's default); O0/O1: FP32")
     parser.add_argument("--legacy_names", type=str2bool, default=True,
                         help="ONNX input/output names actual_input_1/output1, as the original's file")
-    parser.add_argument("--dataset", default=None, help="optional dataset for the accuracy check")
-    parser.add_argument("--data_root", default=None)
+    add_data_switches(parser, optional=True, dataset_help="optional dataset for the accuracy check")
     return parser
 
 
@@ -62,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         weights=args.check_point_file, out_dir=str(out_dir), net=args.net, formats=tuple(formats),
         resize_h_w=args.resize_h_w, last_conv_stride=args.last_conv_stride, opt_level=args.opt_level,
         keep_batchnorm_fp32=args.keep_batchnorm_fp32, legacy_names=args.legacy_names, dataset=args.dataset,
-        data_root=args.data_root, file_names=names,
+        data_root=args.data_root, cuhk03_type=args.cuhk03_type, file_names=names,
     )
     try:
         run_export(options)
