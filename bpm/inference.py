@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from bpm.errors import BpmError
-from bpm.export.runtime import ImageLike, OnnxModel, image_batch
+from bpm.evaluation.features import embed_images
+from bpm.export.runtime import ImageLike, OnnxModel
 from bpm.precision import PrecisionPolicy
 from bpm.threads import torch_threads
 
@@ -24,7 +25,9 @@ class FeatureExtractor:
 
     ``weights``: any file ``bpm export`` reads (checkpoint, weights, safetensors) for the torch
     backend, or an exported ``.onnx`` file (its metadata gives input size and normalisation).
-    ``opt_level`` applies to the torch backend (O2/O3 run half-precision weights).
+    ``opt_level`` applies to the torch backend (O2/O3 run half-precision weights). ``flip`` averages
+    each image's features with its mirror image's, ``normalize`` L2-normalises them: both backends
+    run :func:`bpm.evaluation.features.embed_images`, the extraction ``bpm test`` evaluates with.
     ``net``, ``resize_h_w`` and ``last_conv_stride`` default to what the weights file stores
     (:mod:`bpm.models.meta`; 256x128 and stride 1 for older files); a given value that differs
     is used, with a one-line warning.
@@ -51,6 +54,7 @@ class FeatureExtractor:
         amp_dtype: str | None = None,
         keep_batchnorm_fp32: bool = True,
         threads: int = 0,
+        flip: bool = False,
     ) -> None:
         backend = backend or ("onnx" if str(weights).endswith(".onnx") else "torch")
         if backend not in BACKENDS:
@@ -60,6 +64,7 @@ class FeatureExtractor:
         self.backend = backend
         self.batch_size = batch_size
         self.normalize = normalize
+        self.flip = flip
         self.threads = threads  # held around each call (bpm.threads), not set for the process
         if backend == "onnx":
             if not str(weights).endswith(".onnx"):
@@ -71,7 +76,10 @@ class FeatureExtractor:
                 raise BpmError(f"{weights}: holds {self.onnx.spec.net}, but --net is {net}")
             self.net = self.onnx.spec.net
             self.resize_h_w = self.onnx.spec.resize_h_w
-            self._feature_dim = int(self.onnx.session.get_outputs()[0].shape[-1])
+            self.model = OnnxModule(self.onnx)
+            self._feature_dim = self.model.feature_dim
+            self.policy = PrecisionPolicy.create("O0")  # the graph's precision is built in; inputs are FP32 CPU
+            self._raw_input = self.onnx.spec.bake_normalization
             return
         from bpm.export.weights import load_source_model
 
@@ -83,6 +91,7 @@ class FeatureExtractor:
         self.resize_h_w = choose("resize_h_w", resize_h_w, model.input_meta, weights)
         self.policy = PrecisionPolicy.create(opt_level, device, amp_dtype, keep_batchnorm_fp32)
         self.model = self.policy.prepare_model(model).eval()
+        self._raw_input = False
 
     @property
     def feature_dim(self) -> int:
@@ -95,21 +104,21 @@ class FeatureExtractor:
         if isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim == 3) \
                 or not isinstance(images, (Sequence, np.ndarray)):
             images = [images]
-        chunks = [self._embed(images[i:i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
-        features = np.concatenate(chunks) if chunks else np.zeros((0, self.feature_dim), dtype=np.float32)
-        if self.normalize and len(features):
-            features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-        return features.astype(np.float32, copy=False)
-
-    def _embed(self, items: Sequence[ImageLike]) -> np.ndarray:
-        if self.backend == "onnx":
-            spec = self.onnx.spec
-            return self.onnx(image_batch(items, spec.resize_h_w, spec.bake_normalization))
-        from bpm.evaluation.features import embed_batch
-
-        # embed_batch runs CPU batches channels-last (faster with oneDNN).
         with torch_threads(self.threads):
-            return embed_batch(self.model, torch.from_numpy(image_batch(items, self.resize_h_w)), self.policy).cpu().numpy()
+            return embed_images(self.model, images, self.policy, self.resize_h_w, self.batch_size, self.flip,
+                                self.normalize, raw=self._raw_input)
+
+
+class OnnxModule(torch.nn.Module):
+    """An ONNX Runtime session as a module, so ONNX files take the one extraction path of torch models."""
+
+    def __init__(self, runner: OnnxModel) -> None:
+        super().__init__()
+        self.runner = runner
+        self.feature_dim = int(runner.session.get_outputs()[0].shape[-1])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.runner(images.cpu().numpy()))
 
 
 def tensor_images(batch: torch.Tensor) -> list[np.ndarray]:

@@ -1,17 +1,18 @@
 """``bpm evaluate --features_file F.h5``: evaluate saved features again, without the model.
 
-Features written by ``bpm test --save_features F.h5`` carry names, pids and camids, so
-re-evaluating (e.g. with re-ranking, or the other AP definition) needs no images or weights.
+A features file (:mod:`bpm.evaluation.features_file`) from ``bpm test --save_features F.h5`` or
+``bpm extract`` of a query/gallery folder carries names, pids and camids, so re-evaluating (e.g.
+with re-ranking) needs no images or weights.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from bpm.commands.visualize import load_feature_sets
 from bpm.config import str2bool
 from bpm.engine.evaluator import evaluate_features, format_result, warn_near_constant, write_results
 from bpm.evaluation.features import near_constant_rows
+from bpm.evaluation.features_file import read_test_sets
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,20 +24,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     reports = {}
-    for vis in load_feature_sets(args.features_file, args.normalize_feature):
-        query_rows = list(range(len(vis.query)))
-        for split, feats in (("query", vis.query_features(query_rows)), ("gallery", vis.gallery_features())):
+    for saved in read_test_sets(args.features_file, args.normalize_feature):
+        for split, feats in (("query", saved.query_features), ("gallery", saved.gallery_features)):
             if near_constant_rows(feats):  # saved features carry no model to blame, but are flagged all the same
-                warn_near_constant(vis.name, split, len(feats))
-        results = evaluate_features(vis.query_features(query_rows), vis.gallery_features(), vis.query, vis.gallery,
+                warn_near_constant(saved.name, split, len(feats))
+        results = evaluate_features(saved.query_features, saved.gallery_features, saved.query, saved.gallery,
                                     args.rerank)
-        print(f"Test set {vis.name}: {len(vis.query)} queries x {len(vis.gallery)} gallery images")
+        print(f"Test set {saved.name}: {len(saved.query)} queries x {len(saved.gallery)} gallery images")
         print(format_result("Single Query", results["plain"]))
         report = {"single_query": results["plain"]}
         if "reranked" in results:
             print(format_result("Re-ranked Single Query", results["reranked"]))
             report["reranked_single_query"] = results["reranked"]
-        reports[vis.name] = report
+        reports[saved.name] = report
     if args.exp_dir:
         from bpm.engine.runfolder import record_names
 

@@ -1,8 +1,10 @@
 """``bpm extract``: features of every image in a folder, saved with the image names.
 
-HDF5 (``.h5``/``.hdf5``) holds ``features``, ``names``, ``paths`` and, when every name follows
-the Market/Duke pattern (``0002_c1s1_...``), ``pids`` and ``camids``. ``.mat`` keeps the
-original's ``features`` variable and adds ``names`` (which the original forgot).
+HDF5 (``.h5``/``.hdf5``) is the features file every command reads (:mod:`bpm.evaluation.features_file`):
+a folder with ``query/`` and ``gallery/`` gives ``<folder>/query`` and ``<folder>/gallery`` (evaluable
+by ``bpm evaluate``), any other folder ``<folder>/images``, with ``pids`` and ``camids`` when every
+name follows the Market/Duke pattern (``0002_c1s1_...``). ``.mat`` keeps the original's
+``features`` variable and adds ``names`` (which the original forgot).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import numpy as np
 from bpm.config import int_tuple, device_ids, str2bool
 from bpm.data.datasets.common import list_image_names
 from bpm.errors import BpmError
+from bpm.evaluation.features_file import FOLDER_SPLIT, FeatureSplit, write_features_file
 
 _MARKET_NAME = re.compile(r"^(-?[0-9]+)_c([0-9]+)")  # ASCII digits only, as the dataset readers
 OUTPUT_SUFFIXES = (".h5", ".hdf5", ".mat")
@@ -52,21 +55,46 @@ def market_ids(names: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
             np.array([int(m.group(2)) for m in matches], dtype=np.int64))
 
 
-def save_folder_features(out: Path, features: np.ndarray, names: list[str], folder: Path,
-                         attrs: dict | None = None) -> None:
-    """Write features and names (and ids when the names carry them) as HDF5 or .mat by ``out``'s suffix.
+def is_test_folder(folder: Path) -> bool:
+    """The test-only layout ``--dataset folder`` reads: ``query/`` and ``gallery/`` subfolders."""
+    return (folder / "query").is_dir() and (folder / "gallery").is_dir()
 
-    The file is written whole beside ``out`` and renamed over it (:func:`bpm.engine.outputs.atomic_write`):
-    never a half file, never a merge with an older one. ``attrs`` (weights, network, time) become HDF5
-    attributes (``.mat``: a ``source`` variable).
-    """
+
+def _image_names(folder: Path) -> list[str]:
+    names = list_image_names(folder)
+    if not names:
+        raise BpmError(f"--images {folder}: no images (.jpg, .jpeg, .png, .bmp) found")
+    return names
+
+
+def folder_splits(extractor, folder: Path) -> dict[str, FeatureSplit]:
+    """The features-file splits of ``folder``: ``<folder name>/query`` and ``/gallery`` for a test-only
+    folder (read as ``--dataset folder`` reads it: Market names, junk boxes left out), so that
+    ``bpm evaluate`` and ``bpm visualize`` take the file; otherwise ``<folder name>/images``."""
+    name = folder.resolve().name or FOLDER_SPLIT
+    if is_test_folder(folder):
+        from bpm.data.datasets.market1501 import read_split
+
+        splits = {}
+        for side in ("query", "gallery"):
+            records = read_split(folder / side)[0]
+            if not records:
+                raise BpmError(f"--images {folder / side}: no images (.jpg, .jpeg, .png, .bmp) found")
+            splits[f"{name}/{side}"] = FeatureSplit.from_records(extractor([r.path for r in records]), records)
+        return splits
+    names = _image_names(folder)
+    paths = [str(folder / n) for n in names]
+    pids, camids = market_ids(names) or (None, None)
+    return {f"{name}/{FOLDER_SPLIT}": FeatureSplit(extractor(paths), names, paths, pids, camids)}
+
+
+def _write_mat(out: Path, features: np.ndarray, names: list[str], attrs: dict) -> None:
+    """The original's ``features`` variable, plus ``names`` (which the original forgot), ids, ``source``."""
     from bpm.engine.outputs import atomic_write
 
     ids = market_ids(names)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    attrs = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "images": str(folder.resolve()), **(attrs or {})}
 
-    def write_mat(tmp: Path) -> None:
+    def write(tmp: Path) -> None:
         from scipy.io import savemat
 
         data = {"features": features, "names": np.array(names, dtype=object).reshape(-1, 1),  # N x 1 cell
@@ -76,36 +104,32 @@ def save_folder_features(out: Path, features: np.ndarray, names: list[str], fold
         with open(tmp, "wb") as handle:
             savemat(handle, data)
 
-    def write_h5(tmp: Path) -> None:
-        import h5py
-
-        with h5py.File(tmp, "w") as handle:
-            for key, value in attrs.items():
-                handle.attrs[key] = str(value)
-            handle.create_dataset("features", data=features)
-            handle.create_dataset("names", data=np.array(names, dtype=h5py.string_dtype()))
-            handle.create_dataset("paths", data=np.array([str(folder / n) for n in names], dtype=h5py.string_dtype()))
-            if ids is not None:
-                handle.create_dataset("pids", data=ids[0])
-                handle.create_dataset("camids", data=ids[1])
-
-    atomic_write(out, write_mat if out.suffix == ".mat" else write_h5, "features file")
+    atomic_write(out, write, "features file")
 
 
 def extract_folder(extractor, folder: str | Path, out: str | Path,
                    attrs: dict | None = None) -> tuple[np.ndarray, list[str]]:
-    """Embed every image of ``folder`` (sorted names) with ``extractor`` and save to ``out``."""
+    """Embed ``folder``'s images (sorted names) with ``extractor`` and write ``out`` whole (atomically).
+
+    HDF5: a features file (:mod:`bpm.evaluation.features_file`); ``.mat``: the folder's own images.
+    ``attrs`` (weights, network, ...) are recorded in the file. Returns every written row and its name.
+    """
     folder, out = Path(folder), Path(out)
     if out.suffix not in OUTPUT_SUFFIXES:
         raise BpmError(f"--out {out}: expected a file ending in .h5, .hdf5 or .mat")
     if not folder.is_dir():
         raise BpmError(f"--images {folder}: not a folder")
-    names = list_image_names(folder)
-    if not names:
-        raise BpmError(f"--images {folder}: no images (.jpg, .jpeg, .png, .bmp) found")
-    features = extractor([str(folder / n) for n in names])
-    save_folder_features(out, features, names, folder, attrs)
-    return features, names
+    attrs = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "images": str(folder.resolve()), **(attrs or {})}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".mat":
+        names = _image_names(folder)
+        features = extractor([str(folder / n) for n in names])
+        _write_mat(out, features, names, attrs)
+        return features, names
+    splits = folder_splits(extractor, folder)
+    write_features_file(out, splits, attrs)
+    return (np.concatenate([split.features for split in splits.values()]),
+            [name for split in splits.values() for name in split.names])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     from bpm.engine.outputs import check_output_file
     from bpm.switches import check_common
 
-    check_common(args)  # --resize_h_w, --batch_size
+    check_common(vars(args))  # --resize_h_w, --batch_size
     check_output_file(args.out, "--out", hdf5=Path(args.out).suffix != ".mat")
     device = resolve_device(tuple(args.sys_device_ids))
     extractor = FeatureExtractor(
@@ -135,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
     )
     start = time.perf_counter()
     attrs = {"weights": str(Path(args.weights).resolve()), "net": extractor.net, "backend": extractor.backend,
-             "opt_level": args.opt_level, "command": "bpm extract"}
+             "opt_level": args.opt_level, "command": "bpm extract", "normalized": int(extractor.normalize),
+             "flip": int(extractor.flip), "resize_h_w": str(tuple(extractor.resize_h_w))}
     features, names = extract_folder(extractor, args.images, args.out, attrs)
     seconds = time.perf_counter() - start
     print(f"{len(names)} images -> {args.out}: features {features.shape[0]}x{features.shape[1]} "

@@ -1,7 +1,7 @@
 """``bpm visualize`` / ``script/experiment/visualize_rank_list.py`` / ``vis_res.sh``: rank-list pictures.
 
 Features come either from a model (weights file or checkpoint, extracted under the precision
-policy of ``--opt-level``) or from an HDF5 file written by ``bpm test --save_features``. The
+policy of ``--opt-level``) or from a features file (``bpm test --save_features``, ``bpm extract``). The
 same queries are drawn for every model (see :func:`bpm.vis.rank_list.choose_queries`), and an
 ``index.html`` beside the JPEGs lists each with its AP and first-match rank.
 """
@@ -85,87 +85,13 @@ def _weights_path(args: argparse.Namespace, exp_dir: Path) -> str:
     return args.model_weight_file or args.ckpt_file or str(exp_dir / "ckpt.pth")
 
 
-def _normalize(features: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    return features / np.maximum(norms, 1e-12)
-
-
 def load_feature_sets(path: str | Path, normalize: bool) -> list[VisSet]:
-    """Every test set in a features file: groups ``<name>/query`` and ``<name>/gallery``."""
-    import h5py
+    """Every test set of a features file (:func:`bpm.evaluation.features_file.read_test_sets`) to draw."""
+    from bpm.evaluation.features_file import read_test_sets
 
-    path = Path(path)
-    if not path.is_file():
-        raise BpmError(f"--features_file {path}: file not found")
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as exc:
-        raise BpmError(f"--features_file {path}: not an HDF5 file ({exc})") from exc
-    sets = []
-    with handle:
-        names: list[str] = []
-
-        def collect(name: str, node) -> None:
-            if isinstance(node, h5py.Group) and "query" in node and "gallery" in node:
-                names.append(name)
-
-        handle.visititems(collect)
-        for name in names:
-            sides = [_read_side(path, handle[f"{name}/{side}"], normalize) for side in ("query", "gallery")]
-            (q_records, q_names, q_feat), (g_records, _g_names, g_feat) = sides
-            sets.append(VisSet(name, q_records, g_records, q_names,
-                               lambda rows, q=q_feat: q[rows], lambda g=g_feat: g))
-    if not sets:
-        raise BpmError(f"--features_file {path}: no '<test set>/query' and '<test set>/gallery' groups "
-                       "(expected a file written by `bpm test --save_features`)")
-    return sets
-
-
-def _read_side(path: Path, group, normalize: bool) -> tuple[list[ImageRecord], list[str], np.ndarray]:
-    needed = ("features", "names", "paths", "pids", "camids")
-    missing = [k for k in needed if k not in group]
-    if missing:
-        raise BpmError(f"--features_file {path}: group {group.name} lacks {', '.join(missing)}")
-    where = f"--features_file {path}: {group.name}"
-    features = _numeric_dataset(group["features"], f"{where}/features", ndim=2)
-    paths = _string_dataset(group["paths"], f"{where}/paths")
-    names = _string_dataset(group["names"], f"{where}/names")
-    pids = _integer_dataset(group["pids"], f"{where}/pids")
-    camids = _integer_dataset(group["camids"], f"{where}/camids")
-    if not (len(paths) == len(names) == len(pids) == len(camids) == features.shape[0]):
-        raise BpmError(f"--features_file {path}: group {group.name} has datasets of different lengths")
-    records = [ImageRecord(p, int(i), int(c)) for p, i, c in zip(paths, pids, camids)]
-    if features.ndim == 2 and normalize:
-        features = _normalize(features)
-    return records, names, features
-
-
-def _numeric_dataset(dataset, where: str, ndim: int) -> np.ndarray:
-    """A numeric HDF5 dataset of ``ndim`` dimensions as float32, or one line naming it."""
-    if dataset.dtype.kind not in "fiu" or dataset.ndim != ndim:
-        raise BpmError(f"{where}: expected a {ndim}-D array of numbers, got {dataset.ndim}-D {dataset.dtype}")
-    return np.asarray(dataset[()], dtype=np.float32)
-
-
-def _string_dataset(dataset, where: str) -> list[str]:
-    import h5py
-
-    if h5py.check_string_dtype(dataset.dtype) is None or dataset.ndim != 1:
-        raise BpmError(f"{where}: expected a 1-D array of strings, got {dataset.ndim}-D {dataset.dtype}")
-    return [str(v) for v in dataset.asstr()[()]]
-
-
-def _integer_dataset(dataset, where: str) -> np.ndarray:
-    """Identity or camera numbers: integers; floats only when every value is a whole number (files
-    written by MATLAB or pandas store doubles), never truncated silently."""
-    if dataset.dtype.kind not in "fiu" or dataset.ndim != 1:
-        raise BpmError(f"{where}: expected a 1-D array of integers, got {dataset.ndim}-D {dataset.dtype}")
-    values = dataset[()]
-    if dataset.dtype.kind == "f":
-        if not (np.isfinite(values).all() and (values == np.round(values)).all()):
-            raise BpmError(f"{where}: expected whole numbers, got fractional or non-finite values "
-                           f"(e.g. {values[~(np.isfinite(values) & (values == np.round(values)))][0]!r})")
-    return np.asarray(values, dtype=np.int64)
+    return [VisSet(s.name, s.query, s.gallery, s.query_names,
+                   lambda rows, q=s.query_features: q[rows], lambda g=s.gallery_features: g)
+            for s in read_test_sets(path, normalize)]
 
 
 def _model_sets(args: argparse.Namespace, exp_dir: Path) -> tuple[list[VisSet], str]:

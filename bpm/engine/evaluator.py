@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,8 +17,12 @@ import torch
 from bpm.data.records import ImageRecord, TestSet
 from bpm.errors import BpmError
 from bpm.evaluation import compute_distances, evaluate, pool_multi_query, re_ranking
-from bpm.evaluation.features import degenerate_rows, extract_features, write_features_file
+from bpm.evaluation.features import degenerate_rows, extract_features
+from bpm.evaluation.features_file import FeatureSplit, write_features_file
 from bpm.precision import PrecisionPolicy
+
+if TYPE_CHECKING:
+    from bpm.distributed import DistContext
 
 RESULT_LINE = "[mAP: {:5.2%}], [cmc1: {:5.2%}], [cmc5: {:5.2%}], [cmc10: {:5.2%}]"
 MINP_FIELD = ", [mINP: {:5.2%}]"
@@ -34,7 +39,6 @@ class EvalSettings:
     max_rank: int = 50
     save_features: str | None = None
     mq_pooling: str = "average"
-    shard: bool = False  # multi-process job: split extraction over ranks; only rank 0 computes metrics
     features_attrs: dict | None = None  # recorded in the --save_features file (weights, net, run folder, time)
 
 
@@ -84,12 +88,14 @@ def evaluate_features(
 
 def evaluate_test_set(
     model: torch.nn.Module, test_set: TestSet, policy: PrecisionPolicy, settings: EvalSettings, verbose: bool = True,
-    features_out: dict | None = None,
+    features_out: dict | None = None, ctx: DistContext | None = None,
 ) -> dict:
     """Extract features for one test set and evaluate single-query and (where present) multi-query.
 
     With ``settings.save_features`` the features go into ``features_out`` (the caller writes every
     test set's into one new file) or, when called alone, into a new file of this test set only.
+    ``ctx`` of a multi-process job (the command's, passed in) splits extraction over the ranks;
+    rank 0 alone computes the metrics and every rank returns its report. ``None``: one process.
     """
     if not test_set.gallery:
         raise BpmError(f"test set {test_set.name}: the gallery is empty")
@@ -97,17 +103,18 @@ def evaluate_test_set(
         raise BpmError(f"test set {test_set.name}: there are no query images")
     extract = lambda records, desc: extract_features(  # noqa: E731
         model, records, policy, settings.resize_h_w, settings.batch_size, settings.workers, settings.flip,
-        settings.normalize_feature, desc, settings.shard,
+        settings.normalize_feature, desc, ctx,
     )
     q_feat = extract(test_set.query, "query")
     g_feat = extract(test_set.gallery, "gallery")
     mq_feat = extract(test_set.multi_query, "multi-query") if test_set.multi_query else None
-    if settings.shard and not _is_main_rank():
-        return _report_from_main(None)
+    sharded = ctx is not None and ctx.enabled
+    if sharded and not ctx.is_main:
+        return _report_from_main(ctx, None)
     degenerate = _degenerate_features(test_set.name, policy, {"query": q_feat, "gallery": g_feat, "multi-query": mq_feat})
     if settings.save_features:
-        splits = {f"{test_set.name}/query": (q_feat, test_set.query),
-                  f"{test_set.name}/gallery": (g_feat, test_set.gallery)}
+        splits = {f"{test_set.name}/query": FeatureSplit.from_records(q_feat, test_set.query),
+                  f"{test_set.name}/gallery": FeatureSplit.from_records(g_feat, test_set.gallery)}
         if features_out is None:
             write_features_file(settings.save_features, splits, _features_attrs(settings))
         else:
@@ -134,7 +141,7 @@ def evaluate_test_set(
         for key, title in titles.items():
             if key in report:
                 print(format_result(title, report[key]))
-    return _report_from_main(report) if settings.shard else report
+    return _report_from_main(ctx, report) if sharded else report
 
 
 def _degenerate_features(name: str, policy: PrecisionPolicy, splits: dict[str, np.ndarray | None]) -> dict:
@@ -171,25 +178,23 @@ def warn_near_constant(name: str, split: str, count: int) -> None:
           flush=True)
 
 
-def _is_main_rank() -> bool:
-    from bpm.distributed import current_context
-
-    return current_context().is_main
-
-
-def _report_from_main(report: dict | None) -> dict:
+def _report_from_main(ctx: DistContext, report: dict | None) -> dict:
     """Rank 0 computes the metrics once (re-ranking is memory-hungry); every rank gets its report."""
-    from bpm.distributed import broadcast_object, current_context
+    from bpm.distributed import broadcast_object
 
-    return broadcast_object(current_context(), report)
+    return broadcast_object(ctx, report)
 
 
 def evaluate_model(
-    model: torch.nn.Module, test_sets: list[TestSet], policy: PrecisionPolicy, settings: EvalSettings
+    model: torch.nn.Module, test_sets: list[TestSet], policy: PrecisionPolicy, settings: EvalSettings,
+    ctx: DistContext | None = None,
 ) -> dict[str, dict]:
-    """Every test set; ``--save_features`` gets one new file holding exactly these test sets."""
+    """Every test set; ``--save_features`` gets one new file holding exactly these test sets.
+
+    ``ctx``: as :func:`evaluate_test_set` (``None``: one process)."""
     collected: dict = {}
-    reports = {ts.name: evaluate_test_set(model, ts, policy, settings, features_out=collected) for ts in test_sets}
+    reports = {ts.name: evaluate_test_set(model, ts, policy, settings, features_out=collected, ctx=ctx)
+               for ts in test_sets}
     if settings.save_features and collected:
         write_features_file(settings.save_features, collected, _features_attrs(settings))
     return reports

@@ -1,9 +1,14 @@
-"""Feature extraction: images -> FP32 embeddings, under the precision policy, without autograd."""
+"""Feature extraction: images -> FP32 embeddings, under the precision policy, without autograd.
+
+The one extraction path: evaluation (:func:`extract_features` over dataset records),
+``bpm.FeatureExtractor`` and ``bpm export``'s verification (:func:`embed_images` over paths, PIL
+images or arrays) all end in :func:`embed_batches`, so flip, normalisation, memory layout and
+precision are decided in one place and every user gets the same numbers for the same images.
+"""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -13,12 +18,18 @@ from tqdm import tqdm
 from bpm.data.loader import test_loader
 from bpm.data.records import ImageRecord
 from bpm.data.transforms import test_transform
+from bpm.export.runtime import ImageLike, image_batch
 from bpm.precision import PrecisionPolicy
+
+if TYPE_CHECKING:
+    from bpm.distributed import DistContext
 
 
 @torch.inference_mode()
-def embed_batch(model: torch.nn.Module, images: torch.Tensor, policy: PrecisionPolicy, flip: bool = False) -> torch.Tensor:
-    """Embeddings of one batch as FP32; with ``flip``, averaged with the mirrored images' embeddings.
+def embed_batch(model: torch.nn.Module, images: torch.Tensor, policy: PrecisionPolicy, flip: bool = False,
+                normalize: bool = False) -> torch.Tensor:
+    """Embeddings of one batch as FP32; with ``flip``, averaged with the mirrored images' embeddings;
+    with ``normalize``, L2-normalised (after the flip average, as the original).
 
     The policy picks the memory layout (channels-last where it is faster and safe:
     bench/infer_speed.py measured up to ~2x for MobileNet-V2 at batch 32 on CPU).
@@ -28,7 +39,33 @@ def embed_batch(model: torch.nn.Module, images: torch.Tensor, policy: PrecisionP
         features = model(images).float()
         if flip:
             features = (features + model(torch.flip(images, dims=[3])).float()) / 2
-    return features
+    return F.normalize(features, dim=1) if normalize else features
+
+
+def embed_batches(model: torch.nn.Module, batches: Iterable[torch.Tensor], policy: PrecisionPolicy,
+                  flip: bool = False, normalize: bool = False) -> np.ndarray:
+    """``[N, D]`` float32 features of preprocessed ``[n, 3, H, W]`` batches, in order (eval mode)."""
+    model.eval()
+    chunks = [embed_batch(model, images, policy, flip, normalize).cpu() for images in batches]
+    if not chunks:
+        return np.zeros((0, getattr(model, "feature_dim", 0)), dtype=np.float32)
+    return torch.cat(chunks).numpy()
+
+
+def image_tensor(items: Sequence[ImageLike], resize_h_w: tuple[int, int], raw: bool = False) -> torch.Tensor:
+    """``[N, 3, H, W]`` float32 batch of :func:`bpm.data.transforms.model_input` (0..255 if ``raw``)."""
+    return torch.from_numpy(image_batch(items, resize_h_w, raw))
+
+
+def embed_images(model: torch.nn.Module, items: Sequence[ImageLike], policy: PrecisionPolicy,
+                 resize_h_w: tuple[int, int], batch_size: int = 32, flip: bool = False, normalize: bool = False,
+                 raw: bool = False) -> np.ndarray:
+    """``[len(items), D]`` float32 features of paths, PIL images or arrays, ``batch_size`` at a time.
+
+    Decoding and resizing happen batch by batch, so memory holds one batch of pixels, not all.
+    """
+    batches = (image_tensor(items[i:i + batch_size], resize_h_w, raw) for i in range(0, len(items), batch_size))
+    return embed_batches(model, batches, policy, flip, normalize)
 
 
 def extract_features(
@@ -41,34 +78,30 @@ def extract_features(
     flip: bool = False,
     normalize: bool = False,
     desc: str = "features",
-    shard: bool = False,
+    ctx: DistContext | None = None,
 ) -> np.ndarray:
     """``[len(records), D]`` float32 features in record order, optionally L2-normalised.
 
-    With ``shard`` inside a multi-process job, each rank embeds its own whole batches of the
-    single-process batching and the ranks' rows are gathered in order, so every rank returns
-    exactly the single-process array.
+    Images are decoded by a data loader (``workers`` processes). With ``ctx`` of a multi-process
+    job, each rank embeds its own whole batches of the single-process batching and the ranks' rows
+    are gathered in order, so every rank returns exactly the single-process array; ``None`` (or a
+    world of one) is a single process.
     """
-    if shard:
-        from bpm.distributed import all_gather_rows, current_context, shard_range
+    if ctx is not None and ctx.enabled:
+        from bpm.distributed import all_gather_rows, shard_range
 
-        ctx = current_context()
-        if ctx.enabled:
-            mine = shard_range(len(records), batch_size, ctx.rank, ctx.world_size)
-            local = extract_features(model, list(records)[mine.start : mine.stop], policy, resize_h_w, batch_size,
-                                     workers, flip, normalize, desc)
-            return all_gather_rows(ctx, torch.from_numpy(local)).numpy()
-    model.eval()
+        mine = shard_range(len(records), batch_size, ctx.rank, ctx.world_size)
+        local = extract_features(model, list(records)[mine.start : mine.stop], policy, resize_h_w, batch_size,
+                                 workers, flip, normalize, desc)
+        return all_gather_rows(ctx, torch.from_numpy(local)).numpy()
     loader = test_loader(records, test_transform(resize_h_w), batch_size, workers)
-    chunks = []
-    for images, _pids, _camids, _index in tqdm(loader, desc=desc, disable=not sys.stdout.isatty(), leave=False):
-        features = embed_batch(model, images, policy, flip)
-        if normalize:
-            features = F.normalize(features, dim=1)
-        chunks.append(features.cpu())
-    if not chunks:
-        return np.zeros((0, getattr(model, "feature_dim", 0)), dtype=np.float32)
-    return torch.cat(chunks).numpy()
+    progress = tqdm(loader, desc=desc, disable=not sys.stdout.isatty(), leave=False)
+    return embed_batches(model, (images for images, _pids, _camids, _index in progress), policy, flip, normalize)
+
+
+def l2_normalize(features: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length by the operation extraction's ``normalize`` uses, for saved features."""
+    return F.normalize(torch.from_numpy(np.array(features, dtype=np.float32)), dim=1).numpy()
 
 
 def degenerate_rows(features: np.ndarray) -> dict[str, int]:
@@ -105,50 +138,3 @@ def near_constant_rows(features: np.ndarray) -> int:
     scale = float(np.abs(rows).max())
     spread = float(np.abs(rows - mean).max())
     return len(rows) if scale > 0 and spread <= NEAR_CONSTANT * scale else 0
-
-
-def save_features(path: str | Path, features: np.ndarray, records: Sequence[ImageRecord], split: str) -> None:
-    """Append one split's features, names, pids and camids to an HDF5 file (group per split).
-
-    A low-level building block (tests, scripts); the commands write whole files with
-    :func:`write_features_file`, so an earlier model's test sets never survive in them.
-    """
-    import h5py
-
-    with h5py.File(path, "a") as handle:
-        _write_split(handle, features, records, split)
-
-
-def write_features_file(path: str | Path, splits: dict[str, tuple[np.ndarray, Sequence[ImageRecord]]],
-                        attrs: dict[str, object]) -> Path:
-    """Write every split (``"<test set>/query"`` -> (features, records)) to a NEW HDF5 file at ``path``,
-    atomically, with ``attrs`` (weights, network, run folder, time) as file attributes.
-
-    Why never append: ``bpm evaluate`` reports every test set it finds, so a group left by an
-    earlier model would be reported as this model's.
-    """
-    import h5py
-
-    from bpm.engine.outputs import atomic_write
-
-    def write(tmp: Path) -> None:
-        with h5py.File(tmp, "w") as handle:
-            for key, value in attrs.items():
-                handle.attrs[key] = "" if value is None else (value if isinstance(value, (int, float)) else str(value))
-            for split, (features, records) in splits.items():
-                _write_split(handle, features, records, split)
-
-    return atomic_write(path, write, "features file")
-
-
-def _write_split(handle, features: np.ndarray, records: Sequence[ImageRecord], split: str) -> None:
-    import h5py
-
-    if split in handle:
-        del handle[split]
-    group = handle.create_group(split)
-    group.create_dataset("features", data=features)
-    group.create_dataset("names", data=np.array([Path(r.path).name for r in records], dtype=h5py.string_dtype()))
-    group.create_dataset("paths", data=np.array([r.path for r in records], dtype=h5py.string_dtype()))
-    group.create_dataset("pids", data=np.array([r.pid for r in records], dtype=np.int64))
-    group.create_dataset("camids", data=np.array([r.camid for r in records], dtype=np.int64))

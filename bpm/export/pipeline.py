@@ -11,6 +11,7 @@ import json
 import math
 import tempfile
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -20,11 +21,12 @@ import torch
 from bpm.data.datasets.common import list_image_names
 from bpm.data.records import TestSet
 from bpm.errors import BpmError
+from bpm.evaluation.features import embed_images, image_tensor
 from bpm.export.equalize import equalize_ranges
 from bpm.export.onnx import LEGACY_INPUT_NAME, LEGACY_OUTPUT_NAME, OnnxSpec, check_onnx, convert_to_fp16, export_onnx
 from bpm.export.qat import finetune_for_int8
 from bpm.export.quantize import quantize_int8
-from bpm.export.runtime import OnnxModel, image_batch
+from bpm.export.runtime import OnnxModel
 from bpm.export.sensitivity import activation_sensitivity
 from bpm.export.verify import (COSINE_THRESHOLDS, FormatCheck, add_retrieval, check_cosine, cosine_rows, format_table,
                                retrieval_scores, write_report)
@@ -32,6 +34,7 @@ from bpm.export.weights import load_source_model, save_pt, save_safetensors, sta
 from bpm.machine import machine_line
 from bpm.models.meta import choose, model_meta, safetensors_metadata
 from bpm.models.reid import load_inference_model
+from bpm.precision import PrecisionPolicy
 
 FORMATS = ("pt", "pt16", "safetensors", "onnx", "onnx16", "onnx_int8")
 ONNX_FORMATS = ("onnx", "onnx16", "onnx_int8")
@@ -140,13 +143,13 @@ def choose_images(opts: ExportOptions, tmp: Path) -> ImageSets:
                      "no --dataset or --calib_images: verification on rendered synthetic pedestrians (bpm synth)")
 
 
-def _torch_features(model: torch.nn.Module, paths: Sequence[str], opts: ExportOptions) -> np.ndarray:
-    chunks = []
-    with torch.inference_mode():
-        for i in range(0, len(paths), opts.batch_size):
-            batch = torch.from_numpy(image_batch(paths[i:i + opts.batch_size], opts.resize_h_w))
-            chunks.append(model(batch).float().numpy())
-    return np.concatenate(chunks)
+def reference_features(model: torch.nn.Module, paths: Sequence[str], opts: ExportOptions) -> np.ndarray:
+    """FP32 features of a PyTorch model, by the extraction every other command uses (O0 policy, CPU).
+
+    Every format is verified against these, so they must be what ``bpm test`` and
+    ``bpm.FeatureExtractor`` compute for the same images, not a second copy of the loop.
+    """
+    return embed_images(model, paths, PrecisionPolicy.create("O0"), opts.resize_h_w, opts.batch_size)
 
 
 def _file_names(opts: ExportOptions, net: str) -> dict[str, str]:
@@ -178,12 +181,12 @@ def _int8_source(model: torch.nn.Module, reference: np.ndarray, fp32_onnx: Path,
     activations whose 8-bit rounding alone costs the most cosine are reported.
     """
     notes: dict = {"calibration_images": len(images.calibration), "calib_method": opts.calib_method}
-    calibration = torch.from_numpy(image_batch(images.calibration, opts.resize_h_w))
+    calibration = image_tensor(images.calibration, opts.resize_h_w)
     source_model, source = model, fp32_onnx
     if opts.int8_equalize:
         equalized = copy.deepcopy(model).float().eval()
         result = equalize_ranges(equalized.base, calibration, opts.batch_size)
-        agreement = cosine_rows(_torch_features(equalized, images.verification, opts), reference).min()
+        agreement = cosine_rows(reference_features(equalized, images.verification, opts), reference).min()
         if agreement < COSINE_THRESHOLDS["fp32"]:
             notes["equalisation"] = f"skipped: the equalised model differs (cosine {agreement:.6f})"
         else:
@@ -193,14 +196,14 @@ def _int8_source(model: torch.nn.Module, reference: np.ndarray, fp32_onnx: Path,
         notes["equalisation"] = "off (--int8_equalize false)"
     if opts.qat_epochs > 0:
         source_model, result = finetune_for_int8(
-            source_model, images.training, lambda paths: torch.from_numpy(image_batch(paths, opts.resize_h_w)),
+            source_model, images.training, partial(image_tensor, resize_h_w=opts.resize_h_w),
             opts.qat_epochs, opts.qat_lr, log=log)
         notes["fine_tuning"] = result.describe()
         source = export_onnx(source_model, tmp / "int8_finetuned_fp32.onnx", spec, opts.opset)
         log(f"  {result.describe()}")
     log(f"  INT8 source: {notes['equalisation']}; ranges: {opts.calib_method} on {len(images.calibration)} images")
     if opts.int8_sensitivity > 0:
-        check = torch.from_numpy(image_batch(images.verification, opts.resize_h_w))
+        check = image_tensor(images.verification, opts.resize_h_w)
         rows = activation_sensitivity(source_model.float(), calibration, check)[:opts.int8_sensitivity]
         notes["sensitivity"] = [{"activation": r.point, "range": [r.low, r.high], "cosine_alone": r.cosine}
                                 for r in rows]
@@ -232,14 +235,14 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
         images = choose_images(opts, Path(tmp))
         log(f"Images: {images.description} ({len(images.calibration)} calibration, "
             f"{len(images.verification)} verification)")
-        reference = _torch_features(model, images.verification, opts)
+        reference = reference_features(model, images.verification, opts)
         eval_paths = [r.path for r in images.test_set.query + images.test_set.gallery] if images.test_set else []
         nq = len(images.test_set.query) if images.test_set else 0
         ref_scores = None
         # Scored as bpm test scores the model: BNNeck features are compared after L2 normalisation.
         normalize = model.architecture.get("neck") == "bnneck"
         if images.test_set is not None:
-            feats = _torch_features(model, eval_paths, opts)
+            feats = reference_features(model, eval_paths, opts)
             ref_scores = retrieval_scores(feats[:nq], feats[nq:], images.test_set, normalize)
 
         for fmt in (f for f in FORMATS if f in opts.formats and f not in ONNX_FORMATS):
@@ -255,7 +258,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
                 save_pt(state, path, meta)
             reloaded = load_inference_model(path, model.net, opts.last_conv_stride)
             checks.append(check_cosine(fmt, path, state_precision(state),
-                                       _torch_features(reloaded.eval(), images.verification, opts), reference))
+                                       reference_features(reloaded, images.verification, opts), reference))
 
         fp32_onnx = out / names["onnx"]
         int8_notes: dict = {}

@@ -6,7 +6,7 @@ import numpy as np
 from bpm.cli import main
 from bpm.data.records import ImageRecord
 from bpm.evaluation import compute_distances, evaluate
-from bpm.evaluation.features import save_features
+from bpm.evaluation.features_file import save_features
 
 
 def test_features_file_round_trip(tmp_path, capsys):

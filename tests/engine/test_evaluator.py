@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from bpm.data.datasets import build_dataset
-from bpm.engine.evaluator import EvalSettings, evaluate_test_set, write_results
+from bpm.distributed import DistContext
+from bpm.engine.evaluator import EvalSettings, evaluate_model, evaluate_test_set, write_results
 from bpm.errors import BpmError
-from bpm.evaluation.features import degenerate_rows
+from bpm.evaluation.features import degenerate_rows, extract_features
+from bpm.evaluation.features_file import read_features_file, read_test_sets
 from bpm.precision import PrecisionPolicy
 
 
@@ -62,3 +64,33 @@ def test_healthy_features_carry_no_flag(tiny_world, capsys):
     report = _evaluate(tiny_world, "real")
     assert "WARNING" not in capsys.readouterr().out
     assert all("degenerate_features" not in result for result in report.values())
+
+
+def test_the_distributed_context_is_passed_in_and_one_process_needs_none(tiny_world, tmp_path):
+    """No module-level lookup: a world of one (or no context) evaluates alone, with the same numbers."""
+    test_set = build_dataset("market1501", tiny_world).test_sets[0]
+    settings = EvalSettings(resize_h_w=(32, 16), batch_size=8, workers=0, save_features=str(tmp_path / "f.h5"))
+    model, policy = ConstantNet("real").eval(), PrecisionPolicy.create("O0")
+    alone = evaluate_model(model, [test_set], policy, settings)
+    with_context = evaluate_model(model, [test_set], policy, settings, ctx=DistContext())
+    for key, result in alone[test_set.name].items():
+        assert with_context[test_set.name][key]["mAP"] == result["mAP"]
+        assert np.array_equal(with_context[test_set.name][key]["cmc"], result["cmc"])
+    import bpm.distributed
+
+    assert not hasattr(bpm.distributed, "current_context")
+
+
+def test_save_features_writes_the_one_features_file_with_the_evaluated_features(tiny_world, tmp_path):
+    test_set = build_dataset("market1501", tiny_world).test_sets[0]
+    path = tmp_path / "f.h5"
+    settings = EvalSettings(resize_h_w=(32, 16), batch_size=8, workers=0, flip=True, save_features=str(path),
+                            features_attrs={"weights": "/w.pth"})
+    model, policy = ConstantNet("real").eval(), PrecisionPolicy.create("O0")
+    evaluate_model(model, [test_set], policy, settings)
+    file = read_features_file(path)
+    assert file.format_version == 2 and file.attrs["weights"] == "/w.pth" and file.attrs["flip"] == 1
+    (saved,) = read_test_sets(path)
+    assert saved.name == test_set.name and saved.query == test_set.query and saved.gallery == test_set.gallery
+    want = extract_features(model, test_set.gallery, policy, (32, 16), batch_size=8, workers=0, flip=True)
+    assert np.array_equal(saved.gallery_features, want)

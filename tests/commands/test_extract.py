@@ -1,0 +1,101 @@
+"""`bpm extract` writes the one features file: a query/gallery folder is evaluable by `bpm evaluate`
+and drawable by `bpm visualize`, exactly as `bpm test --save_features` of the same folder."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from bpm.cli import main
+from bpm.commands.extract import extract_folder
+from bpm.evaluation.features_file import read_features_file
+from bpm.models.reid import build_model
+
+FAST = ["-d", "()", "--resize_h_w", "(64, 32)"]
+
+
+class FakeExtractor:
+    """Features from the file names (pid, camera, index): no model needed to test the file."""
+
+    def __call__(self, paths: list[str]) -> np.ndarray:
+        rows = [[int(Path(p).name[:4]), int(Path(p).name.split("_c")[1][0]), i] for i, p in enumerate(paths)]
+        return np.array(rows, dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def test_folder(tiny_world, tmp_path_factory) -> Path:
+    """The layout `--dataset folder` reads: query/ and gallery/ (junk boxes included)."""
+    folder = tmp_path_factory.mktemp("extract") / "cams"
+    shutil.copytree(tiny_world / "query", folder / "query")
+    shutil.copytree(tiny_world / "bounding_box_test", folder / "gallery")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "mobilenetV2.pth"
+    torch.manual_seed(0)
+    torch.save(build_model("mobilenetV2").state_dict(), path)
+    return path
+
+
+def test_a_query_gallery_folder_becomes_an_evaluable_test_set(test_folder, tmp_path, capsys):
+    out = tmp_path / "f.h5"
+    extract_folder(FakeExtractor(), test_folder, out, {"command": "bpm extract"})
+    file = read_features_file(out)
+    assert sorted(file.splits) == ["cams/gallery", "cams/query"] and file.attrs["images"] == str(test_folder)
+    gallery = file.splits["cams/gallery"]
+    assert gallery.has_ids and (gallery.pids >= 0).all()  # junk boxes left out, as --dataset folder does
+    assert main(["evaluate", "--features_file", str(out), "--rerank", "false"]) == 0
+    assert "Test set cams:" in capsys.readouterr().out
+    assert main(["visualize", "--features_file", str(out), "--num_queries", "2", "--rank_list_size", "3",
+                 "--exp_dir", str(tmp_path / "vis"), "--log_to_file", "false"]) == 0
+    assert len(list((tmp_path / "vis/rank_lists").glob("*.jpg"))) == 2
+
+
+def test_a_plain_folder_is_one_split_and_evaluate_says_what_is_missing(test_folder, tmp_path, capsys):
+    out = tmp_path / "q.h5"
+    features, names = extract_folder(FakeExtractor(), test_folder / "query", out)
+    assert list(read_features_file(out).splits) == ["query/images"] and len(names) == len(features)
+    for command in (["evaluate", "--features_file", str(out)],
+                    ["visualize", "--features_file", str(out), "--log_to_file", "false",
+                     "--exp_dir", str(tmp_path / "vis")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: --features_file") and "\n" not in err and str(out) in err
+        assert f"'query/images' ({len(names)} images)" in err and "'<set>/query' and '<set>/gallery'" in err
+
+
+def test_an_old_flat_extract_file_still_reads(tmp_path, capsys):
+    out = tmp_path / "old.h5"
+    with h5py.File(out, "w") as handle:  # `bpm extract` before the one format: datasets at the root
+        handle["features"] = np.ones((2, 3), np.float32)
+        handle["names"] = np.array(["a.jpg", "b.jpg"], dtype=h5py.string_dtype())
+        handle["paths"] = np.array(["/x/a.jpg", "/x/b.jpg"], dtype=h5py.string_dtype())
+    assert main(["evaluate", "--features_file", str(out)]) == 2
+    assert "'old/images' (2 images)" in capsys.readouterr().err
+
+
+def test_extract_of_a_test_folder_equals_bpm_test_save_features(test_folder, weights, tmp_path, capsys):
+    by_test, by_extract = tmp_path / "test.h5", tmp_path / "extract.h5"
+    assert main(["test", *FAST, "--dataset", "folder", "--data_root", str(test_folder), "--net", "mobilenetV2",
+                 "--model_weight_file", str(weights), "--workers", "0", "--batch_size_test", "8", "--rerank", "false",
+                 "--log_to_file", "false", "--exp_dir", str(tmp_path / "exp"), "--save_features", str(by_test)]) == 0
+    assert main(["extract", *FAST, "--weights", str(weights), "--images", str(test_folder), "--out", str(by_extract),
+                 "--batch_size", "8"]) == 0
+    tested, extracted = read_features_file(by_test), read_features_file(by_extract)
+    assert extracted.attrs["command"] == "bpm extract" and extracted.format_version == tested.format_version == 2
+    for side in ("query", "gallery"):
+        a, b = tested.splits[f"folder/{side}"], extracted.splits[f"cams/{side}"]
+        assert a.paths == b.paths and np.array_equal(a.pids, b.pids) and np.array_equal(a.camids, b.camids)
+        assert np.array_equal(a.features, b.features)
+    capsys.readouterr()
+    assert main(["evaluate", "--features_file", str(by_extract), "--rerank", "false",
+                 "--exp_dir", str(tmp_path / "e")]) == 0
+    results = json.loads((tmp_path / "e/results.json").read_text())
+    assert results["mAP"] == json.loads((tmp_path / "exp/results.json").read_text())["mAP"]
