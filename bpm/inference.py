@@ -121,6 +121,13 @@ class OnnxModule(torch.nn.Module):
         return torch.from_numpy(self.runner(images.cpu().numpy()))
 
 
+def onnx_features(runner: OnnxModel, items: Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
+    """Features of images by an ONNX graph (its metadata gives input size and pixel scale), through
+    the one extraction path: what ``bpm export`` verifies is what ``FeatureExtractor`` computes."""
+    return embed_images(OnnxModule(runner), items, PrecisionPolicy.create("O0"), runner.spec.resize_h_w, batch_size,
+                        raw=runner.spec.bake_normalization)
+
+
 def tensor_images(batch: torch.Tensor) -> list[np.ndarray]:
     """A ``(N, 3, H, W)`` or ``(3, H, W)`` RGB tensor (uint8 0..255 or float 0..1) as ``HxWx3`` arrays,
     so that tensors take exactly the path of files and arrays (resize, then normalisation)."""

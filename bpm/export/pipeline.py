@@ -31,6 +31,7 @@ from bpm.export.sensitivity import activation_sensitivity
 from bpm.export.verify import (COSINE_THRESHOLDS, FormatCheck, add_retrieval, check_cosine, cosine_rows, format_table,
                                retrieval_scores, write_report)
 from bpm.export.weights import load_source_model, save_pt, save_safetensors, state_precision, weights_state
+from bpm.inference import onnx_features
 from bpm.machine import machine_line
 from bpm.models.meta import choose, model_meta, safetensors_metadata
 from bpm.models.reid import load_inference_model
@@ -277,9 +278,10 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
             precision = runner.spec.precision
             # Against the original model for every format: fine-tuning teaches the 8-bit network to
             # give the original's embedding (the fine-tuned FP32 weights themselves drift from it).
-            check = check_cosine(fmt, path, precision, runner.embed(images.verification, opts.batch_size), reference)
+            check = check_cosine(fmt, path, precision, onnx_features(runner, images.verification, opts.batch_size),
+                                 reference)
             if images.test_set is not None:
-                feats = runner.embed(eval_paths, opts.batch_size)
+                feats = onnx_features(runner, eval_paths, opts.batch_size)
                 add_retrieval(check, retrieval_scores(feats[:nq], feats[nq:], images.test_set, normalize), ref_scores,
                               opts.max_map_drop)
             checks.append(check)

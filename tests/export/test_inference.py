@@ -188,3 +188,21 @@ def test_onnx_backend_takes_the_one_path_with_flip_and_normalize(onnx_file, imag
     both = bpm.FeatureExtractor(onnx_file, batch_size=4, flip=True, normalize=True)(image_paths[:6])
     want = (base + plain(mirrored)) / 2
     np.testing.assert_allclose(both, want / np.linalg.norm(want, axis=1, keepdims=True), rtol=1e-4, atol=1e-5)
+
+
+def test_export_verifies_onnx_files_with_what_the_extractor_computes(tmp_path, original_ckpt, world, monkeypatch,
+                                                                     embed_calls):
+    seen: list[tuple[list[str], np.ndarray]] = []
+    original = pipeline.onnx_features
+
+    def recording(runner, items, batch_size=32):
+        seen.append((list(items), original(runner, items, batch_size)))
+        return seen[-1][1]
+
+    monkeypatch.setattr(pipeline, "onnx_features", recording)
+    result = run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path), resize_h_w=SIZE,
+                                      formats=("onnx",), calib_images=str(world / "bounding_box_train"),
+                                      verify_count=8, batch_size=4), log=lambda line: None)
+    paths, checked = seen[0]
+    assert len(paths) == 8 and embed_calls == [4, 4, 4, 4]  # the torch reference, then the ONNX file
+    assert np.array_equal(checked, bpm.FeatureExtractor(result["files"]["onnx"], batch_size=4)(paths))
