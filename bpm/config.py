@@ -195,9 +195,23 @@ def add_precision_switches(parser: argparse.ArgumentParser, *, default: str = "O
                             help="positive number or 'dynamic' (default: dynamic where float16 needs it)")
 
 
+def add_normalize_switch(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--normalize_feature", type=str2bool, default=False, help="L2-normalise the features")
+
+
+def add_rerank_switch(parser: argparse.ArgumentParser, *, default: bool,
+                      help: str = "also print k-reciprocal re-ranked results") -> None:
+    parser.add_argument("--rerank", type=str2bool, default=default, help=help)
+
+
+def add_exp_dir_switch(parser: argparse.ArgumentParser,
+                       help: str = "output folder (default derived from the settings)") -> None:
+    parser.add_argument("--exp_dir", default="", help=help)
+
+
 def add_feature_switches(parser: argparse.ArgumentParser) -> None:
     """How features of a dataset's images are extracted."""
-    parser.add_argument("--normalize_feature", type=str2bool, default=False, help="L2-normalise the features")
+    add_normalize_switch(parser)
     parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
     parser.add_argument("--batch_size_test", type=int, default=64, help="images per batch for feature extraction")
     parser.add_argument("--test_flip", type=str2bool, default=False,
@@ -211,21 +225,29 @@ def add_test_switches(parser: argparse.ArgumentParser) -> None:
                              "else --normalize_feature)")
     parser.add_argument("--mq_pooling", default="average", choices=["average", "max"],
                         help="how Market's multi-query (gt_bbox) features are pooled per query")
-    parser.add_argument("--rerank", type=str2bool, default=True, help="also print k-reciprocal re-ranked results")
+    add_rerank_switch(parser, default=True)
     parser.add_argument("--save_features", default="",
                         help="also save test features, names, pids, camids to this .h5 file")
     parser.add_argument("--dist_timeout", type=float, default=1800.0,
                         help="multi-process: seconds a rank waits for the others before stopping with an error")
 
 
+def add_weights_switches(parser: argparse.ArgumentParser, *, checkpoint: bool = False) -> None:
+    """The weights an evaluation reads: ``--model_weight_file``, and (``checkpoint``) ``--ckpt_file``."""
+    if checkpoint:
+        parser.add_argument("--ckpt_file", default="", help="training checkpoint to read the model from "
+                            "(default: <exp_dir>/ckpt.pth when no --model_weight_file)")
+    parser.add_argument("--model_weight_file", default="",
+                        help="weights file to evaluate (default: the run folder's ckpt.pth)")
+
+
 def add_output_switches(parser: argparse.ArgumentParser, *, run_number: bool = True) -> None:
-    """Where a run writes, and the weights an evaluation reads."""
-    parser.add_argument("--exp_dir", default="", help="output folder (default derived from the settings)")
+    """Where a run writes."""
+    add_exp_dir_switch(parser)
     if run_number:
         parser.add_argument("-r", "--run", type=int, default=1, help="run number in the default output folder's name")
     parser.add_argument("--log_to_file", type=str2bool, default=True,
                         help="mirror the console into the output folder (and TensorBoard when training)")
-    parser.add_argument("--model_weight_file", default="", help="weights to evaluate with --only_test")
 
 
 def add_train_switches(parser: argparse.ArgumentParser) -> None:
@@ -307,6 +329,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add_feature_switches(parser)
     add_test_switches(parser)
     add_output_switches(parser)
+    add_weights_switches(parser)
     add_train_switches(parser)
 
 
@@ -320,6 +343,7 @@ def add_test_arguments(parser: argparse.ArgumentParser) -> None:
     add_feature_switches(parser)
     add_test_switches(parser)
     add_output_switches(parser)
+    add_weights_switches(parser)
 
 
 # --------------------------------------------------------------------------- typed settings

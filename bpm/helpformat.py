@@ -32,8 +32,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._format_action(action)
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """A bad switch is one line (``error: argument --net: invalid choice: ...``), as every other input
+    error of the project, instead of the whole usage block that would bury it."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} -h)\n")
+
+
 def make_parser(prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
-    """An ``ArgumentParser`` with no prefix matching (``--lr`` must never silently mean ``--lr_decay_type``)
-    and defaults in ``-h``."""
-    return argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False,
-                                   formatter_class=HelpFormatter)
+    """An ``ArgumentParser`` with no prefix matching (``--lr`` must never silently mean ``--lr_decay_type``),
+    defaults in ``-h`` and one-line errors."""
+    return OneLineErrorParser(prog=prog, description=description, allow_abbrev=False,
+                              formatter_class=HelpFormatter)

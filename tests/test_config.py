@@ -1,13 +1,17 @@
 """The original's switches: every one accepted with its original spelling and value syntax."""
 import argparse
+import ast
+from pathlib import Path
 
 import pytest
 
-from bpm.config import train_config
-from bpm.config import add_train_arguments, parse_tuple, str2bool
+from bpm.config import (DataSettings, ModelSettings, PrecisionSettings, add_train_arguments, apply_recipe,
+                        data_settings, is_unset, model_settings, parse_tuple, precision_settings, str2bool,
+                        train_config)
 from bpm.data.transforms import RandomCropResize, train_transform
-from bpm.config import apply_recipe
 from bpm.recipes import BOT_TRIPLET_WEIGHT
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -175,3 +179,114 @@ def test_loss_terms_reach_the_criterion():
     apply_recipe(args)
     criterion = ReidCriterion(train_config(args).loss, num_classes=3, feature_dim=4)
     assert criterion.triplet is None and criterion.id_loss.epsilon == 0.2 and criterion.center is not None
+
+
+# --------------------------------------------------------------------------- one definition per switch
+
+
+def _declared_switches(path: Path) -> set[str]:
+    """Every ``--name`` that ``path`` passes to ``add_argument``."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+            found |= {a.value for a in node.args if isinstance(a, ast.Constant) and str(a.value).startswith("-")}
+    return found
+
+
+def test_every_switch_of_a_group_is_declared_only_in_bpm_config():
+    """A group switch (``--opt-level``, ``--net``, ``--dataset`` ...) typed anywhere else could drift apart
+    from the group's type, default or choices: commands compose their parsers from the groups instead."""
+    grouped = _declared_switches(ROOT / "bpm" / "config.py")
+    assert {"--opt-level", "--net", "--dataset", "--resize_h_w", "--loss-scale", "-d"} <= grouped
+    sources = [p for p in (ROOT / "bpm").rglob("*.py") if p.name != "config.py"] + list((ROOT / "script").rglob("*.py"))
+    again = {str(p.relative_to(ROOT)): sorted(_declared_switches(p) & grouped) for p in sources}
+    assert {k: v for k, v in again.items() if v} == {}
+
+
+def _command_parser(name: str) -> argparse.ArgumentParser:
+    import importlib
+
+    from bpm.cli import SUBCOMMANDS
+    from bpm.helpformat import make_parser
+
+    parser = make_parser(f"bpm {name}", "")
+    importlib.import_module(SUBCOMMANDS[name][0]).add_arguments(parser)
+    return parser
+
+
+def _option(parser: argparse.ArgumentParser, flag: str) -> argparse.Action | None:
+    return next((a for a in parser._actions if flag in a.option_strings), None)
+
+
+@pytest.mark.parametrize("command", ["train", "test", "visualize", "export", "extract"])
+def test_opt_level_takes_its_choices_from_the_precision_registry(command):
+    from bpm.precision import OPT_LEVELS
+
+    action = _option(_command_parser(command), "--opt-level")
+    assert list(action.choices) == list(OPT_LEVELS)
+    assert action.type("o2") == "O2"  # any case, as the original accepted
+
+
+def test_dataset_and_net_choices_come_from_the_registries():
+    from bpm.data.datasets import READERS
+    from bpm.models.registry import BACKBONES
+
+    for command in ("train", "test", "visualize", "data", "export"):
+        assert sorted(_option(_command_parser(command), "--dataset").choices) == sorted(READERS)
+    for command in ("train", "test", "visualize", "export", "extract"):
+        assert list(_option(_command_parser(command), "--net").choices) == list(BACKBONES)
+
+
+def test_bpm_test_has_no_training_switch_and_visualize_no_save_features():
+    test = _command_parser("test")
+    for flag in ("--recipe", "--base_lr", "--total_epochs", "--resume", "--margin", "--loss-scale", "--erase"):
+        assert _option(test, flag) is None, flag
+    for flag in ("--model_weight_file", "--save_features", "--rerank", "--test_flip", "--opt-level", "--exp_dir"):
+        assert _option(test, flag) is not None, flag
+    assert _option(_command_parser("visualize"), "--save_features") is None
+
+
+def test_export_reads_the_cuhk03_type_into_its_options():
+    from bpm.commands.export import options_from_args
+
+    args = _command_parser("export").parse_args(["--weights", "w.pth", "--out", "o", "--dataset", "cuhk03",
+                                                 "--cuhk03_type", "labeled"])
+    assert options_from_args(args).cuhk03_type == "labeled"
+
+
+def test_switches_become_typed_settings_at_the_command_boundary():
+    args = parser().parse_args(["--dataset", "cuhk03", "--cuhk03_type", "labeled", "--data_root", "/d",
+                                "--opt-level", "o1", "--loss-scale", "128", "--net", "resnet50", "--set_seed", "true",
+                                "--seed", "7", "--trainset_part", "train"])
+    apply_recipe(args)
+    assert data_settings(args) == DataSettings("cuhk03", "/d", "labeled", "train", False, 7)
+    assert precision_settings(args) == PrecisionSettings("O1", True, None, 128.0)
+    model = model_settings(args)
+    assert model == ModelSettings("resnet50", 1, (256, 128))
+    assert not is_unset(model.net) and is_unset(model.resize_h_w)  # a weights file may still set the size
+    assert train_config(args).seed == 7
+
+
+def test_below_the_command_boundary_no_function_takes_a_namespace():
+    """Only the command layer (bpm/commands, bpm/cli.py, bpm/config.py, bpm/runconfig.py, bpm/helpformat.py)
+    handles argparse; the library below it takes typed settings."""
+    boundary = {"cli.py", "config.py", "runconfig.py", "helpformat.py"}
+    offenders = []
+    for path in (ROOT / "bpm").rglob("*.py"):
+        if path.name in boundary or "commands" in path.parts:
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                if "argparse" in names:
+                    offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []
+
+
+def test_recipe_rules_read_plain_values():
+    from bpm.recipes import recipe_values
+
+    filled = recipe_values("bot", {"total_epochs": 120, "resize_h_w": (256, 128), "erase": True})
+    assert filled["warmup_epochs"] == 10 and filled["pad_crop"] == 10
+    assert "erase" not in filled  # a value the user gave is kept

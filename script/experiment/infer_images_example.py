@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bpm.config import (add_device_switches, add_model_switches, add_precision_switches, is_unset,  # noqa: E402
-                        model_settings, precision_settings)
+from bpm.config import (add_device_switches, add_model_switches, add_precision_switches,  # noqa: E402
+                        add_weights_switches, is_unset, model_settings, precision_settings)
 from bpm.errors import BpmError  # noqa: E402
 from bpm.helpformat import make_parser  # noqa: E402
 
@@ -27,8 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_switches(parser)
     add_model_switches(parser)
     add_precision_switches(parser)
-    parser.add_argument("--ckpt_file", default="", help="training checkpoint")
-    parser.add_argument("--model_weight_file", default="", help="weights file (used when --ckpt_file is empty)")
+    add_weights_switches(parser, checkpoint=True)
     parser.add_argument("--saved_feature_mat_file", required=True, help="output .mat file")
     parser.add_argument("--image_dir", required=True, help="folder of images")
     return parser
