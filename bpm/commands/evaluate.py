@@ -1,25 +1,33 @@
 """``bpm evaluate --features_file F.h5``: evaluate saved features again, without the model.
 
 A features file (:mod:`bpm.evaluation.features_file`) from ``bpm test --save_features F.h5`` or
-``bpm extract`` of a query/gallery folder carries names, pids and camids, so re-evaluating (e.g.
-with re-ranking) needs no images or weights.
+``bpm extract`` of a query/gallery folder carries names, pids and camids, so re-evaluating needs no
+images or weights: with re-ranking (``--rerank``), the official Market-1501 MATLAB AP
+(``--ap market_matlab``) or the old CUHK03 single-shot protocol (``--protocol cuhk03``).
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from bpm.config import str2bool
+from bpm.config import add_exp_dir_switch, add_normalize_switch, add_rerank_switch
 from bpm.engine.evaluator import evaluate_features, format_result, warn_near_constant, write_results
 from bpm.evaluation.features import near_constant_rows
+from bpm.evaluation.metrics import AP_DEFINITIONS, PROTOCOLS
 from bpm.evaluation.features_file import read_test_sets
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features_file", required=True, help="HDF5 file written by --save_features")
-    parser.add_argument("--normalize_feature", type=str2bool, default=False, help="L2-normalise features first")
-    parser.add_argument("--rerank", type=str2bool, default=True, help="also print k-reciprocal re-ranked results")
-    parser.add_argument("--exp_dir", default="", help="write results.json here (optional)")
+    add_normalize_switch(parser)
+    add_rerank_switch(parser, default=True)
+    parser.add_argument("--ap", default="sklearn", choices=AP_DEFINITIONS,
+                        help="AP definition: sklearn (mean precision at each true match; the papers' mAP) or "
+                             "market_matlab (the official Market-1501 MATLAB code's trapezoid)")
+    parser.add_argument("--protocol", default="market1501", choices=PROTOCOLS,
+                        help="market1501 (every gallery match counts) or cuhk03 (the old CUHK03 single-shot "
+                             "protocol: one random gallery image per identity, averaged over 10 draws)")
+    add_exp_dir_switch(parser, help="write results.json here (optional)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
             if near_constant_rows(feats):  # saved features carry no model to blame, but are flagged all the same
                 warn_near_constant(saved.name, split, len(feats))
         results = evaluate_features(saved.query_features, saved.gallery_features, saved.query, saved.gallery,
-                                    args.rerank)
+                                    args.rerank, ap=args.ap, protocol=args.protocol)
         print(f"Test set {saved.name}: {len(saved.query)} queries x {len(saved.gallery)} gallery images")
         print(format_result("Single Query", results["plain"]))
         report = {"single_query": results["plain"]}
@@ -43,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         Path(args.exp_dir).mkdir(parents=True, exist_ok=True)
         # In a training folder: test_results.json, never the training run's results.json.
         results_name = record_names(args.exp_dir, training=False)[1]
-        write_results(Path(args.exp_dir) / results_name, Path(args.features_file).name, "features", "-", reports)
+        write_results(Path(args.exp_dir) / results_name, Path(args.features_file).name, "features", "-", reports,
+                      {"ap": args.ap, "protocol": args.protocol})
         print(f"Results written to {Path(args.exp_dir) / results_name}")
     return 0

@@ -73,16 +73,20 @@ def evaluate_features(
     rerank: bool,
     max_rank: int = 50,
     q_feat_for_rerank: np.ndarray | None = None,
+    ap: str = "sklearn",
+    protocol: str = "market1501",
 ) -> dict[str, dict]:
-    """Plain (and optionally re-ranked) results for one set of query features."""
+    """Plain (and optionally re-ranked) results for one set of query features, with the AP definition and
+    protocol of :func:`bpm.evaluation.metrics.evaluate`."""
     q_pids, q_cams = _ids(query)
     g_pids, g_cams = _ids(gallery)
     q_g = compute_distances(q_feat, g_feat)
-    results = {"plain": evaluate(q_g, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank)}
+    scoring = {"max_rank": max_rank, "ap": ap, "protocol": protocol}
+    results = {"plain": evaluate(q_g, q_pids, g_pids, q_cams, g_cams, **scoring)}
     if rerank:
         q_q = compute_distances(q_feat, q_feat)
         g_g = compute_distances(g_feat, g_feat)
-        results["reranked"] = evaluate(re_ranking(q_g, q_q, g_g), q_pids, g_pids, q_cams, g_cams, max_rank=max_rank)
+        results["reranked"] = evaluate(re_ranking(q_g, q_q, g_g), q_pids, g_pids, q_cams, g_cams, **scoring)
     return results
 
 

@@ -32,3 +32,38 @@ def test_features_file_round_trip(tmp_path, capsys):
 def test_missing_features_file_is_one_line(tmp_path, capsys):
     assert main(["evaluate", "--features_file", str(tmp_path / "none.h5")]) == 2
     assert capsys.readouterr().err.strip().startswith("error: --features_file")
+
+
+def test_ap_definition_and_protocol_switches_reach_the_metrics(tmp_path, capsys):
+    """``--ap market_matlab`` and ``--protocol cuhk03`` score exactly as the metrics' own definitions."""
+    rng = np.random.default_rng(3)
+    query = [ImageRecord(f"/q/{i:04d}_c1s1_0001_00.jpg", i % 6 + 1, 1) for i in range(12)]
+    gallery = [ImageRecord(f"/g/{i:04d}_c2s1_0001_00.jpg", i % 6 + 1, 2 + i % 3) for i in range(48)]
+    q_feat = rng.normal(size=(12, 8)).astype(np.float32)
+    g_feat = rng.normal(size=(48, 8)).astype(np.float32)
+    path = tmp_path / "feats.h5"
+    save_features(path, q_feat, query, "demo/query")
+    save_features(path, g_feat, gallery, "demo/gallery")
+    ids = ([r.pid for r in query], [r.pid for r in gallery], [r.camid for r in query], [r.camid for r in gallery])
+    dist = compute_distances(q_feat, g_feat)
+    seen = {}
+    for ap, protocol in (("sklearn", "market1501"), ("market_matlab", "market1501"), ("sklearn", "cuhk03")):
+        out_dir = tmp_path / f"{ap}_{protocol}"
+        assert main(["evaluate", "--features_file", str(path), "--rerank", "false", "--ap", ap,
+                     "--protocol", protocol, "--exp_dir", str(out_dir)]) == 0
+        results = json.loads((out_dir / "results.json").read_text())
+        expected = evaluate(dist, *ids, ap=ap, protocol=protocol)
+        assert results["mAP"] == expected["mAP"]
+        assert (results["ap"], results["protocol"]) == (ap, protocol)
+        seen[(ap, protocol)] = results["mAP"]
+    capsys.readouterr()
+    assert len(set(seen.values())) == 3  # each definition really scores differently on this ranking
+
+
+def test_unknown_ap_definition_is_one_line(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--features_file", str(tmp_path / "f.h5"), "--ap", "voc"])
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: argument --ap: invalid choice") and "\n" not in err
