@@ -59,3 +59,20 @@ def test_original_train_test_visualize_chain(converted, tmp_path):
         str(converted), "--num_queries", "4", "--rank_list_size", "5", "--net", "mobilenetV2", "--opt-level", "O0",
         "--model_weight_file", str(exp_dir / "ckpt.pth"), "--exp_dir", str(vis_dir), "--resize_h_w", "(64, 32)")
     assert len(list((vis_dir / "rank_lists").glob("*.jpg"))) == 4
+
+    # extractModels.sh's step with the original's extract_weights.py flags: FP16 weights file and ONNX graph.
+    export_dir = tmp_path / "export"
+    run("script/experiment/extract_weights.py", "--check_point_file", str(exp_dir / "ckpt.pth"),
+        "--model_file", str(export_dir / "model_weight.pt"), "--onnx_file", str(export_dir / "model.onnx"),
+        "--net", "mobilenetV2", "--resize_h_w", "(64, 32)", "--opt-level", "O2")
+    assert (export_dir / "model_weight.pt").is_file() and (export_dir / "model.onnx").is_file()
+
+    # infer_images_example.py: features of a folder into a .mat file (input size from the checkpoint).
+    from scipy.io import loadmat
+
+    images = sorted((converted / "images").iterdir())
+    run("script/experiment/infer_images_example.py", "-d", "()", "--ckpt_file", str(exp_dir / "ckpt.pth"),
+        "--saved_feature_mat_file", str(tmp_path / "feats"), "--image_dir", str(converted / "images"),
+        "--net", "mobilenetV2")
+    mat = loadmat(tmp_path / "feats.mat")
+    assert mat["features"].shape[0] == len(images) and mat["names"].shape[0] == len(images)
