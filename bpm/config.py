@@ -319,14 +319,20 @@ def add_train_switches(parser: argparse.ArgumentParser) -> None:
                         help="evaluate the network before training too (the demo prints both)")
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every switch of the original ``train.py``: ``bpm train`` and ``script/experiment/train.py``."""
+def add_dataset_features_switches(parser: argparse.ArgumentParser, *, training: bool = False) -> None:
+    """What running a model over a dataset's images needs: device, data, model, precision, feature extraction
+    (``training``: also the training split and ``--loss-scale``)."""
     add_device_switches(parser)
-    add_data_switches(parser, training_split=True)
+    add_data_switches(parser, training_split=training)
     add_image_check_switch(parser)
     add_model_switches(parser)
-    add_precision_switches(parser, training=True)
+    add_precision_switches(parser, training=training)
     add_feature_switches(parser)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every switch of the original ``train.py``: ``bpm train`` and ``script/experiment/train.py``."""
+    add_dataset_features_switches(parser, training=True)
     add_test_switches(parser)
     add_output_switches(parser)
     add_weights_switches(parser)
@@ -335,12 +341,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_test_arguments(parser: argparse.ArgumentParser) -> None:
     """``bpm test``: what evaluating a weights file needs, and no training switch."""
-    add_device_switches(parser)
-    add_data_switches(parser)
-    add_image_check_switch(parser)
-    add_model_switches(parser)
-    add_precision_switches(parser)
-    add_feature_switches(parser)
+    add_dataset_features_switches(parser)
     add_test_switches(parser)
     add_output_switches(parser)
     add_weights_switches(parser)

@@ -21,7 +21,7 @@ import os
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -224,8 +224,9 @@ def check_same_across_ranks(ctx: DistContext, values: dict[str, object], what: s
     raise BpmError(f"{what} differ between ranks: {'; '.join(differing)}; every rank must get the same command line")
 
 
-def args_for_check(args) -> dict[str, object]:
-    return {k: v for k, v in vars(args).items() if k not in PER_PROCESS_SWITCHES}
+def switches_for_check(switches: Mapping[str, object]) -> dict[str, object]:
+    """The switches every rank must agree on (all but the per-process ones)."""
+    return {k: v for k, v in switches.items() if k not in PER_PROCESS_SWITCHES}
 
 
 def records_digest(records: Sequence) -> str:
@@ -327,15 +328,6 @@ def all_gather_rows(ctx: DistContext, local: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]
     dist.all_gather(parts, padded)
     return torch.cat([part[:size] for part, size in zip(parts, sizes)]).cpu()
-
-
-def current_context() -> DistContext:
-    """The context of an already-initialised process group (for code far from the command)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return DistContext()
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    return DistContext(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0),
-                       _env_int("LOCAL_WORLD_SIZE", dist.get_world_size()), device)
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from bpm.engine.config import TrainConfig
+from bpm.config import train_config
 from bpm.models.reid import ReidOutput
 from bpm import distributed
 from bpm.data.datasets import build_dataset
@@ -120,7 +120,7 @@ def fit_losses(rank: int, world_size: int, payload: dict, exp_dir: Path, resume:
     seed_everything(args.seed)
     records = build_dataset("market1501", payload["world"]).train
     model = TinyNet(num_classes=len({r.pid for r in records}) if args.id_loss_weight else 0)
-    trainer = Trainer(model, POLICY, TrainConfig.from_args(args), records, exp_dir, None, rank, world_size)
+    trainer = Trainer(model, POLICY, train_config(args), records, exp_dir, None, rank, world_size)
     if resume:
         trainer.resume(Path(payload["resume_from"]))
     if rank != 0:
@@ -143,15 +143,15 @@ def job_features(ctx: distributed.DistContext, payload: dict) -> dict:
     torch.manual_seed(0)
     model = TinyNet(batchnorm=True).eval()
     test_set = build_dataset("market1501", payload["world"]).test_sets[0]
-    settings = EvalSettings(resize_h_w=(64, 32), batch_size=5, workers=0, rerank=True, shard=True)
-    features = extract_features(model, test_set.gallery, POLICY, (64, 32), 5, 0, shard=True)
-    return {"features": features, "report": evaluate_test_set(model, test_set, POLICY, settings, verbose=False)}
+    settings = EvalSettings(resize_h_w=(64, 32), batch_size=5, workers=0, rerank=True)
+    features = extract_features(model, test_set.gallery, POLICY, (64, 32), 5, 0, ctx=ctx)
+    return {"features": features, "report": evaluate_test_set(model, test_set, POLICY, settings, verbose=False, ctx=ctx)}
 
 
 def job_check_args(ctx: distributed.DistContext, payload: dict) -> dict:
     args = train_args(Path(payload["world"]), Path("unused"), "--base_lr", "0.1" if ctx.rank else "0.2",
                       "--workers", str(ctx.rank))
-    distributed.check_same_across_ranks(ctx, distributed.args_for_check(args), "settings")
+    distributed.check_same_across_ranks(ctx, distributed.switches_for_check(vars(args)), "settings")
     return {}
 
 

@@ -16,7 +16,9 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from bpm.config import add_common_arguments, default_exp_dir, str2bool
+from bpm.config import (DataSettings, FeatureSettings, ModelSettings, PrecisionSettings, add_dataset_features_switches,
+                        add_output_switches, add_rerank_switch, add_weights_switches, data_settings, default_exp_dir,
+                        feature_settings, model_settings, precision_settings)
 from bpm.data.records import ImageRecord, TestSet
 from bpm.errors import BpmError
 from bpm.vis.html import PageEntry, render_index, render_links, write_page
@@ -44,12 +46,12 @@ class VisSet:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser)
-    parser.add_argument("--ckpt_file", default="", help="training checkpoint to read the model from "
-                        "(default: <exp_dir>/ckpt.pth when no --model_weight_file)")
+    add_dataset_features_switches(parser)
+    add_output_switches(parser, run_number=False)
+    add_weights_switches(parser, checkpoint=True)
     parser.add_argument("--num_queries", type=int, default=16, help="how many queries to draw")
     parser.add_argument("--rank_list_size", type=int, default=10, help="gallery images per rank list")
-    parser.add_argument("--rerank", type=str2bool, default=False, help="rank by k-reciprocal re-ranked distances")
+    add_rerank_switch(parser, default=False, help="rank by k-reciprocal re-ranked distances")
     parser.add_argument("--features_file", default="",
                         help="HDF5 features saved by `bpm test --save_features` (instead of a model and dataset)")
     parser.add_argument("--query_seed", type=int, default=QUERY_SEED,
@@ -63,11 +65,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise BpmError(f"--rank_list_size: expected a positive number, got {args.rank_list_size}")
     if args.features_file and (args.model_weight_file or args.ckpt_file):
         raise BpmError("--features_file replaces the model: give it or --model_weight_file/--ckpt_file, not both")
-    if args.save_features:
-        raise BpmError("--save_features: not available here; save features with `bpm test --save_features FILE`")
     from bpm.switches import check_common
 
-    check_common(args)  # --resize_h_w, --workers, --batch_size_test
+    check_common(vars(args))  # --resize_h_w, --workers, --batch_size_test
     # Inputs are checked before anything slow (imports, dataset indexing, the model) starts.
     if args.features_file and not Path(args.features_file).is_file():
         raise BpmError(f"--features_file {args.features_file}: file not found")
@@ -78,7 +78,7 @@ def _check_args(args: argparse.Namespace) -> None:
 def _exp_dir(args: argparse.Namespace) -> Path:
     if args.exp_dir:
         return Path(args.exp_dir)
-    return default_exp_dir(argparse.Namespace(**{**vars(args), "run": 1}))
+    return default_exp_dir(args.dataset, args.net, args.opt_level, args.last_conv_stride)
 
 
 def _weights_path(args: argparse.Namespace, exp_dir: Path) -> str:
@@ -94,35 +94,30 @@ def load_feature_sets(path: str | Path, normalize: bool) -> list[VisSet]:
             for s in read_test_sets(path, normalize)]
 
 
-def _model_sets(args: argparse.Namespace, exp_dir: Path) -> tuple[list[VisSet], str]:
+def _model_sets(weights: str, devices: tuple[int, ...], model_settings: ModelSettings, data: DataSettings,
+                precision: PrecisionSettings, features: FeatureSettings) -> tuple[list[VisSet], str]:
     """Load the model (failing fast on a wrong weights file), index the dataset, and wire lazy extraction."""
-    from bpm.data.datasets import build_dataset
     from bpm.evaluation.features import extract_features
-    from bpm.commands.train import settings_from_weights
+    from bpm.models.meta import choose
     from bpm.models.reid import load_inference_model
-    from bpm.precision import PrecisionPolicy, resolve_device
+    from bpm.precision import resolve_device
 
-    device = resolve_device(tuple(args.sys_device_ids))
-    policy = PrecisionPolicy.create(args.opt_level, device, args.amp_dtype, args.keep_batchnorm_fp32)
-    weights = _weights_path(args, exp_dir)
-    bare = load_inference_model(weights, args.net, args.last_conv_stride)
-    settings_from_weights(args, bare, weights)
+    policy = precision.policy(resolve_device(devices))
+    bare = load_inference_model(weights, model_settings.net, model_settings.last_conv_stride)
+    resize_h_w = tuple(choose("resize_h_w", model_settings.resize_h_w, bare.input_meta, weights))
     model = policy.prepare_model(bare)
-    dataset = build_dataset(args.dataset, args.data_root or None,
-                            cuhk03_type=getattr(args, "cuhk03_type", "detected"),
-                            skip_bad_images=getattr(args, "skip_bad_images", False),
-                            require_train=False)  # only query/gallery are drawn: a test-only folder works
+    dataset = data.build(require_train=False)  # only query/gallery are drawn: a test-only folder works
 
     def extractor(records: list[ImageRecord], desc: str) -> np.ndarray:
-        return extract_features(model, records, policy, tuple(args.resize_h_w), args.batch_size_test,
-                                args.workers, args.test_flip, args.normalize_feature, desc)
+        return extract_features(model, records, policy, resize_h_w, features.batch_size,
+                                features.workers, features.flip, features.normalize, desc)
 
     def vis_set(ts: TestSet) -> VisSet:
         return VisSet(ts.name, ts.query, ts.gallery, [Path(r.path).name for r in ts.query],
                       lambda rows: extractor([ts.query[i] for i in rows], "query"),
                       lambda: extractor(ts.gallery, "gallery"))
 
-    source = f"model {args.net} from {weights}, precision {policy.describe()}"
+    source = f"model {bare.net} from {weights}, precision {policy.describe()}"
     return [vis_set(ts) for ts in dataset.test_sets], source
 
 
@@ -209,7 +204,8 @@ def run(args: argparse.Namespace) -> int:
         sets = load_feature_sets(args.features_file, args.normalize_feature)
         source = f"{args.features_file}{' (L2-normalised)' if args.normalize_feature else ''}"
     else:
-        sets, source = _model_sets(args, exp_dir)
+        sets, source = _model_sets(_weights_path(args, exp_dir), tuple(args.sys_device_ids), model_settings(args),
+                                   data_settings(args), precision_settings(args), feature_settings(args))
     for vis in sets:
         _check_set(vis, args.rank_list_size)
     exp_dir.mkdir(parents=True, exist_ok=True)
