@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 def embed_batch(model: torch.nn.Module, images: torch.Tensor, policy: PrecisionPolicy, flip: bool = False,
                 normalize: bool = False) -> torch.Tensor:
     """Embeddings of one batch as FP32; with ``flip``, averaged with the mirrored images' embeddings;
-    with ``normalize``, L2-normalised (after the flip average, as the original).
+    with ``normalize``, L2-normalised (after the flip average).
 
     The policy picks the memory layout (channels-last where it is faster and safe:
     bench/infer_speed.py measured up to ~2x for MobileNet-V2 at batch 32 on CPU).
