@@ -110,21 +110,22 @@ def test_a_pair_without_ids_is_refused_naming_the_group(tmp_path):
         read_test_sets(path)
 
 
-def test_a_newer_format_version_is_refused(tmp_path):
+def _newer_version(handle) -> None:
+    handle.attrs["format_version"] = FORMAT_VERSION + 1
+
+
+def _no_camids(handle) -> None:
+    del handle["x/query/camids"]
+
+
+@pytest.mark.parametrize("spoil,message", [(_newer_version, "format_version 3 is newer than this bpm reads"),
+                                           (_no_camids, "/x/query lacks camids")])
+def test_unreadable_files_are_one_line_naming_the_problem(tmp_path, spoil, message):
     path = tmp_path / "f.h5"
     save_features(path, _features(2), _records(2, 1), "x/query")
     with h5py.File(path, "a") as handle:
-        handle.attrs["format_version"] = FORMAT_VERSION + 1
-    with pytest.raises(BpmError, match="newer than this bpm reads"):
-        read_features_file(path)
-
-
-def test_only_one_of_pids_and_camids_is_named(tmp_path):
-    path = tmp_path / "f.h5"
-    save_features(path, _features(2), _records(2, 1), "x/query")
-    with h5py.File(path, "a") as handle:
-        del handle["x/query/camids"]
-    with pytest.raises(BpmError, match="lacks camids"):
+        spoil(handle)
+    with pytest.raises(BpmError, match=message):
         read_features_file(path)
 
 
