@@ -32,6 +32,7 @@ from bpm.export.onnx import OnnxSpec, export_onnx  # noqa: E402
 from bpm.export.quantize import ImageCalibrationReader, mse_ranges  # noqa: E402
 from bpm.export.runtime import OnnxModel, image_batch, session_options  # noqa: E402
 from bpm.export.verify import cosine_rows, retrieval_scores  # noqa: E402
+from bpm.inference import onnx_features  # noqa: E402
 from bpm.machine import print_machine  # noqa: E402
 
 DEFAULT = "per-channel u8/s8 QOperator, MinMax"
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         if test_set is not None:
             reference = None
             for name, path in files.items():
-                features = OnnxModel(path, args.threads).embed(eval_paths, 64)
+                features = onnx_features(OnnxModel(path, args.threads), eval_paths, 64)
                 reference = features if reference is None else reference
                 cos = cosine_rows(features, reference)
                 accuracy[name] = (cos.mean(), cos.min(),

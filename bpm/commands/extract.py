@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bpm.config import int_tuple, device_ids, str2bool
+from bpm.config import (add_device_switches, add_model_switches, add_normalize_switch, add_precision_switches, is_unset, model_settings,
+                        precision_settings)
 from bpm.data.datasets.common import list_image_names
 from bpm.errors import BpmError
 from bpm.evaluation.features_file import FOLDER_SPLIT, FeatureSplit, write_features_file
@@ -28,21 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True, help="checkpoint, weights file, .safetensors or exported .onnx")
     parser.add_argument("--images", required=True, help="folder of images (jpg, png, bmp)")
     parser.add_argument("--out", required=True, help="feats.h5 (HDF5) or feats.mat (MATLAB)")
-    parser.add_argument("--net", default=None, help="resnet50 or mobilenetV2 (default: read from the file)")
     parser.add_argument("--backend", default=None, choices=["torch", "onnx"], help="default: onnx for .onnx files")
-    parser.add_argument("-d", "--sys_device_ids", type=device_ids, default="auto",
-                        help="torch backend: 'auto' (GPU 0 when CUDA is available, else the CPU; default), "
-                             "'()' CPU, '(0,)' GPU 0")
-    parser.add_argument("--opt-level", dest="opt_level", default="O0", choices=["O0", "O1", "O2", "O3"])
-    parser.add_argument("--keep-batchnorm-fp32", dest="keep_batchnorm_fp32", type=str2bool, default=True)
-    parser.add_argument("--amp_dtype", default=None, choices=["float16", "bfloat16"])
-    parser.add_argument("--resize_h_w", type=int_tuple(2), default=None,
-                        help="input size for the torch backend (default: the weights file's, else (256, 128); "
-                             "an ONNX file carries its own)")
-    parser.add_argument("--last_conv_stride", type=int, default=None, choices=[1, 2],
-                        help="default: the weights file's, else 1")
+    add_device_switches(parser)
+    add_model_switches(parser)  # an ONNX file carries its own network and input size
+    add_precision_switches(parser)
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--normalize_feature", type=str2bool, default=False, help="L2-normalise the features")
+    add_normalize_switch(parser)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: library default)")
 
 
@@ -151,11 +143,12 @@ def run(args: argparse.Namespace) -> int:
     check_common(vars(args))  # --resize_h_w, --batch_size
     check_output_file(args.out, "--out", hdf5=Path(args.out).suffix != ".mat")
     device = resolve_device(tuple(args.sys_device_ids))
+    model, precision = model_settings(args), precision_settings(args)
     extractor = FeatureExtractor(
-        args.weights, net=args.net, device=device, resize_h_w=args.resize_h_w, opt_level=args.opt_level,
-        backend=args.backend, batch_size=args.batch_size, normalize=args.normalize_feature,
-        last_conv_stride=args.last_conv_stride, amp_dtype=args.amp_dtype,
-        keep_batchnorm_fp32=args.keep_batchnorm_fp32, threads=args.threads,
+        args.weights, net=None if is_unset(model.net) else model.net, device=device, resize_h_w=model.resize_h_w,
+        opt_level=precision.opt_level, backend=args.backend, batch_size=args.batch_size,
+        normalize=args.normalize_feature, last_conv_stride=model.last_conv_stride, amp_dtype=precision.amp_dtype,
+        keep_batchnorm_fp32=precision.keep_batchnorm_fp32, threads=args.threads,
     )
     start = time.perf_counter()
     attrs = {"weights": str(Path(args.weights).resolve()), "net": extractor.net, "backend": extractor.backend,

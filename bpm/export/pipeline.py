@@ -53,6 +53,7 @@ class ExportOptions:
     keep_batchnorm_fp32: bool = True
     dataset: str | None = None
     data_root: str | None = None
+    cuhk03_type: str = "detected"
     calib_images: str | None = None
     calib_count: int = 200
     verify_count: int = 64
@@ -122,7 +123,7 @@ def choose_images(opts: ExportOptions, tmp: Path) -> ImageSets:
     if opts.dataset:
         from bpm.data.datasets import build_dataset
 
-        ds = build_dataset(opts.dataset, opts.data_root or None)
+        ds = build_dataset(opts.dataset, opts.data_root or None, cuhk03_type=opts.cuhk03_type)
         test_set = ds.test_sets[0]
         test_paths = [r.path for r in test_set.query + test_set.gallery]
         return ImageSets(

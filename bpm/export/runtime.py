@@ -6,7 +6,7 @@ so every format is measured on exactly the input it will see in deployment.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Iterable, Union
 
 import numpy as np
 from PIL import Image
@@ -92,9 +92,3 @@ class OnnxModel:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         output = self.session.run(None, {self.spec.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
         return np.asarray(output, dtype=np.float32).reshape(len(images), -1)
-
-    def embed(self, items: Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
-        """Features of images (paths, PIL images or arrays), ``batch_size`` at a time."""
-        chunks = [self(image_batch(items[i:i + batch_size], self.spec.resize_h_w, self.spec.bake_normalization))
-                  for i in range(0, len(items), batch_size)]
-        return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from bpm.cli import main
 from bpm.data.records import ImageRecord
-from bpm.evaluation.features import save_features
+from bpm.evaluation.features_file import save_features
 from bpm.vis.html import PageEntry, render_index, write_page
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -14,7 +14,7 @@ from PIL import Image
 from bpm.cli import main
 from bpm.data.records import ImageRecord
 from bpm.evaluation import re_ranking
-from bpm.evaluation.features import save_features
+from bpm.evaluation.features_file import save_features
 from bpm.vis.rank_list import choose_queries, draw_rank_list
 
 GREEN, RED, WHITE = (0, 255, 0), (255, 0, 0), (255, 255, 255)

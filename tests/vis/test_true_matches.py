@@ -10,7 +10,7 @@ from PIL import Image
 
 from bpm.cli import main
 from bpm.data.records import ImageRecord
-from bpm.evaluation.features import save_features
+from bpm.evaluation.features_file import save_features
 from bpm.vis.rank_list import MATCH_TILE_H, MATCH_TILE_W, true_matches
 
 

@@ -13,7 +13,8 @@ from PIL import Image
 
 from bpm.cli import main
 from bpm.data.datasets import build_dataset
-from bpm.evaluation.features import extract_features, save_features
+from bpm.evaluation.features import extract_features
+from bpm.evaluation.features_file import save_features
 from bpm.models.reid import build_model
 from bpm.precision import PrecisionPolicy
 
