@@ -3,7 +3,6 @@
 Same flags as the original baseline's script; the work is done by bpm.data.convert.
 Writes <save_dir>/trainval_images/ + partitions.pkl, which `--dataset combined` reads.
 """
-import argparse
 import os
 import sys
 

@@ -2,7 +2,6 @@
 
 Same flags as the original baseline's script; the work is done by bpm.data.convert.
 """
-import argparse
 import os
 import sys
 
