@@ -19,7 +19,7 @@ from bpm.errors import BpmError
 
 CONFIG_SWITCH = "--config"
 # Keys of a written config.json that are records, not switches.
-RECORD_KEYS = {"versions", "config"}
+RECORD_KEYS = {"versions", "config", "resume_changes"}
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +40,15 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str])
     return parser.parse_args(argv)
 
 
+def training_switches() -> set[str]:
+    """The names of every ``bpm train`` switch (what a training run's config.json may hold)."""
+    from bpm.config import add_train_arguments
+
+    parser = argparse.ArgumentParser(add_help=False)
+    add_train_arguments(parser)
+    return {a.dest for a in parser._actions} | {"only_test"}
+
+
 def config_defaults(parser: argparse.ArgumentParser, path: str | Path) -> dict[str, Any]:
     """The switches in a JSON file as parser defaults (lists become tuples; text goes through the
     switch's own type function); unknown names are refused in one line."""
@@ -53,12 +62,14 @@ def config_defaults(parser: argparse.ArgumentParser, path: str | Path) -> dict[s
     if not isinstance(values, dict):
         raise BpmError(f"--config {path}: expected a JSON object of switch names and values")
     actions = {a.dest: a for a in parser._actions if a.dest not in (argparse.SUPPRESS, "help")}
-    unknown = sorted(k for k in values if k not in actions and k not in RECORD_KEYS)
+    # A training run's config.json also serves `bpm test`: the training switches it has no use for are skipped.
+    skipped = RECORD_KEYS | (training_switches() - set(actions))
+    unknown = sorted(k for k in values if k not in actions and k not in skipped)
     if unknown:
         raise BpmError(f"--config {path}: unknown setting(s) {', '.join(unknown)}")
     defaults: dict[str, Any] = {}
     for key, value in values.items():
-        if key in RECORD_KEYS:
+        if key in skipped:
             continue
         action = actions[key]
         if isinstance(value, list):

@@ -65,3 +65,24 @@ def test_versions_are_recorded():
     assert set(versions) >= {"torchvision", "onnxruntime", "cuda", "git_commit"}
     commit = git_commit()
     assert commit is None or len(commit.split("+")[0]) == 40
+
+
+def test_a_training_runs_config_serves_bpm_test(tmp_path, capsys):
+    """bpm test has no training switches, yet takes a training run's config.json: it uses the data, model,
+    precision and evaluation settings and skips the training ones; a name no command knows is still refused."""
+    from bpm.commands import test
+
+    trained = _parse(["-d", "()", "--dataset", "cuhk03", "--resize_h_w", "(96, 48)", "--opt-level", "O1",
+                      "--total_epochs", "7", "--lr", "0.03"])
+    path = tmp_path / "config.json"
+    save_config(vars(trained), path, {"versions": {"bpm": "x"}, "resume_changes": ["--lr"]})
+    parser = make_parser("bpm test")
+    test.add_arguments(parser)
+    args = parse_args_with_config(parser, ["--config", str(path)])
+    assert (args.dataset, args.resize_h_w, args.opt_level, args.sys_device_ids) == ("cuhk03", (96, 48), "O1", ())
+    assert not hasattr(args, "base_lr") and not hasattr(args, "total_epochs")
+
+    path.write_text(json.dumps({**json.loads(path.read_text()), "lr_typo": 1}))
+    with pytest.raises(SystemExit):
+        parse_args_with_config(parser, ["--config", str(path)])
+    assert "unknown setting(s) lr_typo" in capsys.readouterr().err
