@@ -9,7 +9,6 @@ name follows the Market/Duke pattern (``0002_c1s1_...``). ``.mat`` keeps the ori
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from pathlib import Path
 
@@ -18,10 +17,10 @@ import numpy as np
 from bpm.config import (add_device_switches, add_model_switches, add_normalize_switch, add_precision_switches, is_unset, model_settings,
                         precision_settings)
 from bpm.data.datasets.common import list_image_names
+from bpm.data.datasets.market1501 import parse_market_name
 from bpm.errors import BpmError
 from bpm.evaluation.features_file import FOLDER_SPLIT, FeatureSplit, write_features_file
 
-_MARKET_NAME = re.compile(r"^(-?[0-9]+)_c([0-9]+)")  # ASCII digits only, as the dataset readers
 OUTPUT_SUFFIXES = (".h5", ".hdf5", ".mat")
 
 
@@ -39,12 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def market_ids(names: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(pids, camids)`` when every name is Market/Duke style, else ``None``."""
-    matches = [_MARKET_NAME.match(n) for n in names]
-    if not names or not all(matches):
+    """``(pids, camids)`` when every name is Market/Duke style (the dataset reader's rule), else ``None``."""
+    try:
+        ids = [parse_market_name(n) for n in names]
+    except BpmError:
         return None
-    return (np.array([int(m.group(1)) for m in matches], dtype=np.int64),
-            np.array([int(m.group(2)) for m in matches], dtype=np.int64))
+    if not ids:
+        return None
+    return np.array([i[0] for i in ids], dtype=np.int64), np.array([i[1] for i in ids], dtype=np.int64)
 
 
 def is_test_folder(folder: Path) -> bool:

@@ -99,3 +99,14 @@ def test_extract_of_a_test_folder_equals_bpm_test_save_features(test_folder, wei
                  "--exp_dir", str(tmp_path / "e")]) == 0
     results = json.loads((tmp_path / "e/results.json").read_text())
     assert results["mAP"] == json.loads((tmp_path / "exp/results.json").read_text())["mAP"]
+
+
+def test_market_ids_follow_the_dataset_readers_name_rule():
+    from bpm.commands.extract import market_ids
+
+    pids, camids = market_ids(["0002_c1s1_000451_03.jpg", "-1_c3s2_000001_01.jpg", "0000_c6s1_000002_00.jpg"])
+    assert pids.tolist() == [2, -1, 0] and camids.tolist() == [1, 3, 6]
+    assert market_ids(["0002_c1s1_000451_03.jpg", "holiday.jpg"]) is None
+    assert market_ids(["-0007_c1s1_000001_00.jpg"]) is None  # a negative id other than junk is not Market's
+    assert market_ids(["\u0660\u0660\u0660\u0662_c1s1_000001_00.jpg"]) is None  # Arabic-Indic digits are not ids
+    assert market_ids([]) is None
