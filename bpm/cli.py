@@ -18,7 +18,7 @@ from bpm.runconfig import parse_args_with_config
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("bpm.commands.synth", "generate the synthetic demo world (Market-1501 layout)"),
     "train": ("bpm.commands.train", "train (and evaluate) with the original's switches"),
-    "test": ("bpm.commands.test", "evaluate a weights file (same switches as train --only_test true)"),
+    "test": ("bpm.commands.test", "evaluate a weights file (train --only_test true, with only the switches evaluation uses)"),
     "evaluate": ("bpm.commands.evaluate", "evaluate features saved with --save_features, without the model"),
     "data": ("bpm.commands.data", "data check: validate a dataset and print its statistics"),
     "export": ("bpm.commands.export", "export weights and ONNX (FP32/FP16/INT8), each verified with ONNX Runtime"),
