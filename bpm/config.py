@@ -406,14 +406,10 @@ class FeatureSettings:
     flip: bool = False
 
 
-def _get(args: argparse.Namespace, name: str, default: Any = None) -> Any:
-    return getattr(args, name, default)
-
-
 def data_settings(args: argparse.Namespace) -> DataSettings:
     return DataSettings(dataset=args.dataset, data_root=args.data_root or None, cuhk03_type=args.cuhk03_type,
-                        trainset_part=_get(args, "trainset_part", "trainval"),
-                        skip_bad_images=_get(args, "skip_bad_images", False), seed=_get(args, "seed", 1))
+                        trainset_part=getattr(args, "trainset_part", "trainval"),
+                        skip_bad_images=getattr(args, "skip_bad_images", False), seed=getattr(args, "seed", 1))
 
 
 def model_settings(args: argparse.Namespace) -> ModelSettings:
@@ -427,7 +423,7 @@ def feature_settings(args: argparse.Namespace) -> FeatureSettings:
 
 def precision_settings(args: argparse.Namespace) -> PrecisionSettings:
     return PrecisionSettings(opt_level=args.opt_level, keep_batchnorm_fp32=args.keep_batchnorm_fp32,
-                             amp_dtype=args.amp_dtype, loss_scale=_get(args, "loss_scale"))
+                             amp_dtype=args.amp_dtype, loss_scale=getattr(args, "loss_scale", None))
 
 
 def train_config(args: argparse.Namespace):
@@ -452,11 +448,6 @@ def apply_recipe(args: argparse.Namespace) -> None:
     given = {name: value for name, value in vars(args).items() if value is not None}
     for name, value in recipe_values(args.recipe, given).items():
         setattr(args, name, value)
-
-
-def switch_values(args: argparse.Namespace) -> dict[str, Any]:
-    """The parsed switches as a plain dict (what ``config.json`` records and ranks compare)."""
-    return dict(vars(args))
 
 
 def default_exp_dir(dataset: str, net: str, opt_level: str, last_conv_stride: int, run: int = 1) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 from bpm import distributed
 from bpm.config import (DataSettings, ModelSettings, PrecisionSettings, add_train_arguments, apply_recipe,
                         data_settings, default_exp_dir, is_unset, model_settings, precision_settings, save_config,
-                        switch_values, train_config)
+                        train_config)
 from bpm.engine.checkpoint import CKPT_NAME, load_checkpoint
 from bpm.engine.diskspace import check_free_space, estimate_checkpoint_bytes, prepare_exp_dir
 from bpm.engine.outputs import check_output_file
@@ -102,7 +102,7 @@ def run_settings(args: argparse.Namespace) -> RunSettings:
         seed=getattr(args, "seed", 1), dist_timeout=args.dist_timeout, normalize_feature=args.normalize_feature,
         test_normalize=args.test_normalize, rerank=args.rerank, batch_size_test=args.batch_size_test,
         workers=args.workers, save_features=args.save_features, test_flip=args.test_flip,
-        mq_pooling=args.mq_pooling, switches=switch_values(args),
+        mq_pooling=args.mq_pooling, switches=dict(vars(args)),
     )
 
 

@@ -9,15 +9,23 @@ from bpm.evaluation import compute_distances, evaluate
 from bpm.evaluation.features_file import save_features
 
 
-def test_features_file_round_trip(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    query = [ImageRecord(f"/q/{i:04d}_c1s1_0001_00.jpg", i % 5 + 1, 1) for i in range(10)]
-    gallery = [ImageRecord(f"/g/{i:04d}_c2s1_0001_00.jpg", i % 5 + 1, 2 + i % 2) for i in range(30)]
-    q_feat = rng.normal(size=(10, 8)).astype(np.float32)
-    g_feat = rng.normal(size=(30, 8)).astype(np.float32)
-    path = tmp_path / "feats.h5"
+def saved_features(path, seed: int, num_query: int, num_gallery: int, num_ids: int, gallery_cams: int):
+    """Random features of a small query/gallery world, written as test set ``demo``; returns what was saved."""
+    rng = np.random.default_rng(seed)
+    query = [ImageRecord(f"/q/{i:04d}_c1s1_0001_00.jpg", i % num_ids + 1, 1) for i in range(num_query)]
+    gallery = [ImageRecord(f"/g/{i:04d}_c2s1_0001_00.jpg", i % num_ids + 1, 2 + i % gallery_cams)
+               for i in range(num_gallery)]
+    q_feat = rng.normal(size=(num_query, 8)).astype(np.float32)
+    g_feat = rng.normal(size=(num_gallery, 8)).astype(np.float32)
     save_features(path, q_feat, query, "demo/query")
     save_features(path, g_feat, gallery, "demo/gallery")
+    return q_feat, g_feat, query, gallery
+
+
+def test_features_file_round_trip(tmp_path, capsys):
+    path = tmp_path / "feats.h5"
+    q_feat, g_feat, query, gallery = saved_features(path, seed=0, num_query=10, num_gallery=30, num_ids=5,
+                                                    gallery_cams=2)
 
     assert main(["evaluate", "--features_file", str(path), "--rerank", "true", "--exp_dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -36,14 +44,9 @@ def test_missing_features_file_is_one_line(tmp_path, capsys):
 
 def test_ap_definition_and_protocol_switches_reach_the_metrics(tmp_path, capsys):
     """``--ap market_matlab`` and ``--protocol cuhk03`` score exactly as the metrics' own definitions."""
-    rng = np.random.default_rng(3)
-    query = [ImageRecord(f"/q/{i:04d}_c1s1_0001_00.jpg", i % 6 + 1, 1) for i in range(12)]
-    gallery = [ImageRecord(f"/g/{i:04d}_c2s1_0001_00.jpg", i % 6 + 1, 2 + i % 3) for i in range(48)]
-    q_feat = rng.normal(size=(12, 8)).astype(np.float32)
-    g_feat = rng.normal(size=(48, 8)).astype(np.float32)
     path = tmp_path / "feats.h5"
-    save_features(path, q_feat, query, "demo/query")
-    save_features(path, g_feat, gallery, "demo/gallery")
+    q_feat, g_feat, query, gallery = saved_features(path, seed=3, num_query=12, num_gallery=48, num_ids=6,
+                                                    gallery_cams=3)
     ids = ([r.pid for r in query], [r.pid for r in gallery], [r.camid for r in query], [r.camid for r in gallery])
     dist = compute_distances(q_feat, g_feat)
     seen = {}
