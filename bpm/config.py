@@ -245,7 +245,7 @@ def add_output_switches(parser: argparse.ArgumentParser, *, run_number: bool = T
     """Where a run writes."""
     add_exp_dir_switch(parser)
     if run_number:
-        parser.add_argument("-r", "--run", type=int, default=1, help="run number in the default output folder's name")
+        parser.add_argument("-r", "--run", type=int, default=1, help="run number in the name of the output folder derived from the settings")
     parser.add_argument("--log_to_file", type=str2bool, default=True,
                         help="mirror the console into the output folder (and TensorBoard when training)")
 
@@ -265,7 +265,8 @@ def add_train_switches(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler_epoch", default=None, choices=["ids", "images"],
                         help="what an epoch is: one pass over the identities (the original's) or over the training "
                              "images (torchreid's, fast-reid's) (default: from --recipe)")
-    parser.add_argument("--neck", default=None, choices=["none", "bnneck"], help="after pooling (default: from --recipe)")
+    parser.add_argument("--neck", default=None, choices=["none", "bnneck"],
+                        help="after pooling: none, or bnneck (BatchNorm; retrieval uses its output) (default: from --recipe)")
     parser.add_argument("--pooling", default=None, choices=["avg", "gem"], help="global pooling (default: from --recipe)")
     parser.add_argument("--id_loss_weight", type=float, default=None,
                         help="weight of the ID (softmax) loss on a training-only classifier, 0 = off (default: from --recipe)")
@@ -274,35 +275,44 @@ def add_train_switches(parser: argparse.ArgumentParser) -> None:
                         help="weight of the batch-hard triplet loss, 0 = off (softmax-only training needs "
                              "--id_loss_weight > 0) (default: from --recipe)")
     parser.add_argument("--center_loss_weight", type=float, default=None, help="centre loss weight, 0 = off (default: from --recipe)")
-    parser.add_argument("--set_seed", type=str2bool, default=False)
+    parser.add_argument("--set_seed", type=str2bool, default=False,
+                        help="seed every random generator with --seed: a CPU run, resumed or not, repeats bitwise")
     parser.add_argument("--seed", type=int, default=1, help="seed used when --set_seed true")
     parser.add_argument("--crop_prob", type=float, default=None, help="random crop probability (default: from --recipe)")
-    parser.add_argument("--crop_ratio", type=float, default=1.0)
-    parser.add_argument("--mirror", type=str2bool, default=True)
+    parser.add_argument("--crop_ratio", type=float, default=1.0,
+                        help="random crop: each side is a U(ratio, 1) fraction of the image; 1 = no crop")
+    parser.add_argument("--mirror", type=str2bool, default=True, help="flip training images left-right at random")
     parser.add_argument("--pad_crop", type=int, default=None,
                         help="zero-pad by this many pixels and crop back at a random place (default: from --recipe)")
     parser.add_argument("--erase", type=str2bool, default=None, help="random erasing (default: from --recipe)")
     parser.add_argument("--erase_prob", type=float, default=None, help="random erasing probability (default: from --recipe)")
-    parser.add_argument("--ids_per_batch", type=int, default=32)
-    parser.add_argument("--ims_per_id", type=int, default=4)
-    parser.add_argument("--steps_per_log", type=int, default=20)
-    parser.add_argument("--epochs_per_val", type=float, default=1e10)
-    parser.add_argument("--margin", type=float, default=0.3)
+    parser.add_argument("--ids_per_batch", type=int, default=32,
+                        help="P: identities per batch (the global batch when several processes train)")
+    parser.add_argument("--ims_per_id", type=int, default=4, help="K: images of each identity per batch")
+    parser.add_argument("--steps_per_log", type=int, default=20, help="print a progress line every N steps (0: only per epoch)")
+    parser.add_argument("--epochs_per_val", type=float, default=1e10,
+                        help="with --trainset_part train: validate every N epochs (default: never)")
+    parser.add_argument("--margin", type=float, default=0.3, help="triplet loss margin")
     parser.add_argument("--soft_margin", type=str2bool, default=False, help="softplus(d_ap - d_an) instead of a margin")
-    parser.add_argument("--only_test", type=str2bool, default=False)
-    parser.add_argument("--resume", type=str2bool, default=False)
+    parser.add_argument("--only_test", type=str2bool, default=False,
+                        help="evaluate the weights (--model_weight_file, else the run folder's ckpt.pth) instead of training")
+    parser.add_argument("--resume", type=str2bool, default=False,
+                        help="continue from <exp_dir>/ckpt.pth exactly where it stopped")
     parser.add_argument("--base_lr", "--lr", type=float, default=None, help="learning rate (default: from --recipe)")
     parser.add_argument("--lr_decay_type", default=None, choices=["exp", "staircase", "cosine"], help="schedule (default: from --recipe)")
     parser.add_argument("--warmup_epochs", type=int, default=None,
                         help="linear warm-up from 0.1x the rate over this many epochs (default: from --recipe)")
-    parser.add_argument("--exp_decay_at_epoch", type=int, default=151)
-    parser.add_argument("--staircase_decay_at_epochs", type=int_tuple(), default=(101, 201))
-    parser.add_argument("--staircase_decay_multiply_factor", type=float, default=0.1)
+    parser.add_argument("--exp_decay_at_epoch", type=int, default=151,
+                        help="--lr_decay_type exp: first epoch of the exponential decay (to 0.001x at the end)")
+    parser.add_argument("--staircase_decay_at_epochs", type=int_tuple(), default=(101, 201),
+                        help="--lr_decay_type staircase: epochs where the rate is multiplied, as tuple text")
+    parser.add_argument("--staircase_decay_multiply_factor", type=float, default=0.1,
+                        help="--lr_decay_type staircase: factor applied at each of those epochs")
     parser.add_argument("--optimizer", default=None, choices=["adam", "sgd"],
                         help="adam (the original's) or sgd (Nesterov, uses --momentum) (default: from --recipe)")
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--weight_decay", type=float, default=None, help="default: from --recipe")
-    parser.add_argument("--total_epochs", type=int, default=300)
+    parser.add_argument("--momentum", type=float, default=0.9, help="--optimizer sgd: Nesterov momentum")
+    parser.add_argument("--weight_decay", type=float, default=None, help="L2 weight decay (default: from --recipe)")
+    parser.add_argument("--total_epochs", type=int, default=300, help="epochs to train (see --sampler_epoch)")
     parser.add_argument("--net_pretrained_path", default="imagenet",
                         help="initial backbone weights: 'imagenet' (torchvision's ImageNet weights, downloaded once "
                              "into $TORCH_HOME/hub/checkpoints/), 'none' (random), or a local weights file "

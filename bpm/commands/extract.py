@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_switches(parser)
     add_model_switches(parser)  # an ONNX file carries its own network and input size
     add_precision_switches(parser)
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=32, help="images per batch")
     add_normalize_switch(parser)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: library default)")
 

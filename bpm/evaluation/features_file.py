@@ -2,8 +2,8 @@
 write and ``bpm evaluate`` and ``bpm visualize --features_file`` read.
 
 Why one module: two writers with two layouts meant a file from ``bpm extract`` could not be
-evaluated, and the reader lived inside a command. Layout (``format_version`` 2, the README's
-"Features files"):
+evaluated, and the reader lived inside a command. Layout (``format_version`` 2; the
+documentation's "Files bpm writes", docs/reference/files.md):
 
 - one group per split, ``<set>/<split>``: ``market1501/query``, ``market1501/gallery``; a plain
   folder of images from ``bpm extract`` is ``<folder name>/images``;
