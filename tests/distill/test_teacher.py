@@ -12,7 +12,7 @@ from PIL import Image
 from bpm.distill.input_spec import IMAGENET_MEAN, IMAGENET_STD, parse_teacher_input
 from bpm.distill.teacher import file_sha256, open_teacher
 from bpm.errors import BpmError
-from conftest import TinyTeacher, export_teacher
+from teacher_helpers import TinyTeacher, export_teacher
 
 
 def _image(seed: int = 0, size=(40, 90)) -> Image.Image:

@@ -95,6 +95,7 @@ def test_per_step_teacher_trains_on_the_augmented_view(tiny_world, tiny_teacher_
     assert stepped and stats["distill_loss"] > 0
 
 
+@pytest.mark.slow
 def test_bpm_train_with_a_bpm_weights_teacher_end_to_end(tiny_world, tmp_path, capsys):
     # A bpm weights file as the teacher (its input spec comes from the file); resnet-free and tiny.
     teacher_model = build_model("mobilenetV2", neck="bnneck")

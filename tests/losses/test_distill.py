@@ -60,7 +60,7 @@ def test_criterion_sums_the_distillation_terms_and_reports_them():
     criterion = ReidCriterion(config, num_classes=3, feature_dim=4, teacher_dim=5)
     loss, stats = criterion(outputs, targets, teacher=teacher)
     ce = float(CrossEntropyLabelSmooth(0.1)(outputs.logits, targets)[0])
-    kd = float(criterion.distill(outputs.features, teacher)[0])
+    kd = float(criterion.distill(outputs.features, teacher)[0].detach())
     rel = float(RelationalDistillation()(outputs.features, teacher)[0])
     assert float(loss) == pytest.approx(ce + 0.5 * kd + 2.0 * rel, rel=1e-5)
     assert {"loss", "id_loss", "distill_loss", "relational_loss", "distill_cosine"} <= set(stats)
