@@ -260,8 +260,9 @@ def add_train_switches(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--recipe", default="bot", choices=list(RECIPES),
                         help="training preset: bot (strong baseline: BNNeck, ID loss, warm-up, cosine; the default of "
-                             "bpm train) or original (the 2019 triplet-only recipe; the default of "
-                             "script/experiment/train.py); every switch it sets can still be given")
+                             "bpm train), original (the 2019 triplet-only recipe; the default of "
+                             "script/experiment/train.py) or distill (bot plus distillation from --teacher); every "
+                             "switch it sets can still be given")
     parser.add_argument("--sampler_epoch", default=None, choices=["ids", "images"],
                         help="what an epoch is: one pass over the identities (the original's) or over the training "
                              "images (torchreid's, fast-reid's) (default: from --recipe)")
@@ -277,6 +278,7 @@ def add_train_switches(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--center_loss_weight", type=float, default=None, help="centre loss weight, 0 = off (default: from --recipe)")
     parser.add_argument("--set_seed", type=str2bool, default=False,
                         help="seed every random generator with --seed: a CPU run, resumed or not, repeats bitwise")
+    add_distill_switches(parser)
     parser.add_argument("--seed", type=int, default=1, help="seed used when --set_seed true")
     parser.add_argument("--crop_prob", type=float, default=None, help="random crop probability (default: from --recipe)")
     parser.add_argument("--crop_ratio", type=float, default=1.0,
@@ -327,6 +329,35 @@ def add_train_switches(parser: argparse.ArgumentParser) -> None:
                         help="multi-process: mine hard triplets over the features of all ranks, not per rank")
     parser.add_argument("--eval_untrained", type=str2bool, default=False,
                         help="evaluate the network before training too (the demo prints both)")
+
+
+def add_distill_switches(parser: argparse.ArgumentParser) -> None:
+    """Distillation from a ready-made teacher (:mod:`bpm.distill`, docs/guide/distillation.md)."""
+    parser.add_argument("--teacher", default="",
+                        help="model to learn from: a bpm checkpoint/weights file, an ONNX file (ONNX Runtime) or an "
+                             "OpenVINO IR .xml (needs the openvino package); only for training")
+    parser.add_argument("--teacher_input", default="",
+                        help="the teacher's input where its file does not say: HxW[,rgb|bgr][,imagenet|tf|unit|raw], "
+                             "e.g. 256x128,rgb,imagenet (imagenet: (x/255-mean)/std; tf: x/127.5-1; unit: x/255; "
+                             "raw: 0..255)")
+    parser.add_argument("--teacher_cache", default="",
+                        help="folder of the teacher's cached embeddings (default: <exp_dir>/teacher_cache); point "
+                             "several runs at one folder to compute them once")
+    parser.add_argument("--teacher_per_step", type=str2bool, default=False,
+                        help="run the teacher on every augmented batch instead of using its cached embeddings of "
+                             "the un-augmented images (slower)")
+    parser.add_argument("--distill_weight", type=float, default=None,
+                        help="weight of embedding distillation (student, projected to the teacher's size, towards "
+                             "the teacher's embedding), 0 = off (default: from --recipe)")
+    parser.add_argument("--relational_weight", type=float, default=None,
+                        help="weight of relational distillation (the batch's pairwise cosine similarities towards "
+                             "the teacher's), 0 = off (default: from --recipe)")
+    parser.add_argument("--distill_metric", default="cosine", choices=["cosine", "l2"],
+                        help="embedding distillation: 1 - cosine, or squared distance to the unit-length target")
+    parser.add_argument("--distill_extra", default="",
+                        help="folder of person crops without identity labels, seen only by the distillation terms")
+    parser.add_argument("--distill_extra_per_batch", type=int, default=0,
+                        help="unlabelled crops added to each batch (0: half the labelled batch)")
 
 
 def add_dataset_features_switches(parser: argparse.ArgumentParser, *, training: bool = False) -> None:

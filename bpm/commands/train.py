@@ -195,6 +195,11 @@ def _run_process(settings: RunSettings, ctx: distributed.DistContext) -> int:
         settings = settings_from_weights(settings, model, weights)
     # A test-only folder (query/ + gallery/ only) is fine for evaluating.
     dataset = settings.data.build(require_train=not settings.only_test)
+    distill = None
+    if not settings.only_test and settings.train.teacher:
+        from bpm.distill.setup import open_distillation
+
+        distill = open_distillation(settings.train, device)  # a bad teacher is one line, before any file
     if not settings.only_test:
         # The ID head has one output per training identity, so the model comes after the data set.
         num_classes = dataset.num_train_ids if settings.train.loss.needs_classes else 0
@@ -224,14 +229,14 @@ def _run_process(settings: RunSettings, ctx: distributed.DistContext) -> int:
         prepare_exp_dir(exp_dir)  # an unwritable folder fails here, in one line, before any work
         lock = RunLock(exp_dir, settings.command).acquire()  # one run per folder
     try:
-        return _run_locked(settings, ctx, policy, dataset, model, ckpt, resume_changes)
+        return _run_locked(settings, ctx, policy, dataset, model, ckpt, resume_changes, distill)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _run_locked(settings: RunSettings, ctx: distributed.DistContext, policy: PrecisionPolicy, dataset, model,
-                ckpt: dict | None, resume_changes: list[str]) -> int:
+                ckpt: dict | None, resume_changes: list[str], distill: tuple | None = None) -> int:
     """The part of a run that writes into the run folder (rank 0 holds its lock)."""
     device, exp_dir = ctx.device, settings.folder
     config_name, results_name = record_names(exp_dir, training=not settings.only_test)
@@ -264,7 +269,7 @@ def _run_locked(settings: RunSettings, ctx: distributed.DistContext, policy: Pre
                                            replace(evaluation, rerank=False, save_features=None), ctx)
                 first = next(iter(untrained.values()))["single_query"]
                 extra["untrained"] = {"mAP": float(first["mAP"]), "cmc": {"1": float(first["cmc"][0])}}
-            model = _train(settings, model, policy, dataset, ctx, ckpt)
+            model = _train(settings, model, policy, dataset, ctx, ckpt, distill)
             print("Trained network:")
         reports = evaluate_model(model, dataset.test_sets, policy, evaluation, ctx)
         if ctx.is_main:
@@ -283,7 +288,8 @@ def _run_locked(settings: RunSettings, ctx: distributed.DistContext, policy: Pre
 
 
 def _train(settings: RunSettings, model: ReidModel, policy: PrecisionPolicy, dataset, ctx: distributed.DistContext,
-           ckpt: dict | None = None) -> ReidModel:
+           ckpt: dict | None = None, distill: tuple | None = None) -> ReidModel:
+    """``distill``: the teacher and unlabelled records of :func:`bpm.distill.setup.open_distillation`."""
     exp_dir = settings.folder
     validator = None
     if dataset.val is not None:
@@ -294,7 +300,14 @@ def _train(settings: RunSettings, model: ReidModel, policy: PrecisionPolicy, dat
             result = evaluate_test_set(m, dataset.val, policy, val_settings, verbose=False, ctx=ctx)["single_query"]
             return float(result["mAP"]), float(result["cmc"][0])
 
-    trainer = Trainer(model, policy, settings.train, dataset.train, exp_dir, validator, ctx.rank, ctx.world_size)
+    targets, extras = None, []
+    if distill is not None:
+        from bpm.distill.setup import distill_targets
+
+        teacher, extras = distill
+        targets = distill_targets(teacher, settings.train, [*dataset.train, *extras], exp_dir, ctx)
+    trainer = Trainer(model, policy, settings.train, dataset.train, exp_dir, validator, ctx.rank, ctx.world_size,
+                      distill=targets, extra_records=extras)
     if settings.resume:
         trainer.resume(ckpt=ckpt)
     elif ctx.is_main and trainer.ckpt_path.exists():
