@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bpm.data.synthetic import _apply_camera, _draw_person, _make_camera, _make_identity
+from bpm.data.synthetic import apply_camera, draw_person, make_camera, make_identity
 from bpm.errors import BpmError
 from bpm.stream.motfiles import write_text_atomic
 
@@ -81,11 +81,11 @@ def _render_person(img: np.ndarray, identity, walk: Walk, frame: int, width: int
     gap, swing = abs(np.sin(phase)) * 0.12 * ph, np.sin(phase) * 0.08 * ph
     if walk.direction < 0:  # the renderer draws side views facing right: draw mirrored
         canvas = np.ascontiguousarray(img[:, ::-1])
-        _draw_person(canvas, identity, "side", top, ph, cx, gap, swing)
+        draw_person(canvas, identity, "side", top, ph, cx, gap, swing)
         img[:] = canvas[:, ::-1]
         cx = width - cx
     else:
-        _draw_person(img, identity, "side", top, ph, cx, gap, swing)
+        draw_person(img, identity, "side", top, ph, cx, gap, swing)
     x1, x2 = max(0.0, cx - 0.6 * pw), min(float(width), cx + 0.6 * pw)
     y1, y2 = max(0.0, top - 0.02 * ph), min(float(height), top + ph)
     if x2 - x1 < 0.5 * 1.2 * pw:  # mostly outside the frame: not annotated
@@ -99,9 +99,9 @@ def generate_sequences(out: str | Path, config: SequenceConfig = SequenceConfig(
         raise BpmError("synthetic sequences: need at least 1 camera, 1 person and 2 frames")
     out = Path(out)
     rng = np.random.default_rng([config.seed, 11])
-    people = [_make_identity(np.random.default_rng([config.seed + IDENTITY_SEED_OFFSET, p]))
+    people = [make_identity(np.random.default_rng([config.seed + IDENTITY_SEED_OFFSET, p]))
               for p in range(config.num_people)]
-    cameras = [_make_camera(np.random.default_rng([config.seed, 13, c]), config.height // 2, config.width // 4,
+    cameras = [make_camera(np.random.default_rng([config.seed, 13, c]), config.height // 2, config.width // 4,
                             config.nuisance) for c in range(config.num_cameras)]
     walks = plan_walks(config, rng)
     folders = []
@@ -116,7 +116,7 @@ def generate_sequences(out: str | Path, config: SequenceConfig = SequenceConfig(
                 box = _render_person(img, people[walk.person - 1], walk, frame, config.width, config.height)
                 if box is not None:
                     rows.append((frame, walk.person, *box))
-            pixels = _apply_camera(img, camera, np.random.default_rng([config.seed, 17, c, frame]))
+            pixels = apply_camera(img, camera, np.random.default_rng([config.seed, 17, c, frame]))
             cv2.imwrite(str(folder / "img1" / f"{frame:06d}.jpg"), pixels[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])
         gt = "".join(f"{f},{p},{x1:.1f},{y1:.1f},{x2 - x1:.1f},{y2 - y1:.1f},1,1,1\n" for f, p, x1, y1, x2, y2 in rows)
         det = "".join(f"{f},-1,{x1:.1f},{y1:.1f},{x2 - x1:.1f},{y2 - y1:.1f},1,-1,-1,-1\n" for f, p, x1, y1, x2, y2 in rows)

@@ -92,3 +92,18 @@ def colour_embedder(crops: list[np.ndarray]) -> np.ndarray:
         centre = crop[h // 4: max(h // 4 + 1, 3 * h // 4), w // 4: max(w // 4 + 1, 3 * w // 4)].reshape(-1, 3)
         out.append(centre.mean(axis=0) - 128.0 + 1e-3)
     return np.asarray(out, np.float32)
+
+
+def colour_bands_model(path: Path) -> Path:
+    """A re-ID 'model' meaningful without training, as a bpm ONNX file: the mean normalised colour of eight
+    horizontal bands of the crop (hair, shirt, trousers, shoes ...), 24 numbers. It tells the synthetic
+    world's people apart by their clothes well enough to follow them across cameras."""
+    import torch
+
+    from bpm.export.onnx import OnnxSpec, export_onnx
+
+    class ColourBands(torch.nn.Module):
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.adaptive_avg_pool2d(images, (8, 1)).flatten(1)
+
+    return export_onnx(ColourBands(), path, OnnxSpec(net="colour_bands", resize_h_w=(64, 32)))
