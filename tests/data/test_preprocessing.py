@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from bpm.data.transforms import MEAN, STD, model_input
+from bpm.data.transforms import model_input
+from bpm.models.input_spec import IMAGENET_MEAN as MEAN, IMAGENET_STD as STD, InputSpec
 from bpm.data.transforms import test_transform as make_test_transform
 from bpm.export.runtime import image_batch
 
@@ -38,5 +39,5 @@ def test_matches_torchvisions_resize_totensor_normalize():
 
 def test_raw_input_is_the_resized_pixels():
     image = _images(1)[0]
-    raw = model_input(image, (16, 8), raw=True)
+    raw = model_input(image, InputSpec.for_size((16, 8)).with_(raw_pixels=True))
     assert np.array_equal(raw, np.asarray(image.resize((8, 16), Image.BILINEAR), dtype=np.float32).transpose(2, 0, 1))

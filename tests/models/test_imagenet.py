@@ -208,11 +208,11 @@ def test_local_file_problems_are_one_line(tmp_path):
         init_backbone(ReidModel("mobilenetV2"), str(tmp_path / "missing.pth"), log=lambda line: None)
     other = tmp_path / "resnet.pth"
     torch.save(resnet50(weights=None).state_dict(), other)
-    with pytest.raises(BpmError, match="holds resnet50 weights, but --net is mobilenetV2"):
+    with pytest.raises(BpmError, match="holds resnet50 weights, but --net is mobilenet_v2"):
         init_backbone(ReidModel("mobilenetV2"), str(other), log=lambda line: None)
     partial = tmp_path / "partial.pth"
     state = mobilenet_v2(weights=None).state_dict()
     state.pop("features.18.0.weight")
     torch.save(state, partial)
-    with pytest.raises(BpmError, match="partial.pth: does not match the mobilenetV2 backbone: 1 missing"):
+    with pytest.raises(BpmError, match="partial.pth: does not match the mobilenet_v2 backbone: 1 missing"):
         init_backbone(ReidModel("mobilenetV2"), str(partial), log=lambda line: None)
