@@ -159,8 +159,9 @@ def evaluation_normalization(path: str | Path, given: bool | None, flag: str = "
 
     Left out (``given`` None): as the model does at test time (``test_normalize``), so
     ``bpm extract`` -> ``bpm evaluate`` gives ``bpm test``'s numbers; stored features that are already
-    normalised need nothing more. A given value that makes the comparison differ from the model's
-    test-time normalisation is used, with a one-line warning. Files without the record: ``given``, else off.
+    normalised need nothing more. A given value that differs from the model's test-time
+    normalisation (or ``false`` on stored normalised features, which cannot undo it) is used, with a
+    one-line warning. Files without the record: ``given``, else off.
     """
     import h5py
 
@@ -174,12 +175,12 @@ def evaluation_normalization(path: str | Path, given: bool | None, flag: str = "
     model = None if model is None else bool(model)
     if given is None:
         return bool(model) and not applied
-    effective = bool(given) or bool(applied)
-    if model is not None and effective != model:
-        done = "stored L2-normalised, " if applied and not given else ""
-        print(f"warning: {flag} {str(bool(given)).lower()}: the features in {path} are {done}compared "
-              f"{'with' if effective else 'without'} L2 normalisation, but the model's test-time normalisation is "
-              f"{'on' if model else 'off'}; the metrics will differ from bpm test's", file=sys.stderr)
+    if not given and applied:
+        print(f"warning: {flag} false: the features in {path} are stored L2-normalised; false cannot undo it",
+              file=sys.stderr)
+    elif model is not None and bool(given) != model:
+        print(f"warning: {flag} {str(bool(given)).lower()} differs from the model's test-time normalisation "
+              f"recorded in {path} ({str(model).lower()}); the metrics will differ from bpm test's", file=sys.stderr)
     return bool(given)
 
 
