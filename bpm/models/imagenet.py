@@ -64,7 +64,8 @@ def fetch_imagenet_state(spec: BackboneSpec, progress: bool = True,
 
     A cached file is read without touching the network. Otherwise torchvision's weights API
     downloads it (the hash prefix in the file name is checked); when that fails (offline, a
-    timeout, a bad hash) the error is one line saying which file to put where.
+    timeout, a bad hash), or the backbone has no torchvision weights, the error is one line
+    saying which file to put where.
     """
     cached = imagenet_cache_file(spec)
     if cached.is_file():
@@ -73,6 +74,10 @@ def fetch_imagenet_state(spec: BackboneSpec, progress: bool = True,
         except BpmError as exc:
             raise BpmError(f"{exc}; delete it to download it again, or pass --net_pretrained_path none "
                            f"or a local weights file") from None
+    if spec.imagenet_weights is None:
+        raise BpmError(f"--net_pretrained_path imagenet: {spec.name}'s ImageNet file {cached.name} is not in "
+                       f"{cached.parent}/ (torch's hub cache, $TORCH_HOME/hub/checkpoints); put it there, or pass "
+                       f"--net_pretrained_path none (random weights) or --net_pretrained_path <local weights file>")
     try:
         with _socket_timeout(timeout):
             state = spec.imagenet_weights.get_state_dict(progress=progress, check_hash=True, weights_only=True)

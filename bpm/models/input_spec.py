@@ -136,6 +136,8 @@ def resolve_input_spec(backbone, meta: Mapping[str, Any], overrides: Mapping[str
     if stored.get("last_conv_stride", 1) not in backbone.last_conv_strides:
         stored["last_conv_stride"] = 1  # e.g. MobileNet-V2 trained with --last_conv_stride 2, which did nothing
     values = {**defaults, **stored}
+    if overrides.get("last_conv_stride") is not None:
+        check_last_conv_stride(backbone, int(overrides["last_conv_stride"]))  # refused before any warning
     for name, given in overrides.items():
         if given is None or name not in known or name == "net":
             continue
