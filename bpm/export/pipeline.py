@@ -223,6 +223,9 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
     """
     check_int8_options(opts)
     out = Path(opts.out_dir)
+    if Path(opts.weights).suffix == ".onnx":
+        raise BpmError(f"--weights {opts.weights}: bpm export reads PyTorch weights (checkpoint, .pt, .safetensors), "
+                       "not an exported graph")
     model, input_spec = load_model(opts.weights, net=opts.net, last_conv_stride=opts.last_conv_stride,
                                    resize_h_w=opts.resize_h_w)
     kind = model.source_kind

@@ -180,3 +180,9 @@ def test_cli_rejects_unknown_format_and_missing_weights(tmp_path, capsys):
     assert exit_info.value.code == 2 and "unknown format(s) tflite" in capsys.readouterr().err
     assert main(["export", "--weights", str(tmp_path / "none.pt"), "--out", str(tmp_path), "--formats", "onnx"]) == 2
     assert "weights file not found" in capsys.readouterr().err
+
+
+def test_an_onnx_file_is_refused_as_export_source(tmp_path):
+    with pytest.raises(BpmError, match="bpm export reads PyTorch weights") as info:
+        run_export(ExportOptions(weights=str(tmp_path / "m.onnx"), out_dir=str(tmp_path / "out")))
+    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
