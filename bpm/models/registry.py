@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Callable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Callable, Mapping, TypeVar
 
 import torch
 from torch import nn
 
 from bpm.errors import BpmError
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
 
 StateDict = dict[str, torch.Tensor]
 Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
@@ -74,7 +77,7 @@ class BackboneSpec:
     #: The values ``--last_conv_stride`` may take; a backbone without a last-stride switch has ``(1,)``.
     last_conv_strides: tuple[int, ...] = (1,)
     #: torchvision's ImageNet weights (``--net_pretrained_path imagenet``), or None ...
-    imagenet_weights: object | None = None
+    imagenet_weights: WeightsEnum | None = None
     #: ... and then the name of the ImageNet file expected in torch's hub cache, ``$TORCH_HOME/hub/checkpoints/``.
     imagenet_file: str = ""
     #: Trunk-level state_dict in an older layout (e.g. the original's MobileNet-V2) -> the trunk's own keys.
@@ -119,7 +122,7 @@ _ALIASES: dict[str, str] = {}             # every accepted name -> canonical nam
 def register_backbone(name: str, *, aliases: tuple[str, ...] = (), feature_dim: int,
                       mean: tuple[float, float, float], std: tuple[float, float, float], first_conv_key: str,
                       classifier_prefix: str, imagenet_to_trunk: Callable[[StateDict], StateDict],
-                      last_conv_strides: tuple[int, ...] = (1,), imagenet_weights: object | None = None,
+                      last_conv_strides: tuple[int, ...] = (1,), imagenet_weights: WeightsEnum | None = None,
                       imagenet_file: str = "", normalize_trunk: Callable[[StateDict], StateDict] = _identity,
                       describe_imagenet_layout: Callable[[StateDict], str] = _torchvision_layout,
                       ) -> Callable[[Builder], Builder]:
