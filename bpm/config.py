@@ -164,11 +164,13 @@ def add_image_check_switch(parser: argparse.ArgumentParser) -> None:
 def add_model_switches(parser: argparse.ArgumentParser, *, read_from_weights: bool = True) -> None:
     """``--net``, ``--last_conv_stride``, ``--resize_h_w``. With ``read_from_weights`` (every command that
     loads a weights file), a value left out is taken from the file (:mod:`bpm.models.meta`)."""
-    from bpm.models.registry import backbone_choices, list_backbones
+    from bpm.models.registry import backbone_choices, canonical_name, list_backbones
 
     nets = ", ".join(list_backbones())
+    aliases = ", ".join(f"{a} = {canonical_name(a)}" for a in backbone_choices() if a not in list_backbones())
     parser.add_argument("--net", default=unset("mobilenet_v2"), choices=backbone_choices(),
-                        help=f"{nets}; mobilenetV2 is mobilenet_v2 (default: the weights file's, else mobilenet_v2)")
+                        help=f"{nets}{f' ({aliases})' if aliases else ''} "
+                             "(default: the weights file's, else mobilenet_v2)")
     parser.add_argument("--last_conv_stride", type=int, default=unset(1), choices=[1, 2],
                         help="stride of the last stage, for networks that have the switch (resnet50); "
                              "others refuse 2 (default: the weights file's, else 1)")
