@@ -164,13 +164,16 @@ def add_image_check_switch(parser: argparse.ArgumentParser) -> None:
 def add_model_switches(parser: argparse.ArgumentParser, *, read_from_weights: bool = True) -> None:
     """``--net``, ``--last_conv_stride``, ``--resize_h_w``. With ``read_from_weights`` (every command that
     loads a weights file), a value left out is taken from the file (:mod:`bpm.models.meta`)."""
-    from bpm.models.registry import BACKBONES
+    from bpm.models.registry import backbone_choices, canonical_name, list_backbones
 
-    nets = " or ".join(BACKBONES)
-    parser.add_argument("--net", default=unset("mobilenetV2"), choices=list(BACKBONES),
-                        help=f"{nets} (default: the weights file's, else mobilenetV2)")
+    nets = ", ".join(list_backbones())
+    aliases = ", ".join(f"{a} = {canonical_name(a)}" for a in backbone_choices() if a not in list_backbones())
+    parser.add_argument("--net", default=unset("mobilenet_v2"), choices=backbone_choices(),
+                        help=f"{nets}{f' ({aliases})' if aliases else ''} "
+                             "(default: the weights file's, else mobilenet_v2)")
     parser.add_argument("--last_conv_stride", type=int, default=unset(1), choices=[1, 2],
-                        help="stride of the last stage (default: the weights file's, else 1)")
+                        help="stride of the last stage, for networks that have the switch (resnet50); "
+                             "others refuse 2 (default: the weights file's, else 1)")
     parser.add_argument("--resize_h_w", type=int_tuple(2), default=unset((256, 128)),
                         help="input size as '(h, w)' (default: the weights file's, else (256, 128))")
 
@@ -195,8 +198,15 @@ def add_precision_switches(parser: argparse.ArgumentParser, *, default: str = "O
                             help="positive number or 'dynamic' (default: dynamic where float16 needs it)")
 
 
-def add_normalize_switch(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--normalize_feature", type=str2bool, default=False, help="L2-normalise the features")
+def add_normalize_switch(parser: argparse.ArgumentParser, *, model_default: bool = False) -> None:
+    """``model_default``: left out, the model's own test-time normalisation applies (its InputSpec;
+    ``bpm extract``, ``bpm evaluate``), rather than off."""
+    if model_default:
+        parser.add_argument("--normalize_feature", type=str2bool, default=None,
+                            help="L2-normalise the features (default: as the model does at test time: "
+                                 "yes with a BNNeck, as bpm test)")
+    else:
+        parser.add_argument("--normalize_feature", type=str2bool, default=False, help="L2-normalise the features")
 
 
 def add_rerank_switch(parser: argparse.ArgumentParser, *, default: bool,
@@ -416,9 +426,15 @@ class ModelSettings:
     """The network and its input; values the user did not type stay :func:`unset`-marked, so a weights
     file's stored settings can replace them (:mod:`bpm.models.meta`)."""
 
-    net: str = unset("mobilenetV2")
+    net: str = unset("mobilenet_v2")
     last_conv_stride: int = unset(1)
     resize_h_w: tuple[int, int] = unset((256, 128))
+
+    def overrides(self) -> dict[str, Any]:
+        """What the user typed, for :func:`bpm.load_model`: an untyped default is ``None`` (the
+        marker types never go below the command boundary)."""
+        return {name: None if is_unset(value) else value for name, value in
+                (("net", self.net), ("last_conv_stride", self.last_conv_stride), ("resize_h_w", self.resize_h_w))}
 
 
 @dataclass(frozen=True)

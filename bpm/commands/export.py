@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from bpm.config import add_data_switches, add_model_switches, add_precision_switches, str2bool
+from bpm.config import add_data_switches, add_model_switches, add_precision_switches, model_settings, str2bool
 from bpm.errors import BpmError
 from bpm.export.pipeline import FORMATS, ExportOptions, parse_formats, run_export
 from bpm.export.quantize import CALIBRATION_METHODS, QUANT_FORMATS
@@ -62,9 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> ExportOptions:
+    typed = model_settings(args).overrides()  # untyped defaults become None: the weights file decides
     return ExportOptions(
-        weights=args.weights, out_dir=args.out, net=args.net, formats=args.formats, resize_h_w=args.resize_h_w,
-        last_conv_stride=args.last_conv_stride, opt_level=args.opt_level,
+        weights=args.weights, out_dir=args.out, net=typed["net"], formats=args.formats, resize_h_w=typed["resize_h_w"],
+        last_conv_stride=typed["last_conv_stride"], opt_level=args.opt_level,
         keep_batchnorm_fp32=args.keep_batchnorm_fp32, dataset=args.dataset, data_root=args.data_root,
         cuhk03_type=args.cuhk03_type,
         calib_images=args.calib_images, calib_count=args.calib_count, verify_count=args.verify_count,

@@ -51,6 +51,12 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _canonical_net(name: str) -> str:
+    from bpm.models.registry import backbone_choices, canonical_name
+
+    return canonical_name(name) if name in backbone_choices() else name
+
+
 def check_resume(ckpt: dict, cfg: TrainConfig, model_facts: dict[str, Any], path: str | Path) -> list[str]:
     """Refuse incompatible changes in one line; return ``"name old -> new"`` for the applied ones.
 
@@ -63,6 +69,8 @@ def check_resume(ckpt: dict, cfg: TrainConfig, model_facts: dict[str, Any], path
     refused: list[str] = []
     for key in ("net", "architecture", "num_classes"):
         old, new = ckpt.get(key), model_facts.get(key)
+        if key == "net" and isinstance(old, str) and isinstance(new, str):
+            old, new = _canonical_net(old), _canonical_net(new)  # mobilenetV2 (older checkpoints) is mobilenet_v2
         if old is not None and new is not None and not _same(old, new):
             refused.append(f"{key} {old} -> {new}")
     state_dicts = ckpt.get("state_dicts") or [None, None]

@@ -39,7 +39,8 @@ from bpm.engine.logging import RunLogger
 from bpm.engine.lr_schedule import lr_at_epoch, set_lr
 from bpm.errors import BpmError
 from bpm.losses.combine import ReidCriterion
-from bpm.models.meta import model_meta
+from bpm.models.input_spec import input_spec_of_model
+from bpm.models.meta import file_meta
 from bpm.models.reid import ReidOutput
 from bpm.models.weights import load_model_weights_from_state
 from bpm.precision import PrecisionPolicy, PrecisionStepper
@@ -139,7 +140,7 @@ class Trainer:
             per_batch = cfg.distill_extra_per_batch or max(1, cfg.ids_per_batch * cfg.ims_per_id // 2)
             self.sampler = ExtraBatchSampler(self.sampler, len(train_records), len(extra_records), per_batch)
         transform = train_transform(
-            tuple(cfg.resize_h_w), cfg.mirror, cfg.crop_prob, cfg.crop_ratio, cfg.erase, cfg.erase_prob, cfg.pad_crop
+            input_spec_of_model(model, cfg.resize_h_w), cfg.mirror, cfg.crop_prob, cfg.crop_ratio, cfg.erase, cfg.erase_prob, cfg.pad_crop
         )
         self.loader = train_loader([*train_records, *extra_records], transform, self.sampler, cfg.workers)
         self.ckpt_path = self.exp_dir / CKPT_NAME
@@ -171,7 +172,7 @@ class Trainer:
             "architecture": getattr(model, "architecture", None),
             "num_classes": len(self.classes),
             "opt_level": self.policy.opt_level,
-            "input": model_meta(model, self.cfg.resize_h_w, self.cfg.recipe),  # see bpm.models.meta
+            "input": file_meta(input_spec_of_model(model, self.cfg.resize_h_w), self.cfg.recipe),  # bpm.models.meta
             # The settings this run trained with: a resume compares its switches with them.
             "train_config": dataclasses.asdict(self.cfg),
         }
