@@ -5,6 +5,8 @@
   ``MobileNet_V2_Weights.IMAGENET1K_V1``) through torchvision's weights API. The file is
   downloaded once into torch's hub cache, ``$TORCH_HOME/hub/checkpoints/`` (``TORCH_HOME``
   defaults to ``~/.cache/torch``), and read from there afterwards; offline, copy it there by hand.
+  Backbones whose ImageNet file is not torchvision's (EfficientNet-Lite:
+  :attr:`BackboneSpec.imagenet_file`) are never downloaded: the file must be in that folder.
 * ``none`` (or the empty string, the original's default): random weights, nothing is read.
 * anything else: a local file: an ImageNet file in torchvision's layout or the original's
   ``mobilenet_v2.pth.tar`` (tonylins) layout, or a re-ID checkpoint/weights file (its backbone
@@ -35,6 +37,8 @@ DOWNLOAD_TIMEOUT_S = 30.0
 
 def imagenet_cache_file(spec: BackboneSpec) -> Path:
     """Where torchvision's weights API keeps ``spec``'s ImageNet file: ``<torch hub dir>/checkpoints/<url name>``."""
+    if spec.imagenet_weights is None:
+        return Path(torch.hub.get_dir()) / "checkpoints" / str(spec.imagenet_file)
     name = os.path.basename(urlparse(spec.imagenet_weights.url).path)
     return Path(torch.hub.get_dir()) / "checkpoints" / name
 
@@ -71,6 +75,12 @@ def fetch_imagenet_state(spec: BackboneSpec, progress: bool = True,
         except BpmError as exc:
             raise BpmError(f"{exc}; delete it to download it again, or pass --net_pretrained_path none "
                            f"or a local weights file") from None
+    if spec.imagenet_weights is None:
+        raise BpmError(
+            f"--net_pretrained_path imagenet: {cached.name} ({spec.name}'s ImageNet weights) is not in "
+            f"{cached.parent}/ and is never downloaded; put that file there (torch's hub cache, "
+            f"$TORCH_HOME/hub/checkpoints), or pass --net_pretrained_path none (random weights) or "
+            f"--net_pretrained_path <local weights file>")
     try:
         with _socket_timeout(timeout):
             state = spec.imagenet_weights.get_state_dict(progress=progress, check_hash=True, weights_only=True)
@@ -97,8 +107,9 @@ def init_backbone(model: nn.Module, source: str | None, log: Callable[[str], Non
     if text.lower() == IMAGENET:
         spec = get_backbone(model.net)
         cached = imagenet_cache_file(spec)
-        where = f"from {cached}" if cached.is_file() else f"downloading {spec.imagenet_weights.url} to {cached}"
-        line = _log(log, f"Initial weights: ImageNet (torchvision {spec.imagenet_name}) {where}")
+        where = (f"from {cached}" if cached.is_file() or spec.imagenet_weights is None
+                 else f"downloading {spec.imagenet_weights.url} to {cached}")
+        line = _log(log, f"Initial weights: ImageNet ({spec.imagenet_source}) {where}")
         state, path = fetch_imagenet_state(spec, progress)
         _layout, trunk = imagenet_trunk_state(model, state, path)
         load_trunk_state(model, trunk, path)

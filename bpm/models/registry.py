@@ -23,6 +23,7 @@ from torch import nn
 from torchvision.models import MobileNet_V2_Weights, ResNet50_Weights, WeightsEnum
 
 from bpm.errors import BpmError
+from bpm.models import efficientnet_lite
 from bpm.models.backbones import MobileNetV2Trunk, ResNet50Trunk
 
 StateDict = dict[str, torch.Tensor]
@@ -45,8 +46,9 @@ class BackboneSpec:
     feature_dim: int
     #: Whether ``--last_conv_stride`` changes the trunk (ResNet-50's layer4); others ignore it.
     has_last_stride: bool
-    #: torchvision's ImageNet weights used by ``--net_pretrained_path imagenet``.
-    imagenet_weights: WeightsEnum
+    #: torchvision's ImageNet weights used by ``--net_pretrained_path imagenet``; None where the
+    #: ImageNet file is not torchvision's (then :attr:`imagenet_file` names it).
+    imagenet_weights: WeightsEnum | None
     #: ImageNet classification state_dict (torchvision's or an older layout) -> trunk keys, classifier dropped.
     imagenet_to_trunk: Callable[[StateDict], StateDict]
     #: Trunk-level state_dict in an older layout (e.g. the original's MobileNet-V2) -> the trunk's own keys.
@@ -55,6 +57,11 @@ class BackboneSpec:
     key_prefixes: tuple[str, ...]
     #: A short name of the layout of an ImageNet state_dict, for log lines ("torchvision layout").
     describe_imagenet_layout: Callable[[StateDict], str] = _torchvision_layout
+    #: Name of an ImageNet file that only a local copy in torch's hub cache provides (no download).
+    imagenet_file: str | None = None
+    #: Backbones may share key names (EfficientNet-Lite0/1/2): whether a state_dict is this one's
+    #: (from its shapes), to tell them apart; None: its keys suffice.
+    matches: Callable[[StateDict], bool] | None = None
 
     def owns_key(self, key: str) -> bool:
         """Whether a state_dict key (any level) belongs to this backbone."""
@@ -62,8 +69,15 @@ class BackboneSpec:
 
     @property
     def imagenet_name(self) -> str:
-        """``MobileNet_V2_Weights.IMAGENET1K_V1``: torchvision's name of the ImageNet weights."""
+        """``MobileNet_V2_Weights.IMAGENET1K_V1``: torchvision's name of the ImageNet weights (or the file's name)."""
+        if self.imagenet_weights is None:
+            return str(self.imagenet_file)
         return f"{type(self.imagenet_weights).__name__}.{self.imagenet_weights.name}"
+
+    @property
+    def imagenet_source(self) -> str:
+        """Where the ImageNet weights come from, for log lines: ``torchvision <name>`` or the file's name."""
+        return self.imagenet_name if self.imagenet_weights is None else f"torchvision {self.imagenet_name}"
 
 
 # ------------------------------------------------------------------------------------------ ResNet-50
@@ -121,6 +135,25 @@ def _mobilenet_layout(state: Mapping[str, torch.Tensor]) -> str:
     return "tonylins layout" if is_tonylins_mobilenet(state) else "torchvision layout"
 
 
+# ---------------------------------------------------------------------------------- EfficientNet-Lite
+
+def _efficientnet_lite(name: str) -> BackboneSpec:
+    return BackboneSpec(
+        name=name,
+        build=lambda last_conv_stride: efficientnet_lite.build_efficientnet_lite(name, last_conv_stride),
+        feature_dim=efficientnet_lite.FEATURE_DIM,
+        has_last_stride=True,
+        imagenet_weights=None,
+        imagenet_to_trunk=efficientnet_lite.imagenet_to_trunk,
+        normalize_trunk=_identity,
+        key_prefixes=("base.stem.", "base.blocks.", "base.top.", "stem.", "blocks.", "top.",
+                      *efficientnet_lite.IMAGENET_PREFIXES),
+        describe_imagenet_layout=lambda state: "efficientnet_pytorch layout",
+        imagenet_file=efficientnet_lite.IMAGENET_FILES[name],
+        matches=lambda state: efficientnet_lite.variant_of(state) == name,
+    )
+
+
 # ------------------------------------------------------------------------------------------- registry
 
 def _identity(state: Mapping[str, torch.Tensor]) -> StateDict:
@@ -152,6 +185,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             key_prefixes=("base.features.", "features.", "classifier."),
             describe_imagenet_layout=_mobilenet_layout,
         ),
+        *(_efficientnet_lite(name) for name in efficientnet_lite.IMAGENET_FILES),
     )
 }
 
@@ -167,11 +201,16 @@ def get_backbone(name: str) -> BackboneSpec:
 def detect_backbone(state: Mapping[str, torch.Tensor]) -> BackboneSpec | None:
     """The backbone owning most keys of a state_dict (any level), or None when none owns any.
 
-    Keys no backbone owns (a neck, a head, ...) do not count either way.
+    Keys no backbone owns (a neck, a head, ...) do not count either way; among backbones owning
+    equally many (EfficientNet-Lite0/1/2), the one whose :attr:`BackboneSpec.matches` says so wins.
     """
     counts = {name: sum(spec.owns_key(k) for k in state) for name, spec in BACKBONES.items()}
     best = max(counts, key=counts.__getitem__, default=None)
-    return BACKBONES[best] if best is not None and counts[best] > 0 else None
+    if best is None or counts[best] == 0:
+        return None
+    tied = [BACKBONES[name] for name in counts if counts[name] == counts[best]]
+    # Siblings own the same keys (EfficientNet-Lite0/1/2): the shapes tell them apart.
+    return next((spec for spec in tied if spec.matches is not None and spec.matches(state)), BACKBONES[best])
 
 
 def split_model_state(state: Mapping[str, torch.Tensor]) -> tuple[StateDict, StateDict]:

@@ -25,7 +25,7 @@ def expected_hw(spec, stride: int, h: int, w: int) -> tuple[int, int]:
 
 
 def test_registry_holds_the_original_networks():
-    assert NAMES == ["resnet50", "mobilenetV2"]
+    assert NAMES == ["resnet50", "mobilenetV2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
     assert get_backbone("resnet50").imagenet_weights is ResNet50_Weights.IMAGENET1K_V1
     assert get_backbone("mobilenetV2").imagenet_weights is MobileNet_V2_Weights.IMAGENET1K_V1
     assert get_backbone("resnet50").has_last_stride and not get_backbone("mobilenetV2").has_last_stride
@@ -114,7 +114,8 @@ def test_detection_from_model_keys_ignores_other_parts(name):
 
     state = ReidModel(name).state_dict()
     assert all(BACKBONES[name].owns_key(k) for k in state if k.startswith("base."))
-    other = [spec for spec in BACKBONES.values() if spec.name != name]
+    # EfficientNet-Lite0/1/2 share key names: the shapes tell them apart (BackboneSpec.matches).
+    other = [spec for spec in BACKBONES.values() if spec.key_prefixes != BACKBONES[name].key_prefixes]
     assert not any(spec.owns_key(k) for spec in other for k in state)
     extra = {"neck.bn.weight": torch.ones(3), "head.classifier.weight": torch.ones(2, 3)}
     assert detect_backbone({**state, **extra}) is BACKBONES[name]
