@@ -1,0 +1,268 @@
+"""EfficientNet-Lite: the torch trunk against an independent NumPy forward pass (tests/efficientnet_numpy.py)
+on the real architecture with random weights, the published key layout (generated here, never read
+from ../shared), output sizes per last stride, export/autocast/channels-last, and
+``--net_pretrained_path imagenet`` from a temporary torch hub cache."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import efficientnet_numpy as reference
+from bpm.errors import BpmError
+from bpm.models.efficientnet_lite import (
+    FEATURE_DIM, IMAGENET_FILES, INPUT_MEAN, INPUT_STD, EfficientNetLiteClassifier, EfficientNetLiteTrunk,
+    build_efficientnet_lite, imagenet_to_trunk, variant_of,
+)
+from bpm.models.imagenet import imagenet_cache_file, init_backbone
+from bpm.models.registry import detect_backbone, get_backbone
+from bpm.models.reid import ReidModel
+
+VARIANTS = list(IMAGENET_FILES)
+# Facts of the published files (efficientnet-lite{0,1,2}-*.pth): entries (num_batches_tracked
+# included) and elements of all tensors; a layout generated here must have exactly these.
+PUBLISHED = {"efficientnet_lite0": (296, 4_694_073), "efficientnet_lite1": (386, 5_470_408),
+             "efficientnet_lite2": (386, 6_150_232)}
+PUBLISHED_SHAPES = {
+    "efficientnet_lite0": {"_blocks.15._depthwise_conv.weight": (1152, 1, 3, 3), "_conv_head.weight": (1280, 320, 1, 1)},
+    "efficientnet_lite1": {"_blocks.4._depthwise_conv.weight": (144, 1, 5, 5), "_blocks.20._project_conv.weight": (320, 1152, 1, 1)},
+    "efficientnet_lite2": {"_blocks.5._expand_conv.weight": (288, 48, 1, 1), "_blocks.20._project_conv.weight": (352, 1248, 1, 1)},
+}
+_TO_PUBLISHED_TOP = {"stem.conv.": "_conv_stem.", "stem.bn.": "_bn0.", "top.conv.": "_conv_head.", "top.bn.": "_bn1."}
+_TO_PUBLISHED_BLOCK = {"expand.conv": "_expand_conv", "expand.bn": "_bn0", "depthwise.conv": "_depthwise_conv",
+                       "depthwise.bn": "_bn1", "project.conv": "_project_conv", "project.bn": "_bn2"}
+
+
+def randomise_batchnorm(module: torch.nn.Module, seed: int) -> None:
+    """BatchNorm statistics and affine terms as after training, so that activations stay in a sane range."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for bn in (m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            n = bn.num_features
+            bn.running_mean.copy_(torch.rand(n, generator=gen) * 0.2 - 0.1)
+            bn.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            bn.weight.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
+            bn.bias.copy_(torch.rand(n, generator=gen) * 0.2 - 0.1)
+
+
+def to_published(trunk_state: dict) -> dict:
+    """Trunk keys -> the published (efficientnet_pytorch) names, written independently of the module's table."""
+    out = {}
+    for key, value in trunk_state.items():
+        match = re.match(r"^blocks\.(\d+)\.(\w+\.\w+)\.(\w+)$", key)
+        if match:
+            out[f"_blocks.{match.group(1)}.{_TO_PUBLISHED_BLOCK[match.group(2)]}.{match.group(3)}"] = value
+            continue
+        prefix = next(p for p in _TO_PUBLISHED_TOP if key.startswith(p))
+        out[_TO_PUBLISHED_TOP[prefix] + key[len(prefix):]] = value
+    return out
+
+
+def published_state(variant: str, seed: int = 0) -> dict:
+    """A random ImageNet file of ``variant`` in the published layout (classifier included)."""
+    torch.manual_seed(seed)
+    model = EfficientNetLiteClassifier(variant)
+    randomise_batchnorm(model, seed)
+    state = to_published(model.trunk.state_dict())
+    state["_fc.weight"], state["_fc.bias"] = model.fc.weight.detach().clone(), model.fc.bias.detach().clone()
+    return state
+
+
+def numpy_state(state: dict) -> dict:
+    return {k: v.numpy() for k, v in state.items() if not k.endswith("num_batches_tracked")}
+
+
+def images(count: int, h: int, w: int, seed: int) -> np.ndarray:
+    """Smooth RGB 0..255 images (a gradient plus blobs), not white noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    out = []
+    for _ in range(count):
+        img = 127 + 100 * np.sin(rng.uniform(2, 8) * yy[..., None] + rng.uniform(2, 8) * xx[..., None]
+                                 + rng.uniform(0, 6, size=3))
+        out.append(np.clip(img + rng.normal(0, 10, size=(h, w, 3)), 0, 255).round())
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_generated_layout_is_the_published_one_and_maps_back(variant):
+    state = published_state(variant)
+    count, elements = PUBLISHED[variant]
+    assert len(state) == count and sum(v.numel() for v in state.values()) == elements
+    for key, shape in PUBLISHED_SHAPES[variant].items():
+        assert tuple(state[key].shape) == shape
+    trunk = EfficientNetLiteTrunk(variant)
+    mapped = imagenet_to_trunk(state)
+    assert set(mapped) == set(trunk.state_dict())  # _fc.* dropped, nothing else
+    assert to_published(mapped) == {k: v for k, v in state.items() if not k.startswith("_fc.")}
+    trunk.load_state_dict(mapped)  # strict: every key and shape
+    assert variant_of(state) == variant and variant_of(trunk.state_dict()) == variant
+    assert detect_backbone(state) is get_backbone(variant)
+    assert detect_backbone(ReidModel(variant).state_dict()) is get_backbone(variant)
+
+
+@pytest.mark.parametrize("variant,sizes", [
+    ("efficientnet_lite0", [(64, 48), (57, 43)]),  # even and odd sizes: TF SAME pads differently
+    ("efficientnet_lite1", [(49, 40)]),
+    ("efficientnet_lite2", [(64, 33)]),
+])
+def test_logits_match_the_numpy_forward_pass(variant, sizes):
+    state = published_state(variant, seed=1)
+    model = EfficientNetLiteClassifier(variant).eval()
+    model.load_imagenet(state)
+    ref = numpy_state(state)
+    for (h, w) in sizes:
+        for index, image in enumerate(images(2, h, w, seed=h * w)):
+            x = reference.normalise(image)
+            want = reference.logits(ref, x)
+            with torch.no_grad():
+                got = model(torch.from_numpy(x[None]).float())[0].double().numpy()
+            scale = np.abs(want).max()
+            assert scale > 1e-3  # the comparison means something
+            assert np.abs(got - want).max() / scale < 1e-4, (variant, h, w, index)
+
+
+def test_features_with_last_stride_1_match_the_numpy_forward_pass():
+    state = published_state("efficientnet_lite0", seed=2)
+    trunk = EfficientNetLiteTrunk("efficientnet_lite0", last_conv_stride=1).eval()
+    trunk.load_state_dict(imagenet_to_trunk(state))
+    x = reference.normalise(images(1, 64, 32, seed=3)[0])
+    want = reference.features(numpy_state(state), x, last_stride=1)
+    with torch.no_grad():
+        got = trunk(torch.from_numpy(x[None]).float())[0].double().numpy()
+    assert got.shape == want.shape == (FEATURE_DIM, 4, 2)
+    assert np.abs(got - want).max() / np.abs(want).max() < 1e-4
+
+
+def test_input_normalisation_is_the_published_one():
+    rgb = np.array([0.0, 127.0, 255.0])
+    assert np.allclose((rgb / 255 - np.array(INPUT_MEAN)) / np.array(INPUT_STD), (rgb - 127) / 128)
+
+
+@pytest.mark.parametrize("stride,sizes", [(2, {(128, 64): (4, 2), (256, 128): (8, 4)}),
+                                          (1, {(128, 64): (8, 4), (256, 128): (16, 8)})])
+def test_output_size_per_last_stride(stride, sizes):
+    trunk = build_efficientnet_lite("efficientnet_lite0", stride).eval()
+    for (h, w), hw in sizes.items():
+        with torch.no_grad():
+            assert tuple(trunk(torch.zeros(1, 3, h, w)).shape) == (1, FEATURE_DIM, *hw)
+
+
+def test_last_stride_changes_one_depthwise_convolution_only():
+    one, two = EfficientNetLiteTrunk("efficientnet_lite0", 1), EfficientNetLiteTrunk("efficientnet_lite0", 2)
+    strides = [(m.conv.stride, n.conv.stride) for m, n in zip(one.modules(), two.modules()) if hasattr(m, "conv")]
+    assert sum(a != b for a, b in strides) == 1 and ((1, 1), (2, 2)) in strides
+    assert set(one.state_dict()) == set(two.state_dict())
+
+
+def test_bad_variant_and_stride_are_one_line_errors():
+    with pytest.raises(BpmError, match="efficientnet_lite7"):
+        EfficientNetLiteTrunk("efficientnet_lite7")
+    with pytest.raises(BpmError, match="--last_conv_stride"):
+        EfficientNetLiteTrunk("efficientnet_lite0", 3)
+
+
+def test_onnx_export_autocast_and_channels_last_agree(tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    trunk = EfficientNetLiteTrunk("efficientnet_lite0", 1).eval()
+    randomise_batchnorm(trunk, 4)
+    x = torch.randn(2, 3, 65, 34)  # odd height: the padding of stride 2 depends on it
+    with torch.no_grad():
+        want = trunk(x)
+        fast = trunk.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = trunk(x)
+    trunk.to(memory_format=torch.contiguous_format)
+    scale = want.abs().max()
+    assert (fast - want).abs().max() / scale < 1e-4
+    assert low.dtype == torch.bfloat16 and (low.float() - want).abs().max() / scale < 0.1
+    path = tmp_path / "lite0.onnx"
+    torch.onnx.export(trunk, (x,), str(path), dynamo=False, opset_version=17, input_names=["images"],
+                      output_names=["features"], dynamic_axes={"images": {0: "batch"}})
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": x[:1].numpy()})[0]  # another batch size than exported
+    assert np.abs(got - want[:1].numpy()).max() / scale.item() < 1e-4
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    home = tmp_path / "torch_home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("no download expected"))
+    return home
+
+
+@pytest.mark.parametrize("variant", ["efficientnet_lite0", "efficientnet_lite2"])
+def test_imagenet_from_the_torch_hub_cache(variant, torch_home):
+    spec = get_backbone(variant)
+    cached = imagenet_cache_file(spec)
+    assert cached == torch_home / "hub" / "checkpoints" / IMAGENET_FILES[variant]
+    state = published_state(variant, seed=5)
+    cached.parent.mkdir(parents=True)
+    torch.save(state, cached)
+    model = ReidModel(variant)
+    lines = []
+    init_backbone(model, "imagenet", log=lines.append)
+    assert lines == [f"Initial weights: ImageNet ({IMAGENET_FILES[variant]}) from {cached}"]
+    assert torch.equal(model.base.stem.conv.weight, state["_conv_stem.weight"])
+    assert torch.equal(model.base.top.bn.running_var, state["_bn1.running_var"])
+
+
+def test_imagenet_missing_from_the_cache_is_one_line(torch_home):
+    with pytest.raises(BpmError) as info:
+        init_backbone(ReidModel("efficientnet_lite1"), "imagenet", log=lambda line: None)
+    message = str(info.value)
+    assert "\n" not in message and IMAGENET_FILES["efficientnet_lite1"] in message
+    assert f"{torch_home / 'hub' / 'checkpoints'}/" in message and "--net_pretrained_path none" in message
+
+
+def test_imagenet_local_file_and_other_variant_refused(tmp_path):
+    path = tmp_path / "lite0.pth"
+    state = published_state("efficientnet_lite0", seed=6)
+    torch.save(state, path)
+    model = ReidModel("efficientnet_lite0")
+    lines = []
+    init_backbone(model, str(path), log=lines.append)
+    assert lines == [f"Initial weights: {path} (efficientnet_pytorch layout)"]
+    assert torch.equal(model.base.blocks[15].project.conv.weight, state["_blocks.15._project_conv.weight"])
+    with pytest.raises(BpmError, match="holds efficientnet_lite0 weights, but --net is efficientnet_lite1"):
+        init_backbone(ReidModel("efficientnet_lite1"), str(path), log=lambda line: None)
+
+
+def _train(world, exp_dir, *extra: str) -> int:
+    from bpm.cli import main
+
+    return main(["train", "-d", "()", "--dataset", "market1501", "--data_root", str(world), "--exp_dir", str(exp_dir),
+                 "--net", "efficientnet_lite0", "--resize_h_w", "(64, 32)", "--ids_per_batch", "4", "--ims_per_id", "2",
+                 "--workers", "0", "--set_seed", "true", "--rerank", "false", "--steps_per_log", "0",
+                 "--log_to_file", "false", *extra])
+
+
+def test_trains_from_the_cached_imagenet_file(tiny_world, tmp_path, torch_home):
+    import json
+
+    cached = imagenet_cache_file(get_backbone("efficientnet_lite0"))
+    cached.parent.mkdir(parents=True)
+    torch.save(published_state("efficientnet_lite0", seed=7), cached)
+    exp_dir = tmp_path / "exp"
+    assert _train(tiny_world, exp_dir, "--total_epochs", "1", "--net_pretrained_path", "imagenet") == 0
+    config = json.loads((exp_dir / "config.json").read_text())
+    assert config["net"] == "efficientnet_lite0"
+    assert 0.0 <= json.loads((exp_dir / "results.json").read_text())["mAP"] <= 1.0
+
+
+@pytest.mark.slow
+def test_trained_model_exports_fp32_and_int8(tiny_world, tmp_path):
+    import json
+
+    from bpm.cli import main
+
+    exp_dir = tmp_path / "exp"
+    assert _train(tiny_world, exp_dir, "--total_epochs", "2", "--net_pretrained_path", "none") == 0
+    out = tmp_path / "export"
+    assert main(["export", "--weights", str(exp_dir / "ckpt.pth"), "--out", str(out), "--formats", "pt,onnx,onnx_int8",
+                 "--resize_h_w", "(64, 32)", "--calib_images", str(tiny_world / "bounding_box_train")]) == 0
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["passed"] is True
