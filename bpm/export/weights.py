@@ -40,7 +40,9 @@ def load_source_model(path: str | Path, net: str | None = None,
     state = extract_model_state(raw, path)
     net = choose("net", net, meta, path) if "net" in meta else (net or detect_net(state))
     if net is None:
-        raise BpmError(f"{path}: cannot tell the network from its keys; pass --net resnet50 or --net mobilenetV2")
+        from bpm.models.registry import BACKBONES
+
+        raise BpmError(f"{path}: cannot tell the network from its keys; pass --net ({', '.join(BACKBONES)})")
     last_conv_stride = choose("last_conv_stride", last_conv_stride, meta, path)
     if any(k.startswith(("fc.", "classifier.")) for k in state):
         model = build_model(net, last_conv_stride)
