@@ -119,15 +119,14 @@ class MBConv(nn.Module):
                  residual: bool) -> None:
         super().__init__()
         hidden = in_channels * expansion
-        if expansion != 1:
-            self.expand = ConvBN(in_channels, hidden, 1)
+        # Identity holds no state: no ``expand.*`` keys where the published block has none.
+        self.expand = ConvBN(in_channels, hidden, 1) if expansion != 1 else nn.Identity()
         self.depthwise = ConvBN(hidden, hidden, kernel, stride, groups=hidden)
         self.project = ConvBN(hidden, out_channels, 1, act=False)
         self.residual = residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.expand(x) if hasattr(self, "expand") else x
-        out = self.project(self.depthwise(out))
+        out = self.project(self.depthwise(self.expand(x)))
         return out + x if self.residual else out
 
 
