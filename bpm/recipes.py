@@ -18,8 +18,14 @@ best at the CPU budget (CUHK03, MobileNet-V2, 128x64, 30 epochs: 41.8 % mAP agai
 ``bot``, 35.3 % for ``bot`` without erasing): no random erasing and the ID loss alone (triplet
 weight 0). ``--erase true --triplet_weight 1`` turn it into ``bot``.
 
+``distill``: ``softmax`` plus distillation from ``--teacher`` (:mod:`bpm.distill`): embedding
+distillation (weight 1, cosine, through a projection when the sizes differ) and relational
+distillation (weight 10: the squared differences of cosine similarities are ~0.01-0.1, so this
+brings the term to the ID loss's order of magnitude). NOT yet measured on real data: its weights
+are a starting point; docs/guide/distillation.md has the command lines that measure it.
+
 Centre loss and GeM pooling are opt-in in every recipe (``--center_loss_weight 0.0005``,
-``--pooling gem``). Measured figures: README, "Accuracy on real data".
+``--pooling gem``). Measured figures: docs/results/accuracy.md.
 """
 from __future__ import annotations
 
@@ -33,18 +39,20 @@ RECIPES: dict[str, Preset] = {
         "optimizer": "adam", "base_lr": 2e-4, "weight_decay": 5e-4, "lr_decay_type": "exp", "warmup_epochs": 0,
         "crop_prob": 0.1, "pad_crop": 0, "erase": True, "erase_prob": 0.2,
         "neck": "none", "pooling": "avg", "id_loss_weight": 0.0, "triplet_weight": 1.0, "center_loss_weight": 0.0,
-        "sampler_epoch": "ids",
+        "sampler_epoch": "ids", "distill_weight": 0.0, "relational_weight": 0.0,
     },
     "bot": {
         "optimizer": "adam", "base_lr": 3.5e-4, "weight_decay": 5e-4, "lr_decay_type": "cosine",
         "warmup_epochs": lambda v: max(1, round(v["total_epochs"] / 12)),
         "crop_prob": 0.0, "pad_crop": lambda v: max(1, round(v["resize_h_w"][0] / 25.6)), "erase": True,
         "erase_prob": 0.5, "neck": "bnneck", "pooling": "avg", "id_loss_weight": 1.0, "triplet_weight": 1.0,
-        "center_loss_weight": 0.0, "sampler_epoch": "images",
+        "center_loss_weight": 0.0, "sampler_epoch": "images", "distill_weight": 0.0, "relational_weight": 0.0,
     },
 }
 # The measured best at the CPU budget: bot without random erasing and without the triplet term.
 RECIPES["softmax"] = {**RECIPES["bot"], "erase": False, "triplet_weight": 0.0}
+# The ID-only preset plus both distillation terms (needs --teacher).
+RECIPES["distill"] = {**RECIPES["softmax"], "distill_weight": 1.0, "relational_weight": 10.0}
 
 #: The recipe of ``bpm train`` when ``--recipe`` is not given (``script/experiment/train.py``: ``original``).
 DEFAULT_RECIPE = "softmax"

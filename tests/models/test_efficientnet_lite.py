@@ -12,12 +12,13 @@ import torch
 
 import efficientnet_numpy as reference
 from bpm.errors import BpmError
-from bpm.models.efficientnet_lite import (
+from bpm.models.backbones import build_backbone
+from bpm.models.backbones.efficientnet_lite import (
     FEATURE_DIM, IMAGENET_FILES, INPUT_MEAN, INPUT_STD, EfficientNetLiteClassifier, EfficientNetLiteTrunk,
-    build_efficientnet_lite, imagenet_to_trunk, variant_of,
+    imagenet_to_trunk, variant_of,
 )
 from bpm.models.imagenet import imagenet_cache_file, init_backbone
-from bpm.models.registry import detect_backbone, get_backbone
+from bpm.models.registry import backbones_in, get_backbone
 from bpm.models.reid import ReidModel
 
 VARIANTS = list(IMAGENET_FILES)
@@ -99,8 +100,24 @@ def test_generated_layout_is_the_published_one_and_maps_back(variant):
     assert to_published(mapped) == {k: v for k, v in state.items() if not k.startswith("_fc.")}
     trunk.load_state_dict(mapped)  # strict: every key and shape
     assert variant_of(state) == variant and variant_of(trunk.state_dict()) == variant
-    assert detect_backbone(state) is get_backbone(variant)
-    assert detect_backbone(ReidModel(variant).state_dict()) is get_backbone(variant)
+    # The three share every key name: a file that does not record its network is told apart by its shapes.
+    assert backbones_in(state) == [(get_backbone(variant), "imagenet")]
+    assert backbones_in(trunk.state_dict()) == [(get_backbone(variant), "trunk")]
+    assert backbones_in(ReidModel(variant).state_dict()) == [(get_backbone(variant), "model")]
+
+
+def test_a_shape_no_variant_has_asks_for_the_network():
+    state = imagenet_to_trunk(published_state("efficientnet_lite0"))
+    state["blocks.15.project.conv.weight"] = torch.zeros(328, 1152, 1, 1)  # a width no variant has
+    assert variant_of(state) is None
+    assert [spec.name for spec, _level in backbones_in(state)] == list(VARIANTS)
+
+
+def test_registration_declares_the_published_input_and_layout():
+    spec = get_backbone("efficientnet_lite0")
+    assert (spec.mean, spec.std, spec.feature_dim) == (INPUT_MEAN, INPUT_STD, FEATURE_DIM)
+    assert spec.trunk_first_conv_key == "stem.conv.weight" and spec.last_conv_strides == (1, 2)
+    assert spec.imagenet_weights is None and spec.imagenet_file == IMAGENET_FILES["efficientnet_lite0"]
 
 
 @pytest.mark.parametrize("variant,sizes", [
@@ -144,7 +161,7 @@ def test_input_normalisation_is_the_published_one():
 @pytest.mark.parametrize("stride,sizes", [(2, {(128, 64): (4, 2), (256, 128): (8, 4)}),
                                           (1, {(128, 64): (8, 4), (256, 128): (16, 8)})])
 def test_output_size_per_last_stride(stride, sizes):
-    trunk = build_efficientnet_lite("efficientnet_lite0", stride).eval()
+    trunk = build_backbone("efficientnet_lite0", stride).eval()
     for (h, w), hw in sizes.items():
         with torch.no_grad():
             assert tuple(trunk(torch.zeros(1, 3, h, w)).shape) == (1, FEATURE_DIM, *hw)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bpm.errors import BpmError
+from bpm.models.registry import StateDict, register_backbone
 
 #: The published ImageNet files (their names carry a sha256 prefix), as ``--net_pretrained_path
 #: imagenet`` looks for them in torch's hub cache, ``$TORCH_HOME/hub/checkpoints/``.
@@ -178,27 +179,25 @@ class EfficientNetLiteClassifier(nn.Module):
     def load_imagenet(self, state: Mapping[str, torch.Tensor]) -> None:
         """Load a published state_dict (efficientnet_pytorch names, ``_fc`` included), strictly."""
         self.trunk.load_state_dict(imagenet_to_trunk(state))
-        self.fc.load_state_dict({"weight": state["_fc.weight"], "bias": state["_fc.bias"]})
-
-
-def build_efficientnet_lite(variant: str, last_conv_stride: int = 1) -> nn.Module:
-    """The trunk of ``variant`` (``efficientnet_lite0`` / ``1`` / ``2``), random weights."""
-    return EfficientNetLiteTrunk(variant, last_conv_stride)
+        self.fc.load_state_dict({"weight": state[f"{CLASSIFIER_PREFIX}weight"], "bias": state[f"{CLASSIFIER_PREFIX}bias"]})
 
 
 _TOP_LEVEL = {"_conv_stem.": "stem.conv.", "_bn0.": "stem.bn.", "_conv_head.": "top.conv.", "_bn1.": "top.bn."}
 _IN_BLOCK = {"_expand_conv": "expand.conv", "_bn0": "expand.bn", "_depthwise_conv": "depthwise.conv",
              "_bn1": "depthwise.bn", "_project_conv": "project.conv", "_bn2": "project.bn"}
 _BLOCK_KEY = re.compile(r"^_blocks\.(\d+)\.(_[a-z_]+\d?)\.(.+)$")
-#: Key prefixes of the published files (``_fc``: the ImageNet classifier, dropped for the trunk).
-IMAGENET_PREFIXES = ("_conv_stem.", "_bn0.", "_blocks.", "_conv_head.", "_bn1.", "_fc.")
+#: The published files' ImageNet classifier, dropped for the trunk.
+CLASSIFIER_PREFIX = "_fc."
 
 
-def imagenet_to_trunk(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Published (efficientnet_pytorch) names -> trunk keys; ``_fc.*`` dropped, other keys kept as they are."""
-    out: dict[str, torch.Tensor] = {}
+def imagenet_to_trunk(state: Mapping[str, torch.Tensor]) -> StateDict:
+    """Published (efficientnet_pytorch) names -> trunk keys; ``_fc.*`` dropped, other keys kept as they are.
+
+    Each key is mapped on its own (never from its neighbours): the registry derives the trunk's
+    first-convolution key by applying this to a one-key dict."""
+    out: StateDict = {}
     for key, value in state.items():
-        if key.startswith("_fc."):
+        if key.startswith(CLASSIFIER_PREFIX):
             continue
         match = _BLOCK_KEY.match(key)
         if match and match.group(2) in _IN_BLOCK:
@@ -227,3 +226,36 @@ def variant_of(state: Mapping[str, torch.Tensor]) -> str | None:
         if found == (sum(stage_repeats(depth)), round_channels(STAGES[-1][4], width)):
             return variant
     return None
+
+
+def _efficientnet_pytorch_layout(state: Mapping[str, torch.Tensor]) -> str:
+    return "efficientnet_pytorch layout"
+
+
+def _registration(variant: str) -> dict:
+    """What the registry needs of ``variant``: the three share every key name, so :func:`variant_of`
+    tells a file without a recorded network apart by its shapes (an unknown shape matches all three,
+    and the caller is asked for ``--net``)."""
+    return dict(feature_dim=FEATURE_DIM, mean=INPUT_MEAN, std=INPUT_STD, first_conv_key="_conv_stem.weight",
+                classifier_prefix=CLASSIFIER_PREFIX, imagenet_to_trunk=imagenet_to_trunk,
+                imagenet_file=IMAGENET_FILES[variant], last_conv_strides=(1, 2),
+                describe_imagenet_layout=_efficientnet_pytorch_layout,
+                matches=lambda state: variant_of(state) in (None, variant))
+
+
+@register_backbone("efficientnet_lite0", **_registration("efficientnet_lite0"))
+def efficientnet_lite0(last_conv_stride: int = 1) -> EfficientNetLiteTrunk:
+    """EfficientNet-Lite0 (width 1.0, depth 1.0), random weights."""
+    return EfficientNetLiteTrunk("efficientnet_lite0", last_conv_stride)
+
+
+@register_backbone("efficientnet_lite1", **_registration("efficientnet_lite1"))
+def efficientnet_lite1(last_conv_stride: int = 1) -> EfficientNetLiteTrunk:
+    """EfficientNet-Lite1 (width 1.0, depth 1.1), random weights."""
+    return EfficientNetLiteTrunk("efficientnet_lite1", last_conv_stride)
+
+
+@register_backbone("efficientnet_lite2", **_registration("efficientnet_lite2"))
+def efficientnet_lite2(last_conv_stride: int = 1) -> EfficientNetLiteTrunk:
+    """EfficientNet-Lite2 (width 1.1, depth 1.2), random weights."""
+    return EfficientNetLiteTrunk("efficientnet_lite2", last_conv_stride)
