@@ -315,7 +315,8 @@ def _train(settings: RunSettings, model: ReidModel, policy: PrecisionPolicy, dat
         from bpm.distill.setup import distill_targets
 
         teacher, extras = distill
-        targets = distill_targets(teacher, settings.train, [*dataset.train, *extras], exp_dir, ctx)
+        targets = distill_targets(teacher, settings.train, [*dataset.train, *extras], exp_dir,
+                                  input_spec_of_model(model, settings.train.resize_h_w), ctx)
     trainer = Trainer(model, policy, settings.train, dataset.train, exp_dir, validator, ctx.rank, ctx.world_size,
                       distill=targets, extra_records=extras)
     if settings.resume:
