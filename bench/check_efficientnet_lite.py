@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the NumPy reference is a test helper
 import efficientnet_numpy as reference  # noqa: E402
 from bpm.data.synthetic import WorldConfig, generate_world  # noqa: E402
 from bpm.machine import print_machine  # noqa: E402
-from bpm.models.efficientnet_lite import IMAGENET_FILES, EfficientNetLiteClassifier  # noqa: E402
+from bpm.models.backbones.efficientnet_lite import IMAGENET_FILES, EfficientNetLiteClassifier  # noqa: E402
 
 RESOLUTION = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
 

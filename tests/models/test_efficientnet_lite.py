@@ -4,6 +4,7 @@ from ../shared), output sizes per last stride, export/autocast/channels-last, an
 ``--net_pretrained_path imagenet`` from a temporary torch hub cache."""
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -65,6 +66,10 @@ def published_state(variant: str, seed: int = 0) -> dict:
     """A random ImageNet file of ``variant`` in the published layout (classifier included)."""
     torch.manual_seed(seed)
     model = EfficientNetLiteClassifier(variant)
+    # He-initialised convolutions: PyTorch's default shrinks the signal over 16+ blocks until every image
+    # gives the same output (within 1e-8), and a comparison of outputs would then check nothing.
+    for conv in (m for m in model.modules() if isinstance(m, torch.nn.Conv2d)):
+        torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
     randomise_batchnorm(model, seed)
     state = to_published(model.trunk.state_dict())
     state["_fc.weight"], state["_fc.bias"] = model.fc.weight.detach().clone(), model.fc.bias.detach().clone()
@@ -264,7 +269,8 @@ def test_trains_from_the_cached_imagenet_file(tiny_world, tmp_path, torch_home):
     cached.parent.mkdir(parents=True)
     torch.save(published_state("efficientnet_lite0", seed=7), cached)
     exp_dir = tmp_path / "exp"
-    assert _train(tiny_world, exp_dir, "--total_epochs", "1", "--net_pretrained_path", "imagenet") == 0
+    assert _train(tiny_world, exp_dir, "--total_epochs", "1", "--ids_per_batch", "16", "--sampler_epoch", "ids",
+                  "--net_pretrained_path", "imagenet") == 0
     config = json.loads((exp_dir / "config.json").read_text())
     assert config["net"] == "efficientnet_lite0"
     assert 0.0 <= json.loads((exp_dir / "results.json").read_text())["mAP"] <= 1.0
@@ -283,3 +289,60 @@ def test_trained_model_exports_fp32_and_int8(tiny_world, tmp_path):
                  "--resize_h_w", "(64, 32)", "--calib_images", str(tiny_world / "bounding_box_train")]) == 0
     report = json.loads((out / "export_report.json").read_text())
     assert report["passed"] is True
+
+
+def test_its_normalisation_travels_from_checkpoint_through_test_and_export_to_features(tiny_world, tmp_path):
+    """(x - 127) / 128, not the ImageNet mean/std, from training to every file and every reader: the
+    checkpoint, the weights file and the ONNX graph record it; ``bpm test``, the exported graph and
+    FeatureExtractor of each file embed the same images into the same features."""
+    from dataclasses import replace
+
+    from bpm.cli import main
+    from bpm.commands import train
+    from bpm.evaluation.features import l2_normalize
+    from bpm.evaluation.features_file import read_features_file
+    from bpm.export.onnx import read_spec
+    from bpm.export.pipeline import ExportOptions, run_export
+    from bpm.inference import FeatureExtractor
+    from bpm.models.input_spec import IMAGENET_MEAN, IMAGENET_STD
+    from bpm.models.meta import stored_meta
+    from train_helpers import train_args
+
+    start = tmp_path / "lite0_imagenet.pth"  # a random start embeds every image alike (published_state)
+    torch.save(published_state("efficientnet_lite0", seed=8), start)
+    exp = tmp_path / "run"
+    args = train_args(tiny_world, exp, "--net", "efficientnet_lite0", "--total_epochs", "1", "--recipe", "softmax",
+                      "--ids_per_batch", "16", "--sampler_epoch", "ids", "--net_pretrained_path", str(start))
+    assert train.run(args) == 0
+    ckpt = exp / "ckpt.pth"
+    raw = torch.load(ckpt, weights_only=True)
+    assert raw["global_step"] == 1 and raw["input"]["net"] == "efficientnet_lite0"
+    assert (raw["input"]["mean"], raw["input"]["std"]) == (list(INPUT_MEAN), list(INPUT_STD))
+
+    saved = tmp_path / "test_features.h5"
+    assert main(["test", "-d", "()", "--dataset", "market1501", "--data_root", str(tiny_world), "--exp_dir",
+                 str(tmp_path / "test"), "--model_weight_file", str(ckpt), "--workers", "0", "--rerank", "false",
+                 "--log_to_file", "false", "--test_flip", "false", "--save_features", str(saved)]) == 0
+    query = next(split for name, split in read_features_file(saved).splits.items() if name.endswith("/query"))
+    images = query.paths[:6]
+
+    out = tmp_path / "export"
+    result = run_export(ExportOptions(weights=str(ckpt), out_dir=str(out), formats=("pt", "onnx"),
+                                      calib_images=str(tiny_world / "bounding_box_train"), verify_count=4),
+                        log=lambda line: None)
+    pt, onnx_file = result["files"]["pt"], result["files"]["onnx"]
+    pt_meta = stored_meta(torch.load(pt, weights_only=True))
+    onnx_meta = json.loads(read_spec(onnx_file).input_meta)
+    for meta in (pt_meta, onnx_meta):
+        assert meta["net"] == "efficientnet_lite0"
+        assert (meta["mean"], meta["std"]) == (list(INPUT_MEAN), list(INPUT_STD))
+
+    extractor = FeatureExtractor(ckpt)
+    assert extractor.input_spec.mean == INPUT_MEAN and extractor.input_spec.std == INPUT_STD
+    from_ckpt = extractor(images)
+    np.testing.assert_array_equal(FeatureExtractor(pt)(images), from_ckpt)  # the same weights, the same torch
+    np.testing.assert_allclose(FeatureExtractor(onnx_file)(images), from_ckpt, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(l2_normalize(query.features[:6]), l2_normalize(from_ckpt), rtol=1e-4, atol=1e-5)
+    # The comparison can fail: the ImageNet normalisation embeds these images differently.
+    extractor.input_spec = replace(extractor.input_spec, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    assert np.abs(extractor(images) - from_ckpt).max() > 1e-2
