@@ -49,7 +49,7 @@ def step_times(world: Path, exp_dir: Path, args: argparse.Namespace, switches: l
     h, w = args.resize_h_w
     parsed = parser.parse_args(["-d", "()", "--dataset", "market1501", "--data_root", str(world), "--exp_dir",
                                 str(exp_dir), "--resize_h_w", f"({h}, {w})", "--workers", str(args.workers),
-                                "--set_seed", "true", "--net_pretrained_path", "none", "--recipe", "bot", *switches])
+                                "--set_seed", "true", "--net_pretrained_path", "none", "--recipe", "softmax", *switches])
     apply_recipe(parsed)
     config = train_config(parsed)
     seed_everything(1)

@@ -5,7 +5,7 @@ on a ``folder``-layout data set, then ``bpm test`` on any further test-only fold
 evaluation), so it measures exactly what a user gets, and prints one row per variant: mAP,
 rank-1/5/10, mINP (single query, no re-ranking), train seconds, seconds per epoch, images/s.
 
-    python bench/real_accuracy.py                                  # bot, defaults below
+    python bench/real_accuracy.py                                  # softmax (bpm train's default), defaults below
     python bench/real_accuracy.py --variant original="--recipe original" --variant bot="--recipe bot"
     python bench/real_accuracy.py --data_root DIR --test_folder OTHER_DIR --json out.json
     python bench/real_accuracy.py --variant bot="--recipe bot" \
@@ -124,7 +124,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test_folder", action="append", default=[],
                         help="a further test-only folder (query/ + gallery/) to evaluate each model on; repeatable")
     parser.add_argument("--variant", action="append", default=[],
-                        help="NAME=SWITCHES: extra bpm train switches for one row; repeatable (default: bot=)")
+                        help="NAME=SWITCHES: extra bpm train switches for one row; repeatable (default: softmax=--recipe softmax)")
     parser.add_argument("--net", default="mobilenetV2")
     parser.add_argument("--net_pretrained_path", default=str(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.is_file()
                         else "imagenet")
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     machine = describe_machine()
     print(machine_line(machine))
-    variants = [v.partition("=") for v in (args.variant or ["bot=--recipe bot"])]
+    variants = [v.partition("=") for v in (args.variant or ["softmax=--recipe softmax"])]
     rows = [run_variant(name, shlex.split(switches), args, args.out) for name, _eq, switches in variants]
     h, w = args.resize_h_w
     title = (f"{args.data_root.name}: {args.net} from {Path(args.net_pretrained_path).name}, {h}x{w}, "

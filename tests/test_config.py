@@ -9,7 +9,6 @@ from bpm.config import (DataSettings, ModelSettings, PrecisionSettings, add_trai
                         data_settings, is_unset, model_settings, parse_tuple, precision_settings, str2bool,
                         train_config)
 from bpm.data.transforms import RandomCropResize, train_transform
-from bpm.recipes import BOT_TRIPLET_WEIGHT
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,12 +88,12 @@ def test_original_defaults():
         assert getattr(args, dest) == value, dest
 
 
-def test_bot_is_the_default_recipe_and_every_recipe_switch_can_be_overridden():
+def test_softmax_is_the_default_recipe_and_every_recipe_switch_can_be_overridden():
     args = parser().parse_args(["--total_epochs", "24", "--resize_h_w", "(128, 64)"])
     apply_recipe(args)
-    assert (args.recipe, args.neck, args.id_loss_weight, args.lr_decay_type) == ("bot", "bnneck", 1.0, "cosine")
+    assert (args.recipe, args.neck, args.id_loss_weight, args.lr_decay_type) == ("softmax", "bnneck", 1.0, "cosine")
     assert args.warmup_epochs == 2 and args.pad_crop == 5 and args.erase_prob == 0.5  # scaled with budget and size
-    assert args.sampler_epoch == "images" and args.erase is False and args.triplet_weight == BOT_TRIPLET_WEIGHT
+    assert args.sampler_epoch == "images" and args.erase is False and args.triplet_weight == 0.0
     args = parser().parse_args(["--neck", "none", "--base_lr", "1e-3", "--erase", "false", "--warmup_epochs", "0"])
     apply_recipe(args)
     assert (args.neck, args.base_lr, args.erase, args.warmup_epochs, args.id_loss_weight) == ("none", 1e-3, False, 0, 1.0)
@@ -289,6 +288,24 @@ def test_below_the_command_boundary_no_function_takes_a_namespace():
                 if "argparse" in names:
                     offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
+
+
+def test_bot_is_bag_of_tricks_as_published_and_softmax_is_bot_without_two_tricks():
+    """BoT (Luo et al. 2019): BNNeck, ID loss with label smoothing plus triplet at weight 1, random
+    erasing p 0.5, warm-up, pad-and-crop; softmax differs only in erasing and the triplet term."""
+    bot = parser().parse_args(["--recipe", "bot", "--total_epochs", "120", "--resize_h_w", "(256, 128)"])
+    apply_recipe(bot)
+    assert (bot.neck, bot.id_loss_weight, bot.label_smoothing, bot.triplet_weight) == ("bnneck", 1.0, 0.1, 1.0)
+    assert (bot.erase, bot.erase_prob, bot.warmup_epochs, bot.pad_crop) == (True, 0.5, 10, 10)
+    softmax = parser().parse_args(["--recipe", "softmax", "--total_epochs", "120", "--resize_h_w", "(256, 128)"])
+    apply_recipe(softmax)
+    differ = {k for k, v in vars(bot).items() if getattr(softmax, k) != v}
+    assert differ == {"recipe", "erase", "triplet_weight"}
+    assert (softmax.erase, softmax.triplet_weight) == (False, 0.0)
+    restored = parser().parse_args(["--recipe", "softmax", "--erase", "true", "--triplet_weight", "1",
+                                    "--total_epochs", "120", "--resize_h_w", "(256, 128)"])
+    apply_recipe(restored)
+    assert {k for k, v in vars(bot).items() if getattr(restored, k) != v} == {"recipe"}
 
 
 def test_recipe_rules_read_plain_values():

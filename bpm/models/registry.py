@@ -84,6 +84,9 @@ class BackboneSpec:
     normalize_trunk: Callable[[StateDict], StateDict] = _identity
     #: A short name of the layout of an ImageNet state_dict, for log lines ("torchvision layout").
     describe_imagenet_layout: Callable[[StateDict], str] = _torchvision_layout
+    #: Whether a meta-less state_dict holding this backbone's first convolution is this backbone's, from
+    #: its shapes; for siblings sharing every key name (EfficientNet-Lite0/1/2). None: the key suffices.
+    matches: Callable[[StateDict], bool] | None = None
     #: The module that registered it (named in the duplicate-name error).
     module: str = ""
 
@@ -105,7 +108,10 @@ class BackboneSpec:
 
     def level_of(self, state: Mapping[str, torch.Tensor]) -> str | None:
         """Which level a state_dict of this backbone is at (``model``, ``trunk``, ``imagenet``), judged
-        by where its first convolution is; None when it has none of them."""
+        by where its first convolution is; None when it has none of them, or when :attr:`matches` says
+        the shapes are a sibling's."""
+        if self.matches is not None and not self.matches(state):
+            return None
         if MODEL_TRUNK_PREFIX + self.trunk_first_conv_key in state:
             return "model"
         if self.trunk_first_conv_key in state and self.trunk_first_conv_key != self.first_conv_key:
@@ -125,7 +131,7 @@ def register_backbone(name: str, *, aliases: tuple[str, ...] = (), feature_dim: 
                       last_conv_strides: tuple[int, ...] = (1,), imagenet_weights: WeightsEnum | None = None,
                       imagenet_file: str = "", normalize_trunk: Callable[[StateDict], StateDict] = _identity,
                       describe_imagenet_layout: Callable[[StateDict], str] = _torchvision_layout,
-                      ) -> Callable[[Builder], Builder]:
+                      matches: Callable[[StateDict], bool] | None = None) -> Callable[[Builder], Builder]:
     """Register the decorated builder (``builder(last_conv_stride) -> trunk``) as backbone ``name``.
 
     A name or alias already taken is refused (:class:`BpmError` naming both modules): two files
@@ -137,7 +143,8 @@ def register_backbone(name: str, *, aliases: tuple[str, ...] = (), feature_dim: 
             first_conv_key=first_conv_key, classifier_prefix=classifier_prefix, imagenet_to_trunk=imagenet_to_trunk,
             aliases=tuple(aliases), last_conv_strides=tuple(last_conv_strides), imagenet_weights=imagenet_weights,
             imagenet_file=imagenet_file, normalize_trunk=normalize_trunk,
-            describe_imagenet_layout=describe_imagenet_layout, module=getattr(builder, "__module__", ""),
+            describe_imagenet_layout=describe_imagenet_layout, matches=matches,
+            module=getattr(builder, "__module__", ""),
         )
         add_backbone(spec)
         return builder
@@ -195,7 +202,8 @@ def backbones_in(state: Mapping[str, torch.Tensor]) -> list[tuple[BackboneSpec, 
 
     Only for files that do not record their network (the original's, ImageNet files): two
     backbones sharing a first layer (ResNet-50 and a ResNet-101) both match, and the caller
-    must then be told the network.
+    must then be told the network; siblings sharing every key name declare :attr:`BackboneSpec.matches`
+    (EfficientNet-Lite0/1/2: blocks and width), so that only the right one is found.
     """
     _load_builtin()
     found = []

@@ -1,5 +1,5 @@
 """Each recipe trains through the real command on a tiny world; its statistics reach the logs and
-plots; a bot model exports without its training-only ID head and with its BNNeck feature."""
+plots; a softmax/bot model exports without its training-only ID head and with its BNNeck feature."""
 from __future__ import annotations
 
 import json
@@ -33,8 +33,8 @@ def _epoch_means(exp_dir, key: str) -> list[float]:
     # Triplet-only training from random weights needs the demo's longer budget to learn (the slow
     # e2e tests check it there); here it only has to run and log the original's statistics.
     ("original", (), None),
-    ("bot", (), "loss"),  # ID loss only: the total is the ID loss
-    ("bot", ("--triplet_weight", "1", "--center_loss_weight", "0.0005", "--pooling", "gem"), "id_loss"),
+    ("softmax", (), "loss"),  # ID loss only: the total is the ID loss
+    ("bot", ("--center_loss_weight", "0.0005", "--pooling", "gem"), "id_loss"),  # BoT as published, + centre, GeM
 ])
 def test_recipe_trains_and_its_statistics_reach_log_and_plot(tiny_world, tmp_path, recipe, extra, falling):
     exp_dir = tmp_path / "exp"
@@ -45,10 +45,11 @@ def test_recipe_trains_and_its_statistics_reach_log_and_plot(tiny_world, tmp_pat
         losses = _epoch_means(exp_dir, falling)
         assert losses[-1] < losses[0], losses
     record = json.loads((exp_dir / "train_log.jsonl").read_text().splitlines()[0])
-    if recipe == "bot":
+    if recipe != "original":
         assert {"loss", "id_accuracy"} <= set(record)
-        triplet = "--triplet_weight" in extra  # bot's own default is ID loss only (README, accuracy on real data)
+        triplet = recipe == "bot"  # softmax: ID loss only (README, accuracy on real data)
         assert triplet == ({"triplet_loss", "id_loss", "precision", "dist_ap"} <= set(record))
+        assert config["erase"] == triplet and config["triplet_weight"] == (1.0 if triplet else 0.0)
         assert config["neck"] == "bnneck" and config["id_loss_weight"] == 1.0 and config["lr_decay_type"] == "cosine"
         assert ("center_loss" in record) == ("--center_loss_weight" in extra)
     else:
@@ -59,9 +60,9 @@ def test_recipe_trains_and_its_statistics_reach_log_and_plot(tiny_world, tmp_pat
     assert 0.0 <= results["mAP"] <= 1.0
 
 
-def test_bot_model_exports_without_its_head(tiny_world, tmp_path):
+def test_default_model_exports_without_its_head(tiny_world, tmp_path):
     exp_dir = tmp_path / "exp"
-    _train(tiny_world, exp_dir, "bot", "--total_epochs", "1")
+    _train(tiny_world, exp_dir, "softmax", "--total_epochs", "1")
     ckpt = read_weights_file(exp_dir / "ckpt.pth")
     assert "head.weight" in ckpt["state_dicts"][0]
     out = tmp_path / "export"

@@ -37,7 +37,7 @@ def scratch_registry(monkeypatch):
 
 
 def test_registry_holds_the_original_networks():
-    assert sorted(NAMES) == ["mobilenet_v2", "resnet50"]
+    assert sorted(NAMES) == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "mobilenet_v2", "resnet50"]
     assert get_backbone("resnet50").imagenet_weights is ResNet50_Weights.IMAGENET1K_V1
     assert get_backbone("mobilenet_v2").imagenet_weights is MobileNet_V2_Weights.IMAGENET1K_V1
     assert get_backbone("mobilenetV2") is get_backbone("mobilenet_v2")  # the original's spelling stays accepted
