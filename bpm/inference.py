@@ -14,6 +14,7 @@ import torch
 from bpm.errors import BpmError
 from bpm.evaluation.features import embed_images
 from bpm.export.runtime import ImageLike, OnnxModel
+from bpm.export.verify import warn_if_unverified
 from bpm.precision import PrecisionPolicy
 from bpm.threads import torch_threads
 
@@ -72,6 +73,7 @@ class FeatureExtractor:
             if opt_level != "O0":
                 raise BpmError("--opt-level applies to the torch backend; an ONNX file has its precision built in")
             self.onnx = OnnxModel(weights, threads)
+            warn_if_unverified(weights, self.onnx.session.get_modelmeta().custom_metadata_map)
             if net is not None and self.onnx.spec.net not in (net, "unknown"):
                 raise BpmError(f"{weights}: holds {self.onnx.spec.net}, but --net is {net}")
             self.net = self.onnx.spec.net
