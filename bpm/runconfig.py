@@ -37,7 +37,37 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str])
             parser.set_defaults(**config_defaults(parser, known.config))
         except BpmError as exc:
             parser.exit(2, f"error: {exc}\n")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if known.config:
+        redirect_rerun(args, known.config, argv)
+    return args
+
+
+def _typed(argv: Sequence[str], switch: str) -> bool:
+    return any(a == switch or a.startswith(switch + "=") for a in argv)
+
+
+def redirect_rerun(args: argparse.Namespace, path: str | Path, argv: Sequence[str]) -> None:
+    """A fresh training run from a run's own ``config.json`` goes to ``<its folder>-rerun-<time>``.
+
+    Why: the record names the folder it came from (``exp_dir``), so re-running it used to start
+    afresh in that very folder. A file that is not a run's record (no ``versions``), a typed
+    ``--exp_dir``, ``--resume true`` (which continues that run) and evaluation keep the folder.
+    """
+    if not hasattr(args, "resume") or args.resume or getattr(args, "only_test", False) or _typed(argv, "--exp_dir"):
+        return
+    try:
+        values = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(values, dict) or "versions" not in values:
+        return
+    import time
+
+    source = str(values.get("exp_dir") or Path(path).resolve().parent).rstrip("/")
+    args.exp_dir = f"{source}-rerun-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"--config {path} is the record of the run in {source}; this fresh run goes to --exp_dir {args.exp_dir} "
+          "(type --exp_dir to choose the folder, or --resume true to continue that run)")
 
 
 def training_switches() -> set[str]:

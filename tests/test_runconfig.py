@@ -22,7 +22,8 @@ def _parse(argv):
 
 
 def _settings(args):
-    return {k: v for k, v in vars(args).items() if k != "config"}
+    """The switches, less the file name and the run folder (a re-run from a run's record gets a new one)."""
+    return {k: v for k, v in vars(args).items() if k not in ("config", "exp_dir")}
 
 
 def test_written_config_round_trips(tmp_path):
@@ -32,6 +33,7 @@ def test_written_config_round_trips(tmp_path):
     save_config(vars(first), path, {"versions": {"bpm": "x"}})
     again = _parse(["--config", str(path)])
     assert _settings(again) == _settings(first)
+    assert again.exp_dir.startswith(f"{tmp_path}-rerun-")  # not the folder the record came from
     save_config(vars(again), tmp_path / "again.json")
     assert _settings(_parse(["--config", str(tmp_path / "again.json")])) == _settings(first)
 
