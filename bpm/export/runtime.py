@@ -11,7 +11,7 @@ from typing import Iterable, Union
 import numpy as np
 from PIL import Image
 
-from bpm.data.images import read_image
+from bpm.data.images import read_image, to_rgb
 from bpm.data.transforms import model_input
 from bpm.errors import BpmError
 from bpm.export.onnx import OnnxSpec, read_spec
@@ -23,7 +23,7 @@ def to_pil(item: ImageLike) -> Image.Image:
     if isinstance(item, (str, Path)):
         return read_image(str(item))
     if isinstance(item, Image.Image):
-        return item.convert("RGB")
+        return to_rgb(item)  # 16-bit and float pixels scaled to 8 bits, not clipped
     if isinstance(item, np.ndarray):
         array = item
         if array.ndim == 2:
