@@ -222,11 +222,14 @@ def _int8_source(model: torch.nn.Module, reference: np.ndarray, fp32_onnx: Path,
     else:
         notes["equalisation"] = "off (--int8_equalize false)"
     if opts.qat_epochs > 0:
-        source_model, result = finetune_for_int8(
+        tuned, result = finetune_for_int8(
             source_model, images.training, partial(image_tensor, resize_h_w=opts.resize_h_w),
             opts.qat_epochs, opts.qat_lr, log=log)
         notes["fine_tuning"] = result.describe()
-        source = export_onnx(source_model, tmp / "int8_finetuned_fp32.onnx", spec, opts.opset)
+        notes["fine_tuning_used"] = result.used
+        if result.used == "fine-tuned":  # otherwise the graph it started from is quantised
+            source_model = tuned
+            source = export_onnx(source_model, tmp / "int8_finetuned_fp32.onnx", spec, opts.opset)
         log(f"  {result.describe()}")
     log(f"  INT8 source: {notes['equalisation']}; ranges: {opts.calib_method} on {len(images.calibration)} images")
     if opts.int8_sensitivity > 0:
