@@ -16,6 +16,7 @@ from bpm.evaluation.features import embed_images
 from bpm.export.runtime import ImageLike, OnnxModel
 from bpm.export.verify import warn_if_unverified
 from bpm.precision import PrecisionPolicy
+from bpm.switches import check_input_size
 from bpm.threads import torch_threads
 
 BACKENDS = ("torch", "onnx")
@@ -57,6 +58,9 @@ class FeatureExtractor:
         threads: int = 0,
         flip: bool = False,
     ) -> None:
+        # The command line's checks, with its wording, before anything is loaded.
+        resize_h_w = None if resize_h_w is None else check_input_size(resize_h_w)
+        device = check_device(device)
         backend = backend or ("onnx" if str(weights).endswith(".onnx") else "torch")
         if backend not in BACKENDS:
             raise BpmError(f"--backend: expected torch or onnx, got {backend!r}")
@@ -77,6 +81,10 @@ class FeatureExtractor:
             if net is not None and self.onnx.spec.net not in (net, "unknown"):
                 raise BpmError(f"{weights}: holds {self.onnx.spec.net}, but --net is {net}")
             self.net = self.onnx.spec.net
+            if resize_h_w is not None and tuple(resize_h_w) != tuple(self.onnx.spec.resize_h_w):
+                h, w = self.onnx.spec.resize_h_w
+                raise BpmError(f"{weights}: its input size {h}x{w} is built in; resize_h_w {tuple(resize_h_w)} "
+                               "differs (export again at that size, or leave resize_h_w out)")
             self.resize_h_w = self.onnx.spec.resize_h_w
             self.model = OnnxModule(self.onnx)
             self._feature_dim = self.model.feature_dim
@@ -109,6 +117,22 @@ class FeatureExtractor:
         with torch_threads(self.threads):
             return embed_images(self.model, images, self.policy, self.resize_h_w, self.batch_size, self.flip,
                                 self.normalize, raw=self._raw_input)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device, refused in one line (the ``-d`` switch's wording) when this
+    machine does not have it."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise BpmError(f"device {device!r}: not a device name ({exc}); use 'cpu' or 'cuda:N'") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BpmError(f"device {str(device)!r}: CUDA is not available on this machine; use device='cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise BpmError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} GPU(s) "
+                           f"(ids 0..{torch.cuda.device_count() - 1})")
+    return device
 
 
 class OnnxModule(torch.nn.Module):
