@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -251,9 +252,11 @@ def _run_locked(settings: RunSettings, ctx: distributed.DistContext, policy: Pre
     with StreamMirror(exp_dir, enabled=settings.log_to_file and ctx.is_main):
         if ctx.is_main:
             records = {"versions": run_versions(device)}
+            switches = settings.switches
             if resume_changes:
-                records["resume_changes"] = resume_changes
-            save_config(settings.switches, exp_dir / config_name, records)
+                switches, records["resume_changes"] = resume_records(settings, trainer, exp_dir / config_name,
+                                                                     resume_changes)
+            save_config(switches, exp_dir / config_name, records)
         net, size, opt_level = settings.model.net, settings.model.resize_h_w, settings.precision.opt_level
         print(f"Experiment folder: {exp_dir}")
         print(f"Dataset {dataset.name}: {len(dataset.train)} training images of {dataset.num_train_ids} identities; "
@@ -292,6 +295,31 @@ def _run_locked(settings: RunSettings, ctx: distributed.DistContext, policy: Pre
                                                          "hparam/rank1": float(first["cmc"][0])},
                             settings.train.total_epochs)
     return 0
+
+
+def resume_records(settings: RunSettings, trainer: Trainer, config: Path, changes: list[str]) -> tuple[dict, list[str]]:
+    """The switches ``config.json`` records after a resume with changed switches, and its change list.
+
+    Each change is listed with the step it applies from, after the earlier resumes' entries. When no
+    step will run (the run had already finished), the switches keep the values the weights were
+    trained with and the change is listed as not applied.
+    """
+    try:
+        previous = json.loads(config.read_text())
+    except (OSError, ValueError):
+        previous = {}
+    previous = previous if isinstance(previous, dict) else {}
+    earlier = [c for c in previous.get("resume_changes", []) if isinstance(c, str)]
+    position = trainer.position
+    if position.epoch < settings.train.total_epochs:
+        return settings.switches, earlier + [f"{c} (from step {position.global_step + 1})" for c in changes]
+    switches = dict(settings.switches)
+    for change in changes:
+        key = change.split(" ", 1)[0]
+        if key in previous and key in switches:
+            switches[key] = previous[key]
+    return switches, earlier + [f"{c} (not applied: the run had finished at epoch {position.epoch}, no step ran)"
+                                for c in changes]
 
 
 def _make_trainer(settings: RunSettings, model: ReidModel, policy: PrecisionPolicy, dataset,

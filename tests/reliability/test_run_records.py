@@ -100,3 +100,26 @@ def test_a_rerun_from_a_runs_own_config_goes_to_a_new_folder(trained, tmp_path, 
     assert len(reruns) == 1 and (reruns[0] / "ckpt.pth").is_file()
     assert f"--exp_dir {reruns[0]}" in capsys.readouterr().out
     assert json.loads((reruns[0] / "config.json").read_text())["exp_dir"] == str(reruns[0])
+
+
+# ----------------------------------------------------------------------------- finding 9
+def test_resuming_a_finished_run_with_a_changed_switch_keeps_the_trained_values(tiny_world, trained, tmp_path, capsys):
+    exp_dir = copy_run(trained, tmp_path)
+    ckpt = (exp_dir / "ckpt.pth").read_bytes()
+    assert main(one_epoch(tiny_world, exp_dir, "--resume", "true", "--weight_decay", "0")) == 0
+    config = json.loads((exp_dir / "config.json").read_text())
+    assert config["weight_decay"] == 0.0005  # no step ran with 0
+    assert any(c.startswith("weight_decay 0.0005 -> 0.0") and "not applied" in c for c in config["resume_changes"])
+    assert (exp_dir / "ckpt.pth").read_bytes() == ckpt
+
+
+def test_the_epoch_line_after_a_mid_epoch_resume_says_which_steps_it_averages(tiny_world, tmp_path, capsys):
+    from _runner import make_trainer
+
+    trainer = make_trainer(tiny_world, tmp_path / "exp")
+    trainer.position.step = 2  # as a resume in the middle of epoch 1 leaves it
+    trainer.position.global_step = 2
+    trainer._train_epoch(None)
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("Ep 1,")][-1]
+    steps = len(trainer.sampler)
+    assert f"means of steps 3-{steps} only (resumed mid-epoch)" in line
