@@ -249,6 +249,8 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
     """
     check_int8_options(opts)
     out = Path(opts.out_dir)
+    if out.exists() and not out.is_dir():
+        raise BpmError(f"--out {out}: is a file; expected a folder for the exported files")
     model, kind = load_source_model(opts.weights, opts.net, opts.last_conv_stride)
     opts = replace(opts, resize_h_w=choose("resize_h_w", opts.resize_h_w, model.input_meta, opts.weights),
                    last_conv_stride=model.last_conv_stride)

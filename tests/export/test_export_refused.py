@@ -95,3 +95,13 @@ class warnings_as_errors:
 
     def __exit__(self, *exc):
         self._catch.__exit__(*exc)
+
+
+def test_out_naming_a_file_is_one_line(tmp_path, original_ckpt):
+    """Reliability III finding 10: ``--out <file>`` said "File exists"."""
+    target = tmp_path / "a_file"
+    target.write_text("mine")
+    with pytest.raises(BpmError, match=r"^--out .*a_file: is a file; expected a folder"):
+        run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(target), resize_h_w=SIZE,
+                                 formats=("onnx",)), log=lambda line: None)
+    assert target.read_text() == "mine"

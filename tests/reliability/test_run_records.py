@@ -123,3 +123,12 @@ def test_the_epoch_line_after_a_mid_epoch_resume_says_which_steps_it_averages(ti
     line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("Ep 1,")][-1]
     steps = len(trainer.sampler)
     assert f"means of steps 3-{steps} only (resumed mid-epoch)" in line
+
+
+# ----------------------------------------------------------------------------- finding 10
+def test_bpm_test_says_where_it_saved_the_features(tiny_world, trained, tmp_path, capsys):
+    features = tmp_path / "f.h5"
+    assert main(["test", "-d", "()", "--dataset", "market1501", "--data_root", str(tiny_world), "--rerank", "false",
+                 "--model_weight_file", str(trained / "ckpt.pth"), "--exp_dir", str(tmp_path / "t"),
+                 "--workers", "0", "--log_to_file", "false", "--save_features", str(features)]) == 0
+    assert f"Features written to {features}" in capsys.readouterr().out and features.is_file()
