@@ -23,7 +23,7 @@ import torch
 from bpm.data.datasets.common import list_image_names
 from bpm.data.records import TestSet
 from bpm.errors import BpmError
-from bpm.evaluation.features import embed_images, image_tensor
+from bpm.evaluation.features import embed_images, image_tensor, near_constant_rows
 from bpm.export.equalize import equalize_ranges
 from bpm.export.onnx import LEGACY_INPUT_NAME, LEGACY_OUTPUT_NAME, OnnxSpec, check_onnx, convert_to_fp16, export_onnx
 from bpm.export.qat import finetune_for_int8
@@ -268,6 +268,11 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
         log(f"Images: {images.description} ({len(images.calibration)} calibration, "
             f"{len(images.verification)} verification)")
         reference = reference_features(model, images.verification, opts)
+        degenerate = bool(near_constant_rows(reference))
+        if degenerate:  # as bpm test warns: every cosine and mAP below then compares ties
+            log(f"WARNING {opts.weights}: the model's features are nearly the same vector for every image (the "
+                "embedding does not depend on its input); the checks and scores below compare ties and are not "
+                "meaningful")
         eval_paths = [r.path for r in images.test_set.query + images.test_set.gallery] if images.test_set else []
         nq = len(images.test_set.query) if images.test_set else 0
         ref_scores = None
@@ -344,6 +349,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
                  "bake_normalization": opts.bake_normalization, "quant_format": opts.quant_format,
                  "calib_method": opts.calib_method},
         "int8": int8_notes or None,
+        "degenerate_reference": degenerate,
         "machine": machine_line(),
         "reference": None if ref_scores is None else {"mAP": ref_scores[0], "rank1": ref_scores[1],
                                                       "l2_normalised": normalize,

@@ -105,3 +105,18 @@ def test_out_naming_a_file_is_one_line(tmp_path, original_ckpt):
         run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(target), resize_h_w=SIZE,
                                  formats=("onnx",)), log=lambda line: None)
     assert target.read_text() == "mine"
+
+
+def test_a_degenerate_model_is_flagged_by_export(tmp_path, mobilenet, world):
+    """Reliability III finding 10: ``bpm export`` of a model whose features do not depend on the image
+    said nothing (``bpm test`` warns); its checks then compare ties."""
+    state = {k: (torch.zeros_like(v) if k.startswith("base.features.18.0.weight") else v)
+             for k, v in mobilenet.state_dict().items()}  # the last convolution: output = BatchNorm's shift
+    path = tmp_path / "flat.pth"
+    torch.save({"state_dicts": [state], "ep": 1}, path)
+    lines: list[str] = []
+    result = run_export(ExportOptions(weights=str(path), out_dir=str(tmp_path / "out"), resize_h_w=SIZE,
+                                      formats=("pt",), calib_images=str(world / "bounding_box_train"),
+                                      verify_count=4, evaluate=False), log=lines.append)
+    assert any(line.startswith("WARNING") and "nearly the same vector for every image" in line for line in lines)
+    assert json.loads(result["report"].read_text())["degenerate_reference"] is True
