@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from bpm.config import is_unset
 from bpm.errors import BpmError
 from bpm.evaluation.features import embed_images
 from bpm.export.runtime import ImageLike, OnnxModel
@@ -59,7 +60,8 @@ class FeatureExtractor:
         flip: bool = False,
     ) -> None:
         # The command line's checks, with its wording, before anything is loaded.
-        resize_h_w = None if resize_h_w is None else check_input_size(resize_h_w)
+        if resize_h_w is not None:
+            check_input_size(resize_h_w)  # kept as given: a default left unset (bpm.config.unset) stays unset
         device = check_device(device)
         backend = backend or ("onnx" if str(weights).endswith(".onnx") else "torch")
         if backend not in BACKENDS:
@@ -81,7 +83,8 @@ class FeatureExtractor:
             if net is not None and self.onnx.spec.net not in (net, "unknown"):
                 raise BpmError(f"{weights}: holds {self.onnx.spec.net}, but --net is {net}")
             self.net = self.onnx.spec.net
-            if resize_h_w is not None and tuple(resize_h_w) != tuple(self.onnx.spec.resize_h_w):
+            if resize_h_w is not None and not is_unset(resize_h_w) \
+                    and tuple(resize_h_w) != tuple(self.onnx.spec.resize_h_w):
                 h, w = self.onnx.spec.resize_h_w
                 raise BpmError(f"{weights}: its input size {h}x{w} is built in; resize_h_w {tuple(resize_h_w)} "
                                "differs (export again at that size, or leave resize_h_w out)")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bpm.config import (add_device_switches, add_model_switches, add_normalize_switch, add_precision_switches, is_unset, model_settings,
-                        precision_settings, str2bool)
+from bpm.config import (add_device_switches, add_image_check_switch, add_model_switches, add_normalize_switch, add_precision_switches, is_unset, model_settings,
+                        precision_settings)
 from bpm.data.datasets.common import list_image_names
 from bpm.data.datasets.market1501 import parse_market_name
 from bpm.errors import BpmError
@@ -33,8 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_switches(parser)  # an ONNX file carries its own network and input size
     add_precision_switches(parser)
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--skip_bad_images", type=str2bool, default=False,
-                        help="leave out images that do not decode, with a warning (default: stop, naming them)")
+    add_image_check_switch(parser)
     add_normalize_switch(parser)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: library default)")
 
