@@ -1,9 +1,10 @@
 # `make test` = the whole default suite; `make test-all` adds the slow end-to-end tests (CI runs both).
+# `make docs` builds the documentation site strictly into site/; `make docs-serve` serves it while you edit.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-all test-slow bench clean
+.PHONY: venv test test-all test-slow docs docs-serve bench clean
 
 venv: $(STAMP)
 
@@ -13,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 \
 		|| $(PY) -m pip install -q torch torchvision
 	@# The dependencies are in pyproject.toml; torch/torchvision above already satisfy theirs.
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,docs,stream]"
 	@touch $(STAMP)
 
 test: venv
@@ -25,5 +26,12 @@ test-slow: venv
 test-all: venv
 	$(PY) -m pytest -q
 
+# The CLI reference is generated from the parsers at build time (docs/_tooling/cli_reference.py).
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist site *.egg-info .pytest_cache

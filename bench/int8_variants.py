@@ -111,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         test_set = None
         if args.weights:
             from bpm.export.pipeline import _evenly
-            from bpm.export.weights import load_source_model
+            from bpm.models.loading import load_model
 
-            model, _ = load_source_model(args.weights, None, 1)
+            model, _spec = load_model(args.weights)
             dataset, test_set = _test_split(args.data_root)
             calibration = [r.path for r in _evenly(dataset.train, args.calib_count)]
             eval_paths = [r.path for r in test_set.query + test_set.gallery]

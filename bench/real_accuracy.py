@@ -8,6 +8,9 @@ rank-1/5/10, mINP (single query, no re-ranking), train seconds, seconds per epoc
     python bench/real_accuracy.py                                  # bot, defaults below
     python bench/real_accuracy.py --variant original="--recipe original" --variant bot="--recipe bot"
     python bench/real_accuracy.py --data_root DIR --test_folder OTHER_DIR --json out.json
+    python bench/real_accuracy.py --variant bot="--recipe bot" \
+        --variant distill="--recipe distill --teacher ../shared/teachers/osnet_x0_25_msmt17.onnx \
+                           --teacher_input 256x128,rgb,imagenet --teacher_cache expt_res/teacher_cache_osnet"
 
 Defaults: ``../shared/data/cuhk03_detected`` (beside the checkout), MobileNet-V2 from
 ``../shared/weights/mobilenet_v2_imagenet_tonylins.pth`` when that file exists (else torchvision's

@@ -18,6 +18,10 @@ _EXPORTS = {
     "PrecisionPolicy": "bpm.precision",
     "BpmError": "bpm.errors",
     "FeatureExtractor": "bpm.inference",
+    "load_model": "bpm.models.loading",
+    "InputSpec": "bpm.models.input_spec",
+    "list_backbones": "bpm.models.registry",
+    "register_backbone": "bpm.models.registry",
 }
 
 __all__ = sorted(_EXPORTS)

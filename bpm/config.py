@@ -164,13 +164,16 @@ def add_image_check_switch(parser: argparse.ArgumentParser) -> None:
 def add_model_switches(parser: argparse.ArgumentParser, *, read_from_weights: bool = True) -> None:
     """``--net``, ``--last_conv_stride``, ``--resize_h_w``. With ``read_from_weights`` (every command that
     loads a weights file), a value left out is taken from the file (:mod:`bpm.models.meta`)."""
-    from bpm.models.registry import BACKBONES
+    from bpm.models.registry import backbone_choices, canonical_name, list_backbones
 
-    nets = " or ".join(BACKBONES)
-    parser.add_argument("--net", default=unset("mobilenetV2"), choices=list(BACKBONES),
-                        help=f"{nets} (default: the weights file's, else mobilenetV2)")
+    nets = ", ".join(list_backbones())
+    aliases = ", ".join(f"{a} = {canonical_name(a)}" for a in backbone_choices() if a not in list_backbones())
+    parser.add_argument("--net", default=unset("mobilenet_v2"), choices=backbone_choices(),
+                        help=f"{nets}{f' ({aliases})' if aliases else ''} "
+                             "(default: the weights file's, else mobilenet_v2)")
     parser.add_argument("--last_conv_stride", type=int, default=unset(1), choices=[1, 2],
-                        help="stride of the last stage (default: the weights file's, else 1)")
+                        help="stride of the last stage, for networks that have the switch (resnet50); "
+                             "others refuse 2 (default: the weights file's, else 1)")
     parser.add_argument("--resize_h_w", type=int_tuple(2), default=unset((256, 128)),
                         help="input size as '(h, w)' (default: the weights file's, else (256, 128))")
 
@@ -195,8 +198,15 @@ def add_precision_switches(parser: argparse.ArgumentParser, *, default: str = "O
                             help="positive number or 'dynamic' (default: dynamic where float16 needs it)")
 
 
-def add_normalize_switch(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--normalize_feature", type=str2bool, default=False, help="L2-normalise the features")
+def add_normalize_switch(parser: argparse.ArgumentParser, *, model_default: bool = False) -> None:
+    """``model_default``: left out, the model's own test-time normalisation applies (its InputSpec;
+    ``bpm extract``, ``bpm evaluate``), rather than off."""
+    if model_default:
+        parser.add_argument("--normalize_feature", type=str2bool, default=None,
+                            help="L2-normalise the features (default: as the model does at test time: "
+                                 "yes with a BNNeck, as bpm test)")
+    else:
+        parser.add_argument("--normalize_feature", type=str2bool, default=False, help="L2-normalise the features")
 
 
 def add_rerank_switch(parser: argparse.ArgumentParser, *, default: bool,
@@ -245,7 +255,7 @@ def add_output_switches(parser: argparse.ArgumentParser, *, run_number: bool = T
     """Where a run writes."""
     add_exp_dir_switch(parser)
     if run_number:
-        parser.add_argument("-r", "--run", type=int, default=1, help="run number in the default output folder's name")
+        parser.add_argument("-r", "--run", type=int, default=1, help="run number in the name of the output folder derived from the settings")
     parser.add_argument("--log_to_file", type=str2bool, default=True,
                         help="mirror the console into the output folder (and TensorBoard when training)")
 
@@ -260,12 +270,14 @@ def add_train_switches(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--recipe", default="bot", choices=list(RECIPES),
                         help="training preset: bot (strong baseline: BNNeck, ID loss, warm-up, cosine; the default of "
-                             "bpm train) or original (the 2019 triplet-only recipe; the default of "
-                             "script/experiment/train.py); every switch it sets can still be given")
+                             "bpm train), original (the 2019 triplet-only recipe; the default of "
+                             "script/experiment/train.py) or distill (bot plus distillation from --teacher); every "
+                             "switch it sets can still be given")
     parser.add_argument("--sampler_epoch", default=None, choices=["ids", "images"],
                         help="what an epoch is: one pass over the identities (the original's) or over the training "
                              "images (torchreid's, fast-reid's) (default: from --recipe)")
-    parser.add_argument("--neck", default=None, choices=["none", "bnneck"], help="after pooling (default: from --recipe)")
+    parser.add_argument("--neck", default=None, choices=["none", "bnneck"],
+                        help="after pooling: none, or bnneck (BatchNorm; retrieval uses its output) (default: from --recipe)")
     parser.add_argument("--pooling", default=None, choices=["avg", "gem"], help="global pooling (default: from --recipe)")
     parser.add_argument("--id_loss_weight", type=float, default=None,
                         help="weight of the ID (softmax) loss on a training-only classifier, 0 = off (default: from --recipe)")
@@ -274,35 +286,45 @@ def add_train_switches(parser: argparse.ArgumentParser) -> None:
                         help="weight of the batch-hard triplet loss, 0 = off (softmax-only training needs "
                              "--id_loss_weight > 0) (default: from --recipe)")
     parser.add_argument("--center_loss_weight", type=float, default=None, help="centre loss weight, 0 = off (default: from --recipe)")
-    parser.add_argument("--set_seed", type=str2bool, default=False)
+    parser.add_argument("--set_seed", type=str2bool, default=False,
+                        help="seed every random generator with --seed: a CPU run, resumed or not, repeats bitwise")
+    add_distill_switches(parser)
     parser.add_argument("--seed", type=int, default=1, help="seed used when --set_seed true")
     parser.add_argument("--crop_prob", type=float, default=None, help="random crop probability (default: from --recipe)")
-    parser.add_argument("--crop_ratio", type=float, default=1.0)
-    parser.add_argument("--mirror", type=str2bool, default=True)
+    parser.add_argument("--crop_ratio", type=float, default=1.0,
+                        help="random crop: each side is a U(ratio, 1) fraction of the image; 1 = no crop")
+    parser.add_argument("--mirror", type=str2bool, default=True, help="flip training images left-right at random")
     parser.add_argument("--pad_crop", type=int, default=None,
                         help="zero-pad by this many pixels and crop back at a random place (default: from --recipe)")
     parser.add_argument("--erase", type=str2bool, default=None, help="random erasing (default: from --recipe)")
     parser.add_argument("--erase_prob", type=float, default=None, help="random erasing probability (default: from --recipe)")
-    parser.add_argument("--ids_per_batch", type=int, default=32)
-    parser.add_argument("--ims_per_id", type=int, default=4)
-    parser.add_argument("--steps_per_log", type=int, default=20)
-    parser.add_argument("--epochs_per_val", type=float, default=1e10)
-    parser.add_argument("--margin", type=float, default=0.3)
+    parser.add_argument("--ids_per_batch", type=int, default=32,
+                        help="P: identities per batch (the global batch when several processes train)")
+    parser.add_argument("--ims_per_id", type=int, default=4, help="K: images of each identity per batch")
+    parser.add_argument("--steps_per_log", type=int, default=20, help="print a progress line every N steps (0: only per epoch)")
+    parser.add_argument("--epochs_per_val", type=float, default=1e10,
+                        help="with --trainset_part train: validate every N epochs (default: never)")
+    parser.add_argument("--margin", type=float, default=0.3, help="triplet loss margin")
     parser.add_argument("--soft_margin", type=str2bool, default=False, help="softplus(d_ap - d_an) instead of a margin")
-    parser.add_argument("--only_test", type=str2bool, default=False)
-    parser.add_argument("--resume", type=str2bool, default=False)
+    parser.add_argument("--only_test", type=str2bool, default=False,
+                        help="evaluate the weights (--model_weight_file, else the run folder's ckpt.pth) instead of training")
+    parser.add_argument("--resume", type=str2bool, default=False,
+                        help="continue from <exp_dir>/ckpt.pth exactly where it stopped")
     parser.add_argument("--base_lr", "--lr", type=float, default=None, help="learning rate (default: from --recipe)")
     parser.add_argument("--lr_decay_type", default=None, choices=["exp", "staircase", "cosine"], help="schedule (default: from --recipe)")
     parser.add_argument("--warmup_epochs", type=int, default=None,
                         help="linear warm-up from 0.1x the rate over this many epochs (default: from --recipe)")
-    parser.add_argument("--exp_decay_at_epoch", type=int, default=151)
-    parser.add_argument("--staircase_decay_at_epochs", type=int_tuple(), default=(101, 201))
-    parser.add_argument("--staircase_decay_multiply_factor", type=float, default=0.1)
+    parser.add_argument("--exp_decay_at_epoch", type=int, default=151,
+                        help="--lr_decay_type exp: first epoch of the exponential decay (to 0.001x at the end)")
+    parser.add_argument("--staircase_decay_at_epochs", type=int_tuple(), default=(101, 201),
+                        help="--lr_decay_type staircase: epochs where the rate is multiplied, as tuple text")
+    parser.add_argument("--staircase_decay_multiply_factor", type=float, default=0.1,
+                        help="--lr_decay_type staircase: factor applied at each of those epochs")
     parser.add_argument("--optimizer", default=None, choices=["adam", "sgd"],
                         help="adam (the original's) or sgd (Nesterov, uses --momentum) (default: from --recipe)")
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--weight_decay", type=float, default=None, help="default: from --recipe")
-    parser.add_argument("--total_epochs", type=int, default=300)
+    parser.add_argument("--momentum", type=float, default=0.9, help="--optimizer sgd: Nesterov momentum")
+    parser.add_argument("--weight_decay", type=float, default=None, help="L2 weight decay (default: from --recipe)")
+    parser.add_argument("--total_epochs", type=int, default=300, help="epochs to train (see --sampler_epoch)")
     parser.add_argument("--net_pretrained_path", default="imagenet",
                         help="initial backbone weights: 'imagenet' (torchvision's ImageNet weights, downloaded once "
                              "into $TORCH_HOME/hub/checkpoints/), 'none' (random), or a local weights file "
@@ -317,6 +339,35 @@ def add_train_switches(parser: argparse.ArgumentParser) -> None:
                         help="multi-process: mine hard triplets over the features of all ranks, not per rank")
     parser.add_argument("--eval_untrained", type=str2bool, default=False,
                         help="evaluate the network before training too (the demo prints both)")
+
+
+def add_distill_switches(parser: argparse.ArgumentParser) -> None:
+    """Distillation from a ready-made teacher (:mod:`bpm.distill`, docs/guide/distillation.md)."""
+    parser.add_argument("--teacher", default="",
+                        help="model to learn from: a bpm checkpoint/weights file, an ONNX file (ONNX Runtime) or an "
+                             "OpenVINO IR .xml (needs the openvino package); only for training")
+    parser.add_argument("--teacher_input", default="",
+                        help="the teacher's input where its file does not say: HxW[,rgb|bgr][,imagenet|tf|unit|raw], "
+                             "e.g. 256x128,rgb,imagenet (imagenet: (x/255-mean)/std; tf: x/127.5-1; unit: x/255; "
+                             "raw: 0..255)")
+    parser.add_argument("--teacher_cache", default="",
+                        help="folder of the teacher's cached embeddings (default: <exp_dir>/teacher_cache); point "
+                             "several runs at one folder to compute them once")
+    parser.add_argument("--teacher_per_step", type=str2bool, default=False,
+                        help="run the teacher on every augmented batch instead of using its cached embeddings of "
+                             "the un-augmented images (slower)")
+    parser.add_argument("--distill_weight", type=float, default=None,
+                        help="weight of embedding distillation (student, projected to the teacher's size, towards "
+                             "the teacher's embedding), 0 = off (default: from --recipe)")
+    parser.add_argument("--relational_weight", type=float, default=None,
+                        help="weight of relational distillation (the batch's pairwise cosine similarities towards "
+                             "the teacher's), 0 = off (default: from --recipe)")
+    parser.add_argument("--distill_metric", default="cosine", choices=["cosine", "l2"],
+                        help="embedding distillation: 1 - cosine, or squared distance to the unit-length target")
+    parser.add_argument("--distill_extra", default="",
+                        help="folder of person crops without identity labels, seen only by the distillation terms")
+    parser.add_argument("--distill_extra_per_batch", type=int, default=0,
+                        help="unlabelled crops added to each batch (0: half the labelled batch)")
 
 
 def add_dataset_features_switches(parser: argparse.ArgumentParser, *, training: bool = False) -> None:
@@ -375,9 +426,15 @@ class ModelSettings:
     """The network and its input; values the user did not type stay :func:`unset`-marked, so a weights
     file's stored settings can replace them (:mod:`bpm.models.meta`)."""
 
-    net: str = unset("mobilenetV2")
+    net: str = unset("mobilenet_v2")
     last_conv_stride: int = unset(1)
     resize_h_w: tuple[int, int] = unset((256, 128))
+
+    def overrides(self) -> dict[str, Any]:
+        """What the user typed, for :func:`bpm.load_model`: an untyped default is ``None`` (the
+        marker types never go below the command boundary)."""
+        return {name: None if is_unset(value) else value for name, value in
+                (("net", self.net), ("last_conv_stride", self.last_conv_stride), ("resize_h_w", self.resize_h_w))}
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,16 @@ import argparse
 _NO_HELP = "\0"  # placeholder help of a switch that has none: argparse skips empty help
 
 
+def shown_default(default: object) -> str:
+    """A default as the user would type it: a list of words as the comma list the switch takes
+    (``pt,pt16,onnx``, not a Python tuple); ``%`` escaped for argparse's help expansion."""
+    if isinstance(default, (tuple, list)) and default and all(isinstance(v, str) for v in default):
+        shown = ",".join(default)
+    else:
+        shown = f"'{default}'" if isinstance(default, str) else str(default)
+    return shown.replace("%", "%%")
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Defaults in ``-h``: ``(default: X)`` appended unless the help already names its default."""
 
@@ -22,9 +32,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             return text
         if action.default is None or action.default == "" or action.nargs == 0:  # -h, --version, flags
             return text
-        default = action.default
-        shown = f"'{default}'" if isinstance(default, str) else str(default).replace("%", "%%")
-        return f"{text} (default: {shown})".strip()
+        return f"{text} (default: {shown_default(action.default)})".strip()
 
     def _format_action(self, action: argparse.Action) -> str:
         if not action.help and action.option_strings and action.default not in (None, "", argparse.SUPPRESS):

@@ -1,4 +1,5 @@
 """``bpm.FeatureExtractor``: embeddings for images in one call, from PyTorch weights or an ONNX file.
+The model comes from :func:`bpm.load_model`, the one loader, with its input spec.
 
 Deployment code should not need to know about datasets, loaders or precision policies: give it
 paths, PIL images or arrays, get an ``(N, D)`` float32 array back.
@@ -26,20 +27,22 @@ BACKENDS = ("torch", "onnx")
 class FeatureExtractor:
     """Embeds images with a re-ID model.
 
-    ``weights``: any file ``bpm export`` reads (checkpoint, weights, safetensors) for the torch
-    backend, or an exported ``.onnx`` file (its metadata gives input size and normalisation).
-    ``opt_level`` applies to the torch backend (O2/O3 run half-precision weights). ``flip`` averages
-    each image's features with its mirror image's, ``normalize`` L2-normalises them: both backends
-    run :func:`bpm.evaluation.features.embed_images`, the extraction ``bpm test`` evaluates with.
-    ``net``, ``resize_h_w`` and ``last_conv_stride`` default to what the weights file stores
-    (:mod:`bpm.models.meta`; 256x128 and stride 1 for older files); a given value that differs
-    is used, with a one-line warning.
+    ``weights``: any file :func:`bpm.load_model` reads (checkpoint, weights, safetensors) for the
+    torch backend, or an exported ``.onnx`` file (its metadata is its input spec). The model's
+    :class:`~bpm.models.input_spec.InputSpec` (:attr:`input_spec`) decides input size, pixel
+    normalisation and whether features are L2-normalised: ``normalize=None`` (the default) takes
+    the model's own test-time normalisation, the one ``bpm test`` evaluates with (on for a BNNeck
+    model); ``True``/``False`` overrides it. ``net``, ``resize_h_w`` and ``last_conv_stride`` default
+    to what the file records (256x128 and stride 1 for older files); a given value that differs is
+    used, with a one-line warning. ``opt_level`` applies to the torch backend (O2/O3 run
+    half-precision weights). ``flip`` averages each image's features with its mirror image's. Both
+    backends run :func:`bpm.evaluation.features.embed_images`, the extraction ``bpm test`` uses.
 
     Images: paths, PIL images, ``HxWx3`` arrays, or a torch tensor batch ``(N, 3, H, W)`` (or one
     ``(3, H, W)`` image) of RGB pixels, uint8 0..255 or float 0..1, *not* normalised: every input
     goes through the same resize and normalisation as the files the model was evaluated on.
 
-    >>> extractor = FeatureExtractor("mobilenetV2_256x128_fp32.onnx")
+    >>> extractor = FeatureExtractor("mobilenet_v2_256x128_fp32.onnx")
     >>> features = extractor(["a.jpg", "b.jpg"])          # (2, 1280) float32
     """
 
@@ -52,59 +55,51 @@ class FeatureExtractor:
         opt_level: str = "O0",
         backend: str | None = None,
         batch_size: int = 32,
-        normalize: bool = False,
+        normalize: bool | None = None,
         last_conv_stride: int | None = None,
         amp_dtype: str | None = None,
         keep_batchnorm_fp32: bool = True,
         threads: int = 0,
         flip: bool = False,
     ) -> None:
+        from bpm.models.loading import load_model
+
         # The command line's checks, with its wording, before anything is loaded.
+        if resize_h_w is not None and is_unset(resize_h_w):
+            resize_h_w = None  # a default left unset (bpm.config.unset): the file's own size applies
         if resize_h_w is not None:
-            check_input_size(resize_h_w)  # kept as given: a default left unset (bpm.config.unset) stays unset
+            check_input_size(resize_h_w)
         device = check_device(device)
-        backend = backend or ("onnx" if str(weights).endswith(".onnx") else "torch")
+        is_onnx = str(weights).endswith(".onnx")
+        backend = backend or ("onnx" if is_onnx else "torch")
         if backend not in BACKENDS:
             raise BpmError(f"--backend: expected torch or onnx, got {backend!r}")
         if batch_size < 1:
             raise BpmError(f"--batch_size: expected at least 1, got {batch_size}")
+        if backend == "onnx" and not is_onnx:
+            raise BpmError(f"{weights}: the onnx backend needs an exported .onnx file (see bpm export)")
+        if backend == "torch" and is_onnx:
+            raise BpmError(f"{weights}: an .onnx file runs on the onnx backend (--backend onnx)")
+        if is_onnx and opt_level != "O0":
+            raise BpmError("--opt-level applies to the torch backend; an ONNX file has its precision built in")
         self.backend = backend
         self.batch_size = batch_size
-        self.normalize = normalize
         self.flip = flip
         self.threads = threads  # held around each call (bpm.threads), not set for the process
-        if backend == "onnx":
-            if not str(weights).endswith(".onnx"):
-                raise BpmError(f"{weights}: the onnx backend needs an exported .onnx file (see bpm export)")
-            if opt_level != "O0":
-                raise BpmError("--opt-level applies to the torch backend; an ONNX file has its precision built in")
-            self.onnx = OnnxModel(weights, threads)
-            warn_if_unverified(weights, self.onnx.session.get_modelmeta().custom_metadata_map)
-            if net is not None and self.onnx.spec.net not in (net, "unknown"):
-                raise BpmError(f"{weights}: holds {self.onnx.spec.net}, but --net is {net}")
-            self.net = self.onnx.spec.net
-            if resize_h_w is not None and not is_unset(resize_h_w) \
-                    and tuple(resize_h_w) != tuple(self.onnx.spec.resize_h_w):
-                h, w = self.onnx.spec.resize_h_w
-                raise BpmError(f"{weights}: its input size {h}x{w} is built in; resize_h_w {tuple(resize_h_w)} "
-                               "differs (export again at that size, or leave resize_h_w out)")
-            self.resize_h_w = self.onnx.spec.resize_h_w
-            self.model = OnnxModule(self.onnx)
-            self._feature_dim = self.model.feature_dim
-            self.policy = PrecisionPolicy.create("O0")  # the graph's precision is built in; inputs are FP32 CPU
-            self._raw_input = self.onnx.spec.bake_normalization
-            return
-        from bpm.export.weights import load_source_model
-
-        from bpm.models.meta import choose
-
-        model, _kind = load_source_model(weights, net, last_conv_stride)
-        self.net = model.net
+        model, self.input_spec = load_model(weights, net=net, last_conv_stride=last_conv_stride,
+                                            resize_h_w=resize_h_w, threads=threads)
+        self.normalize = self.input_spec.normalize_features if normalize is None else bool(normalize)
+        self.net = self.input_spec.net or "unknown"
+        self.resize_h_w = self.input_spec.resize_h_w
         self._feature_dim = model.feature_dim
-        self.resize_h_w = choose("resize_h_w", resize_h_w, model.input_meta, weights)
-        self.policy = PrecisionPolicy.create(opt_level, device, amp_dtype, keep_batchnorm_fp32)
-        self.model = self.policy.prepare_model(model).eval()
-        self._raw_input = False
+        if is_onnx:
+            self.onnx = model.runner
+            warn_if_unverified(weights, self.onnx.session.get_modelmeta().custom_metadata_map)
+            self.policy = PrecisionPolicy.create("O0")  # the graph's precision is built in; inputs are FP32 CPU
+            self.model = model
+        else:
+            self.policy = PrecisionPolicy.create(opt_level, device, amp_dtype, keep_batchnorm_fp32)
+            self.model = self.policy.prepare_model(model).eval()
 
     @property
     def feature_dim(self) -> int:
@@ -118,8 +113,8 @@ class FeatureExtractor:
                 or not isinstance(images, (Sequence, np.ndarray)):
             images = [images]
         with torch_threads(self.threads):
-            return embed_images(self.model, images, self.policy, self.resize_h_w, self.batch_size, self.flip,
-                                self.normalize, raw=self._raw_input)
+            return embed_images(self.model, images, self.policy, self.input_spec, self.batch_size, self.flip,
+                                self.normalize)
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -153,8 +148,7 @@ class OnnxModule(torch.nn.Module):
 def onnx_features(runner: OnnxModel, items: Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
     """Features of images by an ONNX graph (its metadata gives input size and pixel scale), through
     the one extraction path: what ``bpm export`` verifies is what ``FeatureExtractor`` computes."""
-    return embed_images(OnnxModule(runner), items, PrecisionPolicy.create("O0"), runner.spec.resize_h_w, batch_size,
-                        raw=runner.spec.bake_normalization)
+    return embed_images(OnnxModule(runner), items, PrecisionPolicy.create("O0"), runner.spec.input_spec, batch_size)
 
 
 def tensor_images(batch: torch.Tensor) -> list[np.ndarray]:

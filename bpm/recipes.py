@@ -17,6 +17,12 @@ and the batch-hard triplet term at weight 1 (-6.5 points on top); ``--erase true
 ``--triplet_weight 1`` restore them (the demo does). Centre loss and GeM pooling are opt-in
 (``--center_loss_weight 0.0005``, ``--pooling gem``). Measured figures: README, "Accuracy on real
 data".
+
+``distill``: ``bot`` plus distillation from ``--teacher`` (:mod:`bpm.distill`): embedding
+distillation (weight 1, cosine, through a projection when the sizes differ) and relational
+distillation (weight 10: the squared differences of cosine similarities are ~0.01-0.1, so this
+brings the term to the ID loss's order of magnitude). NOT yet measured on real data: its weights
+are a starting point; docs/guide/distillation.md has the command lines that measure it.
 """
 from __future__ import annotations
 
@@ -33,16 +39,18 @@ RECIPES: dict[str, Preset] = {
         "optimizer": "adam", "base_lr": 2e-4, "weight_decay": 5e-4, "lr_decay_type": "exp", "warmup_epochs": 0,
         "crop_prob": 0.1, "pad_crop": 0, "erase": True, "erase_prob": 0.2,
         "neck": "none", "pooling": "avg", "id_loss_weight": 0.0, "triplet_weight": 1.0, "center_loss_weight": 0.0,
-        "sampler_epoch": "ids",
+        "sampler_epoch": "ids", "distill_weight": 0.0, "relational_weight": 0.0,
     },
     "bot": {
         "optimizer": "adam", "base_lr": 3.5e-4, "weight_decay": 5e-4, "lr_decay_type": "cosine",
         "warmup_epochs": lambda v: max(1, round(v["total_epochs"] / 12)),
         "crop_prob": 0.0, "pad_crop": lambda v: max(1, round(v["resize_h_w"][0] / 25.6)), "erase": False,
         "erase_prob": 0.5, "neck": "bnneck", "pooling": "avg", "id_loss_weight": 1.0, "triplet_weight": BOT_TRIPLET_WEIGHT,
-        "center_loss_weight": 0.0, "sampler_epoch": "images",
+        "center_loss_weight": 0.0, "sampler_epoch": "images", "distill_weight": 0.0, "relational_weight": 0.0,
     },
 }
+# The ID-only preset plus both distillation terms (needs --teacher).
+RECIPES["distill"] = {**RECIPES["bot"], "distill_weight": 1.0, "relational_weight": 10.0}
 
 # Switches a recipe sets; their parser default is None, meaning "take the recipe's value".
 RECIPE_SWITCHES = tuple(RECIPES["original"])

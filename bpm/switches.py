@@ -61,7 +61,8 @@ def check_train(switches: Mapping[str, Any]) -> None:
     check_common(switches)
     positive = ("base_lr",)
     non_negative = ("weight_decay", "id_loss_weight", "triplet_weight", "center_loss_weight", "total_epochs",
-                    "ckpt_every_steps", "steps_per_log", "warmup_epochs", "pad_crop")
+                    "ckpt_every_steps", "steps_per_log", "warmup_epochs", "pad_crop", "distill_weight",
+                    "relational_weight")
     probabilities = ("crop_prob", "erase_prob")
     for name in positive:
         value = _value(switches, name)
@@ -101,3 +102,6 @@ def check_train(switches: Mapping[str, Any]) -> None:
     timeout = _value(switches, "dist_timeout")
     if timeout is not None:
         _need(_finite(timeout) and timeout > 0, "dist_timeout", "a positive number of seconds", timeout)
+    from bpm.distill.options import check_distill
+
+    check_distill(switches)

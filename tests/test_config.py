@@ -70,7 +70,7 @@ DEFAULTS = {
     "resume": False, "exp_dir": "", "model_weight_file": "", "opt_level": "O0", "keep_batchnorm_fp32": True,
     "loss_scale": None, "base_lr": 2e-4, "lr_decay_type": "exp", "exp_decay_at_epoch": 151,
     "staircase_decay_at_epochs": (101, 201), "staircase_decay_multiply_factor": 0.1, "momentum": 0.9,
-    "total_epochs": 300, "net": "mobilenetV2",
+    "total_epochs": 300, "net": "mobilenet_v2",
     "net_pretrained_path": "imagenet",  # the original's '' also started from ImageNet (it always downloaded)
 }
 
@@ -229,12 +229,19 @@ def test_opt_level_takes_its_choices_from_the_precision_registry(command):
 
 def test_dataset_and_net_choices_come_from_the_registries():
     from bpm.data.datasets import READERS
-    from bpm.models.registry import BACKBONES
+    from bpm.models.registry import backbone_choices, list_backbones
 
     for command in ("train", "test", "visualize", "data", "export"):
         assert sorted(_option(_command_parser(command), "--dataset").choices) == sorted(READERS)
     for command in ("train", "test", "visualize", "export", "extract"):
-        assert list(_option(_command_parser(command), "--net").choices) == list(BACKBONES)
+        assert list(_option(_command_parser(command), "--net").choices) == backbone_choices()
+    assert set(list_backbones()) | {"mobilenetV2"} == set(backbone_choices())  # the original's spelling stays
+
+
+def test_model_settings_give_none_for_what_was_not_typed():
+    typed = model_settings(parser().parse_args(["--net", "mobilenetV2"])).overrides()
+    assert typed == {"net": "mobilenetV2", "last_conv_stride": None, "resize_h_w": None}
+    assert all(type(v) in (str, type(None)) for v in typed.values())  # no marker type below the boundary
 
 
 def test_bpm_test_has_no_training_switch_and_visualize_no_save_features():

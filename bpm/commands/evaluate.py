@@ -14,12 +14,12 @@ from bpm.config import add_exp_dir_switch, add_normalize_switch, add_rerank_swit
 from bpm.engine.evaluator import evaluate_features, format_result, warn_near_constant, write_results
 from bpm.evaluation.features import near_constant_rows
 from bpm.evaluation.metrics import AP_DEFINITIONS, PROTOCOLS
-from bpm.evaluation.features_file import read_attrs, read_test_sets
+from bpm.evaluation.features_file import evaluation_normalization, read_attrs, read_test_sets
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features_file", required=True, help="HDF5 file written by --save_features")
-    add_normalize_switch(parser)
+    add_normalize_switch(parser, model_default=True)
     add_rerank_switch(parser, default=True)
     parser.add_argument("--ap", default="sklearn", choices=AP_DEFINITIONS,
                         help="AP definition: sklearn (mean precision at each true match; the papers' mAP) or "
@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     reports = {}
-    for saved in read_test_sets(args.features_file, args.normalize_feature):
+    normalize = evaluation_normalization(args.features_file, args.normalize_feature)  # the model's, unless told
+    for saved in read_test_sets(args.features_file, normalize):
         for split, feats in (("query", saved.query_features), ("gallery", saved.gallery_features)):
             if near_constant_rows(feats):  # saved features carry no model to blame, but are flagged all the same
                 warn_near_constant(saved.name, split, len(feats))

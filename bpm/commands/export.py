@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from bpm.config import add_data_switches, add_model_switches, add_precision_switches, str2bool
+from bpm.config import add_data_switches, add_model_switches, add_precision_switches, model_settings, str2bool
 from bpm.errors import BpmError
 from bpm.export.pipeline import FORMATS, ExportOptions, parse_formats, run_export
 from bpm.export.quantize import CALIBRATION_METHODS, QUANT_FORMATS
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True,
                         help="checkpoint (ckpt.pth), weights file (ours or the original's), ImageNet file or .safetensors")
     parser.add_argument("--out", required=True, help="output folder (file names say the format)")
-    parser.add_argument("--formats", type=_formats, default=FORMATS, help=f"comma list of {','.join(FORMATS)}")
+    parser.add_argument("--formats", type=_formats, default=FORMATS, help=f"files to write: a comma list from {', '.join(FORMATS)}")
     add_model_switches(parser)
     add_precision_switches(parser, autocast=False, level_help="precision of the 'pt' weights file: O0/O1 FP32, O2/O3 FP16")
     add_data_switches(parser, optional=True, dataset_help="dataset for calibration images and the accuracy check")
@@ -39,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_map_drop", type=float, default=1.0, help="mAP points a format may lose vs PyTorch FP32")
     parser.add_argument("--bake_normalization", type=str2bool, default=False,
                         help="ONNX takes 0..255 RGB and normalises inside the graph")
-    parser.add_argument("--input_name", default="images")
-    parser.add_argument("--output_name", default="features")
+    parser.add_argument("--input_name", default="images", help="name of the ONNX graph's input")
+    parser.add_argument("--output_name", default="features", help="name of the ONNX graph's output")
     parser.add_argument("--legacy_names", type=str2bool, default=False,
                         help="the original's names: input actual_input_1, output output1")
     parser.add_argument("--quant_format", default="qoperator", choices=QUANT_FORMATS,
@@ -56,15 +56,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fine-tune N epochs on the training images with 8-bit rounding simulated, "
                              "learning the FP32 model's embedding, before quantising (0: post-training only)")
     parser.add_argument("--qat_lr", type=float, default=1e-4, help="learning rate of --qat_epochs (Adam, cosine)")
-    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     parser.add_argument("--name", default="", help="file name stem (default <net>_<h>x<w>)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads for verification (0: all)")
 
 
 def options_from_args(args: argparse.Namespace) -> ExportOptions:
+    typed = model_settings(args).overrides()  # untyped defaults become None: the weights file decides
     return ExportOptions(
-        weights=args.weights, out_dir=args.out, net=args.net, formats=args.formats, resize_h_w=args.resize_h_w,
-        last_conv_stride=args.last_conv_stride, opt_level=args.opt_level,
+        weights=args.weights, out_dir=args.out, net=typed["net"], formats=args.formats, resize_h_w=typed["resize_h_w"],
+        last_conv_stride=typed["last_conv_stride"], opt_level=args.opt_level,
         keep_batchnorm_fp32=args.keep_batchnorm_fp32, dataset=args.dataset, data_root=args.data_root,
         cuhk03_type=args.cuhk03_type,
         calib_images=args.calib_images, calib_count=args.calib_count, verify_count=args.verify_count,

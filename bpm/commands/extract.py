@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bpm.config import (add_device_switches, add_image_check_switch, add_model_switches, add_normalize_switch, add_precision_switches, is_unset, model_settings,
-                        precision_settings)
+from bpm.config import (add_device_switches, add_image_check_switch, add_model_switches, add_normalize_switch,
+                        add_precision_switches, model_settings, precision_settings)
 from bpm.data.datasets.common import list_image_names
 from bpm.data.datasets.market1501 import parse_market_name
 from bpm.errors import BpmError
-from bpm.evaluation.features_file import FOLDER_SPLIT, FeatureSplit, write_features_file
+from bpm.evaluation.features_file import FOLDER_SPLIT, FeatureSplit, normalization_attrs, write_features_file
 
 OUTPUT_SUFFIXES = (".h5", ".hdf5", ".mat")
 
@@ -32,9 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_switches(parser)
     add_model_switches(parser)  # an ONNX file carries its own network and input size
     add_precision_switches(parser)
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=32, help="images per batch")
     add_image_check_switch(parser)
-    add_normalize_switch(parser)
+    add_normalize_switch(parser, model_default=True)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: library default)")
 
 
@@ -168,17 +168,18 @@ def run(args: argparse.Namespace) -> int:
     check_common(vars(args))  # --resize_h_w, --batch_size
     check_output_file(args.out, "--out", hdf5=Path(args.out).suffix != ".mat")
     device = resolve_device(tuple(args.sys_device_ids))
-    model, precision = model_settings(args), precision_settings(args)
+    typed, precision = model_settings(args).overrides(), precision_settings(args)
     extractor = FeatureExtractor(
-        args.weights, net=None if is_unset(model.net) else model.net, device=device, resize_h_w=model.resize_h_w,
+        args.weights, net=typed["net"], device=device, resize_h_w=typed["resize_h_w"],
         opt_level=precision.opt_level, backend=args.backend, batch_size=args.batch_size,
-        normalize=args.normalize_feature, last_conv_stride=model.last_conv_stride, amp_dtype=precision.amp_dtype,
+        normalize=args.normalize_feature, last_conv_stride=typed["last_conv_stride"], amp_dtype=precision.amp_dtype,
         keep_batchnorm_fp32=precision.keep_batchnorm_fp32, threads=args.threads,
     )
     start = time.perf_counter()
     attrs = {"weights": str(Path(args.weights).resolve()), "net": extractor.net, "backend": extractor.backend,
-             "opt_level": args.opt_level, "command": "bpm extract", "normalized": int(extractor.normalize),
-             "flip": int(extractor.flip), "resize_h_w": str(tuple(extractor.resize_h_w))}
+             "opt_level": args.opt_level, "command": "bpm extract", "flip": int(extractor.flip),
+             "resize_h_w": str(tuple(extractor.resize_h_w)),
+             **normalization_attrs(extractor.normalize, extractor.input_spec.normalize_features)}
     features, names = extract_folder(extractor, args.images, args.out, attrs, args.skip_bad_images)
     seconds = time.perf_counter() - start
     print(f"{len(names)} images -> {args.out}: features {features.shape[0]}x{features.shape[1]} "

@@ -26,7 +26,9 @@ from bpm.engine.logging import RunLogger, StreamMirror, log_hparams
 from bpm.engine.trainer import Trainer, seed_everything
 from bpm.errors import BpmError
 from bpm.models.imagenet import init_backbone
-from bpm.models.reid import ReidModel, build_model, load_inference_model
+from bpm.models.input_spec import InputSpec, input_spec_of_model
+from bpm.models.loading import load_model
+from bpm.models.reid import ReidModel, build_model
 from bpm.precision import PrecisionPolicy, resolve_device
 from bpm.switches import check_train
 from bpm.runconfig import add_config_argument, run_versions
@@ -69,6 +71,7 @@ class RunSettings:
     test_flip: bool = False
     mq_pooling: str = "average"
     switches: dict = field(default_factory=dict)  # the resolved switches, as config.json records them
+    input_spec: InputSpec | None = None  # bpm test: the loaded file's (bpm.load_model); training: the model's
 
     @property
     def only_test(self) -> bool:
@@ -105,17 +108,19 @@ def run_settings(args: argparse.Namespace) -> RunSettings:
     )
 
 
-def test_normalize(settings: RunSettings, model: ReidModel) -> bool:
-    """``--test_normalize``, by default on for BNNeck features: the neck makes them suited to cosine
-    comparison (the ID loss shapes their direction), as in the strong baselines' evaluation."""
+def test_normalize(settings: RunSettings, spec: InputSpec) -> bool:
+    """``--test_normalize``, by default the model's own test-time normalisation (its InputSpec: on for
+    BNNeck features, which the neck makes suited to cosine comparison, as in the strong baselines'
+    evaluation), or ``--normalize_feature``."""
     if settings.test_normalize is not None:
         return settings.test_normalize
-    return settings.normalize_feature or model.architecture["neck"] == "bnneck"
+    return bool(settings.normalize_feature) or spec.normalize_features
 
 
-def eval_settings(settings: RunSettings, normalize: bool) -> EvalSettings:
+def eval_settings(settings: RunSettings, normalize: bool, spec: InputSpec) -> EvalSettings:
     return EvalSettings(
-        resize_h_w=tuple(settings.model.resize_h_w),
+        resize_h_w=tuple(spec.resize_h_w),
+        input_spec=spec,
         normalize_feature=normalize,
         rerank=settings.rerank,
         batch_size=settings.batch_size_test,
@@ -126,16 +131,18 @@ def eval_settings(settings: RunSettings, normalize: bool) -> EvalSettings:
     )
 
 
-def settings_from_weights(settings: RunSettings, model: ReidModel, weights: str) -> RunSettings:
-    """Network, last stride and input size as the weights file stores them, unless typed
-    (:mod:`bpm.models.meta`): a model trained at 64x32 is evaluated at 64x32."""
-    from bpm.models.meta import choose
-
-    chosen = ModelSettings(net=model.net, last_conv_stride=model.last_conv_stride,
-                           resize_h_w=choose("resize_h_w", settings.model.resize_h_w, model.input_meta, weights))
-    return replace(settings, model=chosen, switches={**settings.switches, "net": chosen.net,
+def settings_from_spec(settings: RunSettings, spec: InputSpec) -> RunSettings:
+    """Network, last stride and input size as :func:`bpm.load_model` resolved them (typed, else the
+    weights file's, else the backbone's): a model trained at 64x32 is evaluated at 64x32."""
+    chosen = ModelSettings(net=spec.net, last_conv_stride=spec.last_conv_stride, resize_h_w=spec.resize_h_w)
+    return replace(settings, model=chosen, input_spec=spec, switches={**settings.switches, "net": chosen.net,
                                                      "last_conv_stride": chosen.last_conv_stride,
                                                      "resize_h_w": chosen.resize_h_w})
+
+
+def spec_of_run(settings: RunSettings, model: ReidModel) -> InputSpec:
+    """The input spec a run evaluates with: the loaded file's (``bpm test``), else the trained model's."""
+    return settings.input_spec or input_spec_of_model(model, settings.model.resize_h_w)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -190,10 +197,15 @@ def _run_process(settings: RunSettings, ctx: distributed.DistContext) -> int:
     # Build everything that can fail on user input before touching the experiment folder.
     if settings.only_test:
         weights = settings.model_weight_file or str(settings.folder / CKPT_NAME)
-        model = load_inference_model(weights, settings.model.net, settings.model.last_conv_stride)
-        settings = settings_from_weights(settings, model, weights)
+        model, spec = load_model(weights, **settings.model.overrides())
+        settings = settings_from_spec(settings, spec)
     # A test-only folder (query/ + gallery/ only) is fine for evaluating.
     dataset = settings.data.build(require_train=not settings.only_test)
+    distill = None
+    if not settings.only_test and settings.train.teacher:
+        from bpm.distill.setup import open_distillation
+
+        distill = open_distillation(settings.train, device)  # a bad teacher is one line, before any file
     if not settings.only_test:
         # The ID head has one output per training identity, so the model comes after the data set.
         num_classes = dataset.num_train_ids if settings.train.loss.needs_classes else 0
@@ -223,7 +235,7 @@ def _run_process(settings: RunSettings, ctx: distributed.DistContext) -> int:
         # Every start-up check (sampler sizes, the optimizer state of a resume, ...) runs here, before
         # anything in the folder is written or moved: a refused start leaves the previous run as it was.
         untrained = copy.deepcopy(model) if settings.eval_untrained else None
-        trainer = _make_trainer(settings, model, policy, dataset, ctx)
+        trainer = _make_trainer(settings, model, policy, dataset, ctx, distill)
         if settings.resume:
             trainer.resume(ckpt=ckpt)
     lock = None
@@ -262,11 +274,13 @@ def _run_locked(settings: RunSettings, ctx: distributed.DistContext, policy: Pre
         print(f"Dataset {dataset.name}: {len(dataset.train)} training images of {dataset.num_train_ids} identities; "
               f"test sets: {', '.join(ts.name for ts in dataset.test_sets)}")
         print(f"Network {net}, input {size[0]}x{size[1]}, precision {policy.describe()}, device {device}")
-        evaluation = eval_settings(settings, test_normalize(settings, model))
+        spec = spec_of_run(settings, model)
+        evaluation = eval_settings(settings, test_normalize(settings, spec), spec)
         weights = (settings.model_weight_file if settings.only_test else "") or str(exp_dir / CKPT_NAME)
         evaluation.features_attrs = {"weights": str(Path(weights).resolve()), "net": net,
                                      "exp_dir": str(exp_dir.resolve()), "dataset": dataset.name,
-                                     "opt_level": opt_level, "command": settings.command}
+                                     "opt_level": opt_level, "command": settings.command,
+                                     "test_normalize": int(spec.normalize_features)}
         extra: dict = {"versions": run_versions(device)}
         if trainer is None:
             model = policy.prepare_model(model)
@@ -323,20 +337,30 @@ def resume_records(settings: RunSettings, trainer: Trainer, config: Path, change
 
 
 def _make_trainer(settings: RunSettings, model: ReidModel, policy: PrecisionPolicy, dataset,
-                  ctx: distributed.DistContext) -> Trainer:
+                  ctx: distributed.DistContext, distill: tuple | None = None) -> Trainer:
     """The trainer (model, optimizer, sampler, loader, validator); building it runs the checks that
-    depend on the data (e.g. ``--ids_per_batch`` against the training identities) and writes nothing."""
+    depend on the data (e.g. ``--ids_per_batch`` against the training identities) and writes none of
+    the run's records. ``distill``: the teacher and unlabelled records of
+    :func:`bpm.distill.setup.open_distillation`; their targets come first (the teacher cache, keyed and
+    written atomically, is the one file this may write: it is shared by runs, not one run's record)."""
     validator = None
     if dataset.val is not None:
-        val_settings = replace(eval_settings(settings, test_normalize(settings, model)), rerank=False,
+        spec = spec_of_run(settings, model)
+        val_settings = replace(eval_settings(settings, test_normalize(settings, spec), spec), rerank=False,
                                save_features=None, flip=False, mq_pooling="average")
 
         def validator(m):
             result = evaluate_test_set(m, dataset.val, policy, val_settings, verbose=False, ctx=ctx)["single_query"]
             return float(result["mAP"]), float(result["cmc"][0])
 
+    targets, extras = None, []
+    if distill is not None:
+        from bpm.distill.setup import distill_targets
+
+        teacher, extras = distill
+        targets = distill_targets(teacher, settings.train, [*dataset.train, *extras], settings.folder, ctx)
     return Trainer(model, policy, settings.train, dataset.train, settings.folder, validator, ctx.rank,
-                   ctx.world_size)
+                   ctx.world_size, distill=targets, extra_records=extras)
 
 
 def _train(settings: RunSettings, trainer: Trainer, ctx: distributed.DistContext) -> ReidModel:

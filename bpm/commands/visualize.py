@@ -98,19 +98,18 @@ def _model_sets(weights: str, devices: tuple[int, ...], model_settings: ModelSet
                 precision: PrecisionSettings, features: FeatureSettings) -> tuple[list[VisSet], str]:
     """Load the model (failing fast on a wrong weights file), index the dataset, and wire lazy extraction."""
     from bpm.evaluation.features import extract_features
-    from bpm.models.meta import choose
-    from bpm.models.reid import load_inference_model
+    from bpm.models.loading import load_model
     from bpm.precision import resolve_device
 
     policy = precision.policy(resolve_device(devices))
-    bare = load_inference_model(weights, model_settings.net, model_settings.last_conv_stride)
-    resize_h_w = tuple(choose("resize_h_w", model_settings.resize_h_w, bare.input_meta, weights))
+    bare, spec = load_model(weights, **model_settings.overrides())
+    normalize = bool(features.normalize) or spec.normalize_features  # the model's test-time normalisation, as bpm test
     model = policy.prepare_model(bare)
     dataset = data.build(require_train=False)  # only query/gallery are drawn: a test-only folder works
 
     def extractor(records: list[ImageRecord], desc: str) -> np.ndarray:
-        return extract_features(model, records, policy, resize_h_w, features.batch_size,
-                                features.workers, features.flip, features.normalize, desc)
+        return extract_features(model, records, policy, spec, features.batch_size,
+                                features.workers, features.flip, normalize, desc)
 
     def vis_set(ts: TestSet) -> VisSet:
         return VisSet(ts.name, ts.query, ts.gallery, [Path(r.path).name for r in ts.query],

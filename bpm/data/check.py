@@ -1,7 +1,7 @@
 """What ``bpm data check`` reports about a dataset: its statistics and every image path to decode.
 
-The counts are what the benchmark papers publish, so a user can compare them with the README's
-table and know the dataset on disk is complete and read the standard way. A dataset with query and
+The counts are what the benchmark papers publish, so a user can compare them with the table in
+docs/guide/datasets.md and know the dataset on disk is complete and read the standard way. A dataset with query and
 gallery images but no training images is reported as test-only (usable for evaluation), not as
 broken.
 """

@@ -118,7 +118,14 @@ class WorldConfig:
 
 
 @dataclass(frozen=True)
-class _Identity:
+class PersonLook:
+    """What one person looks like (clothes, bag, hair, height, build): the identity, not one picture of it.
+
+    Public, with :func:`make_identity`, :func:`make_camera`, :func:`draw_person` and
+    :func:`apply_camera`, so other generators (the stream's multi-camera sequences) draw the same
+    people through the same cameras as the re-ID world without copying the renderer.
+    """
+
     skin: np.ndarray
     hair: np.ndarray
     long_hair: bool
@@ -144,10 +151,11 @@ def _cloth(rng: np.random.Generator) -> np.ndarray:
     return np.clip(base + rng.normal(0, 8, 3), 0, 255).astype(np.float32)
 
 
-def _make_identity(rng: np.random.Generator) -> _Identity:
+def make_identity(rng: np.random.Generator) -> PersonLook:
+    """A person drawn from the shared palettes; the same generator state gives the same person."""
     upper = _cloth(rng)
     pattern_colour = _cloth(rng)
-    return _Identity(
+    return PersonLook(
         skin=_SKIN[rng.integers(len(_SKIN))],
         hair=_HAIR[rng.choice(len(_HAIR), p=_HAIR_P)],
         long_hair=bool(rng.random() < 0.3),
@@ -169,7 +177,9 @@ def _make_identity(rng: np.random.Generator) -> _Identity:
 
 
 @dataclass(frozen=True)
-class _Camera:
+class CameraModel:
+    """One camera: its scene (``background``, ``clutter`` colours) and optics (see :func:`apply_camera`)."""
+
     gain: np.ndarray
     offset: np.ndarray
     desaturate: float
@@ -196,8 +206,11 @@ def _muted(rng: np.random.Generator) -> np.ndarray:
     return (0.5 * rng.uniform(20, 235, 3) + 0.5 * grey).astype(np.float32)
 
 
-def _make_camera(rng: np.random.Generator, h: int, w: int, nuisance: float) -> _Camera:
-    """A camera: its scene (a background larger than a crop, cut per image) and its optics."""
+def make_camera(rng: np.random.Generator, h: int, w: int, nuisance: float) -> CameraModel:
+    """A camera for crops of ``h`` x ``w``: its scene (a ``2h`` x ``4w`` background, cut per image) and optics.
+
+    ``nuisance`` scales how far the optics stray from neutral (0: a clean camera).
+    """
     bh, bw = 2 * h, 4 * w
     # muted scenes (pavement, walls): colourful enough to differ per camera, not to dominate people
     wall, floor, accent, *clutter = (_muted(rng) for _ in range(7))
@@ -221,7 +234,7 @@ def _make_camera(rng: np.random.Generator, h: int, w: int, nuisance: float) -> _
     cast = 1.0 + nuisance * rng.uniform(-0.2, 0.2, 3)
     brightness = 1.0 + nuisance * rng.uniform(-0.3, 0.2)
     direction = rng.normal(size=2)
-    return _Camera(
+    return CameraModel(
         gain=(cast * brightness).astype(np.float32),
         offset=(nuisance * rng.uniform(0, 30) * (1 + 0.3 * rng.uniform(-1, 1, 3))).astype(np.float32),
         desaturate=float(nuisance * rng.uniform(0, 0.35)),
@@ -282,7 +295,7 @@ def _ellipse(img: np.ndarray, cy: float, cx: float, ry: float, rx: float, colour
     img[a:b, c:d][mask] = colour
 
 
-def _torso_pattern(img: np.ndarray, ident: _Identity, view: str, box: tuple[float, float, float, float], ph: float) -> None:
+def _torso_pattern(img: np.ndarray, ident: PersonLook, view: str, box: tuple[float, float, float, float], ph: float) -> None:
     """Stripes/checks show from every side; a logo only from the front."""
     y0, y1, x0, x1 = (int(round(v)) for v in box)
     h, w = img.shape[:2]
@@ -302,9 +315,11 @@ def _torso_pattern(img: np.ndarray, ident: _Identity, view: str, box: tuple[floa
         _rect(img, cy - 0.06 * ph, cy + 0.05 * ph, cx - 0.3 * (x1 - x0), cx + 0.3 * (x1 - x0), ident.pattern_colour)
 
 
-def _draw_person(img: np.ndarray, ident: _Identity, view: str, top: float, ph: float, cx: float,
+def draw_person(img: np.ndarray, ident: PersonLook, view: str, top: float, ph: float, cx: float,
                  gap: float, swing: float) -> None:
-    """Draw a pedestrian facing the camera (front), away (back) or sideways (side, facing right)."""
+    """Draw a pedestrian in place on float ``img`` facing the camera (front), away (back) or sideways (side,
+    facing right): head at row ``top``, ``ph`` pixels tall, centred on column ``cx``; ``gap`` spreads the
+    legs and ``swing`` moves the forearms (the walking pose). Parts outside the image are clipped."""
     pw = ph * 0.3 * ident.build
 
     def u(v: float) -> float:
@@ -372,7 +387,7 @@ def _draw_person(img: np.ndarray, ident: _Identity, view: str, top: float, ph: f
         _rect(img, cy - ry * 1.1, cy - ry * 0.35, cx - rx * 1.15, cx + rx * 1.15, ident.hat)
 
 
-def _render(shot: _Shot, cfg: WorldConfig, identities: Sequence[_Identity], cams: Sequence[_Camera],
+def _render(shot: _Shot, cfg: WorldConfig, identities: Sequence[PersonLook], cams: Sequence[CameraModel],
             strangers_seed: int) -> np.ndarray:
     """Draw one image: scene crop, clutter, maybe a bystander, the person, occluder, then optics."""
     h, w = cfg.image_height, cfg.image_width
@@ -386,9 +401,9 @@ def _render(shot: _Shot, cfg: WorldConfig, identities: Sequence[_Identity], cams
         _rect(img, y0, y0 + rng.uniform(0.1, 0.35) * h, x0, x0 + rng.uniform(0.1, 0.35) * w,
               cam.clutter[rng.integers(len(cam.clutter))] * rng.uniform(0.7, 1.2))
     if rng.random() < 0.1:
-        stranger = _make_identity(np.random.default_rng([strangers_seed, shot.serial]))
+        stranger = make_identity(np.random.default_rng([strangers_seed, shot.serial]))
         side = rng.choice((-1, 1))
-        _draw_person(img, stranger, _VIEWS[rng.integers(3)], rng.uniform(-0.05, 0.15) * h, 0.85 * h,
+        draw_person(img, stranger, _VIEWS[rng.integers(3)], rng.uniform(-0.05, 0.15) * h, 0.85 * h,
                      w / 2 + side * rng.uniform(0.55, 0.8) * w, rng.uniform(0, 0.15) * h, 0.0)
     view = shot.view if rng.random() < 0.75 else int(rng.choice(3, p=cam.view_p))
     if shot.identity >= 0:
@@ -398,7 +413,7 @@ def _render(shot: _Shot, cfg: WorldConfig, identities: Sequence[_Identity], cams
         ph = ident.height * h * scale
         top = (h - ph) / 2 + rng.normal(0, 0.03 * jitter) * h
         cx = w / 2 + rng.normal(0, 0.06 * jitter) * w
-        _draw_person(img, ident, _VIEWS[view], top, ph, cx, rng.uniform(0, 0.12) * ph,
+        draw_person(img, ident, _VIEWS[view], top, ph, cx, rng.uniform(0, 0.12) * ph,
                      rng.uniform(-0.08, 0.08) * ph)
         if _VIEWS[view] == "side" and rng.random() < 0.5:
             img = img[:, ::-1]
@@ -407,11 +422,12 @@ def _render(shot: _Shot, cfg: WorldConfig, identities: Sequence[_Identity], cams
         y0 = h - occ_h if rng.random() < 0.7 else rng.uniform(0, h - occ_h)
         x0 = rng.uniform(-0.3 * w, w - occ_w * 0.5)
         _rect(img, y0, y0 + occ_h, x0, x0 + occ_w, cam.clutter[rng.integers(len(cam.clutter))])
-    return _apply_camera(img, cam, rng)
+    return apply_camera(img, cam, rng)
 
 
-def _apply_camera(img: np.ndarray, cam: _Camera, rng: np.random.Generator) -> np.ndarray:
-    """Illumination (gain, cast, shading, haze, desaturation), resolution, blur and noise."""
+def apply_camera(img: np.ndarray, cam: CameraModel, rng: np.random.Generator) -> np.ndarray:
+    """The camera's look on a drawn float image: illumination (gain, cast, shading, haze, desaturation),
+    resolution, blur and noise; ``rng`` draws the per-image jitter. Returns uint8 RGB."""
     h, w = img.shape[:2]
     grey = img.mean(axis=2, keepdims=True)
     img = img + cam.desaturate * (grey - img)
@@ -504,12 +520,12 @@ class _Identities:
 
     def __init__(self, seed: int, count: int) -> None:
         self.seed = seed
-        self.table = [_make_identity(np.random.default_rng([seed, 1, i])) for i in range(count)]
+        self.table = [make_identity(np.random.default_rng([seed, 1, i])) for i in range(count)]
 
-    def __getitem__(self, index: int) -> _Identity:
+    def __getitem__(self, index: int) -> PersonLook:
         if index < len(self.table):
             return self.table[index]
-        return _make_identity(np.random.default_rng([self.seed, 1, index]))
+        return make_identity(np.random.default_rng([self.seed, 1, index]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -546,7 +562,7 @@ def generate_world(root: str | Path, config: WorldConfig = WorldConfig(), progre
     root.parent.mkdir(parents=True, exist_ok=True)
     shots, num_ids = _plan(config)
     identities = _Identities(config.seed, num_ids)
-    cams = [_make_camera(np.random.default_rng([config.seed, 2, c]), config.image_height, config.image_width,
+    cams = [make_camera(np.random.default_rng([config.seed, 2, c]), config.image_height, config.image_width,
                          config.nuisance) for c in range(config.num_cameras)]
     tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp-", dir=root.parent))
     try:

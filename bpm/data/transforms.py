@@ -1,8 +1,10 @@
 """Image pipelines for training and testing, built from torchvision transforms.
 
-Normalisation uses the original's mean/std; resizing is bilinear to a fixed (h, w) without
-keeping the aspect ratio, as the original did. The random training steps draw from Python's and
-torch's global generators, as torchvision's do; the training loader runs them inside
+Size, pixel normalisation and colour order come from the model's
+:class:`~bpm.models.input_spec.InputSpec` (backbones differ: EfficientNet-Lite expects
+``(x - 127) / 128``); resizing is bilinear to a fixed (h, w) without keeping the aspect ratio, as
+the original did. A bare ``(h, w)`` instead of a spec means the ResNet-50/MobileNet-V2
+normalisation. The random training steps draw from Python's and torch's global generators, as torchvision's do; the training loader runs them inside
 :func:`bpm.data.loader.sample_randomness`, seeded per sample and restored afterwards.
 """
 from __future__ import annotations
@@ -14,8 +16,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-MEAN = (0.486, 0.459, 0.408)
-STD = (0.229, 0.224, 0.225)
+from bpm.models.input_spec import InputSpec, as_input_spec
 
 
 class RandomCropResize:
@@ -39,8 +40,15 @@ class RandomCropResize:
         return image.crop((x, y, x + cw, y + ch))
 
 
+class SwapRedBlue:
+    """RGB -> BGR on a PIL image, for backbones trained on BGR input (a class, so data-loader workers can pickle it)."""
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return Image.merge("RGB", image.convert("RGB").split()[::-1])
+
+
 def train_transform(
-    resize_h_w: tuple[int, int],
+    spec: InputSpec | tuple[int, int],
     mirror: bool = True,
     crop_prob: float = 0.0,
     crop_ratio: float = 1.0,
@@ -50,47 +58,55 @@ def train_transform(
 ) -> T.Compose:
     """``pad_crop``: zero-pad by this many pixels and crop back to ``resize_h_w`` at a random place
     (the strong baselines' small-translation augmentation; 10 px at 256x128)."""
+    spec = as_input_spec(spec)
+    resize_h_w = spec.resize_h_w
     steps: list = [RandomCropResize(crop_prob, crop_ratio), T.Resize(resize_h_w, T.InterpolationMode.BILINEAR)]
     if mirror:
         steps.append(T.RandomHorizontalFlip())
     if pad_crop > 0:
         steps += [T.Pad(pad_crop), T.RandomCrop(resize_h_w)]
-    steps += [T.ToTensor(), T.Normalize(MEAN, STD)]
+    if spec.color == "BGR":
+        steps.append(SwapRedBlue())
+    steps += [T.ToTensor(), T.Normalize(spec.mean, spec.std)]
     if erase:
         # The original's random erasing: area fraction in [0.02, 0.4], aspect ratio in [0.3, 1/0.3].
         steps.append(T.RandomErasing(p=erase_prob, scale=(0.02, 0.4), ratio=(0.3, 1 / 0.3)))
     return T.Compose(steps)
 
 
-_MEAN = np.asarray(MEAN, dtype=np.float32).reshape(3, 1, 1)
-_STD = np.asarray(STD, dtype=np.float32).reshape(3, 1, 1)
-
-
-def model_input(image: Image.Image, resize_h_w: tuple[int, int], raw: bool = False) -> np.ndarray:
+def model_input(image: Image.Image, spec: InputSpec | tuple[int, int]) -> np.ndarray:
     """The one definition of test-time preprocessing: ``[3, H, W]`` float32 from an RGB image.
 
-    PIL bilinear resize to ``(h, w)`` (aspect ratio not kept, as the original), then ``/255`` and
-    the original's mean/std (or 0..255 pixels if ``raw``: for graphs that normalise inside). The
-    PyTorch test pipeline (:func:`test_transform`), :class:`bpm.FeatureExtractor`, INT8
-    calibration and the ONNX runtime all call this, so every backend sees bit-identical input.
+    PIL bilinear resize to the spec's ``(h, w)`` (aspect ratio not kept, as the original), channels in
+    the spec's colour order, then ``/255`` and the spec's mean/std (0..255 pixels for a spec with
+    ``raw_pixels``: graphs that normalise inside). The PyTorch test pipeline (:func:`test_transform`),
+    :class:`bpm.FeatureExtractor`, INT8 calibration and the ONNX runtime all call this, so every
+    backend sees bit-identical input.
     """
-    h, w = resize_h_w
+    spec = as_input_spec(spec)
+    h, w = spec.resize_h_w
     pixels = np.asarray(image.convert("RGB").resize((w, h), Image.BILINEAR), dtype=np.float32).transpose(2, 0, 1)
-    return pixels if raw else (pixels / 255.0 - _MEAN) / _STD
+    if spec.color == "BGR":
+        pixels = np.ascontiguousarray(pixels[::-1])
+    if spec.raw_pixels:
+        return pixels
+    mean = np.asarray(spec.mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(spec.std, dtype=np.float32).reshape(3, 1, 1)
+    return (pixels / 255.0 - mean) / std
 
 
 class TestTransform:
     """``model_input`` as a torchvision-style transform (PIL image -> tensor) for data loaders."""
 
-    def __init__(self, resize_h_w: tuple[int, int]) -> None:
-        self.resize_h_w = tuple(resize_h_w)
+    def __init__(self, spec: InputSpec | tuple[int, int]) -> None:
+        self.spec = as_input_spec(spec)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(model_input(image, self.resize_h_w)))
+        return torch.from_numpy(np.ascontiguousarray(model_input(image, self.spec)))
 
     def __repr__(self) -> str:
-        return f"TestTransform(resize_h_w={self.resize_h_w})"
+        return f"TestTransform(resize_h_w={self.spec.resize_h_w}, mean={self.spec.mean}, std={self.spec.std})"
 
 
-def test_transform(resize_h_w: tuple[int, int]) -> TestTransform:
-    return TestTransform(resize_h_w)
+def test_transform(spec: InputSpec | tuple[int, int]) -> TestTransform:
+    return TestTransform(spec)

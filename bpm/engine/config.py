@@ -38,6 +38,15 @@ class TrainConfig:
     erase_prob: float = 0.2
     # criterion
     loss: LossConfig = field(default_factory=LossConfig)
+    # distillation (bpm.distill): the teacher file, its input spec where the file has none, where its
+    # embeddings are cached (default: <exp_dir>/teacher_cache), unlabelled crops and how many per batch
+    # (0: half the labelled batch), and whether the teacher runs on each augmented batch instead
+    teacher: str = ""
+    teacher_input: str = ""
+    teacher_cache: str = ""
+    teacher_per_step: bool = False
+    distill_extra: str = ""
+    distill_extra_per_batch: int = 0
     # loop
     seed: int | None = None  # None: a fresh random data order
     workers: int = 2

@@ -19,6 +19,7 @@ from bpm.errors import BpmError
 from bpm.evaluation import compute_distances, evaluate, pool_multi_query, re_ranking
 from bpm.evaluation.features import degenerate_rows, extract_features
 from bpm.evaluation.features_file import FeatureSplit, write_features_file
+from bpm.models.input_spec import InputSpec
 from bpm.precision import PrecisionPolicy
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class EvalSettings:
     save_features: str | None = None
     mq_pooling: str = "average"
     features_attrs: dict | None = None  # recorded in the --save_features file (weights, net, run folder, time)
+    input_spec: InputSpec | None = None  # the model's (size, normalisation); None: resize_h_w with the default
 
 
 def format_result(title: str, result: dict) -> str:
@@ -106,7 +108,7 @@ def evaluate_test_set(
     if not test_set.query:
         raise BpmError(f"test set {test_set.name}: there are no query images")
     extract = lambda records, desc: extract_features(  # noqa: E731
-        model, records, policy, settings.resize_h_w, settings.batch_size, settings.workers, settings.flip,
+        model, records, policy, settings.input_spec or settings.resize_h_w, settings.batch_size, settings.workers, settings.flip,
         settings.normalize_feature, desc, ctx,
     )
     q_feat = extract(test_set.query, "query")

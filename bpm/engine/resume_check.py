@@ -18,8 +18,10 @@ from bpm.errors import BpmError
 
 # Changing these would make the checkpoint's weights, optimizer state or data position mean
 # something else: refused.
-FIXED = ("optimizer", "recipe", "ids_per_batch", "ims_per_id", "sampler_epoch", "resize_h_w")
+FIXED = ("optimizer", "recipe", "ids_per_batch", "ims_per_id", "sampler_epoch", "resize_h_w",
+         "teacher", "teacher_input", "distill_extra", "distill_extra_per_batch")  # targets, extra batches
 FIXED_LOSS = ("id_loss_weight", "center_loss_weight")  # they decide the ID head / centre buffers
+FIXED_ON_OFF = ("distill_weight",)  # on or off decides the distillation projection head; its value may change
 # Read again every step or epoch from the config, or pushed into the optimizer's param groups by
 # :func:`apply_to_optimizer`: applied, and said so.
 OPTIMIZER_GROUP_KEYS = ("weight_decay", "momentum")
@@ -49,6 +51,12 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _canonical_net(name: str) -> str:
+    from bpm.models.registry import backbone_choices, canonical_name
+
+    return canonical_name(name) if name in backbone_choices() else name
+
+
 def check_resume(ckpt: dict, cfg: TrainConfig, model_facts: dict[str, Any], path: str | Path) -> list[str]:
     """Refuse incompatible changes in one line; return ``"name old -> new"`` for the applied ones.
 
@@ -61,6 +69,8 @@ def check_resume(ckpt: dict, cfg: TrainConfig, model_facts: dict[str, Any], path
     refused: list[str] = []
     for key in ("net", "architecture", "num_classes"):
         old, new = ckpt.get(key), model_facts.get(key)
+        if key == "net" and isinstance(old, str) and isinstance(new, str):
+            old, new = _canonical_net(old), _canonical_net(new)  # mobilenetV2 (older checkpoints) is mobilenet_v2
         if old is not None and new is not None and not _same(old, new):
             refused.append(f"{key} {old} -> {new}")
     state_dicts = ckpt.get("state_dicts") or [None, None]
@@ -84,7 +94,8 @@ def check_resume(ckpt: dict, cfg: TrainConfig, model_facts: dict[str, Any], path
         old = (old_cfg.get("loss") or {}).get(key, new)
         if _same(old, new):
             continue
-        (refused if key in FIXED_LOSS else applied).append(f"{key} {old} -> {new}")
+        fixed = key in FIXED_LOSS or (key in FIXED_ON_OFF and (old > 0) != (new > 0))
+        (refused if fixed else applied).append(f"{key} {old} -> {new}")
     if refused:
         raise BpmError(f"{path}: --resume true with switches that change what the checkpoint holds: "
                        f"{', '.join(refused)}; resume with the checkpoint's settings (see config.json) or train "

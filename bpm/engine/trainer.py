@@ -27,6 +27,8 @@ from bpm.data.loader import train_loader
 from bpm.data.records import ImageRecord
 from bpm.data.sampler import PKBatchSampler
 from bpm.data.transforms import train_transform
+from bpm.distill.extra import ExtraBatchSampler
+from bpm.distill.targets import CachedTargets, PerStepTargets
 from bpm.distributed import DistContext, broadcast_object, gather_for_mining, mean_over_ranks
 from bpm.engine.checkpoint import (
     CKPT_NAME, atomic_torch_save, load_checkpoint, resumable_state_dicts, rng_state, set_rng_state,
@@ -37,7 +39,8 @@ from bpm.engine.logging import RunLogger
 from bpm.engine.lr_schedule import lr_at_epoch, set_lr
 from bpm.errors import BpmError
 from bpm.losses.combine import ReidCriterion
-from bpm.models.meta import model_meta
+from bpm.models.input_spec import input_spec_of_model
+from bpm.models.meta import file_meta
 from bpm.models.reid import ReidOutput
 from bpm.models.weights import load_model_weights_from_state
 from bpm.precision import PrecisionPolicy, PrecisionStepper
@@ -98,7 +101,11 @@ class Trainer:
         rank: int = 0,
         world_size: int = 1,
         criterion: Callable | None = None,
+        distill: CachedTargets | PerStepTargets | None = None,
+        extra_records: Sequence[ImageRecord] = (),
     ) -> None:
+        """``distill``: the teacher's target for each sample (by dataset index: ``train_records``, then
+        ``extra_records``, the unlabelled crops of ``--distill_extra`` appended to every batch)."""
         self.cfg = cfg
         self.policy = policy
         self.exp_dir = Path(exp_dir)
@@ -110,12 +117,17 @@ class Trainer:
         self._class_of = torch.full((max(self.classes, default=0) + 1,), -1, dtype=torch.long)
         for pid, index in self.classes.items():
             self._class_of[pid] = index
+        self.distill = distill
         if criterion is None:
-            criterion = ReidCriterion(cfg.loss, len(self.classes), getattr(model, "feature_dim", 0))
+            criterion = ReidCriterion(cfg.loss, len(self.classes), getattr(model, "feature_dim", 0),
+                                      distill.dim if distill is not None else 0)
         self.criterion = criterion.to(policy.device) if isinstance(criterion, torch.nn.Module) else criterion
         self.model = _wrap_for_ranks(model, policy, self.dist, cfg.sync_bn)
         self.stepper = PrecisionStepper(policy, self.model)
-        self.optimizer = build_optimizer(cfg, self.stepper.optimizer_params())
+        # The criterion's own parameters (the distillation projection head, FP32) train with the model.
+        own = [p for p in self.criterion.parameters() if p.requires_grad] \
+            if isinstance(self.criterion, torch.nn.Module) else []
+        self.optimizer = build_optimizer(cfg, [*self.stepper.optimizer_params(), *own])
         self.validator = validator
         self.position = Position()
         self.sampler_seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**31)
@@ -124,10 +136,13 @@ class Trainer:
             [r.pid for r in train_records], cfg.ids_per_batch, cfg.ims_per_id, self.sampler_seed, rank, world_size,
             cfg.sampler_epoch,
         )
+        if extra_records:
+            per_batch = cfg.distill_extra_per_batch or max(1, cfg.ids_per_batch * cfg.ims_per_id // 2)
+            self.sampler = ExtraBatchSampler(self.sampler, len(train_records), len(extra_records), per_batch)
         transform = train_transform(
-            tuple(cfg.resize_h_w), cfg.mirror, cfg.crop_prob, cfg.crop_ratio, cfg.erase, cfg.erase_prob, cfg.pad_crop
+            input_spec_of_model(model, cfg.resize_h_w), cfg.mirror, cfg.crop_prob, cfg.crop_ratio, cfg.erase, cfg.erase_prob, cfg.pad_crop
         )
-        self.loader = train_loader(train_records, transform, self.sampler, cfg.workers)
+        self.loader = train_loader([*train_records, *extra_records], transform, self.sampler, cfg.workers)
         self.ckpt_path = self.exp_dir / CKPT_NAME
         self.max_nonfinite_steps = cfg.max_nonfinite_steps
         self.ckpt_every_steps = cfg.ckpt_every_steps
@@ -157,7 +172,7 @@ class Trainer:
             "architecture": getattr(model, "architecture", None),
             "num_classes": len(self.classes),
             "opt_level": self.policy.opt_level,
-            "input": model_meta(model, self.cfg.resize_h_w, self.cfg.recipe),  # see bpm.models.meta
+            "input": file_meta(input_spec_of_model(model, self.cfg.resize_h_w), self.cfg.recipe),  # bpm.models.meta
             # The settings this run trained with: a resume compares its switches with them.
             "train_config": dataclasses.asdict(self.cfg),
         }
@@ -227,15 +242,22 @@ class Trainer:
         return previous
 
     # ----------------------------------------------------------------- loop
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[bool, dict]:
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor,
+                   indices: torch.Tensor | None = None) -> tuple[bool, dict]:
+        """One step on a batch; ``indices`` (the samples' dataset indices) find the teacher's targets."""
         self.model.train()
         buffers = [b.detach().clone() for b in self.model.buffers()]
+        teacher = None
+        if self.distill is not None:
+            teacher = self.distill(indices, images).to(self.policy.device)
         images = self.policy.prepare_input(images)
-        targets = self._class_of[labels].to(self.policy.device)
+        # Unlabelled samples (label -1) stay -1: only the distillation terms see them.
+        targets = torch.where(labels >= 0, self._class_of[labels.clamp(min=0)], labels).to(self.policy.device)
         with self.policy.autocast():
             outputs = _as_output(self.model(images))
         gather = (lambda f, t: gather_for_mining(self.dist, f, t)) if self.gather_for_mining else None
-        loss, values = self.criterion(outputs, targets, gather)
+        loss, values = (self.criterion(outputs, targets, gather) if teacher is None
+                        else self.criterion(outputs, targets, gather, teacher=teacher))
         if self.dist.enabled:
             # One collective per step: the job's mean statistics, whether any rank saw a non-finite
             # loss (then every rank skips, or DDP's all-reduce would wait for the skipping one), and
@@ -280,8 +302,8 @@ class Trainer:
         show_bar = self.is_main and sys.stdout.isatty()
         bar = tqdm(total=len(self.sampler), initial=self.position.step, desc=f"Ep {epoch + 1}",
                    disable=not show_bar, leave=False, dynamic_ncols=True)
-        for images, labels, _camids, _index in self.loader:
-            stepped, stats = self.train_step(images, labels)
+        for images, labels, _camids, indices in self.loader:
+            stepped, stats = self.train_step(images, labels, indices)
             self.position.step += 1
             self.position.global_step += 1
             bar.update(1)

@@ -19,6 +19,7 @@ from bpm.data.loader import test_loader
 from bpm.data.records import ImageRecord
 from bpm.data.transforms import test_transform
 from bpm.export.runtime import ImageLike, image_batch
+from bpm.models.input_spec import InputSpec
 from bpm.precision import PrecisionPolicy
 
 if TYPE_CHECKING:
@@ -52,19 +53,19 @@ def embed_batches(model: torch.nn.Module, batches: Iterable[torch.Tensor], polic
     return torch.cat(chunks).numpy()
 
 
-def image_tensor(items: Sequence[ImageLike], resize_h_w: tuple[int, int], raw: bool = False) -> torch.Tensor:
-    """``[N, 3, H, W]`` float32 batch of :func:`bpm.data.transforms.model_input` (0..255 if ``raw``)."""
-    return torch.from_numpy(image_batch(items, resize_h_w, raw))
+def image_tensor(items: Sequence[ImageLike], spec: InputSpec | tuple[int, int]) -> torch.Tensor:
+    """``[N, 3, H, W]`` float32 batch of :func:`bpm.data.transforms.model_input` under the model's input spec."""
+    return torch.from_numpy(image_batch(items, spec))
 
 
 def embed_images(model: torch.nn.Module, items: Sequence[ImageLike], policy: PrecisionPolicy,
-                 resize_h_w: tuple[int, int], batch_size: int = 32, flip: bool = False, normalize: bool = False,
-                 raw: bool = False) -> np.ndarray:
+                 spec: InputSpec | tuple[int, int], batch_size: int = 32, flip: bool = False,
+                 normalize: bool = False) -> np.ndarray:
     """``[len(items), D]`` float32 features of paths, PIL images or arrays, ``batch_size`` at a time.
 
     Decoding and resizing happen batch by batch, so memory holds one batch of pixels, not all.
     """
-    batches = (image_tensor(items[i:i + batch_size], resize_h_w, raw) for i in range(0, len(items), batch_size))
+    batches = (image_tensor(items[i:i + batch_size], spec) for i in range(0, len(items), batch_size))
     return embed_batches(model, batches, policy, flip, normalize)
 
 
@@ -72,7 +73,7 @@ def extract_features(
     model: torch.nn.Module,
     records: Sequence[ImageRecord],
     policy: PrecisionPolicy,
-    resize_h_w: tuple[int, int],
+    spec: InputSpec | tuple[int, int],
     batch_size: int = 64,
     workers: int = 2,
     flip: bool = False,
@@ -91,10 +92,10 @@ def extract_features(
         from bpm.distributed import all_gather_rows, shard_range
 
         mine = shard_range(len(records), batch_size, ctx.rank, ctx.world_size)
-        local = extract_features(model, list(records)[mine.start : mine.stop], policy, resize_h_w, batch_size,
+        local = extract_features(model, list(records)[mine.start : mine.stop], policy, spec, batch_size,
                                  workers, flip, normalize, desc)
         return all_gather_rows(ctx, torch.from_numpy(local)).numpy()
-    loader = test_loader(records, test_transform(resize_h_w), batch_size, workers)
+    loader = test_loader(records, test_transform(spec), batch_size, workers)
     progress = tqdm(loader, desc=desc, disable=not sys.stdout.isatty(), leave=False)
     return embed_batches(model, (images for images, _pids, _camids, _index in progress), policy, flip, normalize)
 

@@ -2,21 +2,24 @@
 write and ``bpm evaluate`` and ``bpm visualize --features_file`` read.
 
 Why one module: two writers with two layouts meant a file from ``bpm extract`` could not be
-evaluated, and the reader lived inside a command. Layout (``format_version`` 2, the README's
-"Features files"):
+evaluated, and the reader lived inside a command. Layout (``format_version`` 2; the
+documentation's "Files bpm writes", docs/reference/files.md):
 
 - one group per split, ``<set>/<split>``: ``market1501/query``, ``market1501/gallery``; a plain
   folder of images from ``bpm extract`` is ``<folder name>/images``;
 - in each group ``features`` float32 ``[N, D]``, ``names`` and ``paths`` strings ``[N]``, and, when
   the identities are known, ``pids`` and ``camids`` int64 ``[N]``;
 - file attributes: ``format_version``, ``created``, ``command`` and what the features came from
-  (weights, network, precision, ...).
+  (weights, network, precision, ...), and the L2 normalisation: ``normalized`` (1: the stored
+  features are L2-normalised) and ``test_normalize`` (1: the model's own test-time normalisation,
+  from its InputSpec, is L2), so ``bpm evaluate`` scores them as ``bpm test`` scored the model.
 
 Older files still read: ``--save_features`` files without ``format_version`` have the same groups;
 ``bpm extract`` once wrote the datasets at the file root, read as one ``<folder name>/images`` split.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -31,6 +34,9 @@ FORMAT_VERSION = 2
 
 FOLDER_SPLIT = "images"
 """Split name of a plain folder's images (no query/gallery): ``<folder name>/images``."""
+
+NORMALIZED_ATTR = "normalized"
+TEST_NORMALIZE_ATTR = "test_normalize"
 
 _REQUIRED = ("features", "names", "paths")
 _IDS = ("pids", "camids")
@@ -140,7 +146,42 @@ def _write_split(handle, name: str, split: FeatureSplit) -> None:
         group.create_dataset("camids", data=np.asarray(split.camids, dtype=np.int64))
 
 
+def normalization_attrs(applied: bool, model_default: bool) -> dict[str, int]:
+    """The file attributes recording the L2 normalisation: applied to the stored features, and the model's own."""
+    return {NORMALIZED_ATTR: int(bool(applied)), TEST_NORMALIZE_ATTR: int(bool(model_default))}
+
+
 # ------------------------------------------------------------------------------------------ reading
+
+
+def evaluation_normalization(path: str | Path, given: bool | None, flag: str = "--normalize_feature") -> bool:
+    """Whether to L2-normalise a features file's features before evaluating them.
+
+    Left out (``given`` None): as the model does at test time (``test_normalize``), so
+    ``bpm extract`` -> ``bpm evaluate`` gives ``bpm test``'s numbers; stored features that are already
+    normalised need nothing more. A given value that differs from the model's test-time
+    normalisation (or ``false`` on stored normalised features, which cannot undo it) is used, with a
+    one-line warning. Files without the record: ``given``, else off.
+    """
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            applied = handle.attrs.get(NORMALIZED_ATTR)
+            model = handle.attrs.get(TEST_NORMALIZE_ATTR)
+    except OSError:
+        return bool(given)  # the reader reports what is wrong with the file, in one line
+    applied = None if applied is None else bool(applied)
+    model = None if model is None else bool(model)
+    if given is None:
+        return bool(model) and not applied
+    if not given and applied:
+        print(f"warning: {flag} false: the features in {path} are stored L2-normalised; false cannot undo it",
+              file=sys.stderr)
+    elif model is not None and bool(given) != model:
+        print(f"warning: {flag} {str(bool(given)).lower()} differs from the model's test-time normalisation "
+              f"recorded in {path} ({str(model).lower()}); the metrics will differ from bpm test's", file=sys.stderr)
+    return bool(given)
 
 
 def read_features_file(path: str | Path, flag: str = "--features_file") -> FeaturesFile:

@@ -6,6 +6,7 @@ stored in the file's metadata (``bpm.*`` keys) so that any consumer, our own
 """
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bpm.data.transforms import MEAN, STD
 from bpm.errors import BpmError
+from bpm.models.input_spec import InputSpec
 
 OPSET = 17
 LEGACY_INPUT_NAME = "actual_input_1"
@@ -31,7 +32,27 @@ class OnnxSpec:
     output_name: str = "features"
     bake_normalization: bool = False
     precision: str = "fp32"
-    input_meta: str = ""  # JSON of the source's input settings (bpm.models.meta): stride, recipe, neck, ...
+    input_meta: str = ""  # JSON of the source's InputSpec and recipe (bpm.models.meta.file_meta)
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """The :class:`InputSpec` of the graph: the source model's (its JSON record), with this graph's
+        size and pixel range. Graphs without a record (older exports, other tools) get the backbone's
+        normalisation when the network is known, else the ResNet-50/MobileNet-V2 default."""
+        from bpm.models.registry import backbone_choices, get_backbone
+
+        record = json.loads(self.input_meta) if self.input_meta else {}
+        known = set(InputSpec.__dataclass_fields__) - {"net", "resize_h_w", "raw_pixels"}
+        values = {k: v for k, v in record.items() if k in known and v is not None}
+        if self.net in backbone_choices():
+            backbone = get_backbone(self.net)
+            values = {"mean": backbone.mean, "std": backbone.std, "feature_dim": backbone.feature_dim, **values}
+        for key in ("mean", "std"):
+            if key in values:
+                values[key] = tuple(float(v) for v in values[key])
+        values.setdefault("normalize_features", values.get("neck") == "bnneck")
+        return InputSpec(net=self.net if self.net != "unknown" else "", resize_h_w=tuple(self.resize_h_w),
+                         raw_pixels=self.bake_normalization, **values)
 
     def metadata(self) -> dict[str, str]:
         return {**({"bpm.input_meta": self.input_meta} if self.input_meta else {}),
@@ -39,8 +60,7 @@ class OnnxSpec:
             "bpm.resize_h_w": f"{self.resize_h_w[0]},{self.resize_h_w[1]}",
             "bpm.bake_normalization": str(self.bake_normalization).lower(),
             "bpm.precision": self.precision,
-            "bpm.input": "RGB float NCHW, 0..255" if self.bake_normalization
-            else f"RGB float NCHW, (x/255 - {list(MEAN)}) / {list(STD)}",
+            "bpm.input": self.input_spec.describe_pixels(),
         }
 
 
@@ -51,11 +71,12 @@ class NormalizedInput(nn.Module):
     element-wise ops in front of the first convolution.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, spec: InputSpec) -> None:
         super().__init__()
         self.model = model
-        self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(STD))).view(1, 3, 1, 1))
-        self.register_buffer("shift", (torch.tensor(MEAN) / torch.tensor(STD)).view(1, 3, 1, 1))
+        mean, std = torch.tensor(spec.mean), torch.tensor(spec.std)
+        self.register_buffer("scale", (1.0 / (255.0 * std)).view(1, 3, 1, 1))
+        self.register_buffer("shift", (mean / std).view(1, 3, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images * self.scale - self.shift)
@@ -72,7 +93,7 @@ def export_onnx(model: nn.Module, path: str | Path, spec: OnnxSpec, opset: int =
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    graph_model: nn.Module = NormalizedInput(model) if spec.bake_normalization else model
+    graph_model: nn.Module = NormalizedInput(model, spec.input_spec) if spec.bake_normalization else model
     graph_model = graph_model.float().eval()
     dummy = torch.zeros(2, 3, *spec.resize_h_w)
     with warnings.catch_warnings():

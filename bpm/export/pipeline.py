@@ -32,11 +32,12 @@ from bpm.export.runtime import OnnxModel
 from bpm.export.sensitivity import activation_sensitivity
 from bpm.export.verify import (COSINE_THRESHOLDS, FormatCheck, add_retrieval, check_cosine, cosine_rows,
                                describe_check, format_table, retrieval_scores, stamp_verification, write_report)
-from bpm.export.weights import load_source_model, save_pt, save_safetensors, state_precision, weights_state
+from bpm.export.weights import save_pt, save_safetensors, state_precision, weights_state
 from bpm.inference import onnx_features
 from bpm.machine import machine_line
-from bpm.models.meta import choose, model_meta, safetensors_metadata
-from bpm.models.reid import load_inference_model
+from bpm.models.input_spec import InputSpec
+from bpm.models.loading import load_model
+from bpm.models.meta import file_meta, safetensors_metadata
 from bpm.precision import PrecisionPolicy
 
 FORMATS = ("pt", "pt16", "safetensors", "onnx", "onnx16", "onnx_int8")
@@ -76,6 +77,7 @@ class ExportOptions:
     batch_size: int = 32
     threads: int = 0
     file_names: dict[str, str] = field(default_factory=dict)
+    input_spec: InputSpec | None = None  # set by run_export from the loaded model (bpm.load_model)
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -153,7 +155,7 @@ def reference_features(model: torch.nn.Module, paths: Sequence[str], opts: Expor
     Every format is verified against these, so they must be what ``bpm test`` and
     ``bpm.FeatureExtractor`` compute for the same images, not a second copy of the loop.
     """
-    return embed_images(model, paths, PrecisionPolicy.create("O0"), opts.resize_h_w, opts.batch_size)
+    return embed_images(model, paths, PrecisionPolicy.create("O0"), opts.input_spec or opts.resize_h_w, opts.batch_size)
 
 
 def _file_names(opts: ExportOptions, net: str) -> dict[str, str]:
@@ -208,7 +210,7 @@ def _int8_source(model: torch.nn.Module, reference: np.ndarray, fp32_onnx: Path,
     activations whose 8-bit rounding alone costs the most cosine are reported.
     """
     notes: dict = {"calibration_images": len(images.calibration), "calib_method": opts.calib_method}
-    calibration = image_tensor(images.calibration, opts.resize_h_w)
+    calibration = image_tensor(images.calibration, opts.input_spec)
     source_model, source = model, fp32_onnx
     if opts.int8_equalize:
         equalized = copy.deepcopy(model).float().eval()
@@ -223,7 +225,7 @@ def _int8_source(model: torch.nn.Module, reference: np.ndarray, fp32_onnx: Path,
         notes["equalisation"] = "off (--int8_equalize false)"
     if opts.qat_epochs > 0:
         tuned, result = finetune_for_int8(
-            source_model, images.training, partial(image_tensor, resize_h_w=opts.resize_h_w),
+            source_model, images.training, partial(image_tensor, spec=opts.input_spec),
             opts.qat_epochs, opts.qat_lr, log=log)
         notes["fine_tuning"] = result.describe()
         notes["fine_tuning_used"] = result.used
@@ -233,7 +235,7 @@ def _int8_source(model: torch.nn.Module, reference: np.ndarray, fp32_onnx: Path,
         log(f"  {result.describe()}")
     log(f"  INT8 source: {notes['equalisation']}; ranges: {opts.calib_method} on {len(images.calibration)} images")
     if opts.int8_sensitivity > 0:
-        check = image_tensor(images.verification, opts.resize_h_w)
+        check = image_tensor(images.verification, opts.input_spec)
         rows = activation_sensitivity(source_model.float(), calibration, check)[:opts.int8_sensitivity]
         notes["sensitivity"] = [{"activation": r.point, "range": [r.low, r.high], "cosine_alone": r.cosine}
                                 for r in rows]
@@ -251,10 +253,15 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
     out = Path(opts.out_dir)
     if out.exists() and not out.is_dir():
         raise BpmError(f"--out {out}: is a file; expected a folder for the exported files")
-    model, kind = load_source_model(opts.weights, opts.net, opts.last_conv_stride)
-    opts = replace(opts, resize_h_w=choose("resize_h_w", opts.resize_h_w, model.input_meta, opts.weights),
-                   last_conv_stride=model.last_conv_stride)
-    meta = model_meta(model, opts.resize_h_w, str(model.input_meta.get("recipe", "")))
+    if Path(opts.weights).suffix == ".onnx":
+        raise BpmError(f"--weights {opts.weights}: bpm export reads PyTorch weights (checkpoint, .pt, .safetensors), "
+                       "not an exported graph")
+    model, input_spec = load_model(opts.weights, net=opts.net, last_conv_stride=opts.last_conv_stride,
+                                   resize_h_w=opts.resize_h_w)
+    kind = model.source_kind
+    opts = replace(opts, resize_h_w=input_spec.resize_h_w, last_conv_stride=input_spec.last_conv_stride,
+                   input_spec=input_spec)
+    meta = file_meta(input_spec, str(model.source_meta.get("recipe", "")))
     names = {**_file_names(opts, model.net), **opts.file_names}
     input_name, output_name = (LEGACY_INPUT_NAME, LEGACY_OUTPUT_NAME) if opts.legacy_names \
         else (opts.input_name, opts.output_name)
@@ -277,7 +284,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
         nq = len(images.test_set.query) if images.test_set else 0
         ref_scores = None
         # Scored as bpm test scores the model: BNNeck features are compared after L2 normalisation.
-        normalize = model.architecture.get("neck") == "bnneck"
+        normalize = input_spec.normalize_features
         if images.test_set is not None:
             feats = reference_features(model, eval_paths, opts)
             ref_scores = retrieval_scores(feats[:nq], feats[nq:], images.test_set, normalize)
@@ -297,7 +304,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
                                                    **safetensors_metadata(meta)})
                 else:
                     save_pt(state, path, meta)
-                reloaded = load_inference_model(path, model.net, opts.last_conv_stride)
+                reloaded, _spec = load_model(path, net=model.net, last_conv_stride=opts.last_conv_stride)
                 check = check_cosine(fmt, path, state_precision(state),
                                      reference_features(reloaded, images.verification, opts), reference)
                 settle(check, path, final)

@@ -39,7 +39,7 @@ class ImageCalibrationReader:
             return None
         chunk = self.images[self.position:self.position + self.batch_size]
         self.position += self.batch_size
-        return {self.spec.input_name: image_batch(chunk, self.spec.resize_h_w, self.spec.bake_normalization)}
+        return {self.spec.input_name: image_batch(chunk, self.spec.input_spec)}
 
     def rewind(self) -> None:
         self.position = 0

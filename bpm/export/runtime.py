@@ -15,6 +15,7 @@ from bpm.data.images import read_image, to_rgb
 from bpm.data.transforms import model_input
 from bpm.errors import BpmError
 from bpm.export.onnx import OnnxSpec, read_spec
+from bpm.models.input_spec import InputSpec, as_input_spec
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray]
 
@@ -42,11 +43,12 @@ def to_pil(item: ImageLike) -> Image.Image:
     raise BpmError(f"image: expected a path, a PIL image or a numpy array, got {type(item).__name__}")
 
 
-def image_batch(items: Iterable[ImageLike], resize_h_w: tuple[int, int], raw: bool = False) -> np.ndarray:
-    """``[N, 3, H, W]`` float32 of :func:`bpm.data.transforms.model_input` (0..255 if ``raw``)."""
-    arrays = [model_input(to_pil(item), resize_h_w, raw) for item in items]
+def image_batch(items: Iterable[ImageLike], spec: InputSpec | tuple[int, int]) -> np.ndarray:
+    """``[N, 3, H, W]`` float32 of :func:`bpm.data.transforms.model_input` under the model's input spec."""
+    spec = as_input_spec(spec)
+    arrays = [model_input(to_pil(item), spec) for item in items]
     if not arrays:
-        return np.zeros((0, 3, *resize_h_w), dtype=np.float32)
+        return np.zeros((0, 3, *spec.resize_h_w), dtype=np.float32)
     return np.ascontiguousarray(np.stack(arrays), dtype=np.float32)
 
 

@@ -1,4 +1,4 @@
-"""Reading any supported weights file into a model, and writing weights files at a precision.
+"""Writing weights files at a precision (reading any of them is :func:`bpm.load_model`).
 
 Written files are plain ``base.*`` state_dicts, the layout of the original's released weights,
 so both projects (and ``torch.load(weights_only=True)``) can read them.
@@ -11,48 +11,9 @@ from typing import Mapping
 
 import torch
 
-from bpm.config import is_unset
-from bpm.errors import BpmError
-from bpm.models.meta import attach_to_state, choose, stored_meta
-from bpm.models.reid import ReidModel, build_model, build_model_for_state, inference_state
-from bpm.models.weights import (
-    StateDict, detect_net, extract_model_state, load_imagenet_weights, load_model_weights_from_state,
-    read_weights_file,
-)
+from bpm.models.meta import attach_to_state
+from bpm.models.weights import StateDict
 from bpm.precision import PrecisionPolicy
-
-
-def load_source_model(path: str | Path, net: str | None = None,
-                      last_conv_stride: int | None = None) -> tuple[ReidModel, str]:
-    """A FP32 eval-mode model from a checkpoint, a weights file (ours or the original's), a torchvision
-    ImageNet file, the original's ``mobilenet_v2.pth.tar`` or a safetensors file; and what the file was.
-
-    ``net`` and ``last_conv_stride`` may be left out (``None`` or :func:`bpm.config.unset`) when the
-    file tells: our files store them (:mod:`bpm.models.meta`), and key names distinguish the two
-    networks; a given value that differs from the file's is used, with a warning.
-    """
-    raw = read_weights_file(path)
-    meta = stored_meta(raw, path)
-    if is_unset(net):
-        net = None
-    if net is None and isinstance(raw, Mapping) and isinstance(raw.get("net"), str):
-        net = raw["net"]
-    state = extract_model_state(raw, path)
-    net = choose("net", net, meta, path) if "net" in meta else (net or detect_net(state))
-    if net is None:
-        raise BpmError(f"{path}: cannot tell the network from its keys; pass --net resnet50 or --net mobilenetV2")
-    last_conv_stride = choose("last_conv_stride", last_conv_stride, meta, path)
-    if any(k.startswith(("fc.", "classifier.")) for k in state):
-        model = build_model(net, last_conv_stride)
-        load_imagenet_weights(model, path)
-        kind = "ImageNet classifier weights (backbone only)"
-    else:
-        # Pooling and neck as trained; the training-only ID head (head.*) is never exported.
-        model = build_model_for_state(net, last_conv_stride, state)
-        load_model_weights_from_state(model, inference_state(state), path)
-        kind = "training checkpoint" if isinstance(raw, Mapping) and "state_dicts" in raw else "re-ID weights"
-    model.input_meta = meta  # what the file says about its input; {} for older files (bpm.models.meta)
-    return model.float().eval(), kind
 
 
 def weights_state(model: torch.nn.Module, opt_level: str = "O0", keep_batchnorm_fp32: bool = True) -> StateDict:

@@ -8,6 +8,10 @@ A criterion returns ``(loss, stats)``; ``stats`` is a flat dict of floats that t
 run log, TensorBoard and the plots show whatever it holds. With the triplet loss alone the stats
 are exactly the original's (``loss``, ``precision``, ``satisfy_margin``, ``dist_ap``, ``dist_an``);
 with several terms ``loss`` is the total and each term's own loss is ``<term>_loss``.
+
+Distillation (:mod:`bpm.losses.distill`) adds ``distill`` and ``relational`` terms on the retrieval
+feature (after the neck), fed the teacher's targets. Samples labelled ``-1`` (unlabelled crops from
+``--distill_extra``) are seen by those terms only; the ID, triplet and centre terms skip them.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import torch
 
 from bpm.losses.center import CenterLoss
 from bpm.losses.cross_entropy import CrossEntropyLabelSmooth
+from bpm.losses.distill import EmbeddingDistillation, RelationalDistillation
 from bpm.losses.triplet import BatchHardTripletLoss
 
 # Gathers (features, labels) from every rank for hard-example mining across the global batch.
@@ -36,6 +41,14 @@ class LossConfig:
     label_smoothing: float = 0.1
     center_loss_weight: float = 0.0
     center_alpha: float = 0.5
+    distill_weight: float = 0.0
+    relational_weight: float = 0.0
+    distill_metric: str = "cosine"
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether a term compares with a teacher's embeddings (:mod:`bpm.distill`)."""
+        return self.distill_weight > 0 or self.relational_weight > 0
 
     @property
     def needs_classes(self) -> bool:
@@ -44,9 +57,10 @@ class LossConfig:
 
 
 class ReidCriterion(torch.nn.Module):
-    """``triplet_weight * triplet + id_loss_weight * ID + center_loss_weight * centre``."""
+    """``triplet_weight * triplet + id_loss_weight * ID + center_loss_weight * centre``
+    ``+ distill_weight * distill + relational_weight * relational``."""
 
-    def __init__(self, config: LossConfig, num_classes: int = 0, feature_dim: int = 0) -> None:
+    def __init__(self, config: LossConfig, num_classes: int = 0, feature_dim: int = 0, teacher_dim: int = 0) -> None:
         super().__init__()
         if config.needs_classes and num_classes <= 0:
             raise ValueError("the ID and centre losses need the number of training identities")
@@ -56,12 +70,31 @@ class ReidCriterion(torch.nn.Module):
         self.id_loss = CrossEntropyLabelSmooth(config.label_smoothing) if config.id_loss_weight > 0 else None
         self.center = (CenterLoss(num_classes, feature_dim, config.center_alpha)
                        if config.center_loss_weight > 0 else None)
-        if self.triplet is None and self.id_loss is None and self.center is None:
+        # The projection head (a training-only parameter) lives here, never in the model.
+        self.distill = (EmbeddingDistillation(feature_dim, teacher_dim, config.distill_metric)
+                        if config.distill_weight > 0 else None)
+        self.relational = RelationalDistillation() if config.relational_weight > 0 else None
+        if self.triplet is None and self.id_loss is None and self.center is None and not config.needs_teacher:
             raise ValueError("the criterion has no term: give the triplet, ID or centre loss a positive weight")
 
-    def forward(self, outputs, targets: torch.Tensor, gather: Gather | None = None) -> tuple[torch.Tensor, dict]:
-        """``outputs``: a :class:`bpm.models.reid.ReidOutput`; ``targets``: class indices 0..C-1."""
+    def forward(self, outputs, targets: torch.Tensor, gather: Gather | None = None,
+                teacher: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """``outputs``: a :class:`bpm.models.reid.ReidOutput`; ``targets``: class indices 0..C-1, or -1 for an
+        unlabelled sample; ``teacher``: the teacher's normalised embeddings, one row per sample."""
         terms: list[tuple[str, float, torch.Tensor, dict]] = []
+        distill_terms: list[tuple[str, float, torch.Tensor, dict]] = []  # on every sample, unlabelled ones too
+        if self.config.needs_teacher:
+            if teacher is None:
+                raise ValueError("the distillation terms need the teacher's embeddings")
+            if self.distill is not None:
+                distill_terms.append(("distill", self.config.distill_weight, *self.distill(outputs.features, teacher)))
+            if self.relational is not None:
+                distill_terms.append(("relational", self.config.relational_weight,
+                                      *self.relational(outputs.features, teacher)))
+        labelled = targets >= 0
+        if not bool(labelled.all()):
+            outputs = type(outputs)(*(None if t is None else t[labelled] for t in outputs))
+            targets = targets[labelled]
         if self.triplet is not None:
             features, labels = outputs.pre_neck, targets
             if gather is not None:
@@ -73,6 +106,7 @@ class ReidCriterion(torch.nn.Module):
             terms.append(("id", self.config.id_loss_weight, *self.id_loss(outputs.logits, targets)))
         if self.center is not None:
             terms.append(("center", self.config.center_loss_weight, *self.center(outputs.pre_neck, targets)))
+        terms += distill_terms
         if len(terms) == 1 and terms[0][1] == 1.0:
             return terms[0][2], terms[0][3]
         total = sum(weight * loss for _name, weight, loss, _stats in terms)

@@ -1,10 +1,11 @@
 """``--net_pretrained_path``: where the backbone's initial weights come from.
 
-* ``imagenet`` (the training default, as the original always started from ImageNet): torchvision's
-  ImageNet weights of the backbone (:attr:`BackboneSpec.imagenet_weights`, e.g.
-  ``MobileNet_V2_Weights.IMAGENET1K_V1``) through torchvision's weights API. The file is
-  downloaded once into torch's hub cache, ``$TORCH_HOME/hub/checkpoints/`` (``TORCH_HOME``
-  defaults to ``~/.cache/torch``), and read from there afterwards; offline, copy it there by hand.
+* ``imagenet`` (the training default, as the original always started from ImageNet): the backbone's
+  declared ImageNet source: torchvision's weights (:attr:`BackboneSpec.imagenet_weights`, e.g.
+  ``MobileNet_V2_Weights.IMAGENET1K_V1``) through torchvision's weights API, downloaded once into
+  torch's hub cache, ``$TORCH_HOME/hub/checkpoints/`` (``TORCH_HOME`` defaults to ``~/.cache/torch``),
+  and read from there afterwards (offline, copy it there by hand); or, for a network torchvision
+  does not ship, a file name in that cache (:attr:`BackboneSpec.imagenet_file`) put there by hand.
 * ``none`` (or the empty string, the original's default): random weights, nothing is read.
 * anything else: a local file: an ImageNet file in torchvision's layout or the original's
   ``mobilenet_v2.pth.tar`` (tonylins) layout, or a re-ID checkpoint/weights file (its backbone
@@ -34,8 +35,9 @@ DOWNLOAD_TIMEOUT_S = 30.0
 
 
 def imagenet_cache_file(spec: BackboneSpec) -> Path:
-    """Where torchvision's weights API keeps ``spec``'s ImageNet file: ``<torch hub dir>/checkpoints/<url name>``."""
-    name = os.path.basename(urlparse(spec.imagenet_weights.url).path)
+    """Where ``spec``'s ImageNet file is kept: ``<torch hub dir>/checkpoints/<url name or declared file name>``."""
+    name = os.path.basename(urlparse(spec.imagenet_weights.url).path) if spec.imagenet_weights is not None \
+        else spec.imagenet_file
     return Path(torch.hub.get_dir()) / "checkpoints" / name
 
 
@@ -62,7 +64,8 @@ def fetch_imagenet_state(spec: BackboneSpec, progress: bool = True,
 
     A cached file is read without touching the network. Otherwise torchvision's weights API
     downloads it (the hash prefix in the file name is checked); when that fails (offline, a
-    timeout, a bad hash) the error is one line saying which file to put where.
+    timeout, a bad hash), or the backbone has no torchvision weights, the error is one line
+    saying which file to put where.
     """
     cached = imagenet_cache_file(spec)
     if cached.is_file():
@@ -71,6 +74,10 @@ def fetch_imagenet_state(spec: BackboneSpec, progress: bool = True,
         except BpmError as exc:
             raise BpmError(f"{exc}; delete it to download it again, or pass --net_pretrained_path none "
                            f"or a local weights file") from None
+    if spec.imagenet_weights is None:
+        raise BpmError(f"--net_pretrained_path imagenet: {spec.name}'s ImageNet file {cached.name} is not in "
+                       f"{cached.parent}/ (torch's hub cache, $TORCH_HOME/hub/checkpoints); put it there, or pass "
+                       f"--net_pretrained_path none (random weights) or --net_pretrained_path <local weights file>")
     try:
         with _socket_timeout(timeout):
             state = spec.imagenet_weights.get_state_dict(progress=progress, check_hash=True, weights_only=True)
@@ -97,8 +104,10 @@ def init_backbone(model: nn.Module, source: str | None, log: Callable[[str], Non
     if text.lower() == IMAGENET:
         spec = get_backbone(model.net)
         cached = imagenet_cache_file(spec)
-        where = f"from {cached}" if cached.is_file() else f"downloading {spec.imagenet_weights.url} to {cached}"
-        line = _log(log, f"Initial weights: ImageNet (torchvision {spec.imagenet_name}) {where}")
+        where = f"from {cached}" if cached.is_file() or spec.imagenet_weights is None \
+            else f"downloading {spec.imagenet_weights.url} to {cached}"
+        source = f"torchvision {spec.imagenet_name}" if spec.imagenet_weights is not None else spec.imagenet_name
+        line = _log(log, f"Initial weights: ImageNet ({source}) {where}")
         state, path = fetch_imagenet_state(spec, progress)
         _layout, trunk = imagenet_trunk_state(model, state, path)
         load_trunk_state(model, trunk, path)

@@ -1,10 +1,10 @@
-"""What a weights file knows about its input: size, last stride, normalisation, network, recipe, neck.
+"""Where a weights file records its :class:`~bpm.models.input_spec.InputSpec` (network, size, last stride,
+normalisation, pooling, neck, test-time L2 normalisation) and the recipe it was trained with.
 
 A model trained at 64x32 and evaluated at 256x128 gives a silently different number, so every
-checkpoint and released weights file carries these settings and every reader uses them when
-the user typed nothing (see :func:`bpm.config.unset`); a typed value that differs wins with a
-one-line warning. Files written before this (the original's, older ones) have none, and
-today's defaults apply.
+checkpoint and released weights file carries its spec and :func:`bpm.load_model` uses it unless
+told otherwise (:func:`bpm.models.input_spec.resolve_input_spec`). Files written before this
+(the original's, older ones) have none, and the backbone's defaults apply.
 
 Where it is stored: a checkpoint's top-level ``input`` key; a plain ``base.*`` state_dict
 (``.pt``, the original's release layout) in its ``_metadata[""]["bpm"]`` entry, which
@@ -15,43 +15,22 @@ metadata string (JSON).
 from __future__ import annotations
 
 import json
-import sys
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
-from bpm.config import is_unset
 
 META_KEY = "input"             # checkpoint top-level key
 STATE_META_KEY = "bpm"         # entry of a state_dict's _metadata[""]
 SAFETENSORS_META_KEY = "bpm.input"
 
-# The settings a reader may take from the file when the user did not give them.
-DEFAULTS: dict[str, Any] = {"resize_h_w": (256, 128), "last_conv_stride": 1, "net": "mobilenetV2"}
 
-
-def model_meta(model, resize_h_w: tuple[int, int], recipe: str = "") -> dict[str, Any]:
-    """The input settings of ``model`` (a :class:`bpm.models.reid.ReidModel`) as plain JSON-able values.
-
-    A model the trainer accepts that is not a ReidModel (tests' tiny networks, a user's own module)
-    records what it has; missing attributes become ``None``.
-    """
+def file_meta(spec, recipe: str = "") -> dict[str, Any]:
+    """What a file records: the model's :class:`~bpm.models.input_spec.InputSpec` as plain JSON-able
+    values, the training recipe and the writing bpm's version."""
     from bpm import __version__
-    from bpm.data.transforms import MEAN, STD
 
-    architecture = getattr(model, "architecture", {}) or {}
-    return {
-        "net": getattr(model, "net", None),
-        "resize_h_w": [int(v) for v in resize_h_w],
-        "last_conv_stride": int(getattr(model, "last_conv_stride", 1)),
-        "mean": [float(v) for v in MEAN],
-        "std": [float(v) for v in STD],
-        "pooling": architecture.get("pooling", "avg"),
-        "neck": architecture.get("neck", "none"),
-        "feature_dim": int(model.feature_dim) if hasattr(model, "feature_dim") else None,
-        "recipe": recipe or "",
-        "bpm_version": __version__,
-    }
+    return {**spec.to_meta(), "recipe": recipe or "", "bpm_version": __version__}
 
 
 def attach_to_state(state: Mapping, meta: Mapping[str, Any]) -> OrderedDict:
@@ -93,36 +72,3 @@ def _safetensors_meta(path: str | Path) -> dict | None:
         return json.loads(text) if text else None
     except (OSError, ValueError, json.JSONDecodeError):
         return None
-
-
-def _as_setting(name: str, value: Any) -> Any:
-    if name == "resize_h_w":
-        return (int(value[0]), int(value[1]))
-    if name == "last_conv_stride":
-        return int(value)
-    return str(value)
-
-
-def choose(name: str, given: Any, meta: Mapping[str, Any], source: str | Path, switch: str | None = None) -> Any:
-    """The value to use for setting ``name``: the typed one (warning when it differs from the file's),
-    else the file's, else the given default.
-
-    ``given`` is a value marked with :func:`bpm.config.unset` when the user did not type it, or
-    ``None`` (the Python API's "not given").
-    """
-    typed = given is not None and not is_unset(given)
-    if name not in meta or meta[name] is None:
-        return _as_setting(name, given) if given is not None else DEFAULTS.get(name)
-    stored = _as_setting(name, meta[name])
-    if not typed:
-        return stored
-    value = _as_setting(name, given)
-    if value != stored:
-        flag = switch or f"--{name}"
-        print(f"warning: {flag} {_show(value)} differs from the {_show(stored)} that {source} was trained with; "
-              f"using {_show(value)}", file=sys.stderr)
-    return value
-
-
-def _show(value: Any) -> str:
-    return f"({value[0]}, {value[1]})" if isinstance(value, tuple) and len(value) == 2 else str(value)

@@ -1,8 +1,18 @@
-"""The backbones we know, one :class:`BackboneSpec` each: how to build the trunk, what it outputs,
-where its ImageNet weights come from and how their keys map onto the trunk's.
+"""The backbones we know, one :class:`BackboneSpec` each, registered by a decorator next to their builder.
 
-A new backbone is one entry in :data:`BACKBONES`; the model, the weights loading (ImageNet files,
-checkpoints, released weights) and ``--net`` validation all go through this table.
+Why a decorator: a new backbone is one new file in :mod:`bpm.models.backbones` (plus its test);
+``--net``'s choices, the model, every weights reader and the input normalisation take what the
+file declares, and nothing else needs editing::
+
+    @register_backbone("mobilenet_v2", aliases=("mobilenetV2",), feature_dim=1280, mean=..., std=...,
+                       first_conv_key="features.0.0.weight", classifier_prefix="classifier.",
+                       imagenet_to_trunk=..., imagenet_weights=MobileNet_V2_Weights.IMAGENET1K_V1)
+    class MobileNetV2Trunk(nn.Module): ...
+
+Declared, not guessed: each entry names its ImageNet classifier's key prefix, the key of its first
+convolution in an ImageNet file and the function that turns an ImageNet file into trunk weights.
+A file that records its network (:mod:`bpm.models.meta`) is never guessed at; only files without
+that record (the original's releases, ImageNet files) are recognised by the first-convolution key.
 
 Key levels used below (``<t>`` = a trunk key):
 
@@ -10,25 +20,33 @@ Key levels used below (``<t>`` = a trunk key):
   MobileNet-V2);
 * **model** keys: ``ReidModel.state_dict()``, the trunk under ``base.`` (``base.base.*`` / ``base.features.*``,
   the names of the original's released weights), plus whatever else the model holds (e.g. ``neck.*``);
-* **ImageNet** keys: a torchvision (or the original's) ImageNet classification state_dict.
+* **ImageNet** keys: an ImageNet classification state_dict (torchvision's or the backbone's own layout).
 """
 from __future__ import annotations
 
-import re
+import importlib
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping, TypeVar
 
 import torch
 from torch import nn
-from torchvision.models import MobileNet_V2_Weights, ResNet50_Weights, WeightsEnum
 
 from bpm.errors import BpmError
-from bpm.models.backbones import MobileNetV2Trunk, ResNet50Trunk
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
 
 StateDict = dict[str, torch.Tensor]
+Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
 
 #: Prefix of the trunk's keys inside :class:`bpm.models.reid.ReidModel`'s state_dict.
 MODEL_TRUNK_PREFIX = "base."
+#: The package whose modules register the built-in backbones (imported on first lookup).
+BACKBONE_PACKAGE = "bpm.models.backbones"
+
+
+def _identity(state: Mapping[str, torch.Tensor]) -> StateDict:
+    return dict(state)
 
 
 def _torchvision_layout(state: Mapping[str, torch.Tensor]) -> str:
@@ -39,139 +57,153 @@ def _torchvision_layout(state: Mapping[str, torch.Tensor]) -> str:
 class BackboneSpec:
     """Everything the rest of the package needs to know about one backbone."""
 
+    #: Canonical name (torchvision's spelling where torchvision has the network).
     name: str
     #: ``build(last_conv_stride)`` -> the convolutional trunk, ``[N, 3, H, W]`` -> ``[N, feature_dim, h, w]``.
     build: Callable[[int], nn.Module]
     feature_dim: int
-    #: Whether ``--last_conv_stride`` changes the trunk (ResNet-50's layer4); others ignore it.
-    has_last_stride: bool
-    #: torchvision's ImageNet weights used by ``--net_pretrained_path imagenet``.
-    imagenet_weights: WeightsEnum
-    #: ImageNet classification state_dict (torchvision's or an older layout) -> trunk keys, classifier dropped.
+    #: The ImageNet normalisation the trunk was trained with, for RGB pixels in [0, 1]: ``(x - mean) / std``.
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    #: Key of the first convolution's weight in an ImageNet file of this backbone (recognises meta-less files).
+    first_conv_key: str
+    #: Key prefix of the ImageNet classifier (dropped: re-ID uses the pooled trunk).
+    classifier_prefix: str
+    #: The ImageNet checkpoint filter: ImageNet state_dict (any layout the backbone reads) -> trunk keys,
+    #: classifier dropped.
     imagenet_to_trunk: Callable[[StateDict], StateDict]
+    #: Other spellings ``--net`` and stored files may use (``mobilenetV2``, the original's).
+    aliases: tuple[str, ...] = ()
+    #: The values ``--last_conv_stride`` may take; a backbone without a last-stride switch has ``(1,)``.
+    last_conv_strides: tuple[int, ...] = (1,)
+    #: torchvision's ImageNet weights (``--net_pretrained_path imagenet``), or None ...
+    imagenet_weights: WeightsEnum | None = None
+    #: ... and then the name of the ImageNet file expected in torch's hub cache, ``$TORCH_HOME/hub/checkpoints/``.
+    imagenet_file: str = ""
     #: Trunk-level state_dict in an older layout (e.g. the original's MobileNet-V2) -> the trunk's own keys.
-    normalize_trunk: Callable[[StateDict], StateDict]
-    #: Keys (model, trunk or ImageNet level, ``module.`` stripped) that only this backbone has.
-    key_prefixes: tuple[str, ...]
+    normalize_trunk: Callable[[StateDict], StateDict] = _identity
     #: A short name of the layout of an ImageNet state_dict, for log lines ("torchvision layout").
     describe_imagenet_layout: Callable[[StateDict], str] = _torchvision_layout
+    #: The module that registered it (named in the duplicate-name error).
+    module: str = ""
 
-    def owns_key(self, key: str) -> bool:
-        """Whether a state_dict key (any level) belongs to this backbone."""
-        return re.sub(r"^module\.", "", key).startswith(self.key_prefixes)
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+    @property
+    def trunk_first_conv_key(self) -> str:
+        """:attr:`first_conv_key` as the trunk names it (the ImageNet filter applied to that one key)."""
+        return next(iter(self.imagenet_to_trunk({self.first_conv_key: torch.zeros(1)})))
 
     @property
     def imagenet_name(self) -> str:
-        """``MobileNet_V2_Weights.IMAGENET1K_V1``: torchvision's name of the ImageNet weights."""
-        return f"{type(self.imagenet_weights).__name__}.{self.imagenet_weights.name}"
+        """``MobileNet_V2_Weights.IMAGENET1K_V1`` (torchvision's name) or the hub-cache file name."""
+        if self.imagenet_weights is not None:
+            return f"{type(self.imagenet_weights).__name__}.{self.imagenet_weights.name}"
+        return self.imagenet_file
+
+    def level_of(self, state: Mapping[str, torch.Tensor]) -> str | None:
+        """Which level a state_dict of this backbone is at (``model``, ``trunk``, ``imagenet``), judged
+        by where its first convolution is; None when it has none of them."""
+        if MODEL_TRUNK_PREFIX + self.trunk_first_conv_key in state:
+            return "model"
+        if self.trunk_first_conv_key in state and self.trunk_first_conv_key != self.first_conv_key:
+            return "trunk"
+        if self.first_conv_key in state:
+            return "imagenet"
+        return None
 
 
-# ------------------------------------------------------------------------------------------ ResNet-50
-
-_RESNET_CLASSIFIER = ("fc.",)
-
-
-def _resnet_imagenet_to_trunk(state: Mapping[str, torch.Tensor]) -> StateDict:
-    """torchvision ``resnet50()`` keys (``conv1.*``, ``layer1-4.*``) -> trunk keys (``base.conv1.*``), ``fc.*`` dropped."""
-    return {f"base.{k}": v for k, v in state.items() if not k.startswith(_RESNET_CLASSIFIER)}
+_BACKBONES: dict[str, BackboneSpec] = {}  # canonical name -> spec, in registration order
+_ALIASES: dict[str, str] = {}             # every accepted name -> canonical name
 
 
-# --------------------------------------------------------------------------------------- MobileNet-V2
+def register_backbone(name: str, *, aliases: tuple[str, ...] = (), feature_dim: int,
+                      mean: tuple[float, float, float], std: tuple[float, float, float], first_conv_key: str,
+                      classifier_prefix: str, imagenet_to_trunk: Callable[[StateDict], StateDict],
+                      last_conv_strides: tuple[int, ...] = (1,), imagenet_weights: WeightsEnum | None = None,
+                      imagenet_file: str = "", normalize_trunk: Callable[[StateDict], StateDict] = _identity,
+                      describe_imagenet_layout: Callable[[StateDict], str] = _torchvision_layout,
+                      ) -> Callable[[Builder], Builder]:
+    """Register the decorated builder (``builder(last_conv_stride) -> trunk``) as backbone ``name``.
 
-_TONYLINS_BLOCK = re.compile(r"^(.*features\.\d+\.conv\.)(\d+)\.(.+)$")
-
-
-def is_tonylins_mobilenet(state: Mapping[str, torch.Tensor]) -> bool:
-    """Whether MobileNet-V2 keys are in the original's ``mobilenet_v2.pth.tar`` layout (flat blocks)."""
-    return any(k.endswith("conv.0.weight") for k in state) and not any(".conv.0.0." in k for k in state)
-
-
-def convert_tonylins_mobilenet(state: Mapping[str, torch.Tensor]) -> StateDict:
-    """Rename keys of the original ``mobilenet_v2.pth.tar`` layout to torchvision's (any key prefix).
-
-    The original MobileNet-V2 kept each inverted-residual block flat (conv, bn, relu, ...);
-    torchvision nests the first two conv-bn-relu triples. Blocks with an expansion layer have
-    indices up to 7, the first block (no expansion) up to 4. Other layouts pass unchanged.
+    A name or alias already taken is refused (:class:`BpmError` naming both modules): two files
+    must never silently decide what ``--net X`` means. See :class:`BackboneSpec` for the fields.
     """
-    if not is_tonylins_mobilenet(state):
-        return dict(state)
-    blocks: dict[str, int] = {}
-    for key in state:
-        match = _TONYLINS_BLOCK.match(key)
-        if match:
-            blocks[match.group(1)] = max(blocks.get(match.group(1), 0), int(match.group(2)))
-    expand_map = {0: "0.0", 1: "0.1", 3: "1.0", 4: "1.1", 6: "2", 7: "3"}
-    plain_map = {0: "0.0", 1: "0.1", 3: "1", 4: "2"}
-    renamed: StateDict = {}
-    for key, value in state.items():
-        match = _TONYLINS_BLOCK.match(key)
-        if match:
-            index_map = expand_map if blocks[match.group(1)] == 7 else plain_map
-            key = f"{match.group(1)}{index_map[int(match.group(2))]}.{match.group(3)}"
-        renamed[key] = value
-    return renamed
+    def decorate(builder: Builder) -> Builder:
+        spec = BackboneSpec(
+            name=name, build=builder, feature_dim=feature_dim, mean=tuple(mean), std=tuple(std),
+            first_conv_key=first_conv_key, classifier_prefix=classifier_prefix, imagenet_to_trunk=imagenet_to_trunk,
+            aliases=tuple(aliases), last_conv_strides=tuple(last_conv_strides), imagenet_weights=imagenet_weights,
+            imagenet_file=imagenet_file, normalize_trunk=normalize_trunk,
+            describe_imagenet_layout=describe_imagenet_layout, module=getattr(builder, "__module__", ""),
+        )
+        add_backbone(spec)
+        return builder
+
+    return decorate
 
 
-def _mobilenet_imagenet_to_trunk(state: Mapping[str, torch.Tensor]) -> StateDict:
-    """torchvision or tonylins ``features.*`` keys -> trunk keys (torchvision's), ``classifier.*`` dropped."""
-    return convert_tonylins_mobilenet({k: v for k, v in state.items() if not k.startswith("classifier.")})
+def add_backbone(spec: BackboneSpec) -> BackboneSpec:
+    """Register a ready :class:`BackboneSpec` (what :func:`register_backbone` does with its arguments)."""
+    if spec.imagenet_weights is None and not spec.imagenet_file:
+        raise BpmError(f"backbone {spec.name!r}: declare imagenet_weights (torchvision) or imagenet_file "
+                       "(a file name in the torch hub cache)")
+    for alias in spec.names:
+        if alias in _ALIASES:
+            owner = _BACKBONES[_ALIASES[alias]]
+            raise BpmError(f"backbone name {alias!r} of {spec.module or spec.name} is already registered by "
+                           f"{owner.module or owner.name} ({owner.name}); choose another name")
+    _BACKBONES[spec.name] = spec
+    _ALIASES.update({alias: spec.name for alias in spec.names})
+    return spec
 
 
-def _mobilenet_layout(state: Mapping[str, torch.Tensor]) -> str:
-    return "tonylins layout" if is_tonylins_mobilenet(state) else "torchvision layout"
+def _load_builtin() -> None:
+    importlib.import_module(BACKBONE_PACKAGE)  # its modules register themselves on import
 
 
-# ------------------------------------------------------------------------------------------- registry
+def list_backbones() -> list[str]:
+    """Canonical names of the registered backbones, in registration order."""
+    _load_builtin()
+    return list(_BACKBONES)
 
-def _identity(state: Mapping[str, torch.Tensor]) -> StateDict:
-    return dict(state)
 
-
-BACKBONES: dict[str, BackboneSpec] = {
-    spec.name: spec
-    for spec in (
-        BackboneSpec(
-            name="resnet50",
-            build=ResNet50Trunk,
-            feature_dim=2048,
-            has_last_stride=True,
-            imagenet_weights=ResNet50_Weights.IMAGENET1K_V1,
-            imagenet_to_trunk=_resnet_imagenet_to_trunk,
-            normalize_trunk=_identity,
-            key_prefixes=("base.base.", "base.conv1.", "base.bn1.", "base.layer",
-                          "conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.", "fc."),
-        ),
-        BackboneSpec(
-            name="mobilenetV2",
-            build=MobileNetV2Trunk,
-            feature_dim=1280,
-            has_last_stride=False,
-            imagenet_weights=MobileNet_V2_Weights.IMAGENET1K_V1,
-            imagenet_to_trunk=_mobilenet_imagenet_to_trunk,
-            normalize_trunk=convert_tonylins_mobilenet,
-            key_prefixes=("base.features.", "features.", "classifier."),
-            describe_imagenet_layout=_mobilenet_layout,
-        ),
-    )
-}
+def backbone_choices() -> list[str]:
+    """Every name ``--net`` accepts: canonical names, then aliases."""
+    _load_builtin()
+    return list(_BACKBONES) + [a for a, canonical in _ALIASES.items() if a != canonical]
 
 
 def get_backbone(name: str) -> BackboneSpec:
-    """The spec registered as ``name``; an unknown name is a one-line :class:`BpmError` listing the choices."""
+    """The spec registered as ``name`` (or an alias of it); an unknown name is a one-line :class:`BpmError`."""
+    _load_builtin()
     try:
-        return BACKBONES[name]
+        return _BACKBONES[_ALIASES[name]]
     except (KeyError, TypeError):
-        raise BpmError(f"--net: unknown network {name!r}; expected one of {', '.join(BACKBONES)}") from None
+        raise BpmError(f"--net: unknown network {name!r}; expected one of {', '.join(_BACKBONES)}") from None
 
 
-def detect_backbone(state: Mapping[str, torch.Tensor]) -> BackboneSpec | None:
-    """The backbone owning most keys of a state_dict (any level), or None when none owns any.
+def canonical_name(name: str) -> str:
+    """``mobilenetV2`` -> ``mobilenet_v2``: the name files written today record."""
+    return get_backbone(name).name
 
-    Keys no backbone owns (a neck, a head, ...) do not count either way.
+
+def backbones_in(state: Mapping[str, torch.Tensor]) -> list[tuple[BackboneSpec, str]]:
+    """(spec, level) of every registered backbone whose first convolution the state_dict holds.
+
+    Only for files that do not record their network (the original's, ImageNet files): two
+    backbones sharing a first layer (ResNet-50 and a ResNet-101) both match, and the caller
+    must then be told the network.
     """
-    counts = {name: sum(spec.owns_key(k) for k in state) for name, spec in BACKBONES.items()}
-    best = max(counts, key=counts.__getitem__, default=None)
-    return BACKBONES[best] if best is not None and counts[best] > 0 else None
+    _load_builtin()
+    found = []
+    for spec in _BACKBONES.values():
+        level = spec.level_of(state)
+        if level is not None:
+            found.append((spec, level))
+    return found
 
 
 def split_model_state(state: Mapping[str, torch.Tensor]) -> tuple[StateDict, StateDict]:

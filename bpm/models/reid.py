@@ -6,7 +6,8 @@ output; with no neck the pooled trunk feature, as in the original). In train mod
 
 State-dict keys: ``base.*`` (the trunk, named as in the original's released weights), ``pool.p``
 (GeM only), ``neck.bn.*`` (BNNeck only), ``head.weight`` (training only; never released). The
-architecture of a weights file can therefore be read from its keys (:func:`architecture_of`).
+architecture of a meta-less weights file (the original's) can therefore be read from its keys
+(:func:`architecture_of`); files written today record it (:mod:`bpm.models.meta`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from typing import Mapping, NamedTuple
 import torch
 from torch import nn
 
-from bpm.config import is_unset, unset
 from bpm.models.backbones import build_backbone
 from bpm.models.heads import HEAD_PREFIX, build_id_head
 from bpm.models.necks import build_neck
@@ -37,10 +37,13 @@ class ReidModel(nn.Module):
     def __init__(self, net: str, last_conv_stride: int = 1, pooling: str = "avg", neck: str = "none",
                  num_classes: int = 0) -> None:
         super().__init__()
-        self.net = str(net)  # plain str/int: a command-line default marker must never reach a checkpoint
+        from bpm.models.registry import get_backbone
+
+        spec = get_backbone(str(net))
+        self.net = spec.name  # mobilenetV2 -> mobilenet_v2: files record the canonical name
         self.last_conv_stride = int(last_conv_stride)
-        self.base = build_backbone(net, last_conv_stride)
-        self.feature_dim: int = self.base.feature_dim
+        self.base = build_backbone(self.net, self.last_conv_stride)  # refuses a stride the backbone lacks
+        self.feature_dim: int = spec.feature_dim
         self.pool = build_pooling(pooling)
         self.neck = build_neck(neck, self.feature_dim)
         self.head = build_id_head(self.feature_dim, num_classes) if num_classes > 0 else None
@@ -67,7 +70,7 @@ def inference_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     return {k: v for k, v in state.items() if not k.removeprefix("module.").startswith(HEAD_PREFIX)}
 
 
-def build_model(net: str = "mobilenetV2", last_conv_stride: int = 1, pretrained_path: str | None = None,
+def build_model(net: str = "mobilenet_v2", last_conv_stride: int = 1, pretrained_path: str | None = None,
                 pooling: str = "avg", neck: str = "none", num_classes: int = 0) -> ReidModel:
     """Create a model, optionally initialising its backbone from a local ImageNet weights file."""
     model = ReidModel(net, last_conv_stride, pooling, neck, num_classes)
@@ -75,28 +78,4 @@ def build_model(net: str = "mobilenetV2", last_conv_stride: int = 1, pretrained_
         from bpm.models.weights import load_imagenet_weights
 
         load_imagenet_weights(model, pretrained_path)
-    return model
-
-
-def build_model_for_state(net: str, last_conv_stride: int, state: Mapping[str, torch.Tensor]) -> ReidModel:
-    """An inference model (no head) with the pooling and neck that ``state`` was trained with."""
-    return ReidModel(net, last_conv_stride, **architecture_of(state))
-
-
-def load_inference_model(path, net: str, last_conv_stride: int = 1) -> ReidModel:
-    """The model stored in a checkpoint or weights file, shaped as it was trained (pooling and neck
-    read from its keys) and without the training-only ID head; the one loader behind ``bpm test``,
-    ``bpm visualize``, ``bpm export`` and :class:`bpm.FeatureExtractor`."""
-    from bpm.models.meta import choose, stored_meta
-    from bpm.models.weights import detect_net, extract_model_state, load_model_weights_from_state, read_weights_file
-
-    raw = read_weights_file(path)
-    state = extract_model_state(raw, path)
-    meta = stored_meta(raw, path)
-    if "net" not in meta and is_unset(net):
-        net = unset(detect_net(state) or net)  # a file without settings: its keys tell the network
-    net = choose("net", net, meta, path)
-    model = build_model_for_state(net, choose("last_conv_stride", last_conv_stride, meta, path), state)
-    load_model_weights_from_state(model, inference_state(state), path)
-    model.input_meta = meta  # what the file says about its input (resize_h_w, ...); {} for older files
     return model

@@ -6,8 +6,9 @@ or FP32), DataParallel/DDP ``module.`` prefixes, torchvision ImageNet files, the
 ``mobilenet_v2.pth.tar`` layout, and ``.safetensors``. Every pickle is opened with
 ``torch.load(weights_only=True)``, which refuses anything that would execute code.
 
-What is network-specific (which keys belong to which backbone, how ImageNet keys map onto the
-trunk) comes from :mod:`bpm.models.registry`; ``--net_pretrained_path imagenet`` is
+What is network-specific (each backbone's first-layer and classifier keys, how ImageNet keys map
+onto the trunk) is declared in :mod:`bpm.models.registry`; a model from a file is
+:func:`bpm.load_model` (:mod:`bpm.models.loading`); ``--net_pretrained_path imagenet`` is
 :mod:`bpm.models.imagenet`.
 """
 from __future__ import annotations
@@ -22,8 +23,8 @@ import torch
 from torch import nn
 
 from bpm.errors import BpmError
-from bpm.models.registry import (  # noqa: F401  (convert_tonylins_mobilenet: re-exported for older imports)
-    MODEL_TRUNK_PREFIX, StateDict, convert_tonylins_mobilenet, detect_backbone, get_backbone, split_model_state,
+from bpm.models.registry import (
+    MODEL_TRUNK_PREFIX, BackboneSpec, StateDict, backbones_in, get_backbone, split_model_state,
 )
 
 
@@ -111,10 +112,25 @@ def check_weight_dtypes(state: Mapping[str, torch.Tensor], path: str | Path) -> 
                        "weights (a quantised or corrupted file?)")
 
 
-def detect_net(state: Mapping[str, torch.Tensor]) -> str | None:
-    """Which registered network a state_dict belongs to, judged from its key names (any level)."""
-    spec = detect_backbone(state)
-    return spec.name if spec is not None else None
+def backbone_of_state(state: Mapping[str, torch.Tensor], path: str | Path = "<weights>") -> tuple[BackboneSpec, str]:
+    """(backbone, level) of a state_dict whose file does not record its network: the one registered
+    backbone whose first convolution it holds (:meth:`BackboneSpec.level_of`). None found, or several
+    sharing a first layer, is a one-line error asking for ``--net``."""
+    found = backbones_in(state)
+    if len(found) == 1:
+        return found[0]
+    names = " or ".join(f"--net {spec.name}" for spec, _ in found) or "--net <network>"
+    what = "several networks share its first layer" if found else "it holds no registered network's first layer"
+    raise BpmError(f"{path}: records no network and {what}; pass {names}")
+
+
+def refuse_other_backbone(state: Mapping[str, torch.Tensor], spec: BackboneSpec, path: str | Path) -> None:
+    """A one-line error when ``state`` holds another backbone's first layer but not ``spec``'s."""
+    if spec.level_of(state) is not None:
+        return
+    others = [other for other, _level in backbones_in(state) if other is not spec]
+    if others:
+        raise BpmError(f"{path}: holds {others[0].name} weights, but --net is {spec.name}")
 
 
 def _describe_mismatch(missing: list[str], unexpected: list[str]) -> str:
@@ -155,13 +171,12 @@ def load_model_weights_from_state(model: nn.Module, state: StateDict, path: str 
     """:func:`load_model_weights` for a state_dict already in memory (e.g. from a checkpoint)."""
     state = {re.sub(r"^module\.", "", k): v for k, v in state.items()}
     check_weight_dtypes(state, path)
-    found = detect_backbone(state)
     net = getattr(model, "net", None)
-    if found is not None and net is not None and found.name != net:
-        raise BpmError(f"{path}: holds {found.name} weights, but --net is {net}")
+    spec = get_backbone(net) if net is not None else None
+    if spec is not None:
+        refuse_other_backbone(state, spec, path)
     if not any(k.startswith(MODEL_TRUNK_PREFIX) for k in state):  # a bare trunk file
         state = {f"{MODEL_TRUNK_PREFIX}{k}": v for k, v in state.items()}
-    spec = get_backbone(net) if net is not None else found
     if spec is not None:
         trunk, rest = split_model_state(state)
         state = {**{f"{MODEL_TRUNK_PREFIX}{k}": v for k, v in spec.normalize_trunk(trunk).items()}, **rest}
@@ -197,9 +212,7 @@ def imagenet_trunk_state(model: nn.Module, state: Mapping[str, torch.Tensor],
     spec = get_backbone(model.net)
     state = {re.sub(r"^module\.", "", k): v for k, v in state.items()}
     check_weight_dtypes(state, path)
-    found = detect_backbone(state)
-    if found is not None and found is not spec:
-        raise BpmError(f"{path}: holds {found.name} weights, but --net is {spec.name}")
+    refuse_other_backbone(state, spec, path)
     readings = [(spec.describe_imagenet_layout(state), spec.imagenet_to_trunk(state))]
     model_trunk, _rest = split_model_state(state)
     if model_trunk:

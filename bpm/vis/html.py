@@ -39,6 +39,8 @@ window.addEventListener("load", function () {
   document.body.setAttribute("data-loaded", String(loaded));
 });
 """
+LOAD_CHECK_SCRIPT = _SCRIPT
+"""Marks images that failed to load and records the counts in ``data-`` attributes (other pages reuse it)."""
 
 
 @dataclass(frozen=True)

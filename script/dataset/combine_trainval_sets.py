@@ -22,10 +22,12 @@ MEMBERS = (
 def main() -> int:
     parser = make_parser(description="Combine Trainval Set of Market1501, CUHK03, DukeMTMC-reID")
     for name, folder in MEMBERS:
-        parser.add_argument(f"--{name}_im_dir", default=f"{folder}/images")
+        parser.add_argument(f"--{name}_im_dir", default=f"{folder}/images",
+                            help=f"{name} images in the converted layout (written by transform_{name}.py)")
         parser.add_argument(f"--{name}_partition_file", default=None,
-                            help=f"default: partitions.pkl beside --{name}_im_dir ({folder}/partitions.pkl)")
-    parser.add_argument("--save_dir", default="~/Dataset/market1501_cuhk03_duke")
+                            help=f"{name} partition file (default: partitions.pkl beside --{name}_im_dir ({folder}/partitions.pkl))")
+    parser.add_argument("--save_dir", default="~/Dataset/market1501_cuhk03_duke",
+                        help="folder to write the combined images/ and partitions.pkl into")
     args = parser.parse_args()
     expand = os.path.expanduser
     im_dirs = [expand(getattr(args, f"{name}_im_dir")) for name, _ in MEMBERS]

@@ -14,10 +14,11 @@ from bpm.helpformat import make_parser  # noqa: E402
 
 def main() -> int:
     parser = make_parser(description="Transform CUHK03 Dataset")
-    parser.add_argument("--zip_file", default="~/Dataset/cuhk03/cuhk03_release.zip")
-    parser.add_argument("--save_dir", default="~/Dataset/cuhk03")
+    parser.add_argument("--zip_file", default="~/Dataset/cuhk03/cuhk03_release.zip", help="the CUHK03 release zip")
+    parser.add_argument("--save_dir", default="~/Dataset/cuhk03",
+                        help="folder to write detected/ and labeled/ (images/ + partitions.pkl each) into")
     parser.add_argument("--train_test_partition_file", default=None,
-                        help="default: re_ranking_train_test_split.pkl beside --zip_file")
+                        help="the new protocol's split (default: re_ranking_train_test_split.pkl beside --zip_file)")
     args = parser.parse_args()
     expand = os.path.expanduser
     if args.train_test_partition_file is None:  # follows --zip_file, wherever that points

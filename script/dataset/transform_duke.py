@@ -14,8 +14,8 @@ from bpm.helpformat import make_parser  # noqa: E402
 
 def main() -> int:
     parser = make_parser(description="Transform DukeMTMC-reID Dataset")
-    parser.add_argument("--zip_file", default="~/Dataset/duke/DukeMTMC-reID.zip")
-    parser.add_argument("--save_dir", default="~/Dataset/duke")
+    parser.add_argument("--zip_file", default="~/Dataset/duke/DukeMTMC-reID.zip", help="the DukeMTMC-reID release zip")
+    parser.add_argument("--save_dir", default="~/Dataset/duke", help="folder to write images/ and partitions.pkl into")
     args = parser.parse_args()
 
     def work() -> None:

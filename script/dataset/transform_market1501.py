@@ -14,8 +14,9 @@ from bpm.helpformat import make_parser  # noqa: E402
 
 def main() -> int:
     parser = make_parser(description="Transform Market1501 Dataset")
-    parser.add_argument("--zip_file", default="~/Dataset/market1501/Market-1501-v15.09.15.zip")
-    parser.add_argument("--save_dir", default="~/Dataset/market1501")
+    parser.add_argument("--zip_file", default="~/Dataset/market1501/Market-1501-v15.09.15.zip",
+                        help="the Market-1501 release zip")
+    parser.add_argument("--save_dir", default="~/Dataset/market1501", help="folder to write images/ and partitions.pkl into")
     args = parser.parse_args()
 
     def work() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bpm.config import (add_device_switches, add_model_switches, add_precision_switches,  # noqa: E402
-                        add_weights_switches, is_unset, model_settings, precision_settings)
+                        add_weights_switches, model_settings, precision_settings)
 from bpm.errors import BpmError  # noqa: E402
 from bpm.helpformat import make_parser  # noqa: E402
 
@@ -46,11 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.saved_feature_mat_file)
         if out.suffix != ".mat":
             out = out.with_name(out.name + ".mat")
-        model, precision = model_settings(args), precision_settings(args)
-        extractor = FeatureExtractor(weights, net=None if is_unset(model.net) else model.net,
-                                     device=resolve_device(tuple(args.sys_device_ids)), resize_h_w=model.resize_h_w,
+        typed, precision = model_settings(args).overrides(), precision_settings(args)
+        extractor = FeatureExtractor(weights, net=typed["net"],
+                                     device=resolve_device(tuple(args.sys_device_ids)), resize_h_w=typed["resize_h_w"],
                                      opt_level=precision.opt_level, backend="torch",
-                                     last_conv_stride=model.last_conv_stride, amp_dtype=precision.amp_dtype,
+                                     last_conv_stride=typed["last_conv_stride"], amp_dtype=precision.amp_dtype,
                                      keep_batchnorm_fp32=precision.keep_batchnorm_fp32)
         features, names = extract_folder(extractor, args.image_dir, out)
     except BpmError as exc:

@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from bpm.data.transforms import MEAN, STD, model_input
+from bpm.data.transforms import model_input
+from bpm.models.input_spec import IMAGENET_MEAN as MEAN, IMAGENET_STD as STD, InputSpec
 from bpm.data.transforms import test_transform as make_test_transform
 from bpm.export.runtime import image_batch
 
@@ -38,5 +39,19 @@ def test_matches_torchvisions_resize_totensor_normalize():
 
 def test_raw_input_is_the_resized_pixels():
     image = _images(1)[0]
-    raw = model_input(image, (16, 8), raw=True)
+    raw = model_input(image, InputSpec.for_size((16, 8)).with_(raw_pixels=True))
     assert np.array_equal(raw, np.asarray(image.resize((8, 16), Image.BILINEAR), dtype=np.float32).transpose(2, 0, 1))
+
+
+def test_normalisation_comes_from_the_input_spec():
+    """Backbones differ: EfficientNet-Lite's (x - 127) / 128 is mean 127/255, std 128/255 of [0, 1] pixels."""
+    from bpm.data.transforms import train_transform
+
+    lite = InputSpec(net="lite", resize_h_w=(16, 8), mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+    image = _images(1)[0]
+    pixels = np.asarray(image.resize((8, 16), Image.BILINEAR), dtype=np.float32).transpose(2, 0, 1)
+    assert np.allclose(model_input(image, lite), (pixels - 127) / 128, rtol=0, atol=1e-5)
+    bgr = model_input(image, lite.with_(color="BGR"))
+    assert np.array_equal(bgr, model_input(image, lite)[::-1])
+    normalize = [step for step in train_transform(lite, mirror=False).transforms if isinstance(step, T.Normalize)]
+    assert [tuple(step.mean) for step in normalize] == [lite.mean] and tuple(normalize[0].std) == lite.std

@@ -32,7 +32,7 @@ def test_training_lowers_loss_and_raises_map(tmp_path):
 
     results = json.loads((exp_dir / "results.json").read_text())
     assert set(results) >= {"dataset", "net", "opt_level", "mAP", "mINP", "cmc"}
-    assert results["net"] == "mobilenetV2" and results["opt_level"] == "O0"
+    assert results["net"] == "mobilenet_v2" and results["opt_level"] == "O0"
     assert all(0 <= results["cmc"][k] <= 1 for k in ("1", "5", "10"))
     assert results["mAP"] > results["untrained"]["mAP"] + 0.1, results
     assert (exp_dir / "ckpt.pth").is_file() and (exp_dir / "config.json").is_file()

@@ -10,6 +10,7 @@ from bpm.data.datasets import build_dataset
 from bpm.distributed import DistContext
 from bpm.evaluation.features import embed_images, extract_features, image_tensor, l2_normalize
 from bpm.export.runtime import image_batch
+from bpm.models.input_spec import InputSpec
 from bpm.precision import PrecisionPolicy
 
 SIZE = (32, 16)
@@ -73,7 +74,8 @@ def test_no_images_give_an_empty_array_of_the_feature_size():
 def test_image_tensor_is_the_runtime_batch(gallery):
     paths = [r.path for r in gallery[:3]]
     assert np.array_equal(image_tensor(paths, SIZE).numpy(), image_batch(paths, SIZE))
-    assert np.array_equal(image_tensor(paths, SIZE, raw=True).numpy(), image_batch(paths, SIZE, raw=True))
+    raw = InputSpec.for_size(SIZE).with_(raw_pixels=True)
+    assert np.array_equal(image_tensor(paths, raw).numpy(), image_batch(paths, raw))
 
 
 def test_l2_normalize_is_the_extraction_normalisation():

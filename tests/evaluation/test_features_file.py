@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 from bpm.data.records import ImageRecord
 from bpm.errors import BpmError
-from bpm.evaluation.features_file import (FORMAT_VERSION, FeatureSplit, read_features_file, read_test_sets,
-                                          save_features, write_features_file)
+from bpm.evaluation.features_file import (FORMAT_VERSION, FeatureSplit, evaluation_normalization,
+                                          normalization_attrs, read_features_file, read_test_sets, save_features,
+                                          write_features_file)
 
 
 def _records(n: int, cam: int) -> list[ImageRecord]:
@@ -135,3 +136,34 @@ def test_normalised_reading_is_extractions_normalisation(tmp_path):
     save_features(path, _features(6, 1), _records(6, 2), "x/gallery")
     (saved,) = read_test_sets(path, normalize=True)
     assert np.array_equal(saved.query_features, F.normalize(torch.from_numpy(_features(4) * 7), dim=1).numpy())
+
+
+def _file_with(tmp_path, attrs) -> str:
+    path = tmp_path / "n.h5"
+    write_features_file(path, {"toy/query": FeatureSplit.from_records(_features(2), _records(2, 1))}, attrs)
+    return str(path)
+
+
+@pytest.mark.parametrize("applied,model", [(0, 0), (1, 1), (0, 1)])
+def test_evaluation_follows_the_models_test_time_normalisation(tmp_path, applied, model, capsys):
+    path = _file_with(tmp_path, normalization_attrs(bool(applied), bool(model)))
+    assert read_features_file(path).attrs == {"normalized": applied, "test_normalize": model}
+    # Left out: normalise exactly when the model does and the stored features are not normalised yet.
+    assert evaluation_normalization(path, None) is bool(model and not applied)
+    assert capsys.readouterr().err == ""
+
+
+def test_evaluation_warns_when_told_otherwise(tmp_path, capsys):
+    bnneck = _file_with(tmp_path, normalization_attrs(True, True))
+    assert evaluation_normalization(bnneck, True) is True and capsys.readouterr().err == ""
+    assert evaluation_normalization(bnneck, False) is False  # stored normalised: false cannot undo it
+    err = capsys.readouterr().err
+    assert err.startswith("warning: --normalize_feature false") and "stored L2-normalised" in err
+    assert err.count("\n") == 1
+    plain = _file_with(tmp_path, normalization_attrs(False, False))
+    assert evaluation_normalization(plain, True) is True
+    err = capsys.readouterr().err
+    assert "differs from the model's test-time normalisation" in err and "differ from bpm test's" in err
+    older = _file_with(tmp_path, {})  # files written before the record: as told, else off
+    assert evaluation_normalization(older, None) is False and evaluation_normalization(older, True) is True
+    assert capsys.readouterr().err == ""

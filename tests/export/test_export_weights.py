@@ -9,7 +9,8 @@ import torch
 from bpm.errors import BpmError
 from bpm.export.runtime import image_batch
 from bpm.export.verify import cosine_rows
-from bpm.export.weights import load_source_model, weights_state
+from bpm.export.weights import weights_state
+from bpm.models.loading import load_model
 from bpm.models.reid import build_model
 
 from export_helpers import SIZE
@@ -21,8 +22,8 @@ def _features(model, paths):
 
 
 def test_original_checkpoint_loads_and_reproduces_features(original_ckpt, mobilenet, image_paths):
-    model, kind = load_source_model(original_ckpt)
-    assert model.net == "mobilenetV2" and kind == "training checkpoint"
+    model, spec = load_model(original_ckpt)
+    assert model.net == "mobilenet_v2" and model.source_kind == "training checkpoint" and spec.neck == "none"
     torch.testing.assert_close(torch.from_numpy(_features(model, image_paths[:3])),
                                torch.from_numpy(_features(mobilenet, image_paths[:3])))
 
@@ -32,8 +33,8 @@ def test_original_released_fp16_weights_load(tmp_path, mobilenet, image_paths):
     assert all(k.startswith("base.features.") for k in state)
     path = tmp_path / "model_weight_fp16.pth"
     torch.save(state, path)
-    model, kind = load_source_model(path)
-    assert kind == "re-ID weights"
+    model, _spec = load_model(path)
+    assert model.source_kind == "re-ID weights"
     got, want = _features(model, image_paths[:4]), _features(mobilenet, image_paths[:4])
     assert cosine_rows(got, want).min() > 0.999
 
@@ -61,17 +62,17 @@ def test_tonylins_mobilenet_layout_loads_as_imagenet_backbone(tmp_path, mobilene
     state["classifier.1.bias"] = torch.zeros(1000)
     path = tmp_path / "mobilenet_v2.pth.tar"
     torch.save(state, path)
-    model, kind = load_source_model(path)
-    assert model.net == "mobilenetV2" and kind.startswith("ImageNet")
+    model, _spec = load_model(path)
+    assert model.net == "mobilenet_v2" and model.source_kind.startswith("ImageNet")
     torch.testing.assert_close(torch.from_numpy(_features(model, image_paths[:2])),
                                torch.from_numpy(_features(mobilenet, image_paths[:2])))
 
 
 def test_weights_of_the_wrong_network_are_refused_clearly(tmp_path):
     path = tmp_path / "resnet.pt"
-    torch.save({k: v for k, v in build_model("resnet50").state_dict().items() if "layer4" in k}, path)
-    with pytest.raises(BpmError, match="holds resnet50 weights, but --net is mobilenetV2"):
-        load_source_model(path, net="mobilenetV2")
+    torch.save(build_model("resnet50").state_dict(), path)
+    with pytest.raises(BpmError, match="holds resnet50 weights, but --net is mobilenet_v2"):
+        load_model(path, net="mobilenetV2")
 
 
 class _RunsCode:
@@ -83,7 +84,7 @@ def test_a_pickle_that_carries_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": _RunsCode()}, path)
     with pytest.raises(BpmError, match="refused"):
-        load_source_model(path, net="mobilenetV2")
+        load_model(path, net="mobilenetV2")
 
 
 def test_o2_weights_are_fp16_with_fp32_batchnorm(mobilenet):

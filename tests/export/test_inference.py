@@ -52,7 +52,7 @@ def test_onnx_backend_matches_torch_backend(original_ckpt, onnx_file, image_path
 
 
 def test_extractor_errors_are_clear(original_ckpt, onnx_file):
-    with pytest.raises(BpmError, match="holds mobilenetV2"):
+    with pytest.raises(BpmError, match="holds mobilenetV2, but --net is resnet50"):
         bpm.FeatureExtractor(onnx_file, net="resnet50")
     with pytest.raises(BpmError, match="--opt-level applies to the torch backend"):
         bpm.FeatureExtractor(onnx_file, opt_level="O2")

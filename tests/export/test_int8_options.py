@@ -77,7 +77,7 @@ def test_report_names_calibration_equalisation_sensitivity_and_machine(int8_repo
     cosines = [row["cosine_alone"] for row in int8["sensitivity"]]
     assert cosines == sorted(cosines) and all(row["activation"] for row in int8["sensitivity"])
     assert report["machine"].startswith("machine:")
-    proto = onnx.load(str(out / "mobilenetV2_64x32_int8.onnx"))
+    proto = onnx.load(str(out / "mobilenet_v2_64x32_int8.onnx"))
     assert any(node.op_type.startswith("QLinear") for node in proto.graph.node)
 
 

@@ -50,7 +50,7 @@ def test_every_format_is_written_and_verified(exported):
     for path in result["files"].values():
         assert path.is_file() and path.stat().st_size > 0
     names = sorted(p.name for p in out.iterdir())
-    assert "mobilenetV2_64x32_int8.onnx" in names and "mobilenetV2_64x32_fp16.onnx" in names
+    assert "mobilenet_v2_64x32_int8.onnx" in names and "mobilenet_v2_64x32_fp16.onnx" in names
     report = json.loads((out / "export_report.json").read_text())
     assert report["passed"] is True
     assert {row["format"] for row in report["formats"]} == set(FORMATS)
@@ -164,7 +164,8 @@ def test_baked_normalization_takes_raw_pixels(tmp_path, original_ckpt, mobilenet
                         log=lambda line: None)
     runner = OnnxModel(result["files"]["onnx"])
     assert runner.spec.bake_normalization and runner.spec.input_name == "pixels"
-    raw = image_batch(image_paths[:2], SIZE, raw=True)
+    raw = image_batch(image_paths[:2], runner.spec.input_spec)
+    assert runner.spec.input_spec.raw_pixels
     assert raw.max() > 200
     with torch.no_grad():
         want = mobilenet(torch.from_numpy(image_batch(image_paths[:2], SIZE))).numpy()
@@ -179,3 +180,9 @@ def test_cli_rejects_unknown_format_and_missing_weights(tmp_path, capsys):
     assert exit_info.value.code == 2 and "unknown format(s) tflite" in capsys.readouterr().err
     assert main(["export", "--weights", str(tmp_path / "none.pt"), "--out", str(tmp_path), "--formats", "onnx"]) == 2
     assert "weights file not found" in capsys.readouterr().err
+
+
+def test_an_onnx_file_is_refused_as_export_source(tmp_path):
+    with pytest.raises(BpmError, match="bpm export reads PyTorch weights") as info:
+        run_export(ExportOptions(weights=str(tmp_path / "m.onnx"), out_dir=str(tmp_path / "out")))
+    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()

@@ -18,7 +18,7 @@ from bpm.models.imagenet import imagenet_cache_file, init_backbone
 from bpm.models.registry import get_backbone
 from bpm.models.reid import ReidModel
 
-TORCHVISION = {"resnet50": resnet50, "mobilenetV2": mobilenet_v2}
+TORCHVISION = {"resnet50": resnet50, "mobilenetV2": mobilenet_v2, "mobilenet_v2": mobilenet_v2}
 FILE_NAMES = {"resnet50": "resnet50-0676ba61.pth", "mobilenetV2": "mobilenet_v2-b0353104.pth"}  # IMAGENET1K_V1
 
 
@@ -208,11 +208,73 @@ def test_local_file_problems_are_one_line(tmp_path):
         init_backbone(ReidModel("mobilenetV2"), str(tmp_path / "missing.pth"), log=lambda line: None)
     other = tmp_path / "resnet.pth"
     torch.save(resnet50(weights=None).state_dict(), other)
-    with pytest.raises(BpmError, match="holds resnet50 weights, but --net is mobilenetV2"):
+    with pytest.raises(BpmError, match="holds resnet50 weights, but --net is mobilenet_v2"):
         init_backbone(ReidModel("mobilenetV2"), str(other), log=lambda line: None)
     partial = tmp_path / "partial.pth"
     state = mobilenet_v2(weights=None).state_dict()
     state.pop("features.18.0.weight")
     torch.save(state, partial)
-    with pytest.raises(BpmError, match="partial.pth: does not match the mobilenetV2 backbone: 1 missing"):
+    with pytest.raises(BpmError, match="partial.pth: does not match the mobilenet_v2 backbone: 1 missing"):
         init_backbone(ReidModel("mobilenetV2"), str(partial), log=lambda line: None)
+
+
+def _weights_without_counters(model: ReidModel) -> dict:
+    return {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+
+
+def test_torchvision_and_tonylins_imagenet_files_give_the_same_network(torch_home, downloads, tmp_path):
+    """torchvision's MobileNet-V2 file (features.*, classifier.1.*) through --net_pretrained_path imagenet and
+    the original's tonylins layout of the same weights through --net_pretrained_path FILE (and bpm.load_model)."""
+    import bpm
+
+    source = write_cached("mobilenet_v2", torch_home)
+    assert any(k.startswith("classifier.1.") for k in source.state_dict())
+    tonylins = tmp_path / "mobilenet_v2.pth.tar"
+    torch.save(tonylins_layout(source.state_dict()), tonylins)
+    from_cache, from_file = ReidModel("mobilenet_v2"), ReidModel("mobilenetV2")
+    init_backbone(from_cache, "imagenet", log=lambda line: None)
+    init_backbone(from_file, str(tonylins), log=lambda line: None)
+    want = _weights_without_counters(from_cache)
+    assert set(want) == set(_weights_without_counters(from_file))
+    assert all(torch.equal(want[k], v) for k, v in _weights_without_counters(from_file).items())
+    for path in (tonylins, imagenet_cache_file(get_backbone("mobilenet_v2"))):
+        loaded, spec = bpm.load_model(path)
+        assert loaded.source_kind == "ImageNet classifier weights (backbone only)" and spec.net == "mobilenet_v2"
+        assert all(torch.equal(want[k], v) for k, v in _weights_without_counters(loaded).items())
+    assert downloads == []
+
+
+def test_a_backbone_torchvision_lacks_reads_its_imagenet_file_from_the_hub_cache(torch_home, monkeypatch):
+    """EfficientNet-Lite has no torchvision weights: its registry entry names a file in the hub cache."""
+    from bpm.models import registry
+    from bpm.models.registry import register_backbone
+
+    registry.list_backbones()
+    monkeypatch.setattr(registry, "_BACKBONES", dict(registry._BACKBONES))
+    monkeypatch.setattr(registry, "_ALIASES", dict(registry._ALIASES))
+
+    @register_backbone("hubnet", feature_dim=4, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), first_conv_key="_stem.weight",
+                       classifier_prefix="_fc.", imagenet_file="hubnet-12345678.pth",
+                       imagenet_to_trunk=lambda state: {k.lstrip("_"): v for k, v in state.items()
+                                                        if not k.startswith("_fc.")})
+    class HubNet(torch.nn.Module):
+        def __init__(self, last_conv_stride: int = 1) -> None:
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return self.stem(x)
+
+    spec = get_backbone("hubnet")
+    cached = torch_home / "hub" / "checkpoints" / "hubnet-12345678.pth"
+    assert imagenet_cache_file(spec) == cached
+    with pytest.raises(BpmError) as info:
+        init_backbone(ReidModel("hubnet"), "imagenet", log=lambda line: None)
+    assert "\n" not in str(info.value) and "hubnet-12345678.pth is not in" in str(info.value)
+    cached.parent.mkdir(parents=True)
+    weights = {"_stem.weight": torch.randn(4, 3, 3, 3), "_stem.bias": torch.randn(4), "_fc.weight": torch.ones(2, 4)}
+    torch.save(weights, cached)
+    model, lines = ReidModel("hubnet"), []
+    init_backbone(model, "imagenet", log=lines.append)
+    assert torch.equal(model.base.stem.weight, weights["_stem.weight"])
+    assert lines == [f"Initial weights: ImageNet (hubnet-12345678.pth) from {cached}"]

@@ -15,7 +15,7 @@ from bpm.export.onnx import read_spec
 from bpm.export.pipeline import ExportOptions, run_export
 from bpm.inference import FeatureExtractor
 from bpm.models.meta import stored_meta
-from bpm.models.reid import load_inference_model
+from bpm.models.loading import load_model
 from train_helpers import train_args
 
 
@@ -35,9 +35,9 @@ def _images(world, count=4):
 
 def test_checkpoint_stores_its_input_settings(trained):
     meta = torch.load(trained, weights_only=True)["input"]
-    assert meta["resize_h_w"] == [64, 32] and meta["last_conv_stride"] == 1 and meta["net"] == "mobilenetV2"
+    assert meta["resize_h_w"] == [64, 32] and meta["last_conv_stride"] == 1 and meta["net"] == "mobilenet_v2"
     assert meta["neck"] == "bnneck" and meta["recipe"] == "bot" and meta["feature_dim"] == 1280
-    assert len(meta["mean"]) == 3 and len(meta["std"]) == 3
+    assert len(meta["mean"]) == 3 and len(meta["std"]) == 3 and meta["normalize_features"] is True
 
 
 def test_bpm_test_without_resize_uses_the_checkpoints(trained, tiny_world, tmp_path, capsys):
@@ -64,8 +64,9 @@ def test_old_checkpoint_without_settings_keeps_todays_defaults(trained, tmp_path
     del ckpt["input"]
     old = tmp_path / "old.pth"
     torch.save(ckpt, old)
-    model = load_inference_model(old, "mobilenetV2")
-    assert model.input_meta == {} and model.architecture["neck"] == "bnneck"
+    model, spec = load_model(old, net="mobilenetV2")
+    assert model.source_meta == {} and model.architecture["neck"] == "bnneck"
+    assert spec.neck == "bnneck" and spec.normalize_features and spec.resize_h_w == (256, 128)
     assert FeatureExtractor(old).resize_h_w == (256, 128)
     assert "warning" not in capsys.readouterr().err
 
@@ -73,14 +74,14 @@ def test_old_checkpoint_without_settings_keeps_todays_defaults(trained, tmp_path
 def test_released_weights_files_carry_the_settings(trained, tiny_world, tmp_path):
     run_export(ExportOptions(weights=str(trained), out_dir=str(tmp_path), formats=("pt", "safetensors", "onnx"),
                              calib_images=str(tiny_world / "bounding_box_train"), verify_count=4), log=lambda _: None)
-    pt, st = tmp_path / "mobilenetV2_64x32_fp32.pt", tmp_path / "mobilenetV2_64x32_fp32.safetensors"
+    pt, st = tmp_path / "mobilenet_v2_64x32_fp32.pt", tmp_path / "mobilenet_v2_64x32_fp32.safetensors"
     raw = torch.load(pt, weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in raw.values())  # still a plain state_dict
     assert stored_meta(raw)["resize_h_w"] == [64, 32]
     for path in (pt, st):
         extractor = FeatureExtractor(path)
-        assert extractor.resize_h_w == (64, 32) and extractor.net == "mobilenetV2"
-    onnx_meta = json.loads(read_spec(tmp_path / "mobilenetV2_64x32_fp32.onnx").input_meta)
+        assert extractor.resize_h_w == (64, 32) and extractor.net == "mobilenet_v2"
+    onnx_meta = json.loads(read_spec(tmp_path / "mobilenet_v2_64x32_fp32.onnx").input_meta)
     assert onnx_meta["resize_h_w"] == [64, 32] and onnx_meta["neck"] == "bnneck" and onnx_meta["recipe"] == "bot"
     reference = FeatureExtractor(trained)(_images(tiny_world))
     np.testing.assert_allclose(FeatureExtractor(pt)(_images(tiny_world)), reference, rtol=1e-4, atol=1e-5)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from bpm.models.reid import ReidModel, ReidOutput, architecture_of, build_model_for_state, inference_state
+from bpm.models.reid import ReidModel, ReidOutput, architecture_of, inference_state
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_architecture_is_read_back_from_the_keys_and_the_head_is_left_out():
     assert "head.weight" in state and "pool.p" in state and "neck.bn.weight" in state
     assert architecture_of(state) == {"pooling": "gem", "neck": "bnneck"}
     assert architecture_of(ReidModel("mobilenetV2").state_dict()) == {"pooling": "avg", "neck": "none"}
-    model = build_model_for_state("mobilenetV2", 1, state)
+    model = ReidModel("mobilenetV2", 1, **architecture_of(state))
     assert model.head is None
     model.load_state_dict(inference_state(state))  # strict: exactly the inference keys
     assert "head.weight" not in inference_state(state)

@@ -5,7 +5,8 @@ from torchvision.models import mobilenet_v2, resnet50
 
 from bpm.errors import BpmError
 from bpm.models.reid import ReidModel, build_model
-from bpm.models.weights import convert_tonylins_mobilenet, load_model_weights
+from bpm.models.backbones.mobilenet import convert_tonylins_mobilenet
+from bpm.models.weights import load_model_weights
 
 TONYLINS_INDEX = {"0.0": "0", "0.1": "1", "1.0": "3", "1.1": "4"}
 
@@ -96,7 +97,7 @@ def test_module_prefix_and_mismatch_errors(tmp_path):
 
     wrong = tmp_path / "wrong.pth"
     torch.save(ReidModel("resnet50").state_dict(), wrong)
-    with pytest.raises(BpmError, match="holds resnet50 weights, but --net is mobilenetV2"):
+    with pytest.raises(BpmError, match="holds resnet50 weights, but --net is mobilenet_v2"):
         load_model_weights(ReidModel("mobilenetV2"), wrong)
 
     partial = tmp_path / "partial.pth"

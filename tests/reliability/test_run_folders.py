@@ -58,7 +58,7 @@ def test_save_features_replaces_an_older_file_whole_and_records_the_model(tiny_w
                  "--save_features", str(features)]) == 0
     with h5py.File(features, "r") as handle:
         assert list(handle) == ["market1501"]
-        assert handle.attrs["weights"] == str(weights.resolve()) and handle.attrs["net"] == "mobilenetV2"
+        assert handle.attrs["weights"] == str(weights.resolve()) and handle.attrs["net"] == "mobilenet_v2"
         assert handle.attrs["exp_dir"] == str((tmp_path / "t").resolve()) and handle.attrs["created"]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 

@@ -15,6 +15,7 @@ from bpm.cli import main
 from bpm.data.records import ImageRecord
 from bpm.evaluation.features_file import save_features
 from bpm.vis.html import PageEntry, render_index, write_page
+from browser_helpers import assert_renders_cleanly, render_page, require_browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -73,6 +74,19 @@ def test_every_rank_list_renders(chromium, tmp_path):
     strips = len(list((page.parent / "true_matches").glob("*.jpg")))  # the second row of each query with a match
     assert strips >= 1 and f'data-images="{5 + strips}" data-loaded="{5 + strips}"' in dom
     assert ":CONSOLE:" not in log, log  # script errors would be logged as console messages
+
+
+@pytest.mark.slow
+def test_rank_list_page_renders_in_playwright(tmp_path):
+    """The same page driven by Playwright: every <img> loads, no console error, a full-page screenshot."""
+    require_browser()
+    assert main(["visualize", "--features_file", str(_features(tmp_path)), "--exp_dir", str(tmp_path / "exp"),
+                 "--num_queries", "5", "--rank_list_size", "10", "--log_to_file", "false"]) == 0
+    page = tmp_path / "exp/rank_lists/index.html"
+    strips = len(list((page.parent / "true_matches").glob("*.jpg")))
+    rendered = render_page(page, tmp_path / "rank_lists.png")
+    assert_renders_cleanly(rendered, expected_images=5 + strips)
+    assert sorted(i["naturalWidth"] for i in rendered.images)[-5:] == [784] * 5  # the five rank lists themselves
 
 
 def test_a_missing_picture_is_flagged(chromium, tmp_path):

@@ -257,10 +257,10 @@ def test_empty_gallery(tmp_path, capsys):
 
 def test_weights_for_another_net(tmp_path, capsys):
     weights = tmp_path / "resnet.pth"
-    torch.save({"base.base.layer4.0.conv1.weight": torch.zeros(1)}, weights)
+    torch.save({"base.base.conv1.weight": torch.zeros(1)}, weights)  # ResNet-50's first layer, no record
     err = _error(capsys, "-d", "()", "--net", "mobilenetV2", "--model_weight_file", str(weights),
                  "--data_root", str(tmp_path), "--exp_dir", str(tmp_path / "e"))
-    assert "holds resnet50 weights, but --net is mobilenetV2" in err and str(weights) in err
+    assert "holds resnet50 weights, but --net is mobilenet_v2" in err and str(weights) in err
 
 
 @pytest.mark.parametrize("argv, message", [

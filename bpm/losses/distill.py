@@ -1,0 +1,66 @@
+"""Distillation terms: learn from a teacher's embeddings (:mod:`bpm.distill` provides them, L2-normalised).
+
+- :class:`EmbeddingDistillation` pulls each student embedding, through a training-only linear
+  projection to the teacher's size, towards the teacher's: ``1 - cos`` (``cosine``), or the squared
+  distance of the projected embedding to the unit-length target (``l2``, which also fixes its
+  length). The projection exists only when the sizes differ; with equal sizes the student matches
+  the teacher's coordinates directly. It lives in the criterion, never in the model, so exported
+  graphs and released weights do not contain it; its weights are in the checkpoint's criterion
+  state and its moments in the optimizer's, so a resume is exact.
+- :class:`RelationalDistillation` matches the batch's cosine-similarity matrix to the teacher's
+  (mean squared difference over the pairs i != j, as relational KD, Park et al. CVPR 2019, does
+  with distances): it transfers who looks like whom, needs no projection, and is blind to any
+  rotation between the two embedding spaces.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+METRICS = ("cosine", "l2")
+
+
+class EmbeddingDistillation(torch.nn.Module):
+    """``mean_i (1 - cos(P s_i, t_i))`` or ``mean_i ||P s_i - t_i||^2``; ``P`` a bias-free linear map when sizes differ."""
+
+    def __init__(self, student_dim: int, teacher_dim: int, metric: str = "cosine") -> None:
+        super().__init__()
+        if metric not in METRICS:
+            raise ValueError(f"distillation metric: expected one of {METRICS}, got {metric!r}")
+        if teacher_dim <= 0:
+            raise ValueError("embedding distillation needs the teacher's embedding size")
+        self.metric = metric
+        self.projection = (torch.nn.Linear(student_dim, teacher_dim, bias=False)
+                           if student_dim != teacher_dim else None)
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        projected = student.float()
+        if self.projection is not None:
+            projected = self.projection(projected)
+        target = F.normalize(teacher.float().to(projected.device), dim=1)
+        cosine = F.cosine_similarity(projected, target, dim=1)
+        if self.metric == "cosine":
+            loss = (1 - cosine).mean()
+        else:
+            loss = (projected - target).pow(2).sum(1).mean()
+        return loss, {"loss": float(loss.detach()), "distill_cosine": float(cosine.detach().mean())}
+
+
+def similarity_matrix(features: torch.Tensor) -> torch.Tensor:
+    """Pairwise cosine similarities of a batch, ``[n, n]``."""
+    unit = F.normalize(features.float(), dim=1)
+    return unit @ unit.t()
+
+
+class RelationalDistillation(torch.nn.Module):
+    """``mean_{i != j} (cos(s_i, s_j) - cos(t_i, t_j))^2`` over the batch."""
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        n = student.shape[0]
+        if n < 2:
+            zero = student.float().sum() * 0
+            return zero, {"loss": 0.0}
+        diff = similarity_matrix(student) - similarity_matrix(teacher.to(student.device))
+        off_diagonal = ~torch.eye(n, dtype=torch.bool, device=diff.device)
+        loss = diff[off_diagonal].pow(2).mean()
+        return loss, {"loss": float(loss.detach())}

@@ -1,0 +1,153 @@
+""":func:`load_model`: the one way a model gets from a file (or a backbone name) into memory.
+
+Why one loader: two loaders with different rules meant ``bpm export`` and ``bpm test`` could
+build different networks from the same file. Every command, :class:`bpm.FeatureExtractor`, the
+export pipeline, the benches and the tests call this; it returns the model *and* its
+:class:`~bpm.models.input_spec.InputSpec`, resolved once (explicit keyword > the file's record >
+the backbone's default), which the caller then passes on instead of deciding sizes and
+normalisation itself.
+
+What it reads: our checkpoints and weights files (``.pth``/``.pt``/``.safetensors``, which record
+their network and spec, :mod:`bpm.models.meta`), the original's checkpoints and released weights
+and ImageNet files (no record: the network is recognised by its first layer's key, the pooling
+and neck by the keys of :func:`bpm.models.reid.architecture_of`), and exported ``.onnx`` graphs
+(their metadata), which run through ONNX Runtime behind a module interface.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Mapping
+
+from torch import nn
+
+from bpm.errors import BpmError
+from bpm.models.input_spec import InputSpec, resolve_input_spec
+from bpm.models.meta import stored_meta
+from bpm.models.registry import BackboneSpec, get_backbone
+from bpm.models.reid import ReidModel, architecture_of, inference_state
+from bpm.models.weights import (
+    backbone_of_state, extract_model_state, imagenet_trunk_state, load_model_weights_from_state, load_trunk_state,
+    read_weights_file, refuse_other_backbone,
+)
+
+ONNX_SUFFIX = ".onnx"
+
+
+def load_model(path_or_name: str | Path, *, net: str | None = None, last_conv_stride: int | None = None,
+               resize_h_w: tuple[int, int] | None = None, normalize_features: bool | None = None,
+               mean: tuple[float, float, float] | None = None, std: tuple[float, float, float] | None = None,
+               pooling: str | None = None, neck: str | None = None, threads: int = 0) -> tuple[nn.Module, InputSpec]:
+    """``(model, input spec)`` of a checkpoint, weights file, ImageNet file or ``.onnx`` graph, or of a
+    registered backbone name (``"mobilenet_v2"``: random weights).
+
+    The model is FP32, in eval mode, on the CPU, without the training-only ID head. Every keyword
+    left at ``None`` is taken from the file, else from the backbone's defaults; a given value that
+    differs from the file's record is used, with a one-line warning. ``pooling``/``neck`` apply to a
+    backbone name only (a file says what it holds); ``threads`` to ONNX Runtime. The model also carries
+    ``source_kind`` (what the file was, for log lines) and ``source_meta`` (its raw record, ``{}`` if none).
+    """
+    source = str(path_or_name)
+    path = Path(source)
+    if not path.exists() and source in _names():
+        return _fresh_model(source, last_conv_stride, resize_h_w, normalize_features, mean, std, pooling, neck)
+    if pooling is not None or neck is not None:
+        raise BpmError(f"{path}: pooling and neck are read from the file; give them only with a backbone name")
+    if path.suffix == ONNX_SUFFIX:
+        return _onnx_model(path, net, resize_h_w, normalize_features, threads)
+    overrides = {"last_conv_stride": last_conv_stride, "resize_h_w": resize_h_w,
+                 "normalize_features": normalize_features, "mean": mean, "std": std}
+    return _torch_model(path, net, overrides)
+
+
+def _names() -> set[str]:
+    from bpm.models.registry import backbone_choices
+
+    return set(backbone_choices())
+
+
+def _fresh_model(name: str, last_conv_stride, resize_h_w, normalize_features, mean, std, pooling,
+                 neck) -> tuple[nn.Module, InputSpec]:
+    backbone = get_backbone(name)
+    architecture = {"pooling": pooling or "avg", "neck": neck or "none"}
+    overrides = {"last_conv_stride": last_conv_stride, "resize_h_w": resize_h_w,
+                 "normalize_features": normalize_features, "mean": mean, "std": std}
+    spec = resolve_input_spec(backbone, {}, overrides, name, architecture)
+    model = ReidModel(backbone.name, spec.last_conv_stride, spec.pooling, spec.neck)
+    model.source_kind, model.source_meta = "random weights", {}
+    return model.float().eval(), spec
+
+
+def _recorded_net(raw: object, meta: Mapping) -> str | None:
+    """The network a file records: its spec's, else (older checkpoints of ours) the checkpoint's ``net`` key."""
+    if isinstance(meta.get("net"), str) and meta["net"]:
+        return meta["net"]
+    if isinstance(raw, Mapping) and isinstance(raw.get("net"), str) and raw["net"]:
+        return raw["net"]
+    return None
+
+
+def _choose_backbone(net: str | None, recorded: str | None, state: Mapping, path: Path) -> tuple[BackboneSpec, str]:
+    """(backbone, level of the state) by ``--net`` > the file's record > the first layer's key (meta-less files)."""
+    if net is not None:
+        backbone = get_backbone(net)
+        if recorded is not None and get_backbone(recorded) is not backbone:
+            print(f"warning: --net {backbone.name} differs from the {get_backbone(recorded).name} that {path} was "
+                  f"trained with; using {backbone.name}", file=sys.stderr)
+    elif recorded is not None:
+        backbone = get_backbone(recorded)
+    else:
+        return backbone_of_state(state, path)
+    refuse_other_backbone(state, backbone, path)
+    return backbone, backbone.level_of(state) or "model"
+
+
+def _torch_model(path: Path, net: str | None, overrides: dict) -> tuple[nn.Module, InputSpec]:
+    raw = read_weights_file(path)
+    meta = stored_meta(raw, path)
+    state = extract_model_state(raw, path)
+    backbone, level = _choose_backbone(net, _recorded_net(raw, meta), state, path)
+    if level in ("imagenet", "trunk"):
+        # An ImageNet file or a bare trunk: the backbone only, average pooling, no neck.
+        architecture = {"pooling": "avg", "neck": "none"}
+        spec = resolve_input_spec(backbone, meta, overrides, path, architecture)
+        model = ReidModel(backbone.name, spec.last_conv_stride, spec.pooling, spec.neck)
+        _layout, trunk = imagenet_trunk_state(model, state, path)
+        load_trunk_state(model, trunk, path)
+        has_classifier = any(k.startswith(backbone.classifier_prefix) for k in state)
+        kind = "ImageNet classifier weights (backbone only)" if has_classifier else "backbone weights"
+    else:
+        # Pooling and neck from the file's record; a meta-less file (the original's) shows them in its keys.
+        architecture = {k: v for k, v in architecture_of(state).items() if k not in meta}
+        spec = resolve_input_spec(backbone, meta, overrides, path, architecture)
+        model = ReidModel(backbone.name, spec.last_conv_stride, spec.pooling, spec.neck)
+        load_model_weights_from_state(model, inference_state(state), path)  # the training-only head left out
+        kind = "training checkpoint" if isinstance(raw, Mapping) and "state_dicts" in raw else "re-ID weights"
+    model.source_kind, model.source_meta = kind, dict(meta)
+    return model.float().eval(), spec
+
+
+def _onnx_model(path: Path, net: str | None, resize_h_w, normalize_features,
+                threads: int) -> tuple[nn.Module, InputSpec]:
+    """An exported graph behind a module interface; its metadata is its spec (size and pixels are built in)."""
+    from bpm.export.runtime import OnnxModel
+    from bpm.inference import OnnxModule
+
+    runner = OnnxModel(path, threads)
+    spec = runner.spec.input_spec
+    if net is not None and spec.net and get_backbone(net).name != _canonical_or_same(spec.net):
+        raise BpmError(f"{path}: holds {spec.net}, but --net is {net}")
+    if resize_h_w is not None and tuple(resize_h_w) != spec.resize_h_w:
+        raise BpmError(f"{path}: the graph takes {spec.resize_h_w[0]}x{spec.resize_h_w[1]} input (built in at "
+                       f"export); --resize_h_w {tuple(resize_h_w)} cannot change it")
+    if normalize_features is not None:
+        spec = spec.with_(normalize_features=bool(normalize_features))
+    module = OnnxModule(runner)
+    module.source_kind, module.source_meta = f"ONNX graph ({runner.spec.precision})", {}
+    return module, spec
+
+
+def _canonical_or_same(name: str) -> str:
+    return get_backbone(name).name if name in _names() else name
+
+

@@ -1,0 +1,99 @@
+"""bench/frontier.py: graph cost by hand, reference specs, and the whole bench on a tiny synthetic folder."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bpm.data.synthetic import WorldConfig, generate_world
+
+from bench_helpers import load_bench
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_bench("frontier")
+
+
+def _tiny_onnx(path: Path, size=(32, 16), dim=8) -> Path:
+    """Conv 3->4 (3x3, stride 2, pad 1) -> ReLU -> global pool -> Linear 4->dim."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, dim)).eval()
+    torch.onnx.export(net, torch.zeros(1, 3, *size), str(path), input_names=["input"], output_names=["out"],
+                      dynamic_axes={"input": {0: "n"}, "out": {0: "n"}}, opset_version=17, dynamo=False)
+    return path
+
+
+def test_onnx_cost_counts_conv_and_linear_by_hand(bench, tmp_path):
+    params, macs = bench.onnx_cost(_tiny_onnx(tmp_path / "t.onnx"))
+    assert params == (4 * 3 * 3 * 3 + 4) + (8 * 4 + 8)
+    # Conv: 16x8 outputs x 4 channels, each 3*3*3 MACs; Linear: 8 outputs x 4 inputs.
+    assert macs == 16 * 8 * 4 * 27 + 8 * 4
+
+
+@pytest.mark.parametrize("text, message", [
+    ("osnet", "expected NAME=FILE.onnx@"),
+    ("osnet=x.onnx", "expected NAME=FILE.onnx@"),
+    ("osnet=x.onnx@256x128,rgb", "must be HxW,rgb|bgr"),
+    ("osnet=x.onnx@256x128,yuv,imagenet", "must be HxW,rgb|bgr"),
+    ("osnet=x.onnx@256by128,rgb,imagenet", "must be HxW"),
+    ("osnet=missing.onnx@256x128,rgb,imagenet", "not found"),
+])
+def test_bad_reference_specs_are_one_line_errors(bench, text, message):
+    with pytest.raises(SystemExit, match=message):
+        bench.parse_reference(text)
+
+
+def test_reference_input_follows_its_spec(bench, tmp_path):
+    image = np.zeros((8, 4, 3), dtype=np.uint8)
+    image[..., 0] = 255  # pure red
+    Image = pytest.importorskip("PIL.Image")
+    Image.fromarray(image).save(tmp_path / "red.png")
+    model = _tiny_onnx(tmp_path / "m.onnx")
+    rgb = bench.parse_reference(f"m={model}@8x4,rgb,tf")
+    bgr = bench.parse_reference(f"m={model}@8x4,bgr,unit")
+    x = bench.reference_input([str(tmp_path / "red.png")], rgb)
+    assert x.shape == (1, 3, 8, 4)
+    np.testing.assert_allclose(x[0, :, 0, 0], [(255 - 127) / 128, -127 / 128, -127 / 128], rtol=1e-5)
+    np.testing.assert_allclose(bench.reference_input([str(tmp_path / "red.png")], bgr)[0, :, 0, 0], [0, 0, 1])
+
+
+def _folder_layout(tmp_path: Path) -> Path:
+    world = generate_world(tmp_path / "world", WorldConfig(
+        num_train_ids=8, num_test_ids=6, num_distractors=0, num_junk=0, image_height=64, image_width=32, seed=5))
+    data = tmp_path / "data"
+    shutil.copytree(world / "bounding_box_train", data / "train")
+    shutil.copytree(world / "query", data / "query")
+    shutil.copytree(world / "bounding_box_test", data / "gallery")
+    return data
+
+
+@pytest.mark.slow
+def test_trains_exports_times_and_plots_each_row(bench, tmp_path, capsys):
+    data = _folder_layout(tmp_path)
+    reference = _tiny_onnx(tmp_path / "ref.onnx", size=(64, 32))
+    out = tmp_path / "rows.json"
+    assert bench.main([
+        "--data_root", str(data), "--resize_h_w", "64,32", "--epochs", "1", "--workers", "0", "--qat_epochs", "1",
+        "--repeats", "1", "--out", str(tmp_path / "runs"),
+        "--backbone", "mnv2=--net mobilenetV2 --net_pretrained_path none --ids_per_batch 4 --ims_per_id 2",
+        "--reference", f"tiny={reference}@64x32,rgb,imagenet",
+        "--json", str(out), "--plot", str(tmp_path / "frontier.png")]) == 0
+    printed = capsys.readouterr().out
+    assert "| mnv2 | 64x32 |" in printed and "| tiny | 64x32 |" in printed and "cpu" in printed.lower()
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    mnv2, tiny = rows["mnv2"], rows["tiny"]
+    assert 0 < mnv2["accuracy"]["mAP"] <= 1 and mnv2["s_per_epoch"] > 0
+    assert mnv2["int8"]["precision"] == "int8" and mnv2["int8_qat"]["precision"] == "int8"
+    assert set(mnv2["speed"]) == {"fp32", "int8", "fp32_256x128", "int8_256x128"}
+    for timing in mnv2["speed"].values():
+        assert timing["images_per_s_b32"] > 0 and timing["latency_ms_b1"] > 0
+    assert 2e6 < mnv2["params"] < 3e6 and mnv2["macs"] > 0
+    assert 0 < tiny["accuracy"]["mAP"] <= 1 and tiny["params"] == (4 * 27 + 4) + (8 * 4 + 8)
+    assert (tmp_path / "frontier.png").stat().st_size > 1000
