@@ -358,7 +358,8 @@ def _make_trainer(settings: RunSettings, model: ReidModel, policy: PrecisionPoli
         from bpm.distill.setup import distill_targets
 
         teacher, extras = distill
-        targets = distill_targets(teacher, settings.train, [*dataset.train, *extras], settings.folder, ctx)
+        targets = distill_targets(teacher, settings.train, [*dataset.train, *extras], settings.folder,
+                                  input_spec_of_model(model, settings.train.resize_h_w), ctx)
     return Trainer(model, policy, settings.train, dataset.train, settings.folder, validator, ctx.rank,
                    ctx.world_size, distill=targets, extra_records=extras)
 

@@ -15,6 +15,7 @@ from bpm.distill.targets import CachedTargets, PerStepTargets
 from bpm.distill.teacher import Teacher, open_teacher
 from bpm.distributed import DistContext, broadcast_object
 from bpm.engine.config import TrainConfig
+from bpm.models.input_spec import InputSpec
 
 
 def open_distillation(cfg: TrainConfig, device: str | torch.device = "cpu") -> tuple[Teacher, list[ImageRecord]]:
@@ -31,11 +32,12 @@ def cache_folder(cfg: TrainConfig, exp_dir: str | Path) -> Path:
 
 
 def distill_targets(teacher: Teacher, cfg: TrainConfig, records: Sequence[ImageRecord], exp_dir: str | Path,
-                    ctx: DistContext | None = None) -> CachedTargets | PerStepTargets:
-    """Per-step targets with ``--teacher_per_step``; else the cache (rank 0 computes it, the others read it)."""
+                    student_spec: InputSpec, ctx: DistContext | None = None) -> CachedTargets | PerStepTargets:
+    """Per-step targets with ``--teacher_per_step`` (the student's batches are undone with
+    ``student_spec``'s normalisation); else the cache (rank 0 computes it, the others read it)."""
     if cfg.teacher_per_step:
         print("Teacher targets: the teacher runs on every augmented batch (--teacher_per_step true)")
-        return PerStepTargets(teacher)
+        return PerStepTargets(teacher, student_spec.mean, student_spec.std)
     paths = [r.path for r in records]
     folder = cache_folder(cfg, exp_dir)
     main = ctx is None or ctx.is_main

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bpm.data.transforms import MEAN, STD
 from bpm.distill.cache import TeacherFeatures
 from bpm.distill.teacher import Teacher
 
@@ -38,13 +37,17 @@ class CachedTargets:
 
 
 class PerStepTargets:
-    """The teacher run on the student's augmented batch (normalised with bpm's mean/std)."""
+    """The teacher run on the student's augmented batch.
 
-    def __init__(self, teacher: Teacher) -> None:
+    The batch arrives normalised for the student (``mean``/``std`` of its input spec); it is
+    turned back into 0..1 pixels, which the teacher then prepares as its own input spec says.
+    """
+
+    def __init__(self, teacher: Teacher, mean: Sequence[float], std: Sequence[float]) -> None:
         self.teacher = teacher
         self.dim = teacher.dim
-        self._mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-        self._std = torch.tensor(STD).view(1, 3, 1, 1)
+        self._mean = torch.tensor(tuple(mean), dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(tuple(std), dtype=torch.float32).view(1, 3, 1, 1)
 
     def __call__(self, indices: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         unit = images.detach().float().cpu() * self._std + self._mean

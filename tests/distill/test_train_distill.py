@@ -14,10 +14,12 @@ from bpm.config import train_config
 from bpm.data.datasets import build_dataset
 from bpm.distill.extra import extra_records
 from bpm.distill.setup import distill_targets
+from bpm.models.input_spec import input_spec_of_model
 from bpm.distill.teacher import open_teacher
 from bpm.engine.checkpoint import load_checkpoint
 from bpm.engine.trainer import Trainer, seed_everything
-from bpm.export.weights import load_source_model, save_pt, weights_state
+from bpm.export.weights import save_pt, weights_state
+from bpm.models.loading import load_model
 from bpm.models.reid import build_model
 from bpm.precision import PrecisionPolicy
 from train_helpers import train_args
@@ -43,8 +45,9 @@ def _trainer(world, exp_dir, epochs, teacher_path, extra=None, per_step=False):
     config = train_config(args)
     teacher = open_teacher(config.teacher, config.teacher_input)
     extras = extra_records(extra) if extra else []
-    targets = distill_targets(teacher, config, [*dataset.train, *extras], exp_dir)
     model = build_model("mobilenetV2", pooling=args.pooling, neck=args.neck, num_classes=dataset.num_train_ids)
+    targets = distill_targets(teacher, config, [*dataset.train, *extras], exp_dir,
+                              input_spec_of_model(model, config.resize_h_w))
     return Trainer(model, PrecisionPolicy.create("O0", "cpu"), config, dataset.train, exp_dir,
                    distill=targets, extra_records=extras)
 
@@ -74,7 +77,7 @@ def test_resume_with_a_teacher_is_exact_and_the_head_stays_out_of_the_model(tiny
     state = torch.load(released, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     assert not any("projection" in k for k in state)
-    model, _kind = load_source_model(released)
+    model, _spec = load_model(released)
     assert model.feature_dim == resumed.bare_model.feature_dim
 
 

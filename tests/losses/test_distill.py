@@ -62,7 +62,7 @@ def test_criterion_sums_the_distillation_terms_and_reports_them():
     ce = float(CrossEntropyLabelSmooth(0.1)(outputs.logits, targets)[0])
     kd = float(criterion.distill(outputs.features, teacher)[0].detach())
     rel = float(RelationalDistillation()(outputs.features, teacher)[0])
-    assert float(loss) == pytest.approx(ce + 0.5 * kd + 2.0 * rel, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(ce + 0.5 * kd + 2.0 * rel, rel=1e-5)
     assert {"loss", "id_loss", "distill_loss", "relational_loss", "distill_cosine"} <= set(stats)
     assert [n for n, _ in criterion.named_parameters()] == ["distill.projection.weight"]
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from bpm.cli import main
-from bpm.data.transforms import MEAN, STD
+from bpm.models.input_spec import IMAGENET_MEAN as MEAN, IMAGENET_STD as STD
 from bpm.stream.motfiles import read_mot
 from stream_helpers import block_scene, colour_bands_model
 
