@@ -58,14 +58,14 @@ def test_a_refused_export_keeps_the_verified_file_and_its_report_row(tmp_path, o
     assert verified.read_bytes() == verified_bytes  # A's verified file untouched
     refused_onnx = verified.with_name(verified.stem + ".refused.onnx")
     assert refused_onnx.is_file() and _metadata(refused_onnx)["bpm.verification"] == "refused"
-    assert not (tmp_path / "mobilenetV2_64x32_fp32.pt").exists()  # no unverified file under a final name
-    assert (tmp_path / "mobilenetV2_64x32_fp32.refused.pt").is_file()
+    assert not (tmp_path / "mobilenet_v2_64x32_fp32.pt").exists()  # no unverified file under a final name
+    assert (tmp_path / "mobilenet_v2_64x32_fp32.refused.pt").is_file()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging files left
 
     report = json.loads((tmp_path / "export_report.json").read_text())
     assert report["passed"] is False
     rows = {row["file"]: row for row in report["formats"]}
-    assert rows["mobilenetV2_64x32_fp32.refused.onnx"]["status"] == "refused"
+    assert rows["mobilenet_v2_64x32_fp32.refused.onnx"]["status"] == "refused"
     earlier = {row["file"]: row for row in report["earlier_files"]}
     assert earlier[verified.name]["passed"] is True and earlier[verified.name]["source"] == str(original_ckpt)
 
@@ -79,7 +79,7 @@ def test_an_unverified_onnx_file_warns(tmp_path, mobilenet):
     from bpm.export.onnx import OnnxSpec, export_onnx
     from bpm.export.verify import stamp_verification
 
-    path = export_onnx(mobilenet, tmp_path / "m.onnx", OnnxSpec("mobilenetV2", SIZE))
+    path = export_onnx(mobilenet, tmp_path / "m.onnx", OnnxSpec("mobilenet_v2", SIZE))
     stamp_verification(path, "unverified", "written, not yet checked")
     with pytest.warns(UserWarning, match="not verified"):
         bpm.FeatureExtractor(path)

@@ -32,7 +32,8 @@ def test_an_empty_image_is_refused_not_embedded_as_black(original_ckpt):
 
 
 def test_resize_h_w_for_an_onnx_file_must_match_its_built_in_size(tmp_path, mobilenet):
-    path = export_onnx(mobilenet, tmp_path / "m.onnx", OnnxSpec("mobilenetV2", SIZE))
+    path = export_onnx(mobilenet, tmp_path / "m.onnx", OnnxSpec("mobilenet_v2", SIZE))
     assert bpm.FeatureExtractor(path, resize_h_w=SIZE).resize_h_w == SIZE  # the same size: fine
-    with pytest.raises(BpmError, match=r"m.onnx: its input size 64x32 is built in; resize_h_w \(128, 64\) differs"):
+    with pytest.raises(BpmError, match=r"m.onnx: the graph takes 64x32 input \(built in at export\); "
+                                       r"--resize_h_w \(128, 64\) cannot change it"):
         bpm.FeatureExtractor(path, resize_h_w=(128, 64))
