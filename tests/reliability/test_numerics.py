@@ -33,14 +33,14 @@ def _inject(trainer, faults: dict[int, str], record: list) -> None:
             outputs.pre_neck.register_hook(lambda grad: grad * float("inf"))
         return loss, stats
 
-    def faulty_step(images, labels):
+    def faulty_step(images, labels, indices=None):
         fault = faults.get(trainer.position.global_step + 1)
         current["fault"] = fault
         if fault == "inf_input":
             images = images.clone()
             images[0] = float("inf")
         before = _snapshot(trainer.model)
-        stepped, stats = step_fn(images, labels)
+        stepped, stats = step_fn(images, labels, indices)
         record.append((fault, stepped, before, _snapshot(trainer.model)))
         if fault is not None:
             TALLY.fault(f"non-finite {fault.replace('_', ' ')}")
