@@ -12,10 +12,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from bpm.config import is_unset
 from bpm.errors import BpmError
 from bpm.evaluation.features import embed_images
 from bpm.export.runtime import ImageLike, OnnxModel
+from bpm.export.verify import warn_if_unverified
 from bpm.precision import PrecisionPolicy
+from bpm.switches import check_input_size
 from bpm.threads import torch_threads
 
 BACKENDS = ("torch", "onnx")
@@ -61,6 +64,12 @@ class FeatureExtractor:
     ) -> None:
         from bpm.models.loading import load_model
 
+        # The command line's checks, with its wording, before anything is loaded.
+        if resize_h_w is not None and is_unset(resize_h_w):
+            resize_h_w = None  # a default left unset (bpm.config.unset): the file's own size applies
+        if resize_h_w is not None:
+            check_input_size(resize_h_w)
+        device = check_device(device)
         is_onnx = str(weights).endswith(".onnx")
         backend = backend or ("onnx" if is_onnx else "torch")
         if backend not in BACKENDS:
@@ -85,6 +94,7 @@ class FeatureExtractor:
         self._feature_dim = model.feature_dim
         if is_onnx:
             self.onnx = model.runner
+            warn_if_unverified(weights, self.onnx.session.get_modelmeta().custom_metadata_map)
             self.policy = PrecisionPolicy.create("O0")  # the graph's precision is built in; inputs are FP32 CPU
             self.model = model
         else:
@@ -105,6 +115,22 @@ class FeatureExtractor:
         with torch_threads(self.threads):
             return embed_images(self.model, images, self.policy, self.input_spec, self.batch_size, self.flip,
                                 self.normalize)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device, refused in one line (the ``-d`` switch's wording) when this
+    machine does not have it."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise BpmError(f"device {device!r}: not a device name ({exc}); use 'cpu' or 'cuda:N'") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BpmError(f"device {str(device)!r}: CUDA is not available on this machine; use device='cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise BpmError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} GPU(s) "
+                           f"(ids 0..{torch.cuda.device_count() - 1})")
+    return device
 
 
 class OnnxModule(torch.nn.Module):

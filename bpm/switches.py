@@ -31,12 +31,22 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+def check_input_size(size: Any) -> tuple[int, int]:
+    """``--resize_h_w`` (and ``FeatureExtractor(resize_h_w=...)``): two whole sides of 1..MAX_SIDE pixels."""
+    try:
+        sides = tuple(size)
+        ok = len(sides) == 2 and all(float(v).is_integer() and 1 <= v <= MAX_SIDE for v in sides)
+    except (TypeError, ValueError):
+        sides, ok = size, False
+    _need(ok, "resize_h_w", f"'(height, width)' with each side from 1 to {MAX_SIDE} pixels", sides)
+    return int(sides[0]), int(sides[1])
+
+
 def check_common(switches: Mapping[str, Any]) -> None:
     """Switches of every command that reads images: input size, loader workers, test batch size."""
     size = _value(switches, "resize_h_w")
     if size is not None:
-        _need(len(size) == 2 and all(1 <= int(v) <= MAX_SIDE for v in size), "resize_h_w",
-              f"'(height, width)' with each side from 1 to {MAX_SIDE} pixels", tuple(size))
+        check_input_size(size)
     workers = _value(switches, "workers")
     if workers is not None:
         _need(workers >= 0, "workers", "0 (load in the main process) or more worker processes", workers)

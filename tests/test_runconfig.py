@@ -22,7 +22,8 @@ def _parse(argv):
 
 
 def _settings(args):
-    return {k: v for k, v in vars(args).items() if k != "config"}
+    """The switches, less the file name and the run folder (a re-run from a run's record gets a new one)."""
+    return {k: v for k, v in vars(args).items() if k not in ("config", "exp_dir")}
 
 
 def test_written_config_round_trips(tmp_path):
@@ -32,6 +33,7 @@ def test_written_config_round_trips(tmp_path):
     save_config(vars(first), path, {"versions": {"bpm": "x"}})
     again = _parse(["--config", str(path)])
     assert _settings(again) == _settings(first)
+    assert again.exp_dir.startswith(f"{tmp_path}-rerun-")  # not the folder the record came from
     save_config(vars(again), tmp_path / "again.json")
     assert _settings(_parse(["--config", str(tmp_path / "again.json")])) == _settings(first)
 
@@ -49,6 +51,14 @@ def test_command_line_wins_over_the_file_wherever_it_is(tmp_path):
     ("not json", "not a readable JSON file"),
     ('{"recipe": "nope"}', "recipe: 'nope' is not one of"),
     ('{"resize_h_w": "(1, 2, 3)"}', "resize_h_w:"),
+    # Reliability III finding 6: values that are not text go through the same type checks.
+    ('{"resize_h_w": 64}', "resize_h_w: expected 2 numbers"),
+    ('{"resize_h_w": [64, "x"]}', "resize_h_w: expected a tuple of numbers"),
+    ('{"ids_per_batch": 8.5}', "ids_per_batch: expected a whole number, got 8.5"),
+    ('{"base_lr": true}', "base_lr: expected a number, got true"),
+    ('{"set_seed": 3}', "set_seed: expected a boolean"),
+    ('{"exp_dir": 5}', "exp_dir: expected text, got 5"),
+    ('{"only_test": true}', "records a test run (only_test: true)"),
 ])
 def test_bad_config_file_is_one_line(tmp_path, capsys, content, message):
     path = tmp_path / "c.json"
@@ -86,3 +96,12 @@ def test_a_training_runs_config_serves_bpm_test(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_args_with_config(parser, ["--config", str(path)])
     assert "unknown setting(s) lr_typo" in capsys.readouterr().err
+
+
+def test_a_test_record_trains_nothing_silently_but_evaluates_when_asked(tmp_path):
+    """Reliability III finding 6: a test run's record given to bpm train is refused (above) unless
+    --only_test true is typed, when it evaluates as asked."""
+    path = tmp_path / "test_config.json"
+    path.write_text(json.dumps({"only_test": True, "resize_h_w": [64, 32]}))
+    args = _parse(["-d", "()", "--config", str(path), "--only_test", "true"])
+    assert args.only_test is True and args.resize_h_w == (64, 32)

@@ -14,7 +14,7 @@ from bpm.config import add_exp_dir_switch, add_normalize_switch, add_rerank_swit
 from bpm.engine.evaluator import evaluate_features, format_result, warn_near_constant, write_results
 from bpm.evaluation.features import near_constant_rows
 from bpm.evaluation.metrics import AP_DEFINITIONS, PROTOCOLS
-from bpm.evaluation.features_file import evaluation_normalization, read_test_sets
+from bpm.evaluation.features_file import evaluation_normalization, read_attrs, read_test_sets
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +31,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.exp_dir:
+        return _evaluate(args)
+    from bpm.engine.runfolder import RunLock
+
+    Path(args.exp_dir).mkdir(parents=True, exist_ok=True)
+    # Like bpm train/test: a folder another run holds is refused before any work, so a training run's
+    # folder never receives results of another model's features.
+    with RunLock(args.exp_dir, "bpm evaluate"):
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     reports = {}
     normalize = evaluation_normalization(args.features_file, args.normalize_feature)  # the model's, unless told
     for saved in read_test_sets(args.features_file, normalize):
@@ -49,10 +61,13 @@ def run(args: argparse.Namespace) -> int:
     if args.exp_dir:
         from bpm.engine.runfolder import record_names
 
-        Path(args.exp_dir).mkdir(parents=True, exist_ok=True)
         # In a training folder: test_results.json, never the training run's results.json.
         results_name = record_names(args.exp_dir, training=False)[1]
-        write_results(Path(args.exp_dir) / results_name, Path(args.features_file).name, "features", "-", reports,
-                      {"ap": args.ap, "protocol": args.protocol})
+        source = read_attrs(args.features_file)  # what the features came from, as the file records it
+        write_results(Path(args.exp_dir) / results_name, str(source.get("dataset") or "features"),
+                      str(source.get("net") or "unknown"), str(source.get("opt_level") or "-"), reports,
+                      {"ap": args.ap, "protocol": args.protocol,
+                       "features_file": str(Path(args.features_file).resolve()),
+                       "weights": source.get("weights"), "features_written_by": source.get("command")})
         print(f"Results written to {Path(args.exp_dir) / results_name}")
     return 0

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bpm.config import (add_device_switches, add_model_switches, add_normalize_switch, add_precision_switches,
-                        model_settings, precision_settings)
+from bpm.config import (add_device_switches, add_image_check_switch, add_model_switches, add_normalize_switch,
+                        add_precision_switches, model_settings, precision_settings)
 from bpm.data.datasets.common import list_image_names
 from bpm.data.datasets.market1501 import parse_market_name
 from bpm.errors import BpmError
@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_switches(parser)  # an ONNX file carries its own network and input size
     add_precision_switches(parser)
     parser.add_argument("--batch_size", type=int, default=32, help="images per batch")
+    add_image_check_switch(parser)
     add_normalize_switch(parser, model_default=True)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: library default)")
 
@@ -60,7 +61,24 @@ def _image_names(folder: Path) -> list[str]:
     return names
 
 
-def folder_splits(extractor, folder: Path) -> dict[str, FeatureSplit]:
+def readable(paths: list[str], skip_bad_images: bool) -> list[str]:
+    """``paths`` that decode; every image is decoded once before any features are computed, so a bad
+    file stops the command at once (naming it), not after minutes of work, or is left out with
+    ``--skip_bad_images true``."""
+    from bpm.data.images import find_unreadable
+
+    bad = dict(find_unreadable(paths))
+    if not bad:
+        return paths
+    first = next(iter(bad))
+    if not skip_bad_images:
+        raise BpmError(f"{first}: cannot decode image ({bad[first]}); {len(bad)} unreadable image(s) under --images "
+                       "(leave them out with --skip_bad_images true)")
+    print(f"warning: skipped {len(bad)} unreadable image(s) (--skip_bad_images), e.g. {first}: {bad[first]}")
+    return [p for p in paths if p not in bad]
+
+
+def folder_splits(extractor, folder: Path, skip_bad_images: bool = False) -> dict[str, FeatureSplit]:
     """The features-file splits of ``folder``: ``<folder name>/query`` and ``/gallery`` for a test-only
     folder (read as ``--dataset folder`` reads it: Market names, junk boxes left out), so that
     ``bpm evaluate`` and ``bpm visualize`` take the file; otherwise ``<folder name>/images``."""
@@ -71,11 +89,14 @@ def folder_splits(extractor, folder: Path) -> dict[str, FeatureSplit]:
         splits = {}
         for side in ("query", "gallery"):
             records = read_split(folder / side)[0]
+            kept = set(readable([r.path for r in records], skip_bad_images))
+            records = [r for r in records if r.path in kept]
             if not records:
                 raise BpmError(f"--images {folder / side}: no images (.jpg, .jpeg, .png, .bmp) found")
             splits[f"{name}/{side}"] = FeatureSplit.from_records(extractor([r.path for r in records]), records)
         return splits
-    names = _image_names(folder)
+    kept = set(readable([str(folder / n) for n in _image_names(folder)], skip_bad_images))
+    names = [n for n in _image_names(folder) if str(folder / n) in kept]
     paths = [str(folder / n) for n in names]
     pids, camids = market_ids(names) or (None, None)
     return {f"{name}/{FOLDER_SPLIT}": FeatureSplit(extractor(paths), names, paths, pids, camids)}
@@ -100,8 +121,8 @@ def _write_mat(out: Path, features: np.ndarray, names: list[str], attrs: dict) -
     atomic_write(out, write, "features file")
 
 
-def extract_folder(extractor, folder: str | Path, out: str | Path,
-                   attrs: dict | None = None) -> tuple[np.ndarray, list[str]]:
+def extract_folder(extractor, folder: str | Path, out: str | Path, attrs: dict | None = None,
+                   skip_bad_images: bool = False) -> tuple[np.ndarray, list[str]]:
     """Embed ``folder``'s images (sorted names) with ``extractor`` and write ``out`` whole (atomically).
 
     HDF5: a features file (:mod:`bpm.evaluation.features_file`); ``.mat``: the folder's own images.
@@ -115,11 +136,11 @@ def extract_folder(extractor, folder: str | Path, out: str | Path,
     attrs = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "images": str(folder.resolve()), **(attrs or {})}
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".mat":
-        names = _image_names(folder)
+        names = [Path(p).name for p in readable([str(folder / n) for n in _image_names(folder)], skip_bad_images)]
         features = extractor([str(folder / n) for n in names])
         _write_mat(out, features, names, attrs)
         return features, names
-    splits = folder_splits(extractor, folder)
+    splits = folder_splits(extractor, folder, skip_bad_images)
     write_features_file(out, splits, attrs)
     return (np.concatenate([split.features for split in splits.values()]),
             [name for split in splits.values() for name in split.names])
@@ -134,6 +155,9 @@ def run(args: argparse.Namespace) -> int:
         raise BpmError(f"--out {args.out}: expected a file ending in .h5, .hdf5 or .mat")
     if not Path(args.images).is_dir():
         raise BpmError(f"--images {args.images}: not a folder")
+    if Path(args.out).suffix == ".mat" and is_test_folder(Path(args.images)):
+        raise BpmError(f"--out {args.out}: a folder with query/ and gallery/ is written as a features file's two "
+                       f"groups, which .mat cannot hold; use --out <name>.h5 (or --images {args.images}/query)")
     if not Path(args.weights).exists():
         raise BpmError(f"{args.weights}: weights file not found")
     if not Path(args.weights).is_file():
@@ -156,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
              "opt_level": args.opt_level, "command": "bpm extract", "flip": int(extractor.flip),
              "resize_h_w": str(tuple(extractor.resize_h_w)),
              **normalization_attrs(extractor.normalize, extractor.input_spec.normalize_features)}
-    features, names = extract_folder(extractor, args.images, args.out, attrs)
+    features, names = extract_folder(extractor, args.images, args.out, attrs, args.skip_bad_images)
     seconds = time.perf_counter() - start
     print(f"{len(names)} images -> {args.out}: features {features.shape[0]}x{features.shape[1]} "
           f"({extractor.backend}, {extractor.net}, {len(names) / max(seconds, 1e-9):.1f} img/s)")

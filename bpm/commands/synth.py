@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``bpm synth`` flags: ``--out``, ``--force`` and one flag per WorldConfig field."""
     parser.add_argument("--out", required=True, help="folder to write the world into")
     parser.add_argument("--force", action="store_true", help="redraw even if an identical world is there")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--quiet", action="store_true", help="print nothing (no progress lines, not the folder)")
     for f in dataclasses.fields(WorldConfig):
         if f.name in _DEPENDENT_DEFAULTS:
             parser.add_argument(f"--{f.name}", type=type(f.default), default=None,
@@ -89,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
         root = ensure_world(args.out, config, progress=not args.quiet)
         if reused and not args.quiet:
             print(f"synth: {root} already holds this world; reused (use --force to redraw)", file=sys.stderr)
-    print(root)
+    if not args.quiet:
+        print(root)  # the world's folder, for scripts; --quiet prints nothing at all
     return 0
 
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import time
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -16,11 +15,11 @@ from bpm import distributed
 from bpm.config import (DataSettings, ModelSettings, PrecisionSettings, add_train_arguments, apply_recipe,
                         data_settings, default_exp_dir, is_unset, model_settings, precision_settings, save_config,
                         train_config)
-from bpm.engine.checkpoint import CKPT_NAME, load_checkpoint
+from bpm.engine.checkpoint import CKPT_NAME, load_checkpoint, rng_state, set_rng_state
 from bpm.engine.diskspace import check_free_space, estimate_checkpoint_bytes, prepare_exp_dir
 from bpm.engine.outputs import check_output_file
 from bpm.engine.resume_check import check_resume
-from bpm.engine.runfolder import RunLock, record_names, start_fresh_logs
+from bpm.engine.runfolder import RunLock, move_previous_run, record_names
 from bpm.engine.config import TrainConfig
 from bpm.engine.evaluator import EvalSettings, evaluate_model, evaluate_test_set, write_results
 from bpm.engine.logging import RunLogger, StreamMirror, log_hparams
@@ -231,31 +230,45 @@ def _run_process(settings: RunSettings, ctx: distributed.DistContext) -> int:
         facts = {"net": model.net, "architecture": getattr(model, "architecture", None),
                  "num_classes": len({r.pid for r in dataset.train})}
         resume_changes = check_resume(ckpt, settings.train, facts, exp_dir / CKPT_NAME)
+    trainer, untrained = None, None
+    if not settings.only_test:
+        # Every start-up check (sampler sizes, the optimizer state of a resume, ...) runs here, before
+        # anything in the folder is written or moved: a refused start leaves the previous run as it was.
+        untrained = copy.deepcopy(model) if settings.eval_untrained else None
+        trainer = _make_trainer(settings, model, policy, dataset, ctx, distill)
+        if settings.resume:
+            trainer.resume(ckpt=ckpt)
     lock = None
     if ctx.is_main:
         prepare_exp_dir(exp_dir)  # an unwritable folder fails here, in one line, before any work
         lock = RunLock(exp_dir, settings.command).acquire()  # one run per folder
     try:
-        return _run_locked(settings, ctx, policy, dataset, model, ckpt, resume_changes, distill)
+        if trainer is not None and ctx.is_main:
+            check_free_space(exp_dir, estimate_checkpoint_bytes(trainer.checkpoint_state(), trainer.optimizer),
+                             trainer.ckpt_path)
+            if not settings.resume:
+                previous = move_previous_run(exp_dir)  # a fresh run never mixes its records with an earlier one's
+                if previous is not None:
+                    print(f"Starting afresh (no --resume true): the previous run's records were moved to {previous}")
+        return _run_locked(settings, ctx, policy, dataset, model, trainer, untrained, resume_changes)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _run_locked(settings: RunSettings, ctx: distributed.DistContext, policy: PrecisionPolicy, dataset, model,
-                ckpt: dict | None, resume_changes: list[str], distill: tuple | None = None) -> int:
+                trainer: Trainer | None, untrained: ReidModel | None, resume_changes: list[str]) -> int:
     """The part of a run that writes into the run folder (rank 0 holds its lock)."""
     device, exp_dir = ctx.device, settings.folder
     config_name, results_name = record_names(exp_dir, training=not settings.only_test)
-    if ctx.is_main and not settings.only_test and not settings.resume:
-        for kept in start_fresh_logs(exp_dir):  # a fresh run never appends to a previous run's log
-            print(f"Starting afresh (no --resume true): the previous run's {kept.name.split('.')[0]} was kept as {kept}")
     with StreamMirror(exp_dir, enabled=settings.log_to_file and ctx.is_main):
         if ctx.is_main:
             records = {"versions": run_versions(device)}
+            switches = settings.switches
             if resume_changes:
-                records["resume_changes"] = resume_changes
-            save_config(settings.switches, exp_dir / config_name, records)
+                switches, records["resume_changes"] = resume_records(settings, trainer, exp_dir / config_name,
+                                                                     resume_changes)
+            save_config(switches, exp_dir / config_name, records)
         net, size, opt_level = settings.model.net, settings.model.resize_h_w, settings.precision.opt_level
         print(f"Experiment folder: {exp_dir}")
         print(f"Dataset {dataset.name}: {len(dataset.train)} training images of {dataset.num_train_ids} identities; "
@@ -269,16 +282,18 @@ def _run_locked(settings: RunSettings, ctx: distributed.DistContext, policy: Pre
                                      "opt_level": opt_level, "command": settings.command,
                                      "test_normalize": int(spec.normalize_features)}
         extra: dict = {"versions": run_versions(device)}
-        if settings.only_test:
+        if trainer is None:
             model = policy.prepare_model(model)
         else:
-            if settings.eval_untrained:
+            if untrained is not None:
                 print("Untrained network:")
-                untrained = evaluate_model(policy.prepare_model(copy.deepcopy(model)), dataset.test_sets, policy,
-                                           replace(evaluation, rerank=False, save_features=None), ctx)
-                first = next(iter(untrained.values()))["single_query"]
+                state = rng_state()  # evaluating draws no number the training run would have drawn
+                result = evaluate_model(policy.prepare_model(untrained), dataset.test_sets, policy,
+                                        replace(evaluation, rerank=False, save_features=None), ctx)
+                set_rng_state(state)
+                first = next(iter(result.values()))["single_query"]
                 extra["untrained"] = {"mAP": float(first["mAP"]), "cmc": {"1": float(first["cmc"][0])}}
-            model = _train(settings, model, policy, dataset, ctx, ckpt, distill)
+            model = _train(settings, trainer, ctx)
             print("Trained network:")
         reports = evaluate_model(model, dataset.test_sets, policy, evaluation, ctx)
         if ctx.is_main:
@@ -296,10 +311,38 @@ def _run_locked(settings: RunSettings, ctx: distributed.DistContext, policy: Pre
     return 0
 
 
-def _train(settings: RunSettings, model: ReidModel, policy: PrecisionPolicy, dataset, ctx: distributed.DistContext,
-           ckpt: dict | None = None, distill: tuple | None = None) -> ReidModel:
-    """``distill``: the teacher and unlabelled records of :func:`bpm.distill.setup.open_distillation`."""
-    exp_dir = settings.folder
+def resume_records(settings: RunSettings, trainer: Trainer, config: Path, changes: list[str]) -> tuple[dict, list[str]]:
+    """The switches ``config.json`` records after a resume with changed switches, and its change list.
+
+    Each change is listed with the step it applies from, after the earlier resumes' entries. When no
+    step will run (the run had already finished), the switches keep the values the weights were
+    trained with and the change is listed as not applied.
+    """
+    try:
+        previous = json.loads(config.read_text())
+    except (OSError, ValueError):
+        previous = {}
+    previous = previous if isinstance(previous, dict) else {}
+    earlier = [c for c in previous.get("resume_changes", []) if isinstance(c, str)]
+    position = trainer.position
+    if position.epoch < settings.train.total_epochs:
+        return settings.switches, earlier + [f"{c} (from step {position.global_step + 1})" for c in changes]
+    switches = dict(settings.switches)
+    for change in changes:
+        key = change.split(" ", 1)[0]
+        if key in previous and key in switches:
+            switches[key] = previous[key]
+    return switches, earlier + [f"{c} (not applied: the run had finished at epoch {position.epoch}, no step ran)"
+                                for c in changes]
+
+
+def _make_trainer(settings: RunSettings, model: ReidModel, policy: PrecisionPolicy, dataset,
+                  ctx: distributed.DistContext, distill: tuple | None = None) -> Trainer:
+    """The trainer (model, optimizer, sampler, loader, validator); building it runs the checks that
+    depend on the data (e.g. ``--ids_per_batch`` against the training identities) and writes none of
+    the run's records. ``distill``: the teacher and unlabelled records of
+    :func:`bpm.distill.setup.open_distillation`; their targets come first (the teacher cache, keyed and
+    written atomically, is the one file this may write: it is shared by runs, not one run's record)."""
     validator = None
     if dataset.val is not None:
         spec = spec_of_run(settings, model)
@@ -315,21 +358,14 @@ def _train(settings: RunSettings, model: ReidModel, policy: PrecisionPolicy, dat
         from bpm.distill.setup import distill_targets
 
         teacher, extras = distill
-        targets = distill_targets(teacher, settings.train, [*dataset.train, *extras], exp_dir,
+        targets = distill_targets(teacher, settings.train, [*dataset.train, *extras], settings.folder,
                                   input_spec_of_model(model, settings.train.resize_h_w), ctx)
-    trainer = Trainer(model, policy, settings.train, dataset.train, exp_dir, validator, ctx.rank, ctx.world_size,
-                      distill=targets, extra_records=extras)
-    if settings.resume:
-        trainer.resume(ckpt=ckpt)
-    elif ctx.is_main and trainer.ckpt_path.exists():
-        # A fresh run must not silently replace a previous run's checkpoint at its first save.
-        kept = trainer.ckpt_path.with_name(f"{trainer.ckpt_path.name}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
-        os.replace(trainer.ckpt_path, kept)
-        print(f"Starting afresh (no --resume true): the previous checkpoint was kept as {kept}")
-    if ctx.is_main:
-        check_free_space(exp_dir, estimate_checkpoint_bytes(trainer.checkpoint_state(), trainer.optimizer),
-                         trainer.ckpt_path)
-    logger = RunLogger(exp_dir, tensorboard=settings.log_to_file) if ctx.is_main else None
+    return Trainer(model, policy, settings.train, dataset.train, settings.folder, validator, ctx.rank,
+                   ctx.world_size, distill=targets, extra_records=extras)
+
+
+def _train(settings: RunSettings, trainer: Trainer, ctx: distributed.DistContext) -> ReidModel:
+    logger = RunLogger(settings.folder, tensorboard=settings.log_to_file) if ctx.is_main else None
     try:
         trainer.fit(logger)
     finally:

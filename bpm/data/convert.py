@@ -14,7 +14,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
-from PIL import Image
 
 from bpm.data.datasets.common import find_release, relabel
 from bpm.data.datasets.converted import converted_name, parse_converted_name
@@ -28,6 +27,7 @@ from bpm.data.datasets.cuhk03 import (
 )
 from bpm.data.datasets.market1501 import load_market_layout
 from bpm.data.datasets.split import split_train_val
+from bpm.data.images import read_image
 from bpm.data.partitions import load_partitions, save_pickle
 from bpm.data.records import ImageRecord, ReidDataset, TestSet
 from bpm.errors import BpmError
@@ -38,8 +38,7 @@ def _copy_image(src: str, dst: Path) -> None:
     if src.lower().endswith((".jpg", ".jpeg")):
         shutil.copyfile(src, dst)
     else:
-        with Image.open(src) as image:
-            image.convert("RGB").save(dst, quality=95)
+        read_image(src).save(dst, quality=95)  # 16-bit and float pixels scaled, not clipped
 
 
 def _counter_namer() -> Callable[[ImageRecord], str]:

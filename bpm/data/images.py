@@ -6,6 +6,7 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from bpm.errors import BpmError
@@ -51,15 +52,50 @@ class ImageDecodeError(BpmError):
         super().__init__(message)
 
 
+# Integer modes wider than 8 bits; PIL's convert("RGB") clips them at 255 (a 16-bit PNG came out white).
+_WIDE_INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image, where: str = "image") -> Image.Image:
+    """``image`` as the 8-bit RGB picture it shows.
+
+    8-bit modes (L, P, LA, RGBA, CMYK, 1, ...) go through PIL's own conversion. 16-bit integer
+    pixels are scaled by 255/65535 (``I`` mode too, when its values fit 16 bits, as 16-bit PNGs
+    decode); float pixels (``F``) must lie in 0..1 and are scaled by 255. Anything else is refused
+    with a :class:`ImageDecodeError` naming ``where``, never clipped into a different picture.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in _WIDE_INT_MODES or image.mode == "F":
+        pixels = np.asarray(image, dtype=np.float64)
+        low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
+        if image.mode == "F":
+            if not (np.isfinite(pixels).all() and low >= 0.0 and high <= 1.0):
+                raise ImageDecodeError(f"{where}: float pixels must hold values from 0 to 1, "
+                                       f"found {low:g} to {high:g}; convert it to 8 bits first")
+            scale = 255.0
+        else:
+            if low < 0 or high > 65535:
+                raise ImageDecodeError(f"{where}: {image.mode} pixels from {low:g} to {high:g} do not fit 16 bits; "
+                                       "convert it to 8 bits first")
+            scale = 255.0 / 65535.0
+        grey = np.clip(np.rint(pixels * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2), "RGB")
+    return image.convert("RGB")
+
+
 def read_image(path: str) -> Image.Image:
-    """Decode ``path`` fully into an RGB image.
+    """Decode ``path`` fully into an 8-bit RGB image (:func:`to_rgb`).
 
     ``Image.open`` is lazy, so truncated JPEGs would only fail later inside a worker with an
-    unhelpful trace; calling ``convert`` forces the decode here, where we can name the file.
+    unhelpful trace; converting forces the decode here, where we can name the file.
     """
     try:
         with _open(path) as image:
-            return image.convert("RGB")
+            image.load()
+            return to_rgb(image, path)
+    except ImageDecodeError:
+        raise
     except _DECODE_ERRORS as exc:
         raise ImageDecodeError(f"{path}: cannot decode image ({exc})") from exc
 
@@ -73,6 +109,7 @@ def image_problem(path: str) -> str | None:
     try:
         with _open(path) as image:
             image.load()
+            to_rgb(image, path)  # a mode that cannot become 8-bit RGB is unreadable for training too
     except ImageDecodeError as exc:
         return str(exc).split(": ", 1)[-1]
     except _DECODE_ERRORS as exc:

@@ -624,6 +624,16 @@ def world_matches(root: str | Path, config: WorldConfig) -> bool:
             and all((Path(root) / split).is_dir() for split in SPLITS))
 
 
+def drawn_by_us(root: str | Path) -> bool:
+    """True when ``root`` holds a complete world drawn by this renderer, whatever its settings."""
+    try:
+        saved = json.loads((Path(root) / WORLD_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(saved, dict) and saved.get("generator_version") == GENERATOR_VERSION
+            and isinstance(saved.get("config"), dict) and all((Path(root) / split).is_dir() for split in SPLITS))
+
+
 def ensure_world(root: str | Path, config: WorldConfig = WorldConfig(), progress: bool = False) -> Path:
     """Reuse the world at ``root`` if it was drawn with ``config``; otherwise (re)draw it."""
     if world_matches(root, config):
@@ -640,8 +650,8 @@ def open_world(root: str | Path, config: WorldConfig = WorldConfig(), may_create
     it silently loses data. ``may_create=False`` (``bpm data check``) never writes at all.
     """
     root = Path(root)
-    if world_matches(root, config):
-        return root
+    if world_matches(root, config) or drawn_by_us(root):
+        return root  # a world `bpm synth` drew with other flags is read as it was drawn
     fresh = not root.exists() or (root.is_dir() and not any(root.iterdir()))
     regenerate = f"bpm synth --out {root} --force"
     if fresh and may_create:
@@ -649,7 +659,7 @@ def open_world(root: str | Path, config: WorldConfig = WorldConfig(), may_create
     if fresh:
         raise BpmError(f"{root}: no synthetic world there (a check writes nothing); draw it with `bpm synth --out {root}`")
     if (root / WORLD_FILE).is_file():
-        raise BpmError(f"{root}: holds a synthetic world drawn with other settings than --dataset synthetic's "
+        raise BpmError(f"{root}: holds a synthetic world of another bpm version or an incomplete one "
                        f"(nothing was changed); read it as it is with --dataset market1501 --data_root {root}, or "
                        f"replace it by the default world with `{regenerate}`")
     raise BpmError(f"{root}: is not a synthetic world (no {WORLD_FILE}); nothing was changed - point --data_root at an "

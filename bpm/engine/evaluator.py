@@ -123,6 +123,7 @@ def evaluate_test_set(
                   f"{test_set.name}/gallery": FeatureSplit.from_records(g_feat, test_set.gallery)}
         if features_out is None:
             write_features_file(settings.save_features, splits, _features_attrs(settings))
+            print(f"Features written to {settings.save_features}")
         else:
             features_out.update(splits)
     single = evaluate_features(q_feat, g_feat, test_set.query, test_set.gallery, settings.rerank, settings.max_rank)
@@ -203,6 +204,7 @@ def evaluate_model(
                for ts in test_sets}
     if settings.save_features and collected:
         write_features_file(settings.save_features, collected, _features_attrs(settings))
+        print(f"Features written to {settings.save_features}")
     return reports
 
 

@@ -123,15 +123,51 @@ def record_names(exp_dir: str | Path, training: bool) -> tuple[str, str]:
     return "test_config.json", "test_results.json"
 
 
-def start_fresh_logs(exp_dir: str | Path, stamp: str | None = None) -> list[Path]:
-    """A fresh (not resumed) run keeps the previous run's log and TensorBoard folder as ``*.<time>.bak``
-    instead of appending to them; returns the backups made."""
+# A run's records (what a fresh run moves aside together): checkpoint, settings, results, logs, plots.
+RECORD_NAMES = ("ckpt.pth", "config.json", "results.json", "test_config.json", "test_results.json", RUN_LOG,
+                TENSORBOARD, "training_curves.png", "cmc_curve.png", "test_cmc_curve.png")
+# The original's stdout/stderr mirrors, and the *.bak files of bpm versions that kept backups one by one.
+RECORD_PATTERNS = ("stdout_*.txt", "stderr_*.txt", "*.bak")
+PREVIOUS_PREFIX = "previous-"
+
+
+def previous_records(exp_dir: str | Path) -> list[Path]:
+    """The records of an earlier run in ``exp_dir`` (empty for a new folder)."""
+    exp_dir = Path(exp_dir)
+    found = [exp_dir / name for name in RECORD_NAMES if (exp_dir / name).exists()]
+    return found + [p for pattern in RECORD_PATTERNS for p in sorted(exp_dir.glob(pattern)) if p not in found]
+
+
+def move_previous_run(exp_dir: str | Path, stamp: str | None = None) -> Path | None:
+    """Move an earlier run's records into one dated folder ``exp_dir/previous-<time>/``; its path, or
+    None when there was nothing to move.
+
+    Why together: moving only some of them (the checkpoint and the log as ``*.bak``) left the old
+    ``results.json`` and ``test_results.json`` beside the new checkpoint, describing another model.
+    Why move rather than refuse: a re-run in the same folder is what the original's scripts do, and
+    nothing is lost this way. A failed move is undone, so the records are never split.
+    """
+    exp_dir = Path(exp_dir)
+    records = previous_records(exp_dir)
+    if not records:
+        return None
     stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
-    kept = []
-    for name in (RUN_LOG, TENSORBOARD):
-        old = Path(exp_dir) / name
-        if old.exists():
-            backup = old.with_name(f"{name}.{stamp}.bak")
-            os.replace(old, backup)
-            kept.append(backup)
-    return kept
+    target = exp_dir / f"{PREVIOUS_PREFIX}{stamp}"
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = exp_dir / f"{PREVIOUS_PREFIX}{stamp}-{suffix}"
+    moved: list[Path] = []
+    try:
+        target.mkdir()
+        for path in records:
+            os.replace(path, target / path.name)
+            moved.append(path)
+    except OSError as exc:
+        for path in moved:
+            os.replace(target / path.name, path)
+        if target.is_dir() and not any(target.iterdir()):
+            target.rmdir()
+        raise BpmError(f"{exp_dir}: could not move the previous run's records into {target.name} "
+                       f"({exc.strerror or exc}); they are unchanged") from exc
+    return target

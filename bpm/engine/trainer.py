@@ -294,6 +294,7 @@ class Trainer:
         lr = lr_at_epoch(self.cfg, epoch + 1)
         set_lr(self.optimizer, lr)
         self.sampler.set_epoch(epoch, self.position.step)
+        first_step = self.position.step + 1
         steps_to_run = len(self.sampler) - self.position.step  # fewer after a mid-epoch resume
         totals: dict[str, float] = {}
         count = 0
@@ -338,7 +339,10 @@ class Trainer:
         bar.close()
         if self.is_main:
             means = {k: v / max(count, 1) for k, v in totals.items()}
-            print(f"Ep {epoch + 1}, {time.time() - start:.1f}s, lr {lr:.3g}, {format_stats(means)}"
+            # The running sums of the steps before a resume are not in the checkpoint: say what is averaged.
+            partial = f", means of steps {first_step}-{len(self.sampler)} only (resumed mid-epoch)" \
+                if first_step > 1 else ""
+            print(f"Ep {epoch + 1}, {time.time() - start:.1f}s, lr {lr:.3g}, {format_stats(means)}{partial}"
                   + (f", skipped {steps_to_run - count}" if count < steps_to_run else ""))
 
     def _maybe_validate(self, logger: RunLogger | None) -> None:

@@ -207,6 +207,14 @@ def read_features_file(path: str | Path, flag: str = "--features_file") -> Featu
     return FeaturesFile(path, splits, attrs, version)
 
 
+def read_attrs(path: str | Path) -> dict[str, object]:
+    """The file-level attributes alone (the weights, net, ... that wrote it), without reading features."""
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        return {key: _attr_value(value) for key, value in handle.attrs.items()}
+
+
 def read_test_sets(path: str | Path, normalize: bool = False, flag: str = "--features_file") -> list[SavedTestSet]:
     """Every ``<set>/query`` + ``<set>/gallery`` pair of a features file, features optionally L2-normalised.
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -21,15 +23,15 @@ import torch
 from bpm.data.datasets.common import list_image_names
 from bpm.data.records import TestSet
 from bpm.errors import BpmError
-from bpm.evaluation.features import embed_images, image_tensor
+from bpm.evaluation.features import embed_images, image_tensor, near_constant_rows
 from bpm.export.equalize import equalize_ranges
 from bpm.export.onnx import LEGACY_INPUT_NAME, LEGACY_OUTPUT_NAME, OnnxSpec, check_onnx, convert_to_fp16, export_onnx
 from bpm.export.qat import finetune_for_int8
 from bpm.export.quantize import quantize_int8
 from bpm.export.runtime import OnnxModel
 from bpm.export.sensitivity import activation_sensitivity
-from bpm.export.verify import (COSINE_THRESHOLDS, FormatCheck, add_retrieval, check_cosine, cosine_rows, format_table,
-                               retrieval_scores, write_report)
+from bpm.export.verify import (COSINE_THRESHOLDS, FormatCheck, add_retrieval, check_cosine, cosine_rows,
+                               describe_check, format_table, retrieval_scores, stamp_verification, write_report)
 from bpm.export.weights import save_pt, save_safetensors, state_precision, weights_state
 from bpm.inference import onnx_features
 from bpm.machine import machine_line
@@ -163,6 +165,29 @@ def _file_names(opts: ExportOptions, net: str) -> dict[str, str]:
             "onnx": f"{stem}_fp32.onnx", "onnx16": f"{stem}_fp16.onnx", "onnx_int8": f"{stem}_int8.onnx"}
 
 
+def staged_name(final: Path) -> Path:
+    """Where a format is written until its check passed: hidden, beside its final name, same suffix
+    (loaders look at the suffix). A verified file must never be replaced by an unchecked one."""
+    return final.with_name(f".{final.stem}.unverified{final.suffix}")
+
+
+def refused_name(final: Path) -> Path:
+    """Where a file that failed its check is kept, for inspection, without taking the final name."""
+    return final.with_name(f"{final.stem}.refused{final.suffix}")
+
+
+def settle(check: FormatCheck, staged: Path, final: Path) -> Path:
+    """Move a checked file to its final name, or aside as ``*.refused.<ext>``; ONNX files record which
+    (and how they were checked) in their metadata. Returns where the file now is."""
+    target = final if check.passed else refused_name(final)
+    check.status = "verified" if check.passed else "refused"
+    if final.suffix == ".onnx":
+        stamp_verification(staged, check.status, f"bpm export: {describe_check(check)}")
+    os.replace(staged, target)
+    check.file = target.name
+    return target
+
+
 def check_int8_options(opts: ExportOptions) -> None:
     """One-line errors for INT8 switches, before anything is loaded or written."""
     if opts.int8_sensitivity < 0:
@@ -199,11 +224,14 @@ def _int8_source(model: torch.nn.Module, reference: np.ndarray, fp32_onnx: Path,
     else:
         notes["equalisation"] = "off (--int8_equalize false)"
     if opts.qat_epochs > 0:
-        source_model, result = finetune_for_int8(
+        tuned, result = finetune_for_int8(
             source_model, images.training, partial(image_tensor, spec=opts.input_spec),
             opts.qat_epochs, opts.qat_lr, log=log)
         notes["fine_tuning"] = result.describe()
-        source = export_onnx(source_model, tmp / "int8_finetuned_fp32.onnx", spec, opts.opset)
+        notes["fine_tuning_used"] = result.used
+        if result.used == "fine-tuned":  # otherwise the graph it started from is quantised
+            source_model = tuned
+            source = export_onnx(source_model, tmp / "int8_finetuned_fp32.onnx", spec, opts.opset)
         log(f"  {result.describe()}")
     log(f"  INT8 source: {notes['equalisation']}; ranges: {opts.calib_method} on {len(images.calibration)} images")
     if opts.int8_sensitivity > 0:
@@ -223,6 +251,8 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
     """
     check_int8_options(opts)
     out = Path(opts.out_dir)
+    if out.exists() and not out.is_dir():
+        raise BpmError(f"--out {out}: is a file; expected a folder for the exported files")
     if Path(opts.weights).suffix == ".onnx":
         raise BpmError(f"--weights {opts.weights}: bpm export reads PyTorch weights (checkpoint, .pt, .safetensors), "
                        "not an exported graph")
@@ -245,6 +275,11 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
         log(f"Images: {images.description} ({len(images.calibration)} calibration, "
             f"{len(images.verification)} verification)")
         reference = reference_features(model, images.verification, opts)
+        degenerate = bool(near_constant_rows(reference))
+        if degenerate:  # as bpm test warns: every cosine and mAP below then compares ties
+            log(f"WARNING {opts.weights}: the model's features are nearly the same vector for every image (the "
+                "embedding does not depend on its input); the checks and scores below compare ties and are not "
+                "meaningful")
         eval_paths = [r.path for r in images.test_set.query + images.test_set.gallery] if images.test_set else []
         nq = len(images.test_set.query) if images.test_set else 0
         ref_scores = None
@@ -254,46 +289,62 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
             feats = reference_features(model, eval_paths, opts)
             ref_scores = retrieval_scores(feats[:nq], feats[nq:], images.test_set, normalize)
 
-        for fmt in (f for f in FORMATS if f in opts.formats and f not in ONNX_FORMATS):
-            if fmt == "pt16" and "pt" in opts.formats and names["pt"] == names["pt16"]:
-                continue  # --opt-level O2/O3 already wrote the FP16 file as "pt"
-            level = {"pt": opts.opt_level, "pt16": "O2"}.get(fmt, "O0")
-            state = weights_state(model, level, opts.keep_batchnorm_fp32)
-            path = out / names[fmt]
-            if fmt == "safetensors":
-                save_safetensors(state, path, {"net": model.net, "format": "bpm re-ID weights (base.* keys)",
-                                               **safetensors_metadata(meta)})
-            else:
-                save_pt(state, path, meta)
-            reloaded, _spec = load_model(path, net=model.net, last_conv_stride=opts.last_conv_stride)
-            checks.append(check_cosine(fmt, path, state_precision(state),
-                                       reference_features(reloaded, images.verification, opts), reference))
+        staged: list[Path] = []  # removed whatever happens, unless settled (moved to a final or refused name)
+        try:
+            for fmt in (f for f in FORMATS if f in opts.formats and f not in ONNX_FORMATS):
+                if fmt == "pt16" and "pt" in opts.formats and names["pt"] == names["pt16"]:
+                    continue  # --opt-level O2/O3 already wrote the FP16 file as "pt"
+                level = {"pt": opts.opt_level, "pt16": "O2"}.get(fmt, "O0")
+                state = weights_state(model, level, opts.keep_batchnorm_fp32)
+                final = out / names[fmt]
+                path = staged_name(final)
+                staged.append(path)
+                if fmt == "safetensors":
+                    save_safetensors(state, path, {"net": model.net, "format": "bpm re-ID weights (base.* keys)",
+                                                   **safetensors_metadata(meta)})
+                else:
+                    save_pt(state, path, meta)
+                reloaded, _spec = load_model(path, net=model.net, last_conv_stride=opts.last_conv_stride)
+                check = check_cosine(fmt, path, state_precision(state),
+                                     reference_features(reloaded, images.verification, opts), reference)
+                settle(check, path, final)
+                checks.append(check)
 
-        fp32_onnx = out / names["onnx"]
-        int8_notes: dict = {}
-        if any(f in opts.formats for f in ONNX_FORMATS):
-            fp32_onnx = fp32_onnx if "onnx" in opts.formats else Path(tmp) / names["onnx"]
-            export_onnx(model, fp32_onnx, spec, opts.opset)
-        for fmt in (f for f in ONNX_FORMATS if f in opts.formats):
-            path = out / names[fmt]
-            if fmt == "onnx16":
-                convert_to_fp16(fp32_onnx, path, spec)
-            elif fmt == "onnx_int8":
-                source, int8_notes = _int8_source(model, reference, fp32_onnx, spec, images, opts, Path(tmp), log)
-                quantize_int8(source, path, spec, images.calibration, opts.quant_format, opts.calib_method)
-            check_onnx(path)
-            runner = OnnxModel(path, opts.threads)
-            precision = runner.spec.precision
-            # Against the original model for every format: fine-tuning teaches the 8-bit network to
-            # give the original's embedding (the fine-tuned FP32 weights themselves drift from it).
-            check = check_cosine(fmt, path, precision, onnx_features(runner, images.verification, opts.batch_size),
-                                 reference)
-            if images.test_set is not None:
-                feats = onnx_features(runner, eval_paths, opts.batch_size)
-                add_retrieval(check, retrieval_scores(feats[:nq], feats[nq:], images.test_set, normalize), ref_scores,
-                              opts.max_map_drop)
-            checks.append(check)
-            log(f"  {fmt}: {path.name} verified (mean cosine {check.cosine_mean:.5f})")
+            int8_notes: dict = {}
+            fp32_onnx = Path(tmp) / names["onnx"]  # the graph every ONNX format is made from
+            if any(f in opts.formats for f in ONNX_FORMATS):
+                export_onnx(model, fp32_onnx, spec, opts.opset)
+            for fmt in (f for f in ONNX_FORMATS if f in opts.formats):
+                final = out / names[fmt]
+                path = staged_name(final)
+                staged.append(path)
+                if fmt == "onnx":
+                    shutil.copyfile(fp32_onnx, path)
+                elif fmt == "onnx16":
+                    convert_to_fp16(fp32_onnx, path, spec)
+                else:
+                    source, int8_notes = _int8_source(model, reference, fp32_onnx, spec, images, opts, Path(tmp),
+                                                      log)
+                    quantize_int8(source, path, spec, images.calibration, opts.quant_format, opts.calib_method)
+                check_onnx(path)
+                runner = OnnxModel(path, opts.threads)
+                precision = runner.spec.precision
+                # Against the original model for every format: fine-tuning teaches the 8-bit network to
+                # give the original's embedding (the fine-tuned FP32 weights themselves drift from it).
+                check = check_cosine(fmt, path, precision,
+                                     onnx_features(runner, images.verification, opts.batch_size), reference)
+                if images.test_set is not None:
+                    feats = onnx_features(runner, eval_paths, opts.batch_size)
+                    add_retrieval(check, retrieval_scores(feats[:nq], feats[nq:], images.test_set, normalize),
+                                  ref_scores, opts.max_map_drop)
+                where = settle(check, path, final)
+                checks.append(check)
+                # "checked": the verdict (ok, or why not) follows in the table.
+                log(f"  {fmt}: {where.name} checked (mean cosine {check.cosine_mean:.5f}): "
+                    + ("verified" if check.passed else "REFUSED, " + "; ".join(check.failures)))
+        finally:
+            for path in staged:
+                path.unlink(missing_ok=True)
 
     table = format_table(checks, ref_scores)
     log(table)
@@ -305,6 +356,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
                  "bake_normalization": opts.bake_normalization, "quant_format": opts.quant_format,
                  "calib_method": opts.calib_method},
         "int8": int8_notes or None,
+        "degenerate_reference": degenerate,
         "machine": machine_line(),
         "reference": None if ref_scores is None else {"mAP": ref_scores[0], "rank1": ref_scores[1],
                                                       "l2_normalised": normalize,
@@ -317,7 +369,11 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
     if failed:
         hint = "; for INT8, try --qat_epochs 4 or more (fine-tuning with 8-bit rounding simulated)" \
             if any(c.format == "onnx_int8" for c in failed) and opts.qat_epochs == 0 and images.training else ""
+        kept = "; ".join(f"{c.format} kept as {c.file}, " + (f"the earlier {names[c.format]} is unchanged"
+                                                              if (out / names[c.format]).exists()
+                                                              else f"no {names[c.format]} written")
+                         for c in failed)
         raise BpmError(f"export check failed for {', '.join(c.format for c in failed)}: "
-                       f"{failed[0].failures[0]} (see {report_path}){hint}")
+                       f"{failed[0].failures[0]} ({kept}; see {report_path}){hint}")
     log(f"All {len(checks)} exported files verified; report: {report_path}")
     return {"checks": checks, "report": report_path, "files": {f: out / names[f] for f in opts.formats}}

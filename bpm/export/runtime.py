@@ -11,7 +11,7 @@ from typing import Iterable, Union
 import numpy as np
 from PIL import Image
 
-from bpm.data.images import read_image
+from bpm.data.images import read_image, to_rgb
 from bpm.data.transforms import model_input
 from bpm.errors import BpmError
 from bpm.export.onnx import OnnxSpec, read_spec
@@ -24,13 +24,17 @@ def to_pil(item: ImageLike) -> Image.Image:
     if isinstance(item, (str, Path)):
         return read_image(str(item))
     if isinstance(item, Image.Image):
-        return item.convert("RGB")
+        if 0 in item.size:
+            raise BpmError(f"image: expected at least 1x1 pixels, got {item.size[0]}x{item.size[1]}")
+        return to_rgb(item)  # 16-bit and float pixels scaled to 8 bits, not clipped
     if isinstance(item, np.ndarray):
         array = item
         if array.ndim == 2:
             array = np.repeat(array[:, :, None], 3, axis=2)
         if array.ndim != 3 or array.shape[2] != 3:
             raise BpmError(f"image array: expected HxWx3 RGB, got shape {item.shape}")
+        if 0 in array.shape[:2]:
+            raise BpmError(f"image array: expected at least 1x1 pixels, got shape {item.shape}")
         if array.dtype != np.uint8:
             if not np.issubdtype(array.dtype, np.floating) or array.min() < 0 or array.max() > 1:
                 raise BpmError(f"image array: expected uint8 0..255 or float 0..1, got {array.dtype}")

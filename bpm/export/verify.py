@@ -8,6 +8,7 @@ compared with the PyTorch FP32 model. Re-ID ranks by distances between embedding
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,8 @@ class FormatCheck:
     rank1: float | None = None
     mAP_drop_points: float | None = None
     failures: list[str] = field(default_factory=list)
+    #: "verified" (moved to its final name) or "refused" (kept as ``*.refused.<ext>``), once settled.
+    status: str = "unchecked"
 
     @property
     def passed(self) -> bool:
@@ -105,7 +108,72 @@ def format_table(checks: list[FormatCheck], reference: tuple[float, float] | Non
     return "\n".join(lines)
 
 
+def describe_check(check: FormatCheck) -> str:
+    """How a file was checked, in one line (its ONNX metadata and the report say the same)."""
+    line = (f"mean cosine {check.cosine_mean:.6f} (min {check.cosine_min:.6f}, required {check.threshold}) "
+            "against PyTorch FP32 features of the same images")
+    if check.mAP is not None:
+        line += f"; mAP {100 * check.mAP:.2f}% ({check.mAP_drop_points:+.2f} points below PyTorch FP32)"
+    return line + ("" if check.passed else "; failed: " + "; ".join(check.failures))
+
+
+# ONNX metadata keys saying whether ``bpm export`` verified a file (read by bpm.FeatureExtractor).
+VERIFICATION_KEY = "bpm.verification"
+VERIFICATION_DETAIL_KEY = "bpm.verification_detail"
+
+
+def stamp_verification(path: str | Path, status: str, detail: str) -> None:
+    """Record in an ONNX file's metadata whether it was verified (``verified``, ``refused``,
+    ``unverified``) and how, so the file itself tells a consumer what it is worth."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in (VERIFICATION_KEY, VERIFICATION_DETAIL_KEY)]
+    del proto.metadata_props[:]
+    for key, value in kept + [(VERIFICATION_KEY, status), (VERIFICATION_DETAIL_KEY, detail)]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+
+
+def warn_if_unverified(path: str | Path, metadata: dict[str, str]) -> None:
+    """One warning when an ONNX file says ``bpm export`` refused it or never verified it.
+
+    Files without the key (written elsewhere, or by an older bpm) are not judged.
+    """
+    status = metadata.get(VERIFICATION_KEY)
+    if status == "refused":
+        warnings.warn(f"{path}: this file was refused by bpm export ({metadata.get(VERIFICATION_DETAIL_KEY, '?')}); "
+                      "its features may be wrong", UserWarning, stacklevel=3)
+    elif status is not None and status != "verified":
+        warnings.warn(f"{path}: this file was not verified by bpm export ({status}); its features are unchecked",
+                      UserWarning, stacklevel=3)
+
+
+def report_rows(checks: list[FormatCheck]) -> list[dict]:
+    return [{**asdict(c), "passed": c.passed} for c in checks]
+
+
+def earlier_rows(path: Path, rewritten: set[str]) -> list[dict]:
+    """Rows of an earlier ``export_report.json`` in the same folder for files this export did not
+    rewrite and that are still there (with the source each came from), so the report describes
+    every file in the folder, not only this run's."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(old, dict):
+        return []
+    rows = [{**row, "source": old.get("source")} for row in old.get("formats", []) if isinstance(row, dict)]
+    rows += [row for row in old.get("earlier_files", []) if isinstance(row, dict)]
+    return [row for row in rows if row.get("file") not in rewritten and (path.parent / str(row.get("file"))).is_file()]
+
+
 def write_report(path: Path, checks: list[FormatCheck], context: dict) -> None:
-    report = {**context, "passed": all(c.passed for c in checks),
-              "formats": [{**asdict(c), "passed": c.passed} for c in checks]}
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    """``export_report.json``, written atomically, keeping the earlier report's rows of files not rewritten."""
+    from bpm.engine.outputs import write_text
+
+    rewritten = {c.file for c in checks}
+    report = {**context, "passed": all(c.passed for c in checks), "formats": report_rows(checks),
+              "earlier_files": earlier_rows(path, rewritten)}
+    write_text(path, json.dumps(report, indent=2) + "\n", "the export report")

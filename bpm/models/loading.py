@@ -91,14 +91,17 @@ def _choose_backbone(net: str | None, recorded: str | None, state: Mapping, path
     """(backbone, level of the state) by ``--net`` > the file's record > the first layer's key (meta-less files)."""
     if net is not None:
         backbone = get_backbone(net)
+        # The weights are checked first: a file holding another network is one error, not a warning
+        # saying "using X" followed by an error saying X does not fit.
+        refuse_other_backbone(state, backbone, path)
         if recorded is not None and get_backbone(recorded) is not backbone:
             print(f"warning: --net {backbone.name} differs from the {get_backbone(recorded).name} that {path} was "
                   f"trained with; using {backbone.name}", file=sys.stderr)
     elif recorded is not None:
         backbone = get_backbone(recorded)
+        refuse_other_backbone(state, backbone, path)
     else:
         return backbone_of_state(state, path)
-    refuse_other_backbone(state, backbone, path)
     return backbone, backbone.level_of(state) or "model"
 
 

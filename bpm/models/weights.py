@@ -28,6 +28,10 @@ from bpm.models.registry import (
 )
 
 
+#: The first 8 bytes of every HDF5 file.
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
 def read_weights_file(path: str | Path) -> object:
     """Load a ``.pt/.pth/.tar`` pickle safely, or a ``.safetensors`` file; errors name the file."""
     path = Path(path)
@@ -44,6 +48,12 @@ def read_weights_file(path: str | Path) -> object:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise BpmError(f"{path}: not a readable safetensors file ({exc})") from exc
+    with open(path, "rb") as handle:
+        if handle.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+            # torch.load would call it a pickle that "needs more than plain tensors", which sends users
+            # looking for unsafe content in what is a features file or another framework's weights.
+            raise BpmError(f"{path}: an HDF5 file (a bpm features file, or another framework's weights), not a "
+                           "PyTorch weights file; expected a .pth/.pt checkpoint or weights file, or .safetensors")
     _verify_zip_checksums(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

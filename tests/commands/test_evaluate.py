@@ -70,3 +70,34 @@ def test_unknown_ap_definition_is_one_line(tmp_path, capsys):
         main(["evaluate", "--features_file", str(tmp_path / "f.h5"), "--ap", "voc"])
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: argument --ap: invalid choice") and "\n" not in err
+
+
+def test_evaluate_respects_the_folder_lock_and_records_its_source(tmp_path, capsys):
+    """Reliability III finding 3: a folder a run holds is refused in one line, writing nothing; the
+    results name the features file by its path and the weights/net it came from."""
+    import os
+    import socket
+
+    import h5py
+
+    from bpm.engine.runfolder import LOCK_NAME
+
+    path = tmp_path / "feats.h5"
+    saved_features(path, seed=1, num_query=6, num_gallery=12, num_ids=3, gallery_cams=2)
+    with h5py.File(path, "a") as handle:
+        handle.attrs["weights"], handle.attrs["net"] = "/models/b/ckpt.pth", "resnet50"
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / LOCK_NAME).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(),
+                                              "started": "now", "command": "bpm train"}))
+    assert main(["evaluate", "--features_file", str(path), "--rerank", "false", "--exp_dir", str(held)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"in use by process {os.getppid()}" in err[0]
+    assert sorted(p.name for p in held.iterdir()) == [LOCK_NAME]
+
+    out_dir = tmp_path / "free"
+    assert main(["evaluate", "--features_file", str(path), "--rerank", "false", "--exp_dir", str(out_dir)]) == 0
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["features_file"] == str(path.resolve())
+    assert (results["weights"], results["net"]) == ("/models/b/ckpt.pth", "resnet50")
+    assert not (out_dir / LOCK_NAME).exists()

@@ -110,3 +110,28 @@ def test_market_ids_follow_the_dataset_readers_name_rule():
     assert market_ids(["-0007_c1s1_000001_00.jpg"]) is None  # a negative id other than junk is not Market's
     assert market_ids(["\u0660\u0660\u0660\u0662_c1s1_000001_00.jpg"]) is None  # Arabic-Indic digits are not ids
     assert market_ids([]) is None
+
+
+# ----------------------------------------------------------------------------- Reliability III finding 10
+def test_skip_bad_images_leaves_a_zero_byte_file_out(test_folder, weights, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    shutil.copytree(test_folder / "query", folder)
+    good = sorted(p.name for p in folder.iterdir())
+    (folder / "0001_c1s1_999999_00.jpg").write_bytes(b"")  # a zero-byte file among good images
+    out = tmp_path / "f.h5"
+    argv = ["extract", *FAST, "--weights", str(weights), "--images", str(folder), "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "0001_c1s1_999999_00.jpg" in err and "--skip_bad_images true" in err
+    assert not out.exists()
+    assert main([*argv, "--skip_bad_images", "true"]) == 0
+    captured = capsys.readouterr()
+    assert "skipped 1 unreadable image" in captured.out + captured.err
+    assert read_features_file(out).splits["imgs/images"].names == good
+
+
+def test_mat_of_a_query_gallery_folder_says_what_to_do(test_folder, weights, tmp_path, capsys):
+    assert main(["extract", *FAST, "--weights", str(weights), "--images", str(test_folder),
+                 "--out", str(tmp_path / "x.mat")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "query/ and gallery/" in err and ".h5" in err and "no images" not in err

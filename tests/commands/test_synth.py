@@ -21,6 +21,9 @@ def test_command_line(tmp_path, capsys):
     meta = json.loads((out / "world.json").read_text())
     assert meta["config"]["num_train_ids"] == 3 and meta["config"]["seed"] == 5
     assert len({pid for pid, _ in parsed(out, "bounding_box_train")}) == 3
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""  # --quiet prints nothing (Reliability III finding 10)
+    assert main(args[:-1]) == 0  # without --quiet: the world's folder, for scripts
     assert capsys.readouterr().out.strip() == str(out)
 
 
@@ -54,4 +57,4 @@ def test_command_line_with_three_cameras(tmp_path, capsys):
     meta = json.loads((out / "world.json").read_text())
     assert meta["config"]["num_cameras"] == 3 and meta["config"]["max_cameras_per_id"] == 3
     assert {cam for _, cam in parsed(out, "bounding_box_test")} <= {1, 2, 3}
-    assert capsys.readouterr().out.strip() == str(out)
+    assert capsys.readouterr().out == ""  # --quiet

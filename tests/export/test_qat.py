@@ -64,3 +64,17 @@ def test_fine_tuning_brings_the_rounded_embedding_closer():
     assert set(tuned.state_dict()) == set(model.state_dict())
     with torch.no_grad():
         assert torch.isfinite(tuned(torch.stack(images[:4]))).all()
+    assert result.used == ("fine-tuned" if result.end_error < result.start_error else "start"), result
+
+
+def test_fine_tuning_that_makes_it_worse_keeps_the_start_model():
+    """Reliability III finding 8: a fine-tuning run that raises the measured error is not used."""
+    model = _model(seed=1)
+    images = [torch.rand(3, 64, 32, generator=torch.Generator().manual_seed(i)) * 2 - 1 for i in range(32)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tuned, result = finetune_for_int8(model, images, lambda items: torch.stack(list(items)), epochs=1,
+                                      lr=5.0, batch_size=16)  # a learning rate that wrecks the trunk
+    assert result.end_error > result.start_error
+    assert result.used == "start" and "kept the starting model" in result.describe()
+    for key, value in tuned.state_dict().items():
+        assert torch.equal(value, before[key]), key

@@ -122,3 +122,12 @@ def test_last_conv_stride_2_is_refused_for_mobilenet_v2(model, tmp_path, tiny_wo
         err = capsys.readouterr().err
         assert err == "error: --last_conv_stride 2: --net mobilenet_v2 takes 1 (it has no last-stride switch)\n"
     assert not (tmp_path / "r").exists()  # refused before the run folder was made
+
+
+def test_net_naming_another_network_than_the_file_holds_is_one_error_without_a_using_warning(model, tmp_path,
+                                                                                             capsys):
+    """The weights are checked before the warning: no "using resnet50" followed by an error."""
+    path = save_pt(weights_state(model), tmp_path / "w.pt", file_meta(_spec(model)))
+    with pytest.raises(BpmError, match=r"w.pt: holds mobilenet_v2 weights, but --net is resnet50"):
+        bpm.load_model(path, net="resnet50")
+    assert "using resnet50" not in capsys.readouterr().err

@@ -125,3 +125,16 @@ def test_unsafe_and_corrupt_files_are_refused(tmp_path):
         load_model_weights(ReidModel("mobilenetV2"), truncated)
     with pytest.raises(BpmError, match="not found"):
         load_model_weights(ReidModel("mobilenetV2"), tmp_path / "missing.pth")
+
+
+def test_an_hdf5_file_given_as_weights_is_named_as_such(tmp_path):
+    """Not "needs more than plain tensors", which sends users looking for unsafe content."""
+    import h5py
+    import numpy as np
+
+    features = tmp_path / "features.pth"  # the suffix does not decide: the file's first bytes do
+    with h5py.File(features, "w") as handle:
+        handle["market1501/query/features"] = np.zeros((2, 4), np.float32)
+    with pytest.raises(BpmError, match=r"features.pth: an HDF5 file .*not a PyTorch weights file") as refused:
+        load_model_weights(ReidModel("mobilenet_v2"), features)
+    assert "plain tensors" not in str(refused.value)
