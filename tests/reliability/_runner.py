@@ -72,6 +72,21 @@ def train_switches(world: Path, exp_dir: Path, *extra: str) -> list[str]:
     ]
 
 
+def one_epoch(world: Path, exp_dir: Path, *extra: str) -> list[str]:
+    """``bpm train`` argv for one epoch of the tiny world (in-process runs through :func:`bpm.cli.main`)."""
+    return ["train", *train_switches(world, exp_dir, "--total_epochs", "1", *extra)]
+
+
+def cli_error(capsys, argv: list[str]) -> str:
+    """Run ``bpm`` in-process, expect exit 2 and exactly one ``error: ...`` line; return that line."""
+    from bpm.cli import main
+
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
 @dataclass
 class Run:
     proc: subprocess.Popen

@@ -13,23 +13,12 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from _runner import TALLY, train_switches
+from _runner import TALLY, cli_error, one_epoch, train_switches
 
 from bpm.cli import main
 from bpm.engine.checkpoint import load_checkpoint
 from bpm.engine.runfolder import LOCK_NAME, RunLock
 from bpm.errors import BpmError
-
-
-def cli_error(capsys, argv: list[str]) -> str:
-    assert main(argv) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
-
-
-def one_epoch(world: Path, exp_dir: Path, *extra: str) -> list[str]:
-    return ["train", *train_switches(world, exp_dir, "--total_epochs", "1", *extra)]
 
 
 @pytest.fixture(scope="module")

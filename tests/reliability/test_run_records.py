@@ -16,21 +16,10 @@ from pathlib import Path
 
 import h5py
 import pytest
-from _runner import TALLY, train_switches
+from _runner import TALLY, cli_error, one_epoch
 
 from bpm.cli import main
 from bpm.engine.runfolder import LOCK_NAME
-
-
-def cli_error(capsys, argv: list[str]) -> str:
-    assert main(argv) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
-
-
-def one_epoch(world: Path, exp_dir: Path, *extra: str) -> list[str]:
-    return ["train", *train_switches(world, exp_dir, "--total_epochs", "1", *extra)]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from _runner import TALLY, make_trainer, train_switches
+from _runner import TALLY, cli_error, make_trainer, one_epoch
 
 from bpm.cli import main
 from bpm.data.datasets import build_dataset
@@ -19,17 +19,6 @@ from bpm.engine.checkpoint import atomic_torch_save, load_checkpoint
 from bpm.errors import BpmError
 from bpm.models.reid import build_model
 from bpm.models.weights import load_model_weights, read_weights_file
-
-
-def cli_error(capsys, argv: list[str]) -> str:
-    assert main(argv) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
-
-
-def train(world: Path, exp_dir: Path, *extra: str) -> list[str]:
-    return ["train", *train_switches(world, exp_dir, "--total_epochs", "1", *extra)]
 
 
 # ----------------------------------------------------------------------------- items 6 and 8: switches
@@ -52,7 +41,7 @@ BAD_SWITCHES = [
 @pytest.mark.parametrize("switches,flag", BAD_SWITCHES)
 def test_bad_switch_values_are_one_line_before_any_work(tiny_world, tmp_path, capsys, switches, flag):
     TALLY.fault("bad switch value")
-    line = cli_error(capsys, train(tiny_world, tmp_path / "exp", *switches))
+    line = cli_error(capsys, one_epoch(tiny_world, tmp_path / "exp", *switches))
     assert flag in line
     assert not (tmp_path / "exp").exists()  # refused before the experiment folder was made
 
@@ -70,7 +59,7 @@ def test_save_features_path_is_checked_before_training(tiny_world, tmp_path, cap
     if where == "not HDF5":
         target.write_text("my notes")
     TALLY.fault("bad --save_features path")
-    line = cli_error(capsys, train(tiny_world, tmp_path / "exp", "--save_features", str(target)))
+    line = cli_error(capsys, one_epoch(tiny_world, tmp_path / "exp", "--save_features", str(target)))
     assert "--save_features" in line and str(target) in line
     assert not (tmp_path / "exp").exists()
     if where == "not HDF5":
@@ -89,7 +78,7 @@ def test_eperm_on_results_is_one_line_saying_the_checkpoint_is_kept(tiny_world, 
 
     monkeypatch.setattr(os, "replace", immutable)
     TALLY.fault("EPERM on an output file")
-    line = cli_error(capsys, train(tiny_world, tmp_path / "exp"))
+    line = cli_error(capsys, one_epoch(tiny_world, tmp_path / "exp"))
     assert "results.json" in line and "Operation not permitted" in line
     assert load_checkpoint(tmp_path / "exp" / "ckpt.pth")["ep"] == 1  # the training is kept
     assert not list((tmp_path / "exp").glob(".results.json.*"))
@@ -139,7 +128,7 @@ def test_malformed_checkpoints_are_one_line_for_resume_and_export(tiny_world, tm
     path = _checkpoint(exp_dir / "ckpt.pth", **changes)
     before = path.read_bytes()
     TALLY.fault("malformed checkpoint")
-    line = cli_error(capsys, train(tiny_world, exp_dir, "--resume", "true"))
+    line = cli_error(capsys, one_epoch(tiny_world, exp_dir, "--resume", "true"))
     assert str(path) in line
     if kind in ("empty", "a dict"):  # model-only and string-ep checkpoints export fine (export needs the model only)
         line = cli_error(capsys, ["export", "--weights", str(path), "--out", str(tmp_path / "x"), "--formats", "pt"])
