@@ -10,6 +10,7 @@ import copy
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 from bpm import distributed
 from bpm.config import (DataSettings, ModelSettings, PrecisionSettings, add_train_arguments, apply_recipe,
@@ -343,15 +344,17 @@ def _make_trainer(settings: RunSettings, model: ReidModel, policy: PrecisionPoli
     the run's records. ``distill``: the teacher and unlabelled records of
     :func:`bpm.distill.setup.open_distillation`; their targets come first (the teacher cache, keyed and
     written atomically, is the one file this may write: it is shared by runs, not one run's record)."""
-    validator = None
+    validator: Callable[[ReidModel], tuple[float, float]] | None = None
     if dataset.val is not None:
         spec = spec_of_run(settings, model)
         val_settings = replace(eval_settings(settings, test_normalize(settings, spec), spec), rerank=False,
                                save_features=None, flip=False, mq_pooling="average")
 
-        def validator(m):
+        def validate(m: ReidModel) -> tuple[float, float]:
             result = evaluate_test_set(m, dataset.val, policy, val_settings, verbose=False, ctx=ctx)["single_query"]
             return float(result["mAP"]), float(result["cmc"][0])
+
+        validator = validate
 
     targets, extras = None, []
     if distill is not None:

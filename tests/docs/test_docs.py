@@ -6,7 +6,6 @@ docstring errors; these tests catch what a build cannot see.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import re
 import sys

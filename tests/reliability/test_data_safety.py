@@ -14,7 +14,7 @@ from PIL import Image
 from bpm.cli import main
 from bpm.data.datasets import build_dataset
 from bpm.data.images import find_unreadable, image_problem, read_image
-from bpm.data.synthetic import WORLD_FILE, WorldConfig, generate_world
+from bpm.data.synthetic import WORLD_FILE, generate_world
 from bpm.errors import BpmError
 from train_helpers import TINY_WORLD
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 from _runner import TALLY, cli_error, one_epoch, train_switches
 
 from bpm.cli import main

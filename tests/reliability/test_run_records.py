@@ -9,12 +9,9 @@ weights were trained with them.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 from pathlib import Path
 
-import h5py
 import pytest
 from _runner import TALLY, cli_error, one_epoch
 
