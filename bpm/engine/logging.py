@@ -111,13 +111,15 @@ def log_hparams(exp_dir: Path, hparams: dict[str, Any], metrics: dict[str, float
 
     ``SummaryWriter.add_hparams`` would put them in a new sub-run named by the time; writing its
     summaries into the run's folder keeps one run per experiment. Values that TensorBoard cannot
-    show (tuples, None) become text.
+    show (tuples, None) become text. Event files are named by the second and the host, so this
+    writer takes its own suffix: opened within the training writer's second, it would otherwise
+    truncate that file and lose every training scalar.
     """
     from tensorboardX import SummaryWriter
     from tensorboardX.summary import hparams as hparams_summaries
 
     clean = {k: (v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in hparams.items()}
-    with SummaryWriter(log_dir=str(Path(exp_dir) / "tensorboard")) as writer:
+    with SummaryWriter(log_dir=str(Path(exp_dir) / "tensorboard"), filename_suffix=".hparams") as writer:
         for summary in hparams_summaries(clean, metrics):
             writer.file_writer.add_summary(summary)
         for name, value in metrics.items():

@@ -41,3 +41,20 @@ def test_one_run_with_original_names_hparams_and_minp(tiny_world, tmp_path, caps
                     plugins.add(value.metadata.plugin_data.plugin_name)
     assert {"loss", "precision", "satisfy_margin", "average_distance/dist_ap", "average_distance/dist_an"} <= tags
     assert {"hparam/mAP", "hparam/mINP", "hparam/rank1"} <= tags and "hparams" in plugins
+
+
+def test_hparams_written_in_the_same_second_keep_the_run_scalars(tmp_path, monkeypatch):
+    # Event files are named by the second and the host: the HParams writer must not reuse (and
+    # truncate) the training writer's file when both open within one second.
+    import time
+
+    from bpm.engine.logging import RunLogger, log_hparams
+
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.25)
+    logger = RunLogger(tmp_path, tensorboard=True)
+    logger.writer.add_scalar("loss", 1.0, 1)
+    logger.close()
+    log_hparams(tmp_path, {"lr": 0.1}, {"hparam/mAP": 0.5})
+    tags = {value.tag for path in (tmp_path / "tensorboard").iterdir() for event in _events(path)
+            for value in event.summary.value}
+    assert {"loss", "hparam/mAP"} <= tags
