@@ -159,14 +159,14 @@ def job_peer_dies(ctx: distributed.DistContext, payload: dict) -> dict:
     """Rank 1 dies (SIGKILL) or hangs at its third step; rank 0 must stop with a clear error."""
     original = Trainer.train_step
 
-    def train_step(self, images, labels):
+    def train_step(self, images, labels, indices=None):
         if ctx.rank == 1 and self.position.global_step == 2:
             if payload["how"] == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             while not (Path(payload["out"]) / "rank0.pt").exists():  # hang until the survivor gave up
                 time.sleep(0.2)
             os._exit(0)
-        return original(self, images, labels)
+        return original(self, images, labels, indices)
 
     Trainer.train_step = train_step
     torch.save(time.time(), Path(payload["exp_dir"]) / f"start{ctx.rank}.pt")

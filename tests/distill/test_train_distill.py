@@ -111,7 +111,7 @@ def test_bpm_train_with_a_bpm_weights_teacher_end_to_end(tiny_world, tmp_path, c
             "--teacher", str(teacher_file), "--steps_per_log", "0"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "Teacher: teacher.pt (bpm mobilenetV2, 1280-d" in out and "cached in" in out
+    assert "Teacher: teacher.pt (bpm mobilenet_v2, 1280-d" in out and "cached in" in out
     steps = [json.loads(line) for line in (exp / "train_log.jsonl").read_text().splitlines()]
     assert all({"distill_loss", "relational_loss", "id_loss"} <= set(s) for s in steps if s["kind"] == "step")
     assert (exp / "training_curves.png").is_file()
