@@ -1,4 +1,4 @@
-"""A tiny ONNX teacher, exported once per session (tests never read ../shared)."""
+"""A tiny ONNX teacher, exported once per session (tests make their own files)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Tiny ONNX teachers generated on the spot (tests never read ../shared)."""
+"""Tiny ONNX teachers generated on the spot (tests make their own files)."""
 from __future__ import annotations
 
 import warnings

@@ -1,6 +1,6 @@
 """EfficientNet-Lite: the torch trunk against an independent NumPy forward pass (tests/efficientnet_numpy.py)
 on the real architecture with random weights, the published key layout (generated here, never read
-from ../shared), output sizes per last stride, export/autocast/channels-last, and
+from the shared data folder), output sizes per last stride, export/autocast/channels-last, and
 ``--net_pretrained_path imagenet`` from a temporary torch hub cache."""
 from __future__ import annotations
 
