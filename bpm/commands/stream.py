@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from bpm.errors import BpmError
+from bpm.stream.appearance import DEFAULT_TRACK_THRESHOLD
 from bpm.stream.gallery import DEFAULT_THRESHOLD
 
 
@@ -32,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--realtime", action="store_true", help="play each camera at its frame rate; drop frames when behind")
     parser.add_argument("--save_video", action="store_true", help="write video/<camera>.mp4 with identity boxes")
     parser.add_argument("--no_appearance", action="store_true", help="motion-only baseline: every track is its own identity")
+    parser.add_argument("--track_threshold", type=float, default=DEFAULT_TRACK_THRESHOLD,
+                        help="cosine distance from its own mean above which a track leaving a crowd is handed back "
+                             "(swap) or split")
+    parser.add_argument("--no_track_appearance", action="store_true",
+                        help="per-camera tracks by motion only (ByteTrack), appearance only for identities")
     parser.add_argument("--min_observations", type=int, default=3, help="embeddings a track gathers before matching")
     parser.add_argument("--embed_every", type=int, default=3, help="then embed each track every n-th frame")
     parser.add_argument("--max_frames", type=int, default=0, help="stop each camera after this many frames (0: all)")
@@ -80,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("min_observations", "embed_every"):
         if getattr(args, flag) < 1:
             raise BpmError(f"--{flag}: expected at least 1, got {getattr(args, flag)}")
+    if not 0.0 < args.track_threshold <= 2.0:
+        raise BpmError(f"--track_threshold: expected a cosine distance in (0, 2], got {args.track_threshold}")
     if args.calibrate:
         sources = open_sources(args.source)
         result = calibrate(sources, args.calibrate, _extractor(args))
@@ -113,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
         cameras.append(Camera(source, CameraTracker(source.fps), reader, video))
     settings = StreamSettings(threshold=args.threshold, min_observations=args.min_observations,
                               embed_every=args.embed_every, realtime=args.realtime, save_video=args.save_video,
-                              appearance=not args.no_appearance, max_frames=args.max_frames)
+                              appearance=not args.no_appearance, max_frames=args.max_frames,
+                              track_appearance=not args.no_track_appearance, track_threshold=args.track_threshold)
     info = {"reid": args.reid, "detector": args.detector or f"detections from {args.detections}",
             "machine": machine_line()}
     stream = StreamRun(cameras, out, detector, embed, gallery, settings, info, None if args.quiet else sys.stderr)

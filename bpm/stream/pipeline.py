@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Sequence, TextIO
 
 import numpy as np
 
+from bpm.stream.appearance import DEFAULT_TRACK_THRESHOLD, AppearanceLinker
 from bpm.stream.association import Associator
 from bpm.stream.detectors import Detections
 from bpm.stream.gallery import Gallery, quality
@@ -40,6 +41,8 @@ class StreamSettings:
     realtime: bool = False
     save_video: bool = False
     appearance: bool = True
+    track_appearance: bool = True  # check per-camera tracks by appearance too (bpm.stream.appearance)
+    track_threshold: float = DEFAULT_TRACK_THRESHOLD
     max_frames: int = 0            # per camera; 0 = all
     progress_every: float = 1.0    # seconds between progress lines
     crop_max_height: int = 128     # crops kept for the HTML page are at most this tall
@@ -51,6 +54,7 @@ class Camera:
     tracker: CameraTracker
     detections: Callable[[int], Detections] | None = None  # det.txt reader instead of a detector
     video: AnnotatedVideo | None = None
+    linker: AppearanceLinker | None = None  # set by StreamRun when tracks are checked by appearance
     frames: Iterator[Frame] | None = None
     next_index: int = 1
     read: int = 0
@@ -106,6 +110,9 @@ class StreamRun:
         self.cameras, self.out, self.detector, self.embedder = list(cameras), out, detector, embedder
         self.gallery, self.settings, self.info, self.progress = gallery, settings, dict(info or {}), progress
         self.associator = Associator(gallery, settings.min_observations, settings.appearance and embedder is not None)
+        if self.associator.appearance and settings.track_appearance:
+            for camera in self.cameras:
+                camera.linker = AppearanceLinker(settings.track_threshold)
         self.times = StageTimes()
         self.processed = 0
         self.status = "running"
@@ -177,13 +184,18 @@ class StreamRun:
         t2 = time.perf_counter()
         self.times.add("detect", t2 - t1)
         tracked = camera.tracker.update(detections)
-        # which boxes to embed: tracks still gathering their first embeddings, then every embed_every-th frame
+        linker = camera.linker
+        if linker is not None:
+            tracked = linker.assign(tracked)
+        # which boxes to embed: tracks still gathering their first embeddings, then every embed_every-th
+        # frame, and those the appearance check needs (just out of a crowd)
         crops, embed_rows = [], []
         if self.associator.appearance:
             for row, item in enumerate(tracked):
                 state = self.associator.tracks.get((camera.source.name, item.track_id))
                 gathering = state is None or state.observations < settings.min_observations
-                if gathering or (frame.index - state.first_frame) % settings.embed_every == 0:
+                if gathering or (frame.index - state.first_frame) % settings.embed_every == 0 \
+                        or (linker is not None and linker.wants_embedding(row, item)):
                     crop = _crop(frame.image, item.box)
                     if crop.shape[0] >= 4 and crop.shape[1] >= 2:
                         crops.append(np.ascontiguousarray(crop[:, :, ::-1]))
@@ -193,6 +205,8 @@ class StreamRun:
         t4 = time.perf_counter()
         self.times.add("embed", t4 - t3)
         by_row = dict(zip(embed_rows, embeddings))
+        if linker is not None:
+            tracked = linker.check(tracked, by_row)
         drawn = []
         for row, item in enumerate(tracked):
             weight = quality(item.score, item.box)
@@ -251,6 +265,10 @@ class StreamRun:
             "multi_camera_identities": sum(len(i.cameras) > 1 for i in identities),
             "threshold": self.settings.threshold,
             "appearance": self.associator.appearance,
+            "track_appearance": {"threshold": self.settings.track_threshold,
+                                 "swaps_undone": sum(c.linker.swaps for c in self.cameras if c.linker),
+                                 "splits": sum(c.linker.splits for c in self.cameras if c.linker)}
+            if any(c.linker for c in self.cameras) else None,
         }
 
     def write(self) -> dict[str, Any]:
