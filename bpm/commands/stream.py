@@ -75,6 +75,7 @@ def _enroll(gallery, folder: Path, embed) -> None:
 def run(args: argparse.Namespace) -> int:
     from bpm.machine import machine_line
     from bpm.stream.detectors import load_detector
+    from bpm.stream.embedding import crop_embedder
     from bpm.stream.evaluate import calibrate, evaluate
     from bpm.stream.gallery import Gallery
     from bpm.stream.motfiles import DetectionFile, find_camera_file, write_text_atomic
@@ -125,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
                               track_appearance=not args.no_track_appearance, track_threshold=args.track_threshold)
     info = {"reid": args.reid, "detector": args.detector or f"detections from {args.detections}",
             "machine": machine_line()}
-    stream = StreamRun(cameras, out, detector, embed, gallery, settings, info, None if args.quiet else sys.stderr)
+    embedder = None if embed is None else crop_embedder(embed)
+    stream = StreamRun(cameras, out, detector, embedder, gallery, settings, info, None if args.quiet else sys.stderr)
     error = None
     try:
         stream.run()

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 import numpy as np
 
@@ -24,7 +24,8 @@ from bpm.stream.gallery import Gallery, quality
 from bpm.stream.html import render_identities
 from bpm.stream.motfiles import write_text_atomic
 from bpm.stream.outputs import identity_records, write_crops, write_identities, write_summary, write_tracks
-from bpm.stream.sources import Frame, Source
+from bpm.stream.reader import DirectReader, FrameReader, open_reader
+from bpm.stream.sources import Source
 from bpm.stream.tracking import CameraTracker
 from bpm.stream.video import AnnotatedVideo
 
@@ -46,6 +47,7 @@ class StreamSettings:
     max_frames: int = 0            # per camera; 0 = all
     progress_every: float = 1.0    # seconds between progress lines
     crop_max_height: int = 128     # crops kept for the HTML page are at most this tall
+    read_ahead: int = 2            # frames a reader thread decodes ahead per camera (0: decode in the loop)
 
 
 @dataclass
@@ -55,8 +57,9 @@ class Camera:
     detections: Callable[[int], Detections] | None = None  # det.txt reader instead of a detector
     video: AnnotatedVideo | None = None
     linker: AppearanceLinker | None = None  # set by StreamRun when tracks are checked by appearance
-    frames: Iterator[Frame] | None = None
-    next_index: int = 1
+    reader: FrameReader | DirectReader | None = None
+    next_index: int = 1            # the frame due next (after a drop, the first one after the gap)
+    last_index: int = 0            # the frame processed last
     read: int = 0
     dropped: int = 0
     ended: str = ""
@@ -125,7 +128,7 @@ class StreamRun:
         """Process every camera to its end; Ctrl-C ends it early (the caller then calls :meth:`write`)."""
         self.started = time.perf_counter()
         for camera in self.cameras:
-            camera.frames = camera.source.frames()
+            camera.reader = open_reader(camera.source, self.settings.read_ahead)
         try:
             while any(not c.ended for c in self.cameras):
                 worked = False
@@ -143,6 +146,8 @@ class StreamRun:
                 camera.ended = camera.ended or "interrupted"
         finally:
             self.finished = time.perf_counter()
+            for camera in self.cameras:
+                camera.reader.close()
             self.associator.finish()
             if self.progress is not None:
                 self._report_progress(force=True)
@@ -156,10 +161,9 @@ class StreamRun:
         current = int(elapsed * camera.source.fps) + 1  # the frame the camera is showing now
         if camera.next_index > current:
             return False
-        if camera.next_index < current:
-            skipped = camera.source.skip(current - camera.next_index)
-            camera.dropped += skipped
-            camera.next_index += skipped
+        if camera.next_index < current:  # the frames it missed are dropped (counted when the next one arrives)
+            camera.reader.skip(current - camera.next_index)
+            camera.next_index = current
         return True
 
     def _wait_time(self) -> float:
@@ -170,7 +174,7 @@ class StreamRun:
     def _step(self, camera: Camera) -> None:
         settings = self.settings
         t0 = time.perf_counter()
-        frame = next(camera.frames, None)
+        frame = camera.reader.next()
         t1 = time.perf_counter()
         if frame is None or (settings.max_frames and camera.read >= settings.max_frames):
             total = camera.source.frame_count
@@ -179,7 +183,9 @@ class StreamRun:
             return
         self.times.add("decode", t1 - t0)
         camera.read += 1
-        camera.next_index = frame.index + 1
+        camera.dropped += frame.index - camera.last_index - 1
+        camera.next_index = camera.last_index = frame.index
+        camera.next_index += 1
         detections = camera.detections(frame.index) if camera.detections is not None else self.detector(frame.image)
         t2 = time.perf_counter()
         self.times.add("detect", t2 - t1)
