@@ -42,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embed_every", type=int, default=3, help="then embed each track every n-th frame")
     parser.add_argument("--max_frames", type=int, default=0, help="stop each camera after this many frames (0: all)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime / torch threads per network (0: default)")
+    parser.add_argument("--read_ahead", type=int, default=2,
+                        help="frames a reader thread per camera decodes ahead, overlapping inference (0: no thread)")
+    parser.add_argument("--detector_spin", action="store_true",
+                        help="let the detector's ONNX Runtime threads spin between operators (stopping after each frame)")
     parser.add_argument("--eval", metavar="GT", help="score the run against GT/<camera>/gt/gt.txt (global ids) with motmetrics")
     parser.add_argument("--calibrate", metavar="GT", help="only pick --threshold from labelled GT tracks and print it")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
@@ -84,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     from bpm.stream.tracking import CameraTracker
     from bpm.stream.video import AnnotatedVideo
 
+    if args.read_ahead < 0:
+        raise BpmError(f"--read_ahead: expected 0 or more frames, got {args.read_ahead}")
     for flag in ("min_observations", "embed_every"):
         if getattr(args, flag) < 1:
             raise BpmError(f"--{flag}: expected at least 1, got {getattr(args, flag)}")
@@ -103,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     detector = None
     if args.detector:
         detector = load_detector(args.detector, args.detector_family, score_threshold=args.score,
-                                 nms_threshold=args.nms, threads=args.threads)
+                                 nms_threshold=args.nms, threads=args.threads, spin=args.detector_spin)
     embed = None if args.no_appearance else _extractor(args)
     gallery = Gallery(args.threshold)
     if args.gallery and Path(args.gallery).is_file():
@@ -123,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
     settings = StreamSettings(threshold=args.threshold, min_observations=args.min_observations,
                               embed_every=args.embed_every, realtime=args.realtime, save_video=args.save_video,
                               appearance=not args.no_appearance, max_frames=args.max_frames,
-                              track_appearance=not args.no_track_appearance, track_threshold=args.track_threshold)
+                              track_appearance=not args.no_track_appearance, track_threshold=args.track_threshold,
+                              read_ahead=args.read_ahead)
     info = {"reid": args.reid, "detector": args.detector or f"detections from {args.detections}",
             "machine": machine_line()}
     embedder = None if embed is None else crop_embedder(embed)

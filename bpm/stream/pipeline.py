@@ -1,11 +1,15 @@
 """The stream loop: per camera decode -> detect -> track -> embed -> associate, round-robin over cameras.
 
-One thread does it all, cameras in turn: on a small CPU the networks already use every core
-(ONNX Runtime's intra-op threads), so more threads would only compete. Each stage is timed per
+One thread runs the networks, cameras in turn: on a small CPU they already use every core (ONNX
+Runtime's intra-op threads), so more threads would only compete. Only decoding runs beside them,
+in a reader thread per camera (:mod:`bpm.stream.reader`), since it overlaps with inference for
+free. In each round every camera whose frame is due is decoded, detected and tracked, then the
+crops of all of them go to the re-ID network in one call (one batch instead of one per camera),
+then each camera's tracks are checked and associated, in camera order. Each stage is timed per
 frame; the live progress line and ``summary.json`` report them. With ``realtime`` every camera is
 played at its own frame rate (a file behaves like a live camera): a camera whose next frame is not
-due yet waits, one that fell behind drops the frames it missed (``grab`` without decoding) and
-the drops are counted.
+due yet waits, one that fell behind drops the frames it missed (the decoded ones, then the rest by
+``grab`` without decoding) and the drops are counted (gaps in the frame numbers).
 """
 from __future__ import annotations
 
@@ -25,8 +29,8 @@ from bpm.stream.html import render_identities
 from bpm.stream.motfiles import write_text_atomic
 from bpm.stream.outputs import identity_records, write_crops, write_identities, write_summary, write_tracks
 from bpm.stream.reader import DirectReader, FrameReader, open_reader
-from bpm.stream.sources import Source
-from bpm.stream.tracking import CameraTracker
+from bpm.stream.sources import Frame, Source
+from bpm.stream.tracking import CameraTracker, TrackedBox
 from bpm.stream.video import AnnotatedVideo
 
 STAGES = ("decode", "detect", "embed", "associate")
@@ -88,6 +92,17 @@ class StageTimes:
         return out
 
 
+@dataclass
+class _Step:
+    """One camera's frame between tracking and association (the crops of a round are embedded together)."""
+    frame: Frame
+    tracked: list[TrackedBox]
+    crops: list[np.ndarray] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)      # the tracked box each crop is of
+    embedded: dict[int, np.ndarray] = field(default_factory=dict)
+    seconds: float = 0.0                                # tracking and crop picking (counted as associate)
+
+
 def _crop(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
     h, w = frame.shape[:2]
     x1, y1 = max(0, int(box[0])), max(0, int(box[1]))
@@ -131,12 +146,13 @@ class StreamRun:
             camera.reader = open_reader(camera.source, self.settings.read_ahead)
         try:
             while any(not c.ended for c in self.cameras):
-                worked = False
-                for camera in self.cameras:
-                    if not camera.ended and self._due(camera):
-                        self._step(camera)
-                        worked = True
-                if not worked:
+                due = [camera for camera in self.cameras if not camera.ended and self._due(camera)]
+                begun = [(camera, step) for camera in due if (step := self._begin(camera)) is not None]
+                if begun:
+                    self._embed([step for _, step in begun])
+                    for camera, step in begun:
+                        self._end(camera, step)
+                elif not due:
                     time.sleep(self._wait_time())
                 self._report_progress()
             self.status = "finished"
@@ -162,7 +178,7 @@ class StreamRun:
         if camera.next_index > current:
             return False
         if camera.next_index < current:  # the frames it missed are dropped (counted when the next one arrives)
-            camera.reader.skip(current - camera.next_index)
+            camera.reader.skip_to(current)
             camera.next_index = current
         return True
 
@@ -171,7 +187,8 @@ class StreamRun:
         waits = [(c.next_index - 1) / c.source.fps - elapsed for c in self.cameras if not c.ended]
         return float(min(max(min(waits, default=0.0), 0.0005), 0.05))
 
-    def _step(self, camera: Camera) -> None:
+    def _begin(self, camera: Camera) -> _Step | None:
+        """Decode, detect and track the camera's next frame and pick the crops to embed (None: it ended)."""
         settings = self.settings
         t0 = time.perf_counter()
         frame = camera.reader.next()
@@ -180,7 +197,7 @@ class StreamRun:
             total = camera.source.frame_count
             camera.ended = ("end of stream" if total is None or camera.next_index > total or settings.max_frames
                             else f"stream stopped after frame {camera.next_index - 1} of {total}")
-            return
+            return None
         self.times.add("decode", t1 - t0)
         camera.read += 1
         camera.dropped += frame.index - camera.last_index - 1
@@ -195,7 +212,7 @@ class StreamRun:
             tracked = linker.assign(tracked)
         # which boxes to embed: tracks still gathering their first embeddings, then every embed_every-th
         # frame, and those the appearance check needs (just out of a crowd)
-        crops, embed_rows = [], []
+        step = _Step(frame, tracked)
         if self.associator.appearance:
             for row, item in enumerate(tracked):
                 state = self.associator.tracks.get((camera.source.name, item.track_id))
@@ -204,15 +221,29 @@ class StreamRun:
                         or (linker is not None and linker.wants_embedding(row, item)):
                     crop = _crop(frame.image, item.box)
                     if crop.shape[0] >= 4 and crop.shape[1] >= 2:
-                        crops.append(np.ascontiguousarray(crop[:, :, ::-1]))
-                        embed_rows.append(row)
-        t3 = time.perf_counter()
+                        step.crops.append(np.ascontiguousarray(crop[:, :, ::-1]))
+                        step.rows.append(row)
+        step.seconds = time.perf_counter() - t2
+        return step
+
+    def _embed(self, steps: list[_Step]) -> None:
+        """One re-ID call for the crops of every camera's frame of this round; each frame is charged its share."""
+        crops = [crop for step in steps for crop in step.crops]
+        t0 = time.perf_counter()
         embeddings = self.embedder(crops) if crops else np.zeros((0, 0), np.float32)
+        share = (time.perf_counter() - t0) / len(steps)
+        at = 0
+        for step in steps:
+            step.embedded = dict(zip(step.rows, embeddings[at:at + len(step.rows)]))
+            at += len(step.rows)
+            self.times.add("embed", share)
+
+    def _end(self, camera: Camera, step: _Step) -> None:
+        """The appearance check, then every tracked box to the associator (and the annotated video)."""
+        settings, frame, tracked = self.settings, step.frame, step.tracked
         t4 = time.perf_counter()
-        self.times.add("embed", t4 - t3)
-        by_row = dict(zip(embed_rows, embeddings))
-        if linker is not None:
-            tracked = linker.check(tracked, by_row)
+        if camera.linker is not None:
+            tracked = camera.linker.check(tracked, step.embedded)
         drawn = []
         for row, item in enumerate(tracked):
             weight = quality(item.score, item.box)
@@ -220,12 +251,11 @@ class StreamRun:
             keep_crop = state is None or weight > state.best_quality
             crop = _thumbnail(_crop(frame.image, item.box), settings.crop_max_height) if keep_crop else None
             state = self.associator.observe(camera.source.name, item.track_id, frame.index, frame.time, item.box,
-                                            item.score, by_row.get(row), weight, crop)
+                                            item.score, step.embedded.get(row), weight, crop)
             drawn.append((state.identity.id if state.identity is not None else 0, item.box))
         lost_frames = max(1, int(round(settings.lost_seconds * camera.source.fps)))
         self.associator.end_lost(camera.source.name, frame.index, lost_frames)
-        t5 = time.perf_counter()
-        self.times.add("associate", (t5 - t4) + (t3 - t2))
+        self.times.add("associate", time.perf_counter() - t4 + step.seconds)
         if camera.video is not None:
             camera.video.write(frame.image, drawn)
         self.processed += 1

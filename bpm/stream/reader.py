@@ -18,12 +18,12 @@ _END = object()
 
 
 class FrameReader:
-    """``source``'s frames decoded ahead in a thread; :meth:`next` and :meth:`skip` from the main thread."""
+    """``source``'s frames decoded ahead in a thread; :meth:`next` and :meth:`skip_to` from the main thread."""
 
     def __init__(self, source: Source, ahead: int = 2) -> None:
         self.source = source
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, ahead))
-        self._skip = 0
+        self._first = 1      # frames numbered below this are dropped (set by skip_to)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, name=f"bpm-reader-{source.name}", daemon=True)
@@ -40,14 +40,18 @@ class FrameReader:
 
     def _read(self) -> None:
         frames: Iterator[Frame] = self.source.frames()
+        last = 0
         try:
             while not self._stop.is_set():
                 with self._lock:
-                    skip, self._skip = self._skip, 0
-                if skip:
-                    self.source.skip(skip)
+                    first = self._first
+                if first > last + 1:
+                    last += self.source.skip(first - last - 1)
                 frame = next(frames, None)
-                if frame is None or not self._put(frame):
+                if frame is None:
+                    break
+                last = frame.index
+                if frame.index >= self._first and not self._put(frame):
                     break
         except BaseException as exc:  # handed to the main thread, which raises it there
             self._put(exc)
@@ -55,28 +59,21 @@ class FrameReader:
             self._put(_END)
 
     def next(self) -> Frame | None:
-        """The next frame (its ``index`` shows frames skipped before it), or None at the stream's end."""
-        item = self._queue.get()
-        if item is _END:
-            self._queue.put(_END)  # later calls see the end too
-            return None
-        if isinstance(item, BaseException):
-            raise item
-        return item
+        """The next frame not dropped (its ``index`` shows the gap), or None at the stream's end."""
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                self._queue.put(_END)  # later calls see the end too
+                return None
+            if isinstance(item, BaseException):
+                raise item
+            if item.index >= self._first:
+                return item
 
-    def skip(self, count: int) -> None:
-        """Drop ``count`` frames: the decoded ones first, the rest without decoding (``grab``)."""
-        while count > 0:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is _END or isinstance(item, BaseException):
-                self._queue.put(item)
-                return
-            count -= 1
+    def skip_to(self, index: int) -> None:
+        """Drop every frame numbered below ``index``: decoded ones are discarded, the rest not decoded (``grab``)."""
         with self._lock:
-            self._skip += count
+            self._first = max(self._first, index)
 
     def close(self) -> None:
         self._stop.set()
@@ -89,12 +86,17 @@ class DirectReader:
     def __init__(self, source: Source) -> None:
         self.source = source
         self._frames = source.frames()
+        self._last = 0
 
     def next(self) -> Frame | None:
-        return next(self._frames, None)
+        frame = next(self._frames, None)
+        if frame is not None:
+            self._last = frame.index
+        return frame
 
-    def skip(self, count: int) -> None:
-        self.source.skip(count)
+    def skip_to(self, index: int) -> None:
+        if index > self._last + 1:
+            self._last += self.source.skip(index - self._last - 1)
 
     def close(self) -> None:
         pass

@@ -82,13 +82,16 @@ class YoloxDetector:
     """A YOLOX ONNX file under ONNX Runtime; ``detector(frame_bgr)`` gives person :class:`Detections`."""
 
     def __init__(self, path: str | Path, score_threshold: float = 0.3, nms_threshold: float = 0.45,
-                 threads: int = 0) -> None:
+                 threads: int = 0, spin: bool = False) -> None:
         import onnxruntime as ort
 
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
+        options = session_options(threads, spin)
+        if spin:  # spin between the graph's many small operators, but stop when a frame is done (decoding needs the cores)
+            options.add_session_config_entry("session.force_spinning_stop", "1")
         try:
-            self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT has its own exception types
             raise BpmError(f"--detector: ONNX Runtime cannot load {path} ({str(exc).splitlines()[0]})") from exc
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
@@ -115,5 +118,6 @@ class YoloxDetector:
 
 
 @register("yolox")
-def load(path: str | Path, score_threshold: float = 0.3, nms_threshold: float = 0.45, threads: int = 0) -> YoloxDetector:
-    return YoloxDetector(path, score_threshold, nms_threshold, threads)
+def load(path: str | Path, score_threshold: float = 0.3, nms_threshold: float = 0.45, threads: int = 0,
+         spin: bool = False) -> YoloxDetector:
+    return YoloxDetector(path, score_threshold, nms_threshold, threads, spin)
