@@ -122,8 +122,6 @@ def resolve_input_spec(backbone, meta: Mapping[str, Any], overrides: Mapping[str
     A stride the backbone has no switch for is refused when asked for, and ignored in an older
     file's record (it never changed the network).
     """
-    from bpm.models.backbones import check_last_conv_stride
-
     defaults: dict[str, Any] = {
         "net": backbone.name, "mean": backbone.mean, "std": backbone.std, "feature_dim": backbone.feature_dim,
         "resize_h_w": DEFAULT_SIZE, "last_conv_stride": 1, "color": "RGB", "interpolation": "bilinear",
@@ -137,7 +135,7 @@ def resolve_input_spec(backbone, meta: Mapping[str, Any], overrides: Mapping[str
         stored["last_conv_stride"] = 1  # e.g. MobileNet-V2 trained with --last_conv_stride 2, which did nothing
     values = {**defaults, **stored}
     if overrides.get("last_conv_stride") is not None:
-        check_last_conv_stride(backbone, int(overrides["last_conv_stride"]))  # refused before any warning
+        backbone.check_last_conv_stride(int(overrides["last_conv_stride"]))  # refused before any warning
     for name, given in overrides.items():
         if given is None or name not in known or name == "net":
             continue
@@ -146,7 +144,7 @@ def resolve_input_spec(backbone, meta: Mapping[str, Any], overrides: Mapping[str
             print(f"warning: {_SWITCH.get(name, name)} {_show(value)} differs from the {_show(stored[name])} that "
                   f"{source} was trained with; using {_show(value)}", file=sys.stderr)
         values[name] = value
-    check_last_conv_stride(backbone, values["last_conv_stride"])
+    backbone.check_last_conv_stride(values["last_conv_stride"])
     values.setdefault("pooling", "avg")
     values.setdefault("neck", "none")
     if "normalize_features" not in values:

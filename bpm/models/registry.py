@@ -120,6 +120,13 @@ class BackboneSpec:
             return "imagenet"
         return None
 
+    def check_last_conv_stride(self, last_conv_stride: int) -> None:
+        """Refuse a ``--last_conv_stride`` this backbone cannot honour, instead of recording a value that did nothing."""
+        if last_conv_stride not in self.last_conv_strides:
+            choices = " or ".join(str(s) for s in self.last_conv_strides)
+            extra = " (it has no last-stride switch)" if len(self.last_conv_strides) == 1 else ""
+            raise BpmError(f"--last_conv_stride {last_conv_stride}: --net {self.name} takes {choices}{extra}")
+
 
 _BACKBONES: dict[str, BackboneSpec] = {}  # canonical name -> spec, in registration order
 _ALIASES: dict[str, str] = {}             # every accepted name -> canonical name
