@@ -104,7 +104,7 @@ def folder_splits(extractor, folder: Path, skip_bad_images: bool = False) -> dic
 
 def _write_mat(out: Path, features: np.ndarray, names: list[str], attrs: dict) -> None:
     """The original's ``features`` variable, plus ``names`` (which the original forgot), ids, ``source``."""
-    from bpm.engine.outputs import atomic_write
+    from bpm.files import atomic_write
 
     ids = market_ids(names)
 
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         raise BpmError(f"{args.weights}: weights file not found")
     if not Path(args.weights).is_file():
         raise BpmError(f"{args.weights}: not a regular file (a folder, FIFO or device); expected a weights file")
-    from bpm.engine.outputs import check_output_file
+    from bpm.files import check_output_file
     from bpm.switches import check_common
 
     check_common(vars(args))  # --resize_h_w, --batch_size

@@ -18,7 +18,7 @@ from bpm.config import (DataSettings, ModelSettings, PrecisionSettings, add_trai
                         train_config)
 from bpm.engine.checkpoint import CKPT_NAME, load_checkpoint, rng_state, set_rng_state
 from bpm.engine.diskspace import check_free_space, estimate_checkpoint_bytes, prepare_exp_dir
-from bpm.engine.outputs import check_output_file
+from bpm.files import check_output_file
 from bpm.engine.resume_check import check_resume
 from bpm.engine.runfolder import RunLock, move_previous_run, record_names
 from bpm.engine.config import TrainConfig

@@ -16,6 +16,7 @@ import torch
 
 from bpm.data.records import ImageRecord, TestSet
 from bpm.errors import BpmError
+from bpm.files import write_text
 from bpm.evaluation import compute_distances, evaluate, pool_multi_query, re_ranking
 from bpm.evaluation.features import degenerate_rows, extract_features
 from bpm.evaluation.features_file import FeatureSplit, write_features_file
@@ -221,7 +222,5 @@ def write_results(path: Path, dataset: str, net: str, opt_level: str, reports: d
     first = next(iter(test_sets.values()))["single_query"]
     payload = {"dataset": dataset, "net": net, "opt_level": opt_level, "mAP": first["mAP"], "mINP": first["mINP"],
                "cmc": first["cmc"], "test_sets": test_sets, **(extra or {})}
-    from bpm.engine.outputs import write_text
-
     write_text(path, json.dumps(payload, indent=2), "results")  # any OSError: one line, the old file kept
     return payload

@@ -28,6 +28,7 @@ import numpy as np
 
 from bpm.data.records import ImageRecord
 from bpm.errors import BpmError
+from bpm.files import atomic_write
 
 FORMAT_VERSION = 2
 """1 (implicit: no attribute) = the two older layouts; 2 = groups everywhere, ``format_version`` set."""
@@ -101,8 +102,6 @@ def write_features_file(path: str | Path, splits: Mapping[str, FeatureSplit], at
     earlier model would be reported as this model's; a failed write leaves the previous file.
     """
     import h5py
-
-    from bpm.engine.outputs import atomic_write
 
     def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as handle:

@@ -16,6 +16,7 @@ import numpy as np
 
 from bpm.data.records import ImageRecord, TestSet
 from bpm.evaluation import compute_distances, evaluate
+from bpm.files import write_text
 
 # Minimum mean cosine similarity with the PyTorch FP32 embeddings, by numeric precision.
 COSINE_THRESHOLDS = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.98}
@@ -171,8 +172,6 @@ def earlier_rows(path: Path, rewritten: set[str]) -> list[dict]:
 
 def write_report(path: Path, checks: list[FormatCheck], context: dict) -> None:
     """``export_report.json``, written atomically, keeping the earlier report's rows of files not rewritten."""
-    from bpm.engine.outputs import write_text
-
     rewritten = {c.file for c in checks}
     report = {**context, "passed": all(c.passed for c in checks), "formats": report_rows(checks),
               "earlier_files": earlier_rows(path, rewritten)}
