@@ -15,7 +15,8 @@ import torch
 from bpm.config import is_unset
 from bpm.errors import BpmError
 from bpm.evaluation.features import embed_images
-from bpm.export.runtime import ImageLike, OnnxModel
+from bpm.data.images import ImageLike
+from bpm.export.runtime import OnnxModel
 from bpm.export.verify import warn_if_unverified
 from bpm.precision import PrecisionPolicy
 from bpm.switches import check_input_size

@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from bpm.data.loader import test_loader
 from bpm.data.records import ImageRecord
-from bpm.data.transforms import test_transform
-from bpm.export.runtime import ImageLike, image_batch
+from bpm.data.images import ImageLike
+from bpm.data.transforms import image_batch, test_transform
 from bpm.models.input_spec import InputSpec
 from bpm.precision import PrecisionPolicy
 

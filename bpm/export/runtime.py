@@ -1,55 +1,17 @@
-"""Running exported graphs with ONNX Runtime, and turning images into the arrays they take.
+"""Running exported graphs with ONNX Runtime.
 
-One pixel pipeline serves calibration, verification, benchmarks and :class:`bpm.FeatureExtractor`,
-so every format is measured on exactly the input it will see in deployment.
+The arrays they take come from :func:`bpm.data.transforms.image_batch`, the one pixel pipeline of
+calibration, verification, benchmarks and :class:`bpm.FeatureExtractor`, so every format is
+measured on exactly the input it will see in deployment.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Union
 
 import numpy as np
-from PIL import Image
 
-from bpm.data.images import read_image, to_rgb
-from bpm.data.transforms import model_input
 from bpm.errors import BpmError
 from bpm.export.onnx import OnnxSpec, read_spec
-from bpm.models.input_spec import InputSpec, as_input_spec
-
-ImageLike = Union[str, Path, Image.Image, np.ndarray]
-
-def to_pil(item: ImageLike) -> Image.Image:
-    """A path, a PIL image or an ``HxWx3`` uint8 RGB array (``HxW`` grey is widened) as an RGB image."""
-    if isinstance(item, (str, Path)):
-        return read_image(str(item))
-    if isinstance(item, Image.Image):
-        if 0 in item.size:
-            raise BpmError(f"image: expected at least 1x1 pixels, got {item.size[0]}x{item.size[1]}")
-        return to_rgb(item)  # 16-bit and float pixels scaled to 8 bits, not clipped
-    if isinstance(item, np.ndarray):
-        array = item
-        if array.ndim == 2:
-            array = np.repeat(array[:, :, None], 3, axis=2)
-        if array.ndim != 3 or array.shape[2] != 3:
-            raise BpmError(f"image array: expected HxWx3 RGB, got shape {item.shape}")
-        if 0 in array.shape[:2]:
-            raise BpmError(f"image array: expected at least 1x1 pixels, got shape {item.shape}")
-        if array.dtype != np.uint8:
-            if not np.issubdtype(array.dtype, np.floating) or array.min() < 0 or array.max() > 1:
-                raise BpmError(f"image array: expected uint8 0..255 or float 0..1, got {array.dtype}")
-            array = np.round(array * 255).astype(np.uint8)
-        return Image.fromarray(array, "RGB")
-    raise BpmError(f"image: expected a path, a PIL image or a numpy array, got {type(item).__name__}")
-
-
-def image_batch(items: Iterable[ImageLike], spec: InputSpec | tuple[int, int]) -> np.ndarray:
-    """``[N, 3, H, W]`` float32 of :func:`bpm.data.transforms.model_input` under the model's input spec."""
-    spec = as_input_spec(spec)
-    arrays = [model_input(to_pil(item), spec) for item in items]
-    if not arrays:
-        return np.zeros((0, 3, *spec.resize_h_w), dtype=np.float32)
-    return np.ascontiguousarray(np.stack(arrays), dtype=np.float32)
 
 
 def session_options(threads: int = 0, spin: bool = False):
