@@ -14,9 +14,8 @@ import torch
 
 from bpm.config import is_unset
 from bpm.errors import BpmError
-from bpm.evaluation.features import embed_images
 from bpm.data.images import ImageLike
-from bpm.export.runtime import OnnxModel
+from bpm.evaluation.features import embed_images
 from bpm.export.verify import warn_if_unverified
 from bpm.precision import PrecisionPolicy
 from bpm.switches import check_input_size
@@ -132,24 +131,6 @@ def check_device(device: str | torch.device) -> torch.device:
             raise BpmError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} GPU(s) "
                            f"(ids 0..{torch.cuda.device_count() - 1})")
     return device
-
-
-class OnnxModule(torch.nn.Module):
-    """An ONNX Runtime session as a module, so ONNX files take the one extraction path of torch models."""
-
-    def __init__(self, runner: OnnxModel) -> None:
-        super().__init__()
-        self.runner = runner
-        self.feature_dim = int(runner.session.get_outputs()[0].shape[-1])
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.runner(images.cpu().numpy()))
-
-
-def onnx_features(runner: OnnxModel, items: Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
-    """Features of images by an ONNX graph (its metadata gives input size and pixel scale), through
-    the one extraction path: what ``bpm export`` verifies is what ``FeatureExtractor`` computes."""
-    return embed_images(OnnxModule(runner), items, PrecisionPolicy.create("O0"), runner.spec.input_spec, batch_size)
 
 
 def tensor_images(batch: torch.Tensor) -> list[np.ndarray]:

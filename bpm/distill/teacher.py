@@ -19,6 +19,8 @@ from PIL import Image
 
 from bpm.distill.input_spec import TeacherInput, parse_teacher_input
 from bpm.errors import BpmError
+from bpm.inference import FeatureExtractor
+from bpm.models.onnx_graph import session_options
 
 
 def file_sha256(paths: Sequence[Path]) -> str:
@@ -90,8 +92,6 @@ class BpmTeacher(Teacher):
     with the input settings the file stores."""
 
     def __init__(self, path: Path, sha256: str, device: str | torch.device) -> None:
-        from bpm.inference import FeatureExtractor
-
         self.extractor = FeatureExtractor(path, device=device if not str(path).endswith(".onnx") else "cpu")
         h, w = self.extractor.resize_h_w
         kind = "bpm ONNX" if self.extractor.backend == "onnx" else f"bpm {self.extractor.net}"
@@ -106,8 +106,6 @@ class BpmTeacher(Teacher):
 
 def _onnx_teacher(path: Path, spec: TeacherInput | None, device: str | torch.device) -> Teacher:
     import onnxruntime as ort
-
-    from bpm.export.runtime import session_options
 
     providers = ["CPUExecutionProvider"]
     if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():

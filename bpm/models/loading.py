@@ -24,6 +24,7 @@ from torch import nn
 from bpm.errors import BpmError
 from bpm.models.input_spec import InputSpec, resolve_input_spec
 from bpm.models.meta import stored_meta
+from bpm.models.onnx_graph import OnnxModel, OnnxModule
 from bpm.models.registry import BackboneSpec, get_backbone
 from bpm.models.reid import ReidModel, architecture_of, inference_state
 from bpm.models.weights import (
@@ -133,9 +134,6 @@ def _torch_model(path: Path, net: str | None, overrides: dict) -> tuple[nn.Modul
 def _onnx_model(path: Path, net: str | None, resize_h_w, normalize_features,
                 threads: int) -> tuple[nn.Module, InputSpec]:
     """An exported graph behind a module interface; its metadata is its spec (size and pixels are built in)."""
-    from bpm.export.runtime import OnnxModel
-    from bpm.inference import OnnxModule
-
     runner = OnnxModel(path, threads)
     spec = runner.spec.input_spec
     if net is not None and spec.net and get_backbone(net).name != _canonical_or_same(spec.net):

@@ -11,7 +11,7 @@ import torch
 from bpm.errors import BpmError
 from bpm.export.pipeline import FORMATS, ExportOptions, parse_formats, run_export
 from bpm.data.transforms import image_batch
-from bpm.export.runtime import OnnxModel
+from bpm.models.onnx_graph import OnnxModel
 from bpm.export.verify import COSINE_THRESHOLDS, cosine_rows
 from bpm.models.weights import read_weights_file
 

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from bpm.errors import BpmError
-from bpm.export.runtime import session_options
+from bpm.models.onnx_graph import session_options
 from bpm.stream.detectors import Detections, register
 
 STRIDES = (8, 16, 32)
