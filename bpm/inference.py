@@ -12,13 +12,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from bpm.config import is_unset
 from bpm.errors import BpmError
 from bpm.data.images import ImageLike
 from bpm.evaluation.features import embed_images
 from bpm.export.verify import warn_if_unverified
+from bpm.models.input_spec import check_input_size
+from bpm.models.loading import load_model
 from bpm.precision import PrecisionPolicy
-from bpm.switches import check_input_size
 from bpm.threads import torch_threads
 
 BACKENDS = ("torch", "onnx")
@@ -62,11 +62,7 @@ class FeatureExtractor:
         threads: int = 0,
         flip: bool = False,
     ) -> None:
-        from bpm.models.loading import load_model
-
         # The command line's checks, with its wording, before anything is loaded.
-        if resize_h_w is not None and is_unset(resize_h_w):
-            resize_h_w = None  # a default left unset (bpm.config.unset): the file's own size applies
         if resize_h_w is not None:
             check_input_size(resize_h_w)
         device = check_device(device)

@@ -24,8 +24,33 @@ from bpm.errors import BpmError
 IMAGENET_MEAN = (0.486, 0.459, 0.408)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_SIZE = (256, 128)
+# Input sizes beyond this are a typo, not a person crop (torch would try to allocate terabytes).
+MAX_SIDE = 4096
 COLOR_ORDERS = ("RGB", "BGR")
 INTERPOLATIONS = ("bilinear",)
+
+
+def check_input_size(size: Any) -> tuple[int, int]:
+    """``--resize_h_w`` (and ``FeatureExtractor(resize_h_w=...)``): two whole sides of 1..MAX_SIDE pixels.
+
+    Args:
+        size: the requested ``(height, width)``, as given (a tuple, list or the switch's parsed value).
+
+    Returns:
+        ``(height, width)`` as ints.
+
+    Raises:
+        BpmError: one line naming ``--resize_h_w`` and what was expected.
+    """
+    try:
+        sides = tuple(size)
+        ok = len(sides) == 2 and all(float(v).is_integer() and 1 <= v <= MAX_SIDE for v in sides)
+    except (TypeError, ValueError):
+        sides, ok = size, False
+    if not ok:
+        raise BpmError(f"--resize_h_w: expected '(height, width)' with each side from 1 to {MAX_SIDE} pixels, "
+                       f"got {sides!r}")
+    return int(sides[0]), int(sides[1])
 
 
 @dataclass(frozen=True)
