@@ -169,7 +169,7 @@ def _tree(root: Path, files: dict[str, str]) -> Path:
 
 
 @pytest.mark.parametrize("statement", ["from bpm.commands.train import main", "import bpm.cli",
-                                       "from ..engine import trainer"])
+                                       "from .engine import trainer"])
 def test_scan_finds_a_planted_function_local_upward_import(tmp_path, statement):
     root = _tree(tmp_path, {
         "bpm/__init__.py": "",
