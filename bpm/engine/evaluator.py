@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from bpm.data.records import ImageRecord, TestSet
+from bpm.data.records import ImageRecord, TestSet, id_arrays
 from bpm.errors import BpmError
 from bpm.files import write_text
 from bpm.evaluation import compute_distances, evaluate, pool_multi_query, re_ranking
@@ -64,10 +64,6 @@ def summarize(result: dict) -> dict:
     }
 
 
-def _ids(records: list[ImageRecord]) -> tuple[np.ndarray, np.ndarray]:
-    return np.array([r.pid for r in records], dtype=np.int64), np.array([r.camid for r in records], dtype=np.int64)
-
-
 def evaluate_features(
     q_feat: np.ndarray,
     g_feat: np.ndarray,
@@ -81,8 +77,8 @@ def evaluate_features(
 ) -> dict[str, dict]:
     """Plain (and optionally re-ranked) results for one set of query features, with the AP definition and
     protocol of :func:`bpm.evaluation.metrics.evaluate`."""
-    q_pids, q_cams = _ids(query)
-    g_pids, g_cams = _ids(gallery)
+    q_pids, q_cams = id_arrays(query)
+    g_pids, g_cams = id_arrays(gallery)
     q_g = compute_distances(q_feat, g_feat)
     scoring = {"max_rank": max_rank, "ap": ap, "protocol": protocol}
     results = {"plain": evaluate(q_g, q_pids, g_pids, q_cams, g_cams, **scoring)}
@@ -132,8 +128,8 @@ def evaluate_test_set(
     if "reranked" in single:
         report["reranked_single_query"] = single["reranked"]
     if mq_feat is not None:
-        mq_pids, mq_cams = _ids(test_set.multi_query)
-        q_pids, q_cams = _ids(test_set.query)
+        mq_pids, mq_cams = id_arrays(test_set.multi_query)
+        q_pids, q_cams = id_arrays(test_set.query)
         pooled = pool_multi_query(mq_feat, mq_pids, mq_cams, q_pids, q_cams, settings.mq_pooling)
         multi = evaluate_features(pooled, g_feat, test_set.query, test_set.gallery, settings.rerank, settings.max_rank)
         report["multi_query"] = multi["plain"]

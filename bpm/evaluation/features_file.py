@@ -26,7 +26,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from bpm.data.records import ImageRecord
+from bpm.data.records import ImageRecord, id_arrays
 from bpm.errors import BpmError
 from bpm.files import atomic_write
 
@@ -55,9 +55,7 @@ class FeatureSplit:
 
     @classmethod
     def from_records(cls, features: np.ndarray, records: Sequence[ImageRecord]) -> "FeatureSplit":
-        return cls(features, [Path(r.path).name for r in records], [r.path for r in records],
-                   np.array([r.pid for r in records], dtype=np.int64),
-                   np.array([r.camid for r in records], dtype=np.int64))
+        return cls(features, [Path(r.path).name for r in records], [r.path for r in records], *id_arrays(records))
 
     @property
     def has_ids(self) -> bool:

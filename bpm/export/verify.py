@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bpm.data.records import ImageRecord, TestSet
+from bpm.data.records import TestSet, id_arrays
 from bpm.evaluation import compute_distances, evaluate
 from bpm.files import write_text
 
@@ -74,11 +74,8 @@ def retrieval_scores(q_feat: np.ndarray, g_feat: np.ndarray, test_set: TestSet,
     """
     if normalize:
         q_feat, g_feat = (f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12) for f in (q_feat, g_feat))
-    def ids(records: list[ImageRecord]) -> tuple[np.ndarray, np.ndarray]:
-        return np.array([r.pid for r in records]), np.array([r.camid for r in records])
-
-    q_pids, q_cams = ids(test_set.query)
-    g_pids, g_cams = ids(test_set.gallery)
+    q_pids, q_cams = id_arrays(test_set.query)
+    g_pids, g_cams = id_arrays(test_set.gallery)
     result = evaluate(compute_distances(q_feat, g_feat), q_pids, g_pids, q_cams, g_cams, max_rank=10)
     return float(result["mAP"]), float(result["cmc"][0])
 

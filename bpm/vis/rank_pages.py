@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from bpm.data.records import ImageRecord
+from bpm.data.records import ImageRecord, id_arrays
 from bpm.errors import BpmError
 from bpm.evaluation import compute_distances, evaluate, re_ranking
 from bpm.evaluation.features_file import read_test_sets
@@ -69,14 +69,10 @@ def _distances(vis: VisSet, chosen: list[int], rerank: bool) -> np.ndarray:
     return re_ranking(q_g, compute_distances(q_feat, q_feat), compute_distances(g_feat, g_feat))[chosen]
 
 
-def _ids(records: list[ImageRecord]) -> tuple[np.ndarray, np.ndarray]:
-    return np.array([r.pid for r in records], dtype=np.int64), np.array([r.camid for r in records], dtype=np.int64)
-
-
 def _scores(dist: np.ndarray, query: list[ImageRecord], gallery: list[ImageRecord]) -> tuple[np.ndarray, np.ndarray]:
     """Per-query AP and first-match rank from the evaluation engine; NaN / -1 for queries without a true match."""
-    q_pids, q_cams = _ids(query)
-    g_pids, g_cams = _ids(gallery)
+    q_pids, q_cams = id_arrays(query)
+    g_pids, g_cams = id_arrays(gallery)
     valid = np.array([bool(((g_pids == p) & (g_cams != c)).any()) for p, c in zip(q_pids, q_cams)], dtype=bool)
     ap = np.full(len(query), np.nan)
     first = np.full(len(query), -1, dtype=np.int64)
@@ -94,7 +90,7 @@ def draw_set(vis: VisSet, out_dir: Path, num_queries: int, size: int, rerank: bo
     dist = _distances(vis, chosen, rerank)
     query = [vis.query[i] for i in chosen]
     ap, first = _scores(dist, query, vis.gallery)
-    g_pids, g_cams = _ids(vis.gallery)
+    g_pids, g_cams = id_arrays(vis.gallery)
     pictures = picture_names([vis.query_names[i] for i in chosen])
     entries = []
     progress = tqdm(range(len(chosen)), desc=f"rank lists {vis.name}", disable=not sys.stdout.isatty(), leave=False)
