@@ -10,6 +10,9 @@ from typing import Sequence
 
 import numpy as np
 
+#: The identity label of a junk gallery image (Market-1501's ``-1_...`` files): ignored when ranking.
+JUNK_PID = -1
+
 
 @dataclass(frozen=True)
 class ImageRecord:

@@ -36,11 +36,11 @@ from typing import Any
 
 import numpy as np
 
+from bpm.data.records import JUNK_PID
 from bpm.errors import BpmError
 
 PROTOCOLS = ("market1501", "cuhk03")
 AP_DEFINITIONS = ("sklearn", "market_matlab")
-JUNK_PID = -1
 CUHK03_DRAWS = 10
 _CHUNK_ELEMENTS = 1 << 22
 _MAX_THREADS = 4
