@@ -16,6 +16,7 @@ import numpy as np
 
 from bpm.data.records import TestSet, id_arrays
 from bpm.evaluation import compute_distances, evaluate
+from bpm.evaluation.features import l2_normalize
 from bpm.files import write_text
 
 # Minimum mean cosine similarity with the PyTorch FP32 embeddings, by numeric precision.
@@ -73,7 +74,7 @@ def retrieval_scores(q_feat: np.ndarray, g_feat: np.ndarray, test_set: TestSet,
     scored the way the model is used.
     """
     if normalize:
-        q_feat, g_feat = (f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12) for f in (q_feat, g_feat))
+        q_feat, g_feat = l2_normalize(q_feat), l2_normalize(g_feat)
     q_pids, q_cams = id_arrays(test_set.query)
     g_pids, g_cams = id_arrays(test_set.gallery)
     result = evaluate(compute_distances(q_feat, g_feat), q_pids, g_pids, q_cams, g_cams, max_rank=10)
