@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from bpm.errors import BpmError
+from bpm.precision import resolve_device
 from bpm.threads import share_cores_between_ranks
 
 DEFAULT_TIMEOUT_S = 1800.0
@@ -84,8 +85,6 @@ def device_for_rank(sys_device_ids: Sequence[int], local_rank: int) -> torch.dev
     default ``(0,)``) under a multi-process launcher means "one GPU per process", i.e.
     ``cuda:LOCAL_RANK``, which is what torchrun users expect without passing ``-d``.
     """
-    from bpm.precision import resolve_device
-
     ids = tuple(sys_device_ids)
     if len(ids) == 1:
         return resolve_device((local_rank,))
@@ -106,8 +105,6 @@ def init(sys_device_ids: Sequence[int], timeout_s: float = DEFAULT_TIMEOUT_S) ->
         raise BpmError(f"--dist_timeout: expected a positive number of seconds, got {timeout_s}")
     world_size = _env_int("WORLD_SIZE", 1)
     if world_size <= 1:
-        from bpm.precision import resolve_device
-
         return DistContext(device=resolve_device(tuple(sys_device_ids)), timeout_s=timeout_s)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)

@@ -16,6 +16,7 @@ from typing import Callable
 
 from bpm.errors import BpmError
 
+#: The first 8 bytes of every HDF5 file.
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 

@@ -9,22 +9,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from bpm.data.records import ImageRecord, TestSet, id_arrays
+from bpm.distributed import DistContext, broadcast_object
 from bpm.errors import BpmError
-from bpm.files import write_text
 from bpm.evaluation import compute_distances, evaluate, pool_multi_query, re_ranking
 from bpm.evaluation.features import degenerate_rows, extract_features
 from bpm.evaluation.features_file import FeatureSplit, write_features_file
+from bpm.files import write_text
 from bpm.models.input_spec import InputSpec
 from bpm.precision import PrecisionPolicy
 
-if TYPE_CHECKING:
-    from bpm.distributed import DistContext
 
 RESULT_LINE = "[mAP: {:5.2%}], [cmc1: {:5.2%}], [cmc5: {:5.2%}], [cmc10: {:5.2%}]"
 MINP_FIELD = ", [mINP: {:5.2%}]"
@@ -184,8 +182,6 @@ def warn_near_constant(name: str, split: str, count: int) -> None:
 
 def _report_from_main(ctx: DistContext, report: dict | None) -> dict:
     """Rank 0 computes the metrics once (re-ranking is memory-hungry); every rank gets its report."""
-    from bpm.distributed import broadcast_object
-
     return broadcast_object(ctx, report)
 
 

@@ -25,7 +25,7 @@ from bpm.errors import BpmError
 from bpm.models.input_spec import InputSpec, resolve_input_spec
 from bpm.models.meta import stored_meta
 from bpm.models.onnx_graph import OnnxModel, OnnxModule
-from bpm.models.registry import BackboneSpec, get_backbone
+from bpm.models.registry import BackboneSpec, backbone_choices, get_backbone
 from bpm.models.reid import ReidModel, architecture_of, inference_state
 from bpm.models.weights import (
     backbone_of_state, extract_model_state, imagenet_trunk_state, load_model_weights_from_state, load_trunk_state,
@@ -62,8 +62,6 @@ def load_model(path_or_name: str | Path, *, net: str | None = None, last_conv_st
 
 
 def _names() -> set[str]:
-    from bpm.models.registry import backbone_choices
-
     return set(backbone_choices())
 
 

@@ -20,6 +20,8 @@ from bpm.models.backbones import build_backbone
 from bpm.models.heads import HEAD_PREFIX, build_id_head
 from bpm.models.necks import build_neck
 from bpm.models.pooling import build_pooling
+from bpm.models.registry import get_backbone
+from bpm.models.weights import load_imagenet_weights
 
 
 class ReidOutput(NamedTuple):
@@ -37,8 +39,6 @@ class ReidModel(nn.Module):
     def __init__(self, net: str, last_conv_stride: int = 1, pooling: str = "avg", neck: str = "none",
                  num_classes: int = 0) -> None:
         super().__init__()
-        from bpm.models.registry import get_backbone
-
         spec = get_backbone(str(net))
         self.net = spec.name  # mobilenetV2 -> mobilenet_v2: files record the canonical name
         self.last_conv_stride = int(last_conv_stride)
@@ -75,7 +75,5 @@ def build_model(net: str = "mobilenet_v2", last_conv_stride: int = 1, pretrained
     """Create a model, optionally initialising its backbone from a local ImageNet weights file."""
     model = ReidModel(net, last_conv_stride, pooling, neck, num_classes)
     if pretrained_path:
-        from bpm.models.weights import load_imagenet_weights
-
         load_imagenet_weights(model, pretrained_path)
     return model

@@ -23,13 +23,10 @@ import torch
 from torch import nn
 
 from bpm.errors import BpmError
+from bpm.files import HDF5_SIGNATURE
 from bpm.models.registry import (
     MODEL_TRUNK_PREFIX, BackboneSpec, StateDict, backbones_in, get_backbone, split_model_state,
 )
-
-
-#: The first 8 bytes of every HDF5 file.
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def read_weights_file(path: str | Path) -> object:
