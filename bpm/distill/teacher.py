@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bpm.distill.input_spec import TeacherInput, parse_teacher_input
-from bpm.errors import BpmError
+from bpm.errors import BpmError, one_line
 from bpm.inference import FeatureExtractor
 from bpm.models.onnx_graph import session_options
 
@@ -31,10 +31,6 @@ def file_sha256(paths: Sequence[Path]) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 class Teacher:
@@ -65,7 +61,7 @@ class GraphTeacher(Teacher):
             probe = self._call(spec.from_unit(np.full((1, 3, *spec.size), 0.5, dtype=np.float32)))
         except Exception as exc:  # the runtimes raise their own exception types
             raise BpmError(f"{path}: the teacher does not run on --teacher_input {spec.text} "
-                           f"({_first_line(exc)})") from exc
+                           f"({one_line(exc)})") from exc
         super().__init__(path, kind, sha256, spec.text, int(probe.shape[1]))
 
     def _call(self, batch: np.ndarray) -> np.ndarray:
@@ -113,7 +109,7 @@ def _onnx_teacher(path: Path, spec: TeacherInput | None, device: str | torch.dev
     try:
         session = ort.InferenceSession(str(path), session_options(), providers=providers)
     except Exception as exc:  # ORT raises Fail, InvalidGraph, InvalidProtobuf, ...
-        raise BpmError(f"{path}: ONNX Runtime cannot load the teacher ({_first_line(exc)})") from exc
+        raise BpmError(f"{path}: ONNX Runtime cannot load the teacher ({one_line(exc)})") from exc
     if "bpm.net" in session.get_modelmeta().custom_metadata_map:
         if spec is not None:
             raise BpmError(f"--teacher_input: {path} is a bpm export, which carries its input spec; drop --teacher_input")
@@ -149,7 +145,7 @@ def _openvino_teacher(path: Path, spec: TeacherInput | None) -> Teacher:
     try:
         compiled = openvino.Core().compile_model(str(path), "CPU")
     except Exception as exc:
-        raise BpmError(f"{path}: OpenVINO cannot load the teacher ({_first_line(exc)})") from exc
+        raise BpmError(f"{path}: OpenVINO cannot load the teacher ({one_line(exc)})") from exc
     output = compiled.output(0)
     return GraphTeacher(path, "OpenVINO IR", file_sha256([path, weights]), spec,
                         lambda batch: compiled(batch)[output], None)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bpm.errors import BpmError
+from bpm.errors import BpmError, one_line
 from bpm.models.input_spec import InputSpec
 from bpm.models.onnx_graph import OnnxSpec
 
@@ -117,4 +117,4 @@ def check_onnx(path: str | Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise BpmError(f"{path}: onnx.checker rejected the exported graph ({str(exc).splitlines()[0]})") from exc
+        raise BpmError(f"{path}: onnx.checker rejected the exported graph ({one_line(exc)})") from exc

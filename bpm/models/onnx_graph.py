@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bpm.errors import BpmError
+from bpm.errors import BpmError, one_line
 from bpm.models.input_spec import InputSpec
 from bpm.models.registry import backbone_choices, get_backbone
 
@@ -126,7 +126,7 @@ class OnnxModel:
             self.session = ort.InferenceSession(str(self.path), session_options(threads),
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
-            raise BpmError(f"{self.path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from exc
+            raise BpmError(f"{self.path}: ONNX Runtime cannot load it ({one_line(exc)})") from exc
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         output = self.session.run(None, {self.spec.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
