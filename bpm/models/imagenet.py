@@ -76,9 +76,10 @@ def fetch_imagenet_state(spec: BackboneSpec, progress: bool = True,
         with _socket_timeout(timeout):
             state = spec.imagenet_weights.get_state_dict(progress=progress, check_hash=True, weights_only=True)
     except (OSError, http.client.HTTPException, RuntimeError, ValueError) as exc:  # URLError, timeouts are OSError
+        reason = one_line(getattr(exc, "reason", None) or exc)  # URLError wraps the socket error in .reason
         raise BpmError(
             f"--net_pretrained_path imagenet: cannot download {cached.name} (torchvision {spec.imagenet_name}) "
-            f"from {spec.imagenet_weights.url}: {one_line(getattr(exc, 'reason', None) or exc)}; put that file in {cached.parent}/ "
+            f"from {spec.imagenet_weights.url}: {reason}; put that file in {cached.parent}/ "
             f"(torch's hub cache, $TORCH_HOME/hub/checkpoints), or pass --net_pretrained_path none "
             f"(random weights) or --net_pretrained_path <local weights file>"
         ) from None
