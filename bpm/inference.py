@@ -44,6 +44,24 @@ class FeatureExtractor:
 
     >>> extractor = FeatureExtractor("mobilenet_v2_256x128_fp32.onnx")
     >>> features = extractor(["a.jpg", "b.jpg"])          # (2, 1280) float32
+
+    Args:
+        weights: the model file (see above).
+        net: the backbone, when the file should not decide it.
+        device: ``cpu`` or ``cuda:N`` (torch backend).
+        resize_h_w: the input ``(height, width)``; None: the file's.
+        opt_level: ``O0`` FP32 ... ``O3`` (torch backend).
+        backend: ``torch`` or ``onnx``; None: by the file's suffix.
+        batch_size: images per forward pass.
+        normalize: L2-normalise features; None: the model's own test-time choice.
+        last_conv_stride: 1 or 2; None: the file's.
+        amp_dtype: ``float16`` or ``bfloat16`` under autocast; None: float16 on CUDA, bfloat16 on the CPU.
+        keep_batchnorm_fp32: keep BatchNorm in FP32 for the half-precision levels.
+        threads: CPU threads while extracting (0: the library default).
+        flip: average each image's features with its mirror image's.
+
+    Raises:
+        BpmError: a bad argument or model file, in one line naming it.
     """
 
     def __init__(

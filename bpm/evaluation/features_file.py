@@ -182,7 +182,15 @@ def evaluation_normalization(path: str | Path, given: bool | None, flag: str = "
 
 
 def read_features_file(path: str | Path, flag: str = "--features_file") -> FeaturesFile:
-    """Every split of a features file, any version; one-line :class:`BpmError` naming ``flag`` and the file."""
+    """Every split of a features file, any version; one-line :class:`BpmError` naming ``flag`` and the file.
+
+    Args:
+        path: the HDF5 features file (``bpm test --save_features``, ``bpm extract``).
+        flag: the switch named in errors.
+
+    Returns:
+        The file's splits and attributes.
+    """
     import h5py
 
     path = Path(path)
@@ -217,6 +225,14 @@ def read_test_sets(path: str | Path, normalize: bool = False, flag: str = "--fea
 
     A file without such a pair (features of a plain folder) is refused in one line saying what it
     holds and what is needed, rather than evaluated as something it is not.
+
+    Args:
+        path: the HDF5 features file.
+        normalize: L2-normalise the features (as ``bpm test`` does for BNNeck models).
+        flag: the switch named in errors.
+
+    Returns:
+        One :class:`SavedTestSet` per ``<set>`` group, with records, names and features.
     """
     from bpm.evaluation.features import l2_normalize
 

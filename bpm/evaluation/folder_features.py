@@ -106,7 +106,16 @@ def extract_folder(extractor, folder: str | Path, out: str | Path, attrs: dict |
     """Embed ``folder``'s images (sorted names) with ``extractor`` and write ``out`` whole (atomically).
 
     HDF5: a features file (:mod:`bpm.evaluation.features_file`); ``.mat``: the folder's own images.
-    ``attrs`` (weights, network, ...) are recorded in the file. Returns every written row and its name.
+
+    Args:
+        extractor: image paths -> ``(N, D)`` features, e.g. a :class:`bpm.FeatureExtractor`.
+        folder: the images (or a folder with ``query/`` and ``gallery/``).
+        out: ``.h5``/``.hdf5`` or ``.mat``.
+        attrs: what to record in the file (weights, network, ...).
+        skip_bad_images: leave out images that do not decode (else: refuse them, naming the first).
+
+    Returns:
+        ``(features, names)``: every written row and its image name.
     """
     folder, out = Path(folder), Path(out)
     if out.suffix not in OUTPUT_SUFFIXES:

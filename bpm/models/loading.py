@@ -47,6 +47,24 @@ def load_model(path_or_name: str | Path, *, net: str | None = None, last_conv_st
     differs from the file's record is used, with a one-line warning. ``pooling``/``neck`` apply to a
     backbone name only (a file says what it holds); ``threads`` to ONNX Runtime. The model also carries
     ``source_kind`` (what the file was, for log lines) and ``source_meta`` (its raw record, ``{}`` if none).
+
+    Args:
+        path_or_name: a ``.pth``/``.pt``/``.safetensors``/``.onnx`` file, or a registered backbone name.
+        net: the backbone, when the file's record (or its keys) should not decide it.
+        last_conv_stride: 1 or 2, where the backbone has the switch.
+        resize_h_w: the input ``(height, width)``; an ONNX graph's is fixed and can only be confirmed.
+        normalize_features: L2-normalise features at test time (default: on exactly with a BNNeck).
+        mean: per-channel input mean (RGB, 0..1 pixels).
+        std: per-channel input standard deviation.
+        pooling: the global pooling of a fresh backbone.
+        neck: the neck of a fresh backbone (``none`` or ``bnneck``).
+        threads: ONNX Runtime intra-op threads (0: its default).
+
+    Returns:
+        ``(model, spec)``: the model and the :class:`~bpm.models.input_spec.InputSpec` to feed it with.
+
+    Raises:
+        BpmError: a missing or unreadable file, a file of another network, a refused override (one line).
     """
     source = str(path_or_name)
     path = Path(source)
