@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-all test-slow docs docs-serve bench clean
+.PHONY: venv test test-all test-slow docs docs-serve clean
 
 venv: $(STAMP)
 

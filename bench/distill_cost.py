@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from bpm.config import add_train_arguments, apply_recipe, train_config  # noqa: E402
 from bpm.data.datasets import build_dataset  # noqa: E402
 from bpm.data.synthetic import WorldConfig, generate_world  # noqa: E402
-from bpm.distill.setup import distill_targets  # noqa: E402
+from bpm.engine.distillation import distill_targets  # noqa: E402
 from bpm.distill.teacher import open_teacher  # noqa: E402
 from bpm.engine.trainer import Trainer, seed_everything  # noqa: E402
 from bpm.machine import machine_line  # noqa: E402

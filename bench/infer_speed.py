@@ -36,7 +36,8 @@ from bpm.data.datasets.common import list_image_names  # noqa: E402
 from bpm.data.synthetic import WorldConfig, generate_world  # noqa: E402
 from bpm.export.onnx import OnnxSpec, convert_to_fp16, export_onnx  # noqa: E402
 from bpm.export.quantize import quantize_int8  # noqa: E402
-from bpm.export.runtime import OnnxModel, image_batch  # noqa: E402
+from bpm.data.transforms import image_batch  # noqa: E402
+from bpm.models.onnx_graph import OnnxModel  # noqa: E402
 from bpm.machine import print_machine  # noqa: E402
 from bpm.models.reid import build_model  # noqa: E402
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from bpm.errors import BpmError
+from bpm.files import write_text
 
 _TRUE = {"true", "yes", "y", "t", "1", "on"}
 _FALSE = {"false", "no", "n", "f", "0", "off"}
@@ -516,8 +517,6 @@ def default_exp_dir(dataset: str, net: str, opt_level: str, last_conv_stride: in
 def save_config(values: Mapping[str, Any], path: Path, records: dict[str, Any] | None = None) -> None:
     """Write the resolved settings as JSON, so every result can be traced to its command line and
     re-run with ``--config`` (:mod:`bpm.runconfig`); ``records`` (e.g. ``versions``) are added as is."""
-    from bpm.engine.outputs import write_text
-
     data: dict[str, Any] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
     data.update(records or {})
     # Atomic, and any OSError (EPERM on an immutable file, a full disk) is one line keeping the old file.

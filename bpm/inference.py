@@ -12,13 +12,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from bpm.config import is_unset
 from bpm.errors import BpmError
+from bpm.data.images import ImageLike
 from bpm.evaluation.features import embed_images
-from bpm.export.runtime import ImageLike, OnnxModel
 from bpm.export.verify import warn_if_unverified
+from bpm.models.input_spec import check_input_size
+from bpm.models.loading import load_model
 from bpm.precision import PrecisionPolicy
-from bpm.switches import check_input_size
 from bpm.threads import torch_threads
 
 BACKENDS = ("torch", "onnx")
@@ -44,6 +44,24 @@ class FeatureExtractor:
 
     >>> extractor = FeatureExtractor("mobilenet_v2_256x128_fp32.onnx")
     >>> features = extractor(["a.jpg", "b.jpg"])          # (2, 1280) float32
+
+    Args:
+        weights: the model file (see above).
+        net: the backbone, when the file should not decide it.
+        device: ``cpu`` or ``cuda:N`` (torch backend).
+        resize_h_w: the input ``(height, width)``; None: the file's.
+        opt_level: ``O0`` FP32 ... ``O3`` (torch backend).
+        backend: ``torch`` or ``onnx``; None: by the file's suffix.
+        batch_size: images per forward pass.
+        normalize: L2-normalise features; None: the model's own test-time choice.
+        last_conv_stride: 1 or 2; None: the file's.
+        amp_dtype: ``float16`` or ``bfloat16`` under autocast; None: float16 on CUDA, bfloat16 on the CPU.
+        keep_batchnorm_fp32: keep BatchNorm in FP32 for the half-precision levels.
+        threads: CPU threads while extracting (0: the library default).
+        flip: average each image's features with its mirror image's.
+
+    Raises:
+        BpmError: a bad argument or model file, in one line naming it.
     """
 
     def __init__(
@@ -62,11 +80,7 @@ class FeatureExtractor:
         threads: int = 0,
         flip: bool = False,
     ) -> None:
-        from bpm.models.loading import load_model
-
         # The command line's checks, with its wording, before anything is loaded.
-        if resize_h_w is not None and is_unset(resize_h_w):
-            resize_h_w = None  # a default left unset (bpm.config.unset): the file's own size applies
         if resize_h_w is not None:
             check_input_size(resize_h_w)
         device = check_device(device)
@@ -131,24 +145,6 @@ def check_device(device: str | torch.device) -> torch.device:
             raise BpmError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} GPU(s) "
                            f"(ids 0..{torch.cuda.device_count() - 1})")
     return device
-
-
-class OnnxModule(torch.nn.Module):
-    """An ONNX Runtime session as a module, so ONNX files take the one extraction path of torch models."""
-
-    def __init__(self, runner: OnnxModel) -> None:
-        super().__init__()
-        self.runner = runner
-        self.feature_dim = int(runner.session.get_outputs()[0].shape[-1])
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.runner(images.cpu().numpy()))
-
-
-def onnx_features(runner: OnnxModel, items: Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
-    """Features of images by an ONNX graph (its metadata gives input size and pixel scale), through
-    the one extraction path: what ``bpm export`` verifies is what ``FeatureExtractor`` computes."""
-    return embed_images(OnnxModule(runner), items, PrecisionPolicy.create("O0"), runner.spec.input_spec, batch_size)
 
 
 def tensor_images(batch: torch.Tensor) -> list[np.ndarray]:

@@ -18,7 +18,7 @@ from bpm.config import (DataSettings, ModelSettings, PrecisionSettings, add_trai
                         train_config)
 from bpm.engine.checkpoint import CKPT_NAME, load_checkpoint, rng_state, set_rng_state
 from bpm.engine.diskspace import check_free_space, estimate_checkpoint_bytes, prepare_exp_dir
-from bpm.engine.outputs import check_output_file
+from bpm.files import check_output_file
 from bpm.engine.resume_check import check_resume
 from bpm.engine.runfolder import RunLock, move_previous_run, record_names
 from bpm.engine.config import TrainConfig
@@ -204,7 +204,7 @@ def _run_process(settings: RunSettings, ctx: distributed.DistContext) -> int:
     dataset = settings.data.build(require_train=not settings.only_test)
     distill = None
     if not settings.only_test and settings.train.teacher:
-        from bpm.distill.setup import open_distillation
+        from bpm.engine.distillation import open_distillation
 
         distill = open_distillation(settings.train, device)  # a bad teacher is one line, before any file
     if not settings.only_test:
@@ -342,7 +342,7 @@ def _make_trainer(settings: RunSettings, model: ReidModel, policy: PrecisionPoli
     """The trainer (model, optimizer, sampler, loader, validator); building it runs the checks that
     depend on the data (e.g. ``--ids_per_batch`` against the training identities) and writes none of
     the run's records. ``distill``: the teacher and unlabelled records of
-    :func:`bpm.distill.setup.open_distillation`; their targets come first (the teacher cache, keyed and
+    :func:`bpm.engine.distillation.open_distillation`; their targets come first (the teacher cache, keyed and
     written atomically, is the one file this may write: it is shared by runs, not one run's record)."""
     validator: Callable[[ReidModel], tuple[float, float]] | None = None
     if dataset.val is not None:
@@ -358,7 +358,7 @@ def _make_trainer(settings: RunSettings, model: ReidModel, policy: PrecisionPoli
 
     targets, extras = None, []
     if distill is not None:
-        from bpm.distill.setup import distill_targets
+        from bpm.engine.distillation import distill_targets
 
         teacher, extras = distill
         targets = distill_targets(teacher, settings.train, [*dataset.train, *extras], settings.folder,

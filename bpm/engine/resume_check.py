@@ -13,8 +13,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from bpm.engine.checkpoint import resumable_state_dicts
 from bpm.engine.config import TrainConfig
 from bpm.errors import BpmError
+from bpm.models.registry import backbone_choices, canonical_name
 
 # Changing these would make the checkpoint's weights, optimizer state or data position mean
 # something else: refused.
@@ -22,9 +24,6 @@ FIXED = ("optimizer", "recipe", "ids_per_batch", "ims_per_id", "sampler_epoch", 
          "teacher", "teacher_input", "distill_extra", "distill_extra_per_batch")  # targets, extra batches
 FIXED_LOSS = ("id_loss_weight", "center_loss_weight")  # they decide the ID head / centre buffers
 FIXED_ON_OFF = ("distill_weight",)  # on or off decides the distillation projection head; its value may change
-# Read again every step or epoch from the config, or pushed into the optimizer's param groups by
-# :func:`apply_to_optimizer`: applied, and said so.
-OPTIMIZER_GROUP_KEYS = ("weight_decay", "momentum")
 
 
 def stored_config(ckpt: dict) -> dict[str, Any]:
@@ -52,8 +51,6 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _canonical_net(name: str) -> str:
-    from bpm.models.registry import backbone_choices, canonical_name
-
     return canonical_name(name) if name in backbone_choices() else name
 
 
@@ -63,8 +60,6 @@ def check_resume(ckpt: dict, cfg: TrainConfig, model_facts: dict[str, Any], path
     ``model_facts`` are this run's ``net``, ``architecture`` and ``num_classes`` (compared with the
     checkpoint's own record of them).
     """
-    from bpm.engine.checkpoint import resumable_state_dicts
-
     resumable_state_dicts(ckpt, path)  # [model, optimizer], or one line
     refused: list[str] = []
     for key in ("net", "architecture", "num_classes"):

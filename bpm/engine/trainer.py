@@ -1,8 +1,9 @@
 """The training loop: P x K batches -> model (under the precision policy) -> criterion -> step.
 
-The trainer knows nothing about datasets, metrics or which losses it optimises: it gets a model,
-training records, a typed :class:`TrainConfig`, optionally a criterion (built from the config
-otherwise) and a validation callback, and logs whatever statistics the criterion returns. It owns
+The trainer reads no dataset folder and computes no metric: it gets a model, the training records
+(its P x K sampler, transforms and loader are built from them), a typed :class:`TrainConfig`,
+optionally a criterion (built from the config's loss terms otherwise) and a validation callback, and
+logs whatever statistics the criterion returns. It owns
 checkpointing, so everything needed to resume exactly (model, optimizer, scaler and master
 weights, criterion buffers, epoch and step, every RNG state, the sampler seed) lives in one
 atomic file.

@@ -28,16 +28,16 @@ from bpm.export.equalize import equalize_ranges
 from bpm.export.onnx import LEGACY_INPUT_NAME, LEGACY_OUTPUT_NAME, OnnxSpec, check_onnx, convert_to_fp16, export_onnx
 from bpm.export.qat import finetune_for_int8
 from bpm.export.quantize import quantize_int8
-from bpm.export.runtime import OnnxModel
+from bpm.export.runtime import onnx_features
 from bpm.export.sensitivity import activation_sensitivity
 from bpm.export.verify import (COSINE_THRESHOLDS, FormatCheck, add_retrieval, check_cosine, cosine_rows,
                                describe_check, format_table, retrieval_scores, stamp_verification, write_report)
 from bpm.export.weights import save_pt, save_safetensors, state_precision, weights_state
-from bpm.inference import onnx_features
 from bpm.machine import machine_line
 from bpm.models.input_spec import InputSpec
 from bpm.models.loading import load_model
 from bpm.models.meta import file_meta, safetensors_metadata
+from bpm.models.onnx_graph import OnnxModel
 from bpm.precision import PrecisionPolicy
 
 FORMATS = ("pt", "pt16", "safetensors", "onnx", "onnx16", "onnx_int8")

@@ -24,7 +24,8 @@ from torch import nn
 from bpm.errors import BpmError
 from bpm.models.input_spec import InputSpec, resolve_input_spec
 from bpm.models.meta import stored_meta
-from bpm.models.registry import BackboneSpec, get_backbone
+from bpm.models.onnx_graph import OnnxModel, OnnxModule
+from bpm.models.registry import BackboneSpec, backbone_choices, get_backbone
 from bpm.models.reid import ReidModel, architecture_of, inference_state
 from bpm.models.weights import (
     backbone_of_state, extract_model_state, imagenet_trunk_state, load_model_weights_from_state, load_trunk_state,
@@ -46,6 +47,24 @@ def load_model(path_or_name: str | Path, *, net: str | None = None, last_conv_st
     differs from the file's record is used, with a one-line warning. ``pooling``/``neck`` apply to a
     backbone name only (a file says what it holds); ``threads`` to ONNX Runtime. The model also carries
     ``source_kind`` (what the file was, for log lines) and ``source_meta`` (its raw record, ``{}`` if none).
+
+    Args:
+        path_or_name: a ``.pth``/``.pt``/``.safetensors``/``.onnx`` file, or a registered backbone name.
+        net: the backbone, when the file's record (or its keys) should not decide it.
+        last_conv_stride: 1 or 2, where the backbone has the switch.
+        resize_h_w: the input ``(height, width)``; an ONNX graph's is fixed and can only be confirmed.
+        normalize_features: L2-normalise features at test time (default: on exactly with a BNNeck).
+        mean: per-channel input mean (RGB, 0..1 pixels).
+        std: per-channel input standard deviation.
+        pooling: the global pooling of a fresh backbone.
+        neck: the neck of a fresh backbone (``none`` or ``bnneck``).
+        threads: ONNX Runtime intra-op threads (0: its default).
+
+    Returns:
+        ``(model, spec)``: the model and the :class:`~bpm.models.input_spec.InputSpec` to feed it with.
+
+    Raises:
+        BpmError: a missing or unreadable file, a file of another network, a refused override (one line).
     """
     source = str(path_or_name)
     path = Path(source)
@@ -61,8 +80,6 @@ def load_model(path_or_name: str | Path, *, net: str | None = None, last_conv_st
 
 
 def _names() -> set[str]:
-    from bpm.models.registry import backbone_choices
-
     return set(backbone_choices())
 
 
@@ -133,9 +150,6 @@ def _torch_model(path: Path, net: str | None, overrides: dict) -> tuple[nn.Modul
 def _onnx_model(path: Path, net: str | None, resize_h_w, normalize_features,
                 threads: int) -> tuple[nn.Module, InputSpec]:
     """An exported graph behind a module interface; its metadata is its spec (size and pixels are built in)."""
-    from bpm.export.runtime import OnnxModel
-    from bpm.inference import OnnxModule
-
     runner = OnnxModel(path, threads)
     spec = runner.spec.input_spec
     if net is not None and spec.net and get_backbone(net).name != _canonical_or_same(spec.net):

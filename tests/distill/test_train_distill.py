@@ -13,7 +13,7 @@ from bpm.cli import main
 from bpm.config import train_config
 from bpm.data.datasets import build_dataset
 from bpm.distill.extra import extra_records
-from bpm.distill.setup import distill_targets
+from bpm.engine.distillation import distill_targets
 from bpm.models.input_spec import input_spec_of_model
 from bpm.distill.teacher import open_teacher
 from bpm.engine.checkpoint import load_checkpoint

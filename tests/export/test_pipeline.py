@@ -10,7 +10,8 @@ import torch
 
 from bpm.errors import BpmError
 from bpm.export.pipeline import FORMATS, ExportOptions, parse_formats, run_export
-from bpm.export.runtime import OnnxModel, image_batch
+from bpm.data.transforms import image_batch
+from bpm.models.onnx_graph import OnnxModel
 from bpm.export.verify import COSINE_THRESHOLDS, cosine_rows
 from bpm.models.weights import read_weights_file
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bpm.errors import BpmError
-from bpm.export.runtime import session_options
+from bpm.errors import BpmError, one_line
+from bpm.models.onnx_graph import session_options
 from bpm.stream.detectors import Detections, register
 
 STRIDES = (8, 16, 32)
@@ -93,7 +93,7 @@ class YoloxDetector:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT has its own exception types
-            raise BpmError(f"--detector: ONNX Runtime cannot load {path} ({str(exc).splitlines()[0]})") from exc
+            raise BpmError(f"--detector: ONNX Runtime cannot load {path} ({one_line(exc)})") from exc
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         shape = inp.shape
         if len(shape) != 4 or not all(isinstance(d, int) for d in shape[2:]) or shape[2] != shape[3] or shape[1] != 3:
