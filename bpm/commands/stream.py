@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from bpm.errors import BpmError
 from bpm.stream.appearance import DEFAULT_TRACK_THRESHOLD
@@ -60,29 +59,14 @@ def _extractor(args: argparse.Namespace):
     return extractor
 
 
-def _enroll(gallery, folder: Path, embed) -> None:
-    from bpm.stream.sources import IMAGE_SUFFIXES
-
-    if not folder.is_dir():
-        raise BpmError(f"--enroll: {folder} is not a folder (expected one sub-folder of crops per person)")
-    import cv2
-
-    for person in sorted(p for p in folder.iterdir() if p.is_dir()):
-        images = [cv2.imread(str(f)) for f in sorted(person.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
-        images = [np.ascontiguousarray(i[:, :, ::-1]) for i in images if i is not None]
-        if images:
-            gallery.enroll(person.name, embed(images))
-    if not gallery.identities:
-        raise BpmError(f"--enroll: {folder} has no <name>/ sub-folder with images")
-
-
 def run(args: argparse.Namespace) -> int:
     from bpm.machine import machine_line
     from bpm.stream.detectors import load_detector
     from bpm.stream.embedding import crop_embedder
     from bpm.stream.evaluate import calibrate, evaluate
-    from bpm.stream.gallery import Gallery
-    from bpm.stream.motfiles import DetectionFile, find_camera_file, write_text_atomic
+    from bpm.stream.gallery import Gallery, enroll_folder
+    from bpm.files import write_text
+    from bpm.stream.motfiles import DetectionFile, find_camera_file
     from bpm.stream.pipeline import Camera, StreamRun, StreamSettings
     from bpm.stream.sources import open_sources
     from bpm.stream.tracking import CameraTracker
@@ -117,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     if args.enroll:
         if embed is None:
             raise BpmError("--enroll needs appearance (drop --no_appearance)")
-        _enroll(gallery, Path(args.enroll), embed)
+        enroll_folder(gallery, Path(args.enroll), embed)
     out = Path(args.out)
     cameras = []
     for source in sources:
@@ -157,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         raise BpmError(f"{error} (outputs so far kept in {out})")
     if args.eval and stream.status == "finished":
         scores = evaluate(out / "tracks", args.eval, [c.source.name for c in cameras])
-        write_text_atomic(out / "eval.json", json.dumps(scores, indent=1) + "\n")
+        write_text(out / "eval.json", json.dumps(scores, indent=1) + "\n", "evaluation scores")
         print(f"eval: IDF1 {scores['idf1']:.3f}  MOTA {scores['mota']:.3f}  cross-camera IDF1 "
               f"{scores['cross_camera_idf1']:.3f}  cross-camera identity accuracy {scores['cross_camera_accuracy']:.3f} "
               f"({scores['cross_camera_pairs']} person-camera pairs)")

@@ -21,12 +21,12 @@ from typing import Any, Callable, Sequence, TextIO
 
 import numpy as np
 
+from bpm.files import write_text
 from bpm.stream.appearance import DEFAULT_TRACK_THRESHOLD, AppearanceLinker
 from bpm.stream.association import Associator
 from bpm.stream.detectors import Detections
 from bpm.stream.gallery import Gallery, quality
 from bpm.stream.html import render_identities
-from bpm.stream.motfiles import write_text_atomic
 from bpm.stream.outputs import identity_records, write_crops, write_identities, write_summary, write_tracks
 from bpm.stream.reader import DirectReader, FrameReader, open_reader
 from bpm.stream.sources import Frame, Source
@@ -320,9 +320,9 @@ class StreamRun:
         records = identity_records(tracks, crops)
         write_identities(out, records)
         summary = self.summary()
-        write_text_atomic(out / "identities.html", render_identities(
+        write_text(out / "identities.html", render_identities(
             "bpm stream: identities", records,
             [f"{summary['identities']} identities over {len(self.cameras)} camera(s), {summary['frames']} frames; "
-             f"one crop per track (its best-quality one)."]))
+             f"one crop per track (its best-quality one)."]), "identities page")
         write_summary(out, summary)
         return summary

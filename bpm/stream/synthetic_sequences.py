@@ -22,7 +22,7 @@ import numpy as np
 
 from bpm.data.synthetic import apply_camera, draw_person, make_camera, make_identity
 from bpm.errors import BpmError
-from bpm.stream.motfiles import write_text_atomic
+from bpm.files import write_text
 
 IDENTITY_SEED_OFFSET = 7919  # keeps sequence people apart from a world drawn with the same seed
 
@@ -130,9 +130,11 @@ def generate_sequences(out: str | Path, config: SequenceConfig = SequenceConfig(
             cv2.imwrite(str(folder / "img1" / f"{frame:06d}.jpg"), pixels[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])
         gt = "".join(f"{f},{p},{x1:.1f},{y1:.1f},{x2 - x1:.1f},{y2 - y1:.1f},1,1,1\n" for f, p, x1, y1, x2, y2 in rows)
         det = "".join(f"{f},-1,{x1:.1f},{y1:.1f},{x2 - x1:.1f},{y2 - y1:.1f},1,-1,-1,-1\n" for f, p, x1, y1, x2, y2 in rows)
-        write_text_atomic(folder / "gt" / "gt.txt", gt)
-        write_text_atomic(folder / "det" / "det.txt", det)
-        write_text_atomic(folder / "seqinfo.ini", f"[Sequence]\nname=cam{c + 1}\nimDir=img1\nframeRate={config.fps:g}\n"
-                          f"seqLength={config.frames}\nimWidth={config.width}\nimHeight={config.height}\nimExt=.jpg\n")
+        for sub in ("gt", "det"):
+            (folder / sub).mkdir(exist_ok=True)
+        write_text(folder / "gt" / "gt.txt", gt, "ground-truth file")
+        write_text(folder / "det" / "det.txt", det, "detections file")
+        write_text(folder / "seqinfo.ini", f"[Sequence]\nname=cam{c + 1}\nimDir=img1\nframeRate={config.fps:g}\n"
+                          f"seqLength={config.frames}\nimWidth={config.width}\nimHeight={config.height}\nimExt=.jpg\n", "sequence info")
         folders.append(folder)
     return folders
