@@ -1,13 +1,15 @@
-"""``bpm.FeatureExtractor``: embeddings for images in one call, from PyTorch weights or an ONNX file.
-The model comes from :func:`bpm.load_model`, the one loader, with its input spec.
+"""``bpm.FeatureExtractor``: embeddings for images in one call, from PyTorch weights, an ONNX file or an
+OpenVINO IR. The model comes from :func:`bpm.load_model`, the one loader, with its input spec; the
+runtime that runs it is a registered extraction backend (:data:`EXTRACTION_BACKENDS`).
 
 Deployment code should not need to know about datasets, loaders or precision policies: give it
 paths, PIL images or arrays, get an ``(N, D)`` float32 array back.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,17 +20,55 @@ from bpm.evaluation.features import embed_images
 from bpm.export.runtime import ImageLike, OnnxModel
 from bpm.export.verify import warn_if_unverified
 from bpm.precision import PrecisionPolicy
+from bpm.registry import Registry
 from bpm.switches import check_input_size
 from bpm.threads import torch_threads
 
-BACKENDS = ("torch", "onnx")
+
+@dataclass(frozen=True)
+class ExtractionBackend:
+    """A runtime :class:`FeatureExtractor` can run a model file on (``--backend`` of ``bpm extract``).
+
+    Args:
+        name: the ``--backend`` value.
+        suffixes: the file suffixes it runs, chosen by default for them; ``()``: every file no other
+            backend claims (PyTorch weights).
+        needs: what file it needs, for the error when given another (``"an exported .onnx file"``).
+        runner: for a graph runtime, ``(path, threads) -> runner`` (called like the model on FP32
+            arrays, with ``spec``, ``precision``, ``metadata``, ``feature_dim``, ``kind``); ``None``
+            for PyTorch. A graph has its precision built in (``--opt-level`` O0 only) and runs on the CPU.
+    """
+
+    name: str
+    suffixes: tuple[str, ...]
+    needs: str
+    runner: Callable[[Path, int], object] | None = None
+
+
+EXTRACTION_BACKENDS: Registry[ExtractionBackend] = Registry(
+    "extraction backend", flag="--backend", package=("bpm.inference", "bpm.export.openvino"))
+EXTRACTION_BACKENDS.add("torch", ExtractionBackend("torch", (), "PyTorch weights (a checkpoint, .pt or .safetensors)"),
+                        module=__name__)
+EXTRACTION_BACKENDS.add("onnx", ExtractionBackend("onnx", (".onnx",), "an exported .onnx file (see bpm export)",
+                                                  OnnxModel), module=__name__)
+
+
+def backend_for_file(path: str | Path) -> ExtractionBackend:
+    """The backend that runs ``path`` by default: the one claiming its suffix, else PyTorch's."""
+    suffix = Path(path).suffix.lower()
+    claimed = [EXTRACTION_BACKENDS.get(n) for n in EXTRACTION_BACKENDS.names()
+               if suffix in EXTRACTION_BACKENDS.get(n).suffixes]
+    return claimed[0] if claimed else next(EXTRACTION_BACKENDS.get(n) for n in EXTRACTION_BACKENDS.names()
+                                           if not EXTRACTION_BACKENDS.get(n).suffixes)
 
 
 class FeatureExtractor:
     """Embeds images with a re-ID model.
 
     ``weights``: any file :func:`bpm.load_model` reads (checkpoint, weights, safetensors) for the
-    torch backend, or an exported ``.onnx`` file (its metadata is its input spec). The model's
+    torch backend, an exported ``.onnx`` file (its metadata is its input spec) for the onnx backend,
+    or an OpenVINO IR ``.xml`` (its rt_info is its input spec) for the openvino backend
+    (``pip install 'bpm[openvino]'``); ``backend=None`` picks by the file's suffix. The model's
     :class:`~bpm.models.input_spec.InputSpec` (:attr:`input_spec`) decides input size, pixel
     normalisation and whether features are L2-normalised: ``normalize=None`` (the default) takes
     the model's own test-time normalisation, the one ``bpm test`` evaluates with (on for a BNNeck
@@ -62,7 +102,7 @@ class FeatureExtractor:
         threads: int = 0,
         flip: bool = False,
     ) -> None:
-        from bpm.models.loading import load_model
+        from bpm.models.loading import load_graph, load_model
 
         # The command line's checks, with its wording, before anything is loaded.
         if resize_h_w is not None and is_unset(resize_h_w):
@@ -70,31 +110,33 @@ class FeatureExtractor:
         if resize_h_w is not None:
             check_input_size(resize_h_w)
         device = check_device(device)
-        is_onnx = str(weights).endswith(".onnx")
-        backend = backend or ("onnx" if is_onnx else "torch")
-        if backend not in BACKENDS:
-            raise BpmError(f"--backend: expected torch or onnx, got {backend!r}")
+        by_file = backend_for_file(weights)
+        entry = EXTRACTION_BACKENDS.get(backend) if backend is not None else by_file
         if batch_size < 1:
             raise BpmError(f"--batch_size: expected at least 1, got {batch_size}")
-        if backend == "onnx" and not is_onnx:
-            raise BpmError(f"{weights}: the onnx backend needs an exported .onnx file (see bpm export)")
-        if backend == "torch" and is_onnx:
-            raise BpmError(f"{weights}: an .onnx file runs on the onnx backend (--backend onnx)")
-        if is_onnx and opt_level != "O0":
-            raise BpmError("--opt-level applies to the torch backend; an ONNX file has its precision built in")
-        self.backend = backend
+        if entry is not by_file:
+            if entry.suffixes:
+                raise BpmError(f"{weights}: the {entry.name} backend needs {entry.needs}")
+            raise BpmError(f"{weights}: a {Path(weights).suffix} file runs on the {by_file.name} backend "
+                           f"(--backend {by_file.name})")
+        if entry.runner is not None and opt_level != "O0":
+            raise BpmError(f"--opt-level applies to the torch backend; a {entry.name} file has its precision built in")
+        self.backend = entry.name
         self.batch_size = batch_size
         self.flip = flip
         self.threads = threads  # held around each call (bpm.threads), not set for the process
-        model, self.input_spec = load_model(weights, net=net, last_conv_stride=last_conv_stride,
-                                            resize_h_w=resize_h_w, threads=threads)
+        if entry.runner is None:
+            model, self.input_spec = load_model(weights, net=net, last_conv_stride=last_conv_stride,
+                                                resize_h_w=resize_h_w, threads=threads)
+        else:
+            model, self.input_spec = load_graph(entry.runner(Path(weights), threads), net=net, resize_h_w=resize_h_w)
         self.normalize = self.input_spec.normalize_features if normalize is None else bool(normalize)
         self.net = self.input_spec.net or "unknown"
         self.resize_h_w = self.input_spec.resize_h_w
         self._feature_dim = model.feature_dim
-        if is_onnx:
-            self.onnx = model.runner
-            warn_if_unverified(weights, self.onnx.session.get_modelmeta().custom_metadata_map)
+        if entry.runner is not None:
+            self.runner = model.runner
+            warn_if_unverified(weights, self.runner.metadata)
             self.policy = PrecisionPolicy.create("O0")  # the graph's precision is built in; inputs are FP32 CPU
             self.model = model
         else:
@@ -133,22 +175,24 @@ def check_device(device: str | torch.device) -> torch.device:
     return device
 
 
-class OnnxModule(torch.nn.Module):
-    """An ONNX Runtime session as a module, so ONNX files take the one extraction path of torch models."""
+class GraphModule(torch.nn.Module):
+    """A graph runtime's model (ONNX Runtime, OpenVINO) as a module, so exported files take the one
+    extraction path of torch models."""
 
     def __init__(self, runner: OnnxModel) -> None:
         super().__init__()
         self.runner = runner
-        self.feature_dim = int(runner.session.get_outputs()[0].shape[-1])
+        self.feature_dim = runner.feature_dim
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.runner(images.cpu().numpy()))
 
 
 def onnx_features(runner: OnnxModel, items: Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
-    """Features of images by an ONNX graph (its metadata gives input size and pixel scale), through
-    the one extraction path: what ``bpm export`` verifies is what ``FeatureExtractor`` computes."""
-    return embed_images(OnnxModule(runner), items, PrecisionPolicy.create("O0"), runner.spec.input_spec, batch_size)
+    """Features of images by an exported graph's runner (ONNX or OpenVINO; its metadata gives input
+    size and pixel scale), through the one extraction path: what ``bpm export`` verifies is what
+    ``FeatureExtractor`` computes."""
+    return embed_images(GraphModule(runner), items, PrecisionPolicy.create("O0"), runner.spec.input_spec, batch_size)
 
 
 def tensor_images(batch: torch.Tensor) -> list[np.ndarray]:

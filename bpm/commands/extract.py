@@ -20,15 +20,18 @@ from bpm.data.datasets.common import list_image_names
 from bpm.data.datasets.market1501 import parse_market_name
 from bpm.errors import BpmError
 from bpm.evaluation.features_file import FOLDER_SPLIT, FeatureSplit, normalization_attrs, write_features_file
+from bpm.inference import EXTRACTION_BACKENDS
 
 OUTPUT_SUFFIXES = (".h5", ".hdf5", ".mat")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", required=True, help="checkpoint, weights file, .safetensors or exported .onnx")
+    parser.add_argument("--weights", required=True,
+                        help="checkpoint, weights file, .safetensors, exported .onnx or OpenVINO IR .xml")
     parser.add_argument("--images", required=True, help="folder of images (jpg, png, bmp)")
     parser.add_argument("--out", required=True, help="feats.h5 (HDF5) or feats.mat (MATLAB)")
-    parser.add_argument("--backend", default=None, choices=["torch", "onnx"], help="default: onnx for .onnx files")
+    parser.add_argument("--backend", default=None, choices=EXTRACTION_BACKENDS.choices(),
+                        help="runtime (default: by the file's suffix: onnx for .onnx, openvino for .xml, else torch)")
     add_device_switches(parser)
     add_model_switches(parser)  # an ONNX file carries its own network and input size
     add_precision_switches(parser)

@@ -129,13 +129,19 @@ def read_spec(path: str | Path) -> OnnxSpec:
     dims = graph_input.type.tensor_type.shape.dim
     if len(dims) != 4 or not dims[2].dim_value or not dims[3].dim_value:
         raise BpmError(f"{path}: expected an image input [N, 3, H, W] with fixed H and W")
-    h_w = tuple(int(v) for v in meta["bpm.resize_h_w"].split(",")) if "bpm.resize_h_w" in meta \
-        else (dims[2].dim_value, dims[3].dim_value)
+    return spec_from_metadata(meta, graph_input.name, proto.graph.output[0].name, (dims[2].dim_value, dims[3].dim_value))
+
+
+def spec_from_metadata(meta: dict[str, str], input_name: str, output_name: str,
+                       input_h_w: tuple[int, int]) -> OnnxSpec:
+    """The :class:`OnnxSpec` that ``bpm.*`` metadata (:meth:`OnnxSpec.metadata`) describes; a graph
+    without it is described by its input's fixed size. Shared by ONNX files and OpenVINO IRs."""
+    h_w = tuple(int(v) for v in meta["bpm.resize_h_w"].split(",")) if "bpm.resize_h_w" in meta else input_h_w
     return OnnxSpec(
         net=meta.get("bpm.net", "unknown"),
         resize_h_w=(h_w[0], h_w[1]),
-        input_name=graph_input.name,
-        output_name=proto.graph.output[0].name,
+        input_name=input_name,
+        output_name=output_name,
         bake_normalization=meta.get("bpm.bake_normalization") == "true",
         precision=meta.get("bpm.precision", "fp32"),
         input_meta=meta.get("bpm.input_meta", ""),

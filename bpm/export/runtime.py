@@ -80,7 +80,10 @@ class OnnxModel:
     """An ONNX Runtime CPU session over an exported graph, called like the PyTorch model.
 
     Input arrays are always FP32; FP16 graphs carry their own casts (see ``convert_to_fp16``).
+    ``precision`` is the graph's (its metadata's); ``metadata`` its ``bpm.*`` metadata.
     """
+
+    kind = "ONNX graph"
 
     def __init__(self, path: str | Path, threads: int = 0) -> None:
         import onnxruntime as ort
@@ -94,6 +97,9 @@ class OnnxModel:
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
             raise BpmError(f"{self.path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from exc
+        self.precision = self.spec.precision
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.feature_dim = int(self.session.get_outputs()[0].shape[-1])
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         output = self.session.run(None, {self.spec.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
