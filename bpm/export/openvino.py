@@ -146,8 +146,8 @@ class OpenVinoModel:
         except Exception as exc:  # OpenVINO raises RuntimeError/GeneralFailure variants
             raise BpmError(f"{self.path}: OpenVINO cannot load it ({_first_line(exc)})") from exc
         self.metadata = read_metadata(model)
-        hint = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-        self.inference_precision = PRECISIONS.get(hint.removeprefix("<Type: '").removesuffix("'>"), hint)
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self.inference_precision = PRECISIONS.get(hint, hint)
         self.spec = self._spec(model)
         self.precision = "int8" if self.spec is not None and self.spec.precision == "int8" else self.inference_precision
         self._output = self.compiled.output(0)
