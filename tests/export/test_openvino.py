@@ -128,3 +128,15 @@ def test_without_openvino_every_use_is_one_line_naming_the_extra(tmp_path, monke
     with pytest.raises(BpmError, match=r"pip install 'bpm\[openvino\]'"):
         run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path / "out"), resize_h_w=SIZE,
                                  formats=("openvino",), verify_count=2), log=lambda line: None)
+
+
+def test_a_bpm_ir_is_a_teacher_with_its_own_input_spec(exported, image_paths):
+    from PIL import Image
+
+    from bpm.distill.teacher import open_teacher
+
+    teacher = open_teacher(exported[1]["files"]["openvino"])
+    assert teacher.kind == "bpm OpenVINO IR" and teacher.dim == 1280 and teacher.spec_text == "64x32,bpm"
+    assert teacher.embed_images([Image.open(image_paths[0])]).shape == (1, 1280)
+    with pytest.raises(BpmError, match="carries its input spec"):
+        open_teacher(exported[1]["files"]["openvino"], "64x32")
