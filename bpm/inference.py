@@ -1,5 +1,6 @@
-"""``bpm.FeatureExtractor``: embeddings for images in one call, from PyTorch weights or an ONNX file.
-The model comes from :func:`bpm.load_model`, the one loader, with its input spec.
+"""``bpm.FeatureExtractor``: embeddings for images in one call, from PyTorch weights, an ONNX file or an
+OpenVINO IR. The model comes from :func:`bpm.load_model`, the one loader, with its input spec; the
+runtime that runs it is a registered extraction backend (:data:`bpm.models.backends.EXTRACTION_BACKENDS`).
 
 Deployment code should not need to know about datasets, loaders or precision policies: give it
 paths, PIL images or arrays, get an ``(N, D)`` float32 array back.
@@ -12,23 +13,24 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from bpm.errors import BpmError
 from bpm.data.images import ImageLike
+from bpm.errors import BpmError
 from bpm.evaluation.features import embed_images
 from bpm.export.verify import warn_if_unverified
+from bpm.models.backends import EXTRACTION_BACKENDS, backend_for_file
 from bpm.models.input_spec import check_input_size
-from bpm.models.loading import load_model
+from bpm.models.loading import load_graph, load_model
 from bpm.precision import PrecisionPolicy
 from bpm.threads import torch_threads
-
-BACKENDS = ("torch", "onnx")
 
 
 class FeatureExtractor:
     """Embeds images with a re-ID model.
 
     ``weights``: any file :func:`bpm.load_model` reads (checkpoint, weights, safetensors) for the
-    torch backend, or an exported ``.onnx`` file (its metadata is its input spec). The model's
+    torch backend, an exported ``.onnx`` file (its metadata is its input spec) for the onnx backend,
+    or an OpenVINO IR ``.xml`` (its rt_info is its input spec) for the openvino backend
+    (``pip install 'bpm[openvino]'``); ``backend=None`` picks by the file's suffix. The model's
     :class:`~bpm.models.input_spec.InputSpec` (:attr:`input_spec`) decides input size, pixel
     normalisation and whether features are L2-normalised: ``normalize=None`` (the default) takes
     the model's own test-time normalisation, the one ``bpm test`` evaluates with (on for a BNNeck
@@ -44,24 +46,6 @@ class FeatureExtractor:
 
     >>> extractor = FeatureExtractor("mobilenet_v2_256x128_fp32.onnx")
     >>> features = extractor(["a.jpg", "b.jpg"])          # (2, 1280) float32
-
-    Args:
-        weights: the model file (see above).
-        net: the backbone, when the file should not decide it.
-        device: ``cpu`` or ``cuda:N`` (torch backend).
-        resize_h_w: the input ``(height, width)``; None: the file's.
-        opt_level: ``O0`` FP32 ... ``O3`` (torch backend).
-        backend: ``torch`` or ``onnx``; None: by the file's suffix.
-        batch_size: images per forward pass.
-        normalize: L2-normalise features; None: the model's own test-time choice.
-        last_conv_stride: 1 or 2; None: the file's.
-        amp_dtype: ``float16`` or ``bfloat16`` under autocast; None: float16 on CUDA, bfloat16 on the CPU.
-        keep_batchnorm_fp32: keep BatchNorm in FP32 for the half-precision levels.
-        threads: CPU threads while extracting (0: the library default).
-        flip: average each image's features with its mirror image's.
-
-    Raises:
-        BpmError: a bad argument or model file, in one line naming it.
     """
 
     def __init__(
@@ -84,31 +68,33 @@ class FeatureExtractor:
         if resize_h_w is not None:
             check_input_size(resize_h_w)
         device = check_device(device)
-        is_onnx = str(weights).endswith(".onnx")
-        backend = backend or ("onnx" if is_onnx else "torch")
-        if backend not in BACKENDS:
-            raise BpmError(f"--backend: expected torch or onnx, got {backend!r}")
+        by_file = backend_for_file(weights)
+        entry = EXTRACTION_BACKENDS.get(backend) if backend is not None else by_file
         if batch_size < 1:
             raise BpmError(f"--batch_size: expected at least 1, got {batch_size}")
-        if backend == "onnx" and not is_onnx:
-            raise BpmError(f"{weights}: the onnx backend needs an exported .onnx file (see bpm export)")
-        if backend == "torch" and is_onnx:
-            raise BpmError(f"{weights}: an .onnx file runs on the onnx backend (--backend onnx)")
-        if is_onnx and opt_level != "O0":
-            raise BpmError("--opt-level applies to the torch backend; an ONNX file has its precision built in")
-        self.backend = backend
+        if entry is not by_file:
+            if entry.suffixes:
+                raise BpmError(f"{weights}: the {entry.name} backend needs {entry.needs}")
+            raise BpmError(f"{weights}: a {Path(weights).suffix} file runs on the {by_file.name} backend "
+                           f"(--backend {by_file.name})")
+        if entry.runner is not None and opt_level != "O0":
+            raise BpmError(f"--opt-level applies to the torch backend; a {entry.name} file has its precision built in")
+        self.backend = entry.name
         self.batch_size = batch_size
         self.flip = flip
         self.threads = threads  # held around each call (bpm.threads), not set for the process
-        model, self.input_spec = load_model(weights, net=net, last_conv_stride=last_conv_stride,
-                                            resize_h_w=resize_h_w, threads=threads)
+        if entry.runner is None:
+            model, self.input_spec = load_model(weights, net=net, last_conv_stride=last_conv_stride,
+                                                resize_h_w=resize_h_w, threads=threads)
+        else:
+            model, self.input_spec = load_graph(entry.runner(Path(weights), threads), net=net, resize_h_w=resize_h_w)
         self.normalize = self.input_spec.normalize_features if normalize is None else bool(normalize)
         self.net = self.input_spec.net or "unknown"
         self.resize_h_w = self.input_spec.resize_h_w
         self._feature_dim = model.feature_dim
-        if is_onnx:
-            self.onnx = model.runner
-            warn_if_unverified(weights, self.onnx.session.get_modelmeta().custom_metadata_map)
+        if entry.runner is not None:
+            self.runner = model.runner
+            warn_if_unverified(weights, self.runner.metadata)
             self.policy = PrecisionPolicy.create("O0")  # the graph's precision is built in; inputs are FP32 CPU
             self.model = model
         else:

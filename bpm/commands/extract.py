@@ -14,13 +14,16 @@ from bpm.config import (add_device_switches, add_image_check_switch, add_model_s
 from bpm.errors import BpmError
 from bpm.evaluation.features_file import normalization_attrs
 from bpm.evaluation.folder_features import OUTPUT_SUFFIXES, extract_folder, is_test_folder
+from bpm.models.backends import EXTRACTION_BACKENDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", required=True, help="checkpoint, weights file, .safetensors or exported .onnx")
+    parser.add_argument("--weights", required=True,
+                        help="checkpoint, weights file, .safetensors, exported .onnx or OpenVINO IR .xml")
     parser.add_argument("--images", required=True, help="folder of images (jpg, png, bmp)")
     parser.add_argument("--out", required=True, help="feats.h5 (HDF5) or feats.mat (MATLAB)")
-    parser.add_argument("--backend", default=None, choices=["torch", "onnx"], help="default: onnx for .onnx files")
+    parser.add_argument("--backend", default=None, choices=EXTRACTION_BACKENDS.choices(),
+                        help="runtime (default: by the file's suffix: onnx for .onnx, openvino for .xml, else torch)")
     add_device_switches(parser)
     add_model_switches(parser)  # an ONNX file carries its own network and input size
     add_precision_switches(parser)

@@ -19,8 +19,9 @@ from bpm.evaluation import compute_distances, evaluate
 from bpm.evaluation.features import l2_normalize
 from bpm.files import write_text
 
-# Minimum mean cosine similarity with the PyTorch FP32 embeddings, by numeric precision.
-COSINE_THRESHOLDS = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.98}
+# Minimum mean cosine similarity with the PyTorch FP32 embeddings, by numeric precision. bf16 (OpenVINO's
+# default on CPUs with AMX) keeps 8 mantissa bits to fp16's 11, hence the looser bound; mAP is checked too.
+COSINE_THRESHOLDS = {"fp32": 0.9999, "fp16": 0.999, "bf16": 0.995, "int8": 0.98}
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -11,7 +11,8 @@ What it reads: our checkpoints and weights files (``.pth``/``.pt``/``.safetensor
 their network and spec, :mod:`bpm.models.meta`), the original's checkpoints and released weights
 and ImageNet files (no record: the network is recognised by its first layer's key, the pooling
 and neck by the keys of :func:`bpm.models.reid.architecture_of`), and exported ``.onnx`` graphs
-(their metadata), which run through ONNX Runtime behind a module interface.
+and OpenVINO ``.xml`` IRs (their metadata), which run through ONNX Runtime or OpenVINO behind a
+module interface.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from torch import nn
 from bpm.errors import BpmError
 from bpm.models.input_spec import InputSpec, resolve_input_spec
 from bpm.models.meta import stored_meta
-from bpm.models.onnx_graph import OnnxModel, OnnxModule
+from bpm.models.backends import backend_for_file
+from bpm.models.onnx_graph import GraphModule
 from bpm.models.registry import BackboneSpec, backbone_choices, get_backbone
 from bpm.models.reid import ReidModel, architecture_of, inference_state
 from bpm.models.weights import (
@@ -72,8 +74,10 @@ def load_model(path_or_name: str | Path, *, net: str | None = None, last_conv_st
         return _fresh_model(source, last_conv_stride, resize_h_w, normalize_features, mean, std, pooling, neck)
     if pooling is not None or neck is not None:
         raise BpmError(f"{path}: pooling and neck are read from the file; give them only with a backbone name")
-    if path.suffix == ONNX_SUFFIX:
-        return _onnx_model(path, net, resize_h_w, normalize_features, threads)
+    backend = backend_for_file(path)
+    if backend.runner is not None:  # an exported graph (ONNX, OpenVINO IR): its own runtime runs it
+        return load_graph(backend.runner(path, threads), net=net, resize_h_w=resize_h_w,
+                          normalize_features=normalize_features)
     overrides = {"last_conv_stride": last_conv_stride, "resize_h_w": resize_h_w,
                  "normalize_features": normalize_features, "mean": mean, "std": std}
     return _torch_model(path, net, overrides)
@@ -147,10 +151,13 @@ def _torch_model(path: Path, net: str | None, overrides: dict) -> tuple[nn.Modul
     return model.float().eval(), spec
 
 
-def _onnx_model(path: Path, net: str | None, resize_h_w, normalize_features,
-                threads: int) -> tuple[nn.Module, InputSpec]:
-    """An exported graph behind a module interface; its metadata is its spec (size and pixels are built in)."""
-    runner = OnnxModel(path, threads)
+def load_graph(runner, *, net: str | None = None, resize_h_w: tuple[int, int] | None = None,
+               normalize_features: bool | None = None) -> tuple[nn.Module, InputSpec]:
+    """An exported graph's runner (:class:`bpm.models.onnx_graph.OnnxModel`, :class:`bpm.models.openvino_graph.OpenVinoModel`)
+    behind a module interface; its metadata is its spec (size and pixels are built in)."""
+    path = runner.path
+    if runner.spec is None:
+        raise BpmError(f"{path}: expected an image input [N, 3, H, W] with fixed H and W, or a bpm export")
     spec = runner.spec.input_spec
     if net is not None and spec.net and get_backbone(net).name != _canonical_or_same(spec.net):
         raise BpmError(f"{path}: holds {spec.net}, but --net is {net}")
@@ -159,8 +166,8 @@ def _onnx_model(path: Path, net: str | None, resize_h_w, normalize_features,
                        f"export); --resize_h_w {tuple(resize_h_w)} cannot change it")
     if normalize_features is not None:
         spec = spec.with_(normalize_features=bool(normalize_features))
-    module = OnnxModule(runner)
-    module.source_kind, module.source_meta = f"ONNX graph ({runner.spec.precision})", {}
+    module = GraphModule(runner)
+    module.source_kind, module.source_meta = f"{runner.kind} ({runner.precision})", {}
     return module, spec
 
 

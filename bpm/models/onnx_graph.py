@@ -1,5 +1,5 @@
 """An exported ONNX graph as a model: its metadata (:class:`OnnxSpec`), an ONNX Runtime session
-(:class:`OnnxModel`) and a module around it (:class:`OnnxModule`).
+(:class:`OnnxModel`) and a module around any graph runner (:class:`GraphModule`).
 
 Why in ``bpm.models``: :func:`bpm.load_model`, the one loader, reads ``.onnx`` files too, so that an
 exported graph takes the same extraction path as a PyTorch model. Writing graphs (export, FP16,
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from bpm.errors import BpmError, one_line
+from bpm.models.backends import EXTRACTION_BACKENDS, ExtractionBackend
 from bpm.models.input_spec import InputSpec
 from bpm.models.registry import backbone_choices, get_backbone
 
@@ -72,13 +73,19 @@ def read_spec(path: str | Path) -> OnnxSpec:
     dims = graph_input.type.tensor_type.shape.dim
     if len(dims) != 4 or not dims[2].dim_value or not dims[3].dim_value:
         raise BpmError(f"{path}: expected an image input [N, 3, H, W] with fixed H and W")
-    h_w = tuple(int(v) for v in meta["bpm.resize_h_w"].split(",")) if "bpm.resize_h_w" in meta \
-        else (dims[2].dim_value, dims[3].dim_value)
+    return spec_from_metadata(meta, graph_input.name, proto.graph.output[0].name, (dims[2].dim_value, dims[3].dim_value))
+
+
+def spec_from_metadata(meta: dict[str, str], input_name: str, output_name: str,
+                       input_h_w: tuple[int, int]) -> OnnxSpec:
+    """The :class:`OnnxSpec` that ``bpm.*`` metadata (:meth:`OnnxSpec.metadata`) describes; a graph
+    without it is described by its input's fixed size. Shared by ONNX files and OpenVINO IRs."""
+    h_w = tuple(int(v) for v in meta["bpm.resize_h_w"].split(",")) if "bpm.resize_h_w" in meta else input_h_w
     return OnnxSpec(
         net=meta.get("bpm.net", "unknown"),
         resize_h_w=(h_w[0], h_w[1]),
-        input_name=graph_input.name,
-        output_name=proto.graph.output[0].name,
+        input_name=input_name,
+        output_name=output_name,
         bake_normalization=meta.get("bpm.bake_normalization") == "true",
         precision=meta.get("bpm.precision", "fp32"),
         input_meta=meta.get("bpm.input_meta", ""),
@@ -113,7 +120,10 @@ class OnnxModel:
     """An ONNX Runtime CPU session over an exported graph, called like the PyTorch model.
 
     Input arrays are always FP32; FP16 graphs carry their own casts (see ``convert_to_fp16``).
+    ``precision`` is the graph's (its metadata's); ``metadata`` its ``bpm.*`` metadata.
     """
+
+    kind = "ONNX graph"
 
     def __init__(self, path: str | Path, threads: int = 0) -> None:
         import onnxruntime as ort
@@ -127,19 +137,27 @@ class OnnxModel:
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
             raise BpmError(f"{self.path}: ONNX Runtime cannot load it ({one_line(exc)})") from exc
+        self.precision = self.spec.precision
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.feature_dim = int(self.session.get_outputs()[0].shape[-1])
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         output = self.session.run(None, {self.spec.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
         return np.asarray(output, dtype=np.float32).reshape(len(images), -1)
 
 
-class OnnxModule(torch.nn.Module):
-    """An ONNX Runtime session as a module, so ONNX files take the one extraction path of torch models."""
+class GraphModule(torch.nn.Module):
+    """A graph runtime's model (ONNX Runtime, OpenVINO) as a module, so exported files take the one
+    extraction path of torch models."""
 
-    def __init__(self, runner: OnnxModel) -> None:
+    def __init__(self, runner: "OnnxModel") -> None:
         super().__init__()
         self.runner = runner
-        self.feature_dim = int(runner.session.get_outputs()[0].shape[-1])
+        self.feature_dim = runner.feature_dim
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.runner(images.cpu().numpy()))
+
+
+EXTRACTION_BACKENDS.add("onnx", ExtractionBackend("onnx", (".onnx",), "an exported .onnx file (see bpm export)",
+                                                  OnnxModel), module=__name__)
