@@ -16,6 +16,7 @@ from torch import nn
 
 from bpm.errors import BpmError
 from bpm.models.input_spec import InputSpec
+from bpm.models.necks import normalizes_at_test
 
 OPSET = 17
 LEGACY_INPUT_NAME = "actual_input_1"
@@ -50,7 +51,7 @@ class OnnxSpec:
         for key in ("mean", "std"):
             if key in values:
                 values[key] = tuple(float(v) for v in values[key])
-        values.setdefault("normalize_features", values.get("neck") == "bnneck")
+        values.setdefault("normalize_features", normalizes_at_test(str(values.get("neck", "none"))))
         return InputSpec(net=self.net if self.net != "unknown" else "", resize_h_w=tuple(self.resize_h_w),
                          raw_pixels=self.bake_normalization, **values)
 
