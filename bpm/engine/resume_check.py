@@ -15,6 +15,7 @@ from typing import Any
 
 from bpm.engine.config import TrainConfig
 from bpm.errors import BpmError
+from bpm.losses.term import LOSS_TERMS
 
 # Changing these would make the checkpoint's weights, optimizer state or data position mean
 # something else: refused.
@@ -101,8 +102,6 @@ def check_resume(ckpt: dict, cfg: TrainConfig, model_facts: dict[str, Any], path
 def _loss_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, bool]]:
     """``("name old -> new", refused)`` for each changed loss setting; a term's weight follows the term's
     :attr:`~bpm.losses.term.LossTerm.on_resume` rule (its state may not appear, vanish or change meaning)."""
-    from bpm.losses.term import LOSS_TERMS
-
     terms = [LOSS_TERMS.get(name) for name in LOSS_TERMS.names()]
     rules = {term.weight_switch: term.on_resume for term in terms}
     by_name = {term.name: term.weight_switch for term in terms}
