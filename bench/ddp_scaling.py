@@ -33,6 +33,7 @@ from bpm.config import add_train_arguments, parse_tuple
 from bpm.config import apply_recipe
 from bpm.data.datasets import build_dataset
 from bpm.data.synthetic import WorldConfig, generate_world
+from bpm.engine.build import build_training
 from bpm.engine.trainer import Trainer, seed_everything
 from bpm.models.reid import build_model
 from bpm.precision import PrecisionPolicy
@@ -53,8 +54,8 @@ def measure(payload: dict) -> int:
                                     args.loss_scale)
     records = build_dataset("market1501", payload["world"]).train
     with tempfile.TemporaryDirectory() as exp_dir:
-        trainer = Trainer(build_model(args.net, args.last_conv_stride), policy, train_config(args), records, Path(exp_dir), None,
-                          ctx.rank, ctx.world_size)
+        parts = build_training(train_config(args), policy, build_model(args.net, args.last_conv_stride), records, ctx)
+        trainer = Trainer(parts, Path(exp_dir))
         times = []
         batches = iter(trainer.loader)
         for step in range(payload["warmup"] + payload["steps"]):

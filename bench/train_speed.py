@@ -77,6 +77,7 @@ def _ours(args, net: str, level: str, device):
     """A Trainer on dummy records (its loader is never iterated); the step is Trainer.train_step."""
     from bpm.data.records import ImageRecord
     from bpm.config import train_config
+    from bpm.engine.build import build_training
     from bpm.engine.trainer import Trainer
     from bpm.models.reid import build_model
     from bpm.precision import PrecisionPolicy
@@ -86,7 +87,7 @@ def _ours(args, net: str, level: str, device):
     records = [ImageRecord(f"/nonexistent/{i}.jpg", i % args.ids, 1) for i in range(args.ids * args.ims)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # O3 training warns by design
-        trainer = Trainer(build_model(net), policy, train_config(targs), records, "/nonexistent")
+        trainer = Trainer(build_training(train_config(targs), policy, build_model(net), records), "/nonexistent")
 
     def step(images, labels) -> float:
         _stepped, stats = trainer.train_step(images, labels)

@@ -267,6 +267,10 @@ def add_train_switches(parser: argparse.ArgumentParser) -> None:
     Switches that make a recipe default to None and take their value from ``--recipe``
     (:mod:`bpm.recipes`) unless given; :func:`apply_recipe` fills them after parsing.
     """
+    from bpm.engine.lr_schedule import SCHEDULES
+    from bpm.engine.optimizers import OPTIMIZERS
+    from bpm.models.necks import NECKS
+    from bpm.models.pooling import POOLINGS
     from bpm.recipes import DEFAULT_RECIPE, RECIPES
 
     parser.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES),
@@ -278,9 +282,9 @@ def add_train_switches(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler_epoch", default=None, choices=["ids", "images"],
                         help="what an epoch is: one pass over the identities (the original's) or over the training "
                              "images (torchreid's, fast-reid's) (default: from --recipe)")
-    parser.add_argument("--neck", default=None, choices=["none", "bnneck"],
+    parser.add_argument("--neck", default=None, choices=NECKS.choices(),
                         help="after pooling: none, or bnneck (BatchNorm; retrieval uses its output) (default: from --recipe)")
-    parser.add_argument("--pooling", default=None, choices=["avg", "gem"], help="global pooling (default: from --recipe)")
+    parser.add_argument("--pooling", default=None, choices=POOLINGS.choices(), help="global pooling (default: from --recipe)")
     parser.add_argument("--id_loss_weight", type=float, default=None,
                         help="weight of the ID (softmax) loss on a training-only classifier, 0 = off (default: from --recipe)")
     parser.add_argument("--label_smoothing", type=float, default=0.1, help="ID loss label smoothing epsilon")
@@ -288,6 +292,7 @@ def add_train_switches(parser: argparse.ArgumentParser) -> None:
                         help="weight of the batch-hard triplet loss, 0 = off (softmax-only training needs "
                              "--id_loss_weight > 0) (default: from --recipe)")
     parser.add_argument("--center_loss_weight", type=float, default=None, help="centre loss weight, 0 = off (default: from --recipe)")
+    add_loss_term_switches(parser)
     parser.add_argument("--set_seed", type=str2bool, default=False,
                         help="seed every random generator with --seed: a CPU run, resumed or not, repeats bitwise")
     add_distill_switches(parser)
@@ -313,7 +318,7 @@ def add_train_switches(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", type=str2bool, default=False,
                         help="continue from <exp_dir>/ckpt.pth exactly where it stopped")
     parser.add_argument("--base_lr", "--lr", type=float, default=None, help="learning rate (default: from --recipe)")
-    parser.add_argument("--lr_decay_type", default=None, choices=["exp", "staircase", "cosine"], help="schedule (default: from --recipe)")
+    parser.add_argument("--lr_decay_type", default=None, choices=SCHEDULES.choices(), help="schedule (default: from --recipe)")
     parser.add_argument("--warmup_epochs", type=int, default=None,
                         help="linear warm-up from 0.1x the rate over this many epochs (default: from --recipe)")
     parser.add_argument("--exp_decay_at_epoch", type=int, default=151,
@@ -322,7 +327,7 @@ def add_train_switches(parser: argparse.ArgumentParser) -> None:
                         help="--lr_decay_type staircase: epochs where the rate is multiplied, as tuple text")
     parser.add_argument("--staircase_decay_multiply_factor", type=float, default=0.1,
                         help="--lr_decay_type staircase: factor applied at each of those epochs")
-    parser.add_argument("--optimizer", default=None, choices=["adam", "sgd"],
+    parser.add_argument("--optimizer", default=None, choices=OPTIMIZERS.choices(),
                         help="adam (the original's) or sgd (Nesterov, uses --momentum) (default: from --recipe)")
     parser.add_argument("--momentum", type=float, default=0.9, help="--optimizer sgd: Nesterov momentum")
     parser.add_argument("--weight_decay", type=float, default=None, help="L2 weight decay (default: from --recipe)")
@@ -341,6 +346,19 @@ def add_train_switches(parser: argparse.ArgumentParser) -> None:
                         help="multi-process: mine hard triplets over the features of all ranks, not per rank")
     parser.add_argument("--eval_untrained", type=str2bool, default=False,
                         help="evaluate the network before training too (the demo prints both)")
+
+
+def add_loss_term_switches(parser: argparse.ArgumentParser) -> None:
+    """The weight switch of every registered loss term that is not one of the built-in ones above
+    (:mod:`bpm.losses.term`): ``--<name>_weight``, or the name the term declares; 0 (off) by default."""
+    from bpm.losses.combine import field_switches
+    from bpm.losses.term import LOSS_TERMS
+
+    for name in LOSS_TERMS.names():
+        term = LOSS_TERMS.get(name)
+        if term.weight_switch not in field_switches():
+            parser.add_argument(f"--{term.weight_switch}", type=float, default=0.0,
+                                help=term.weight_help or f"weight of the {name} loss term, 0 = off")
 
 
 def add_distill_switches(parser: argparse.ArgumentParser) -> None:
@@ -488,13 +506,16 @@ def precision_settings(args: argparse.Namespace) -> PrecisionSettings:
 def train_config(args: argparse.Namespace):
     """The training part of parsed ``bpm train`` switches (:func:`apply_recipe` already applied)."""
     from bpm.engine.config import TrainConfig
-    from bpm.losses.combine import LossConfig
+    from bpm.losses.combine import LossConfig, field_switches
+    from bpm.losses.term import LOSS_TERMS
 
     values = vars(args)
     own = {f.name for f in fields(TrainConfig)} - {"loss", "seed"}
-    loss_names = {f.name for f in fields(LossConfig)}
+    terms = [LOSS_TERMS.get(name) for name in LOSS_TERMS.names()]
+    weights = {t.name: float(values[t.weight_switch]) for t in terms  # the terms outside LossConfig's fields
+               if t.weight_switch not in field_switches() and values.get(t.weight_switch)}
     config = TrainConfig(**{k: values[k] for k in own if k in values},
-                         loss=LossConfig(**{k: values[k] for k in loss_names if k in values}),
+                         loss=LossConfig(**{k: values[k] for k in field_switches() if k in values}, weights=weights),
                          seed=values.get("seed") if values.get("set_seed") else None)
     config.resize_h_w = tuple(config.resize_h_w)
     return config

@@ -46,10 +46,12 @@ def check_common(switches: Mapping[str, Any]) -> None:
 def check_train(switches: Mapping[str, Any]) -> None:
     """Training switches (after :func:`bpm.config.apply_recipe` filled the recipe's)."""
     check_common(switches)
+    from bpm.losses.term import LOSS_TERMS
+
     positive = ("base_lr",)
-    non_negative = ("weight_decay", "id_loss_weight", "triplet_weight", "center_loss_weight", "total_epochs",
-                    "ckpt_every_steps", "steps_per_log", "warmup_epochs", "pad_crop", "distill_weight",
-                    "relational_weight")
+    term_weights = tuple(LOSS_TERMS.get(name).weight_switch for name in LOSS_TERMS.names())  # every loss term's
+    non_negative = ("weight_decay", "total_epochs", "ckpt_every_steps", "steps_per_log", "warmup_epochs", "pad_crop",
+                    *term_weights)
     probabilities = ("crop_prob", "erase_prob")
     for name in positive:
         value = _value(switches, name)

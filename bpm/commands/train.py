@@ -20,6 +20,7 @@ from bpm.engine.checkpoint import CKPT_NAME, load_checkpoint, rng_state, set_rng
 from bpm.engine.diskspace import check_free_space, estimate_checkpoint_bytes, prepare_exp_dir
 from bpm.files import check_output_file
 from bpm.engine.resume_check import check_resume
+from bpm.engine.build import build_training
 from bpm.engine.runfolder import RunLock, move_previous_run, record_names
 from bpm.engine.config import TrainConfig
 from bpm.engine.evaluator import EvalSettings, evaluate_model, evaluate_test_set, write_results
@@ -363,8 +364,8 @@ def _make_trainer(settings: RunSettings, model: ReidModel, policy: PrecisionPoli
         teacher, extras = distill
         targets = distill_targets(teacher, settings.train, [*dataset.train, *extras], settings.folder,
                                   input_spec_of_model(model, settings.train.resize_h_w), ctx)
-    return Trainer(model, policy, settings.train, dataset.train, settings.folder, validator, ctx.rank,
-                   ctx.world_size, distill=targets, extra_records=extras)
+    parts = build_training(settings.train, policy, model, dataset.train, ctx, distill=targets, extra_records=extras)
+    return Trainer(parts, settings.folder, validator)
 
 
 def _train(settings: RunSettings, trainer: Trainer, ctx: distributed.DistContext) -> ReidModel:

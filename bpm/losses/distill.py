@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from bpm.losses.term import LossBatch, LossShapes, LossTerm, TermResult, register_loss_term
+
 METRICS = ("cosine", "l2")
 
 
@@ -64,3 +66,33 @@ class RelationalDistillation(torch.nn.Module):
         off_diagonal = ~torch.eye(n, dtype=torch.bool, device=diff.device)
         loss = diff[off_diagonal].pow(2).mean()
         return loss, {"loss": float(loss.detach())}
+
+
+@register_loss_term("distill")
+class DistillTerm(EmbeddingDistillation, LossTerm):
+    """Embedding distillation of the retrieval feature, on every sample (unlabelled crops too);
+    option ``--distill_metric``. Its projection head is a criterion parameter, optimised with the model."""
+
+    weight_switch = "distill_weight"
+    labelled_only = False
+    needs_teacher = True
+
+    @classmethod
+    def build(cls, config, shapes: LossShapes) -> "DistillTerm":
+        return cls(shapes.feature_dim, shapes.teacher_dim, config.distill_metric)
+
+    def loss(self, batch: LossBatch) -> TermResult:
+        return self(batch.features, batch.teacher)
+
+
+@register_loss_term("relational")
+class RelationalTerm(RelationalDistillation, LossTerm):
+    """Relational distillation of the retrieval feature, on every sample (unlabelled crops too)."""
+
+    weight_switch = "relational_weight"
+    on_resume = ""  # stateless
+    labelled_only = False
+    needs_teacher = True
+
+    def loss(self, batch: LossBatch) -> TermResult:
+        return self(batch.features, batch.teacher)

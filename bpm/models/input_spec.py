@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from bpm.errors import BpmError
+from bpm.models.necks import normalizes_at_test
 
 #: The ImageNet mean/std of ResNet-50 and MobileNet-V2 as the original project used them (torchvision
 #: publishes 0.485, 0.456, 0.406); kept to the digit so that every number stays as it was.
@@ -173,7 +174,7 @@ def resolve_input_spec(backbone, meta: Mapping[str, Any], overrides: Mapping[str
     values.setdefault("pooling", "avg")
     values.setdefault("neck", "none")
     if "normalize_features" not in values:
-        values["normalize_features"] = values["neck"] == "bnneck"
+        values["normalize_features"] = normalizes_at_test(values["neck"])
     return InputSpec(**{k: v for k, v in values.items() if k in known})
 
 
@@ -188,7 +189,7 @@ def input_spec_of_model(model, resize_h_w: tuple[int, int]) -> InputSpec:
     neck = architecture.get("neck", "none")
     common = {"resize_h_w": (int(resize_h_w[0]), int(resize_h_w[1])),
               "last_conv_stride": int(getattr(model, "last_conv_stride", 1)),
-              "pooling": architecture.get("pooling", "avg"), "neck": neck, "normalize_features": neck == "bnneck",
+              "pooling": architecture.get("pooling", "avg"), "neck": neck, "normalize_features": normalizes_at_test(neck),
               "feature_dim": int(getattr(model, "feature_dim", 0) or 0)}
     if net is None:
         return InputSpec(net="", **common)

@@ -17,6 +17,7 @@ import torch
 from bpm.errors import BpmError, one_line
 from bpm.models.backends import EXTRACTION_BACKENDS, ExtractionBackend
 from bpm.models.input_spec import InputSpec
+from bpm.models.necks import normalizes_at_test
 from bpm.models.registry import backbone_choices, get_backbone
 
 
@@ -46,7 +47,7 @@ class OnnxSpec:
         for key in ("mean", "std"):
             if key in values:
                 values[key] = tuple(float(v) for v in values[key])
-        values.setdefault("normalize_features", values.get("neck") == "bnneck")
+        values.setdefault("normalize_features", normalizes_at_test(str(values.get("neck", "none"))))
         return InputSpec(net=self.net if self.net != "unknown" else "", resize_h_w=tuple(self.resize_h_w),
                          raw_pixels=self.bake_normalization, **values)
 

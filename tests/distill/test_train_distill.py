@@ -17,6 +17,7 @@ from bpm.engine.distillation import distill_targets
 from bpm.models.input_spec import input_spec_of_model
 from bpm.distill.teacher import open_teacher
 from bpm.engine.checkpoint import load_checkpoint
+from bpm.engine.build import build_training
 from bpm.engine.trainer import Trainer, seed_everything
 from bpm.export.weights import save_pt, weights_state
 from bpm.models.loading import load_model
@@ -48,8 +49,9 @@ def _trainer(world, exp_dir, epochs, teacher_path, extra=None, per_step=False):
     model = build_model("mobilenetV2", pooling=args.pooling, neck=args.neck, num_classes=dataset.num_train_ids)
     targets = distill_targets(teacher, config, [*dataset.train, *extras], exp_dir,
                               input_spec_of_model(model, config.resize_h_w))
-    return Trainer(model, PrecisionPolicy.create("O0", "cpu"), config, dataset.train, exp_dir,
-                   distill=targets, extra_records=extras)
+    parts = build_training(config, PrecisionPolicy.create("O0", "cpu"), model, dataset.train, distill=targets,
+                           extra_records=extras)
+    return Trainer(parts, exp_dir)
 
 
 def test_resume_with_a_teacher_is_exact_and_the_head_stays_out_of_the_model(tiny_world, tiny_teacher_onnx,

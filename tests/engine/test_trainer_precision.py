@@ -10,6 +10,7 @@ import torch
 from bpm.config import train_config
 from bpm.data.datasets import build_dataset
 from bpm.engine.checkpoint import load_checkpoint
+from bpm.engine.build import build_training
 from bpm.engine.trainer import Trainer, seed_everything
 from bpm.errors import BpmError
 from bpm.models.reid import build_model
@@ -23,7 +24,9 @@ def make_trainer(world, exp_dir, *extra: str) -> Trainer:
     policy = PrecisionPolicy.create(args.opt_level, "cpu", args.amp_dtype, args.keep_batchnorm_fp32, args.loss_scale)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # O3 warns by design
-        return Trainer(build_model("mobilenetV2"), policy, train_config(args), build_dataset("market1501", str(world)).train, exp_dir)
+        parts = build_training(train_config(args), policy, build_model("mobilenetV2"),
+                               build_dataset("market1501", str(world)).train)
+        return Trainer(parts, exp_dir)
 
 
 def overfit_losses(trainer: Trainer, steps: int) -> list[float]:

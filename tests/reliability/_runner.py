@@ -259,6 +259,7 @@ def make_trainer(world: Path, exp_dir: Path, *extra: str):
     from train_helpers import train_args
 
     from bpm.data.datasets import build_dataset
+    from bpm.engine.build import build_training
     from bpm.engine.trainer import Trainer, seed_everything
     from bpm.models.reid import build_model
     from bpm.precision import PrecisionPolicy
@@ -267,4 +268,5 @@ def make_trainer(world: Path, exp_dir: Path, *extra: str):
     seed_everything(args.seed)
     dataset = build_dataset("market1501", str(world))
     policy = PrecisionPolicy.create(args.opt_level, "cpu", args.amp_dtype, args.keep_batchnorm_fp32, args.loss_scale)
-    return Trainer(build_model(args.net, args.last_conv_stride), policy, train_config(args), dataset.train, exp_dir)
+    return Trainer(build_training(train_config(args), policy, build_model(args.net, args.last_conv_stride), dataset.train),
+                   exp_dir)
