@@ -21,6 +21,16 @@ from bpm.losses.term import LossBatch, LossShapes, LossTerm, TermResult, registe
 
 METRICS = ("cosine", "l2")
 
+#: Which student feature the terms distil: the pooled trunk feature, *before* the neck. After a
+#: BNNeck, training-mode batch normalisation centres every feature over the batch, so the batch's
+#: mean pairwise cosine is ~0 and a bias-free projection keeps it so, while a teacher's embeddings
+#: (OSNet's, after a ReLU: non-negative) have a mean pairwise cosine of ~0.5 (0.48 for
+#: OSNet-x0.25 on CUHK03). Neither term can then be met, and on real data their pull stopped the ID
+#: loss from learning at all (docs/results/accuracy.md). The pooled trunk feature of a ReLU network
+#: is non-negative like the teacher's; the ID loss keeps the BNNeck feature to itself, as BoT keeps
+#: the triplet loss on the pre-neck feature for the same kind of reason.
+DISTILLED_FEATURE = "pre_neck"
+
 
 class EmbeddingDistillation(torch.nn.Module):
     """``mean_i (1 - cos(P s_i, t_i))`` or ``mean_i ||P s_i - t_i||^2``; ``P`` a bias-free linear map when sizes differ."""
@@ -70,8 +80,9 @@ class RelationalDistillation(torch.nn.Module):
 
 @register_loss_term("distill")
 class DistillTerm(EmbeddingDistillation, LossTerm):
-    """Embedding distillation of the retrieval feature, on every sample (unlabelled crops too);
-    option ``--distill_metric``. Its projection head is a criterion parameter, optimised with the model."""
+    """Embedding distillation of the pooled trunk feature (before the neck; see :data:`DISTILLED_FEATURE`),
+    on every sample (unlabelled crops too); option ``--distill_metric``. Its projection head is a
+    criterion parameter, optimised with the model."""
 
     weight_switch = "distill_weight"
     labelled_only = False
@@ -82,12 +93,13 @@ class DistillTerm(EmbeddingDistillation, LossTerm):
         return cls(shapes.feature_dim, shapes.teacher_dim, config.distill_metric)
 
     def loss(self, batch: LossBatch) -> TermResult:
-        return self(batch.features, batch.teacher)
+        return self(getattr(batch, DISTILLED_FEATURE), batch.teacher)
 
 
 @register_loss_term("relational")
 class RelationalTerm(RelationalDistillation, LossTerm):
-    """Relational distillation of the retrieval feature, on every sample (unlabelled crops too)."""
+    """Relational distillation of the pooled trunk feature (before the neck; see :data:`DISTILLED_FEATURE`),
+    on every sample (unlabelled crops too)."""
 
     weight_switch = "relational_weight"
     on_resume = ""  # stateless
@@ -95,4 +107,4 @@ class RelationalTerm(RelationalDistillation, LossTerm):
     needs_teacher = True
 
     def loss(self, batch: LossBatch) -> TermResult:
-        return self(batch.features, batch.teacher)
+        return self(getattr(batch, DISTILLED_FEATURE), batch.teacher)
