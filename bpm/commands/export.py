@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (file names say the format)")
     parser.add_argument("--formats", type=_formats, default=default_formats(),
                         help=f"files to write: a comma list from {', '.join(EXPORT_FORMATS.names())} "
-                             f"(default {','.join(default_formats())})")
+                             f"(default: {','.join(default_formats())})")
     add_model_switches(parser)
     add_precision_switches(parser, autocast=False, level_help="precision of the 'pt' weights file: O0/O1 FP32, O2/O3 FP16")
     add_data_switches(parser, optional=True, dataset_help="dataset for calibration images and the accuracy check")
