@@ -34,6 +34,7 @@ from bpm.config import apply_recipe
 from bpm.data.datasets import build_dataset
 from bpm.data.synthetic import WorldConfig, generate_world
 from bpm.engine.trainer import Trainer, seed_everything
+from bpm.models.input_spec import input_spec_of_model
 from bpm.models.reid import build_model
 from bpm.precision import PrecisionPolicy
 from bpm.machine import print_machine
@@ -53,8 +54,9 @@ def measure(payload: dict) -> int:
                                     args.loss_scale)
     records = build_dataset("market1501", payload["world"]).train
     with tempfile.TemporaryDirectory() as exp_dir:
-        trainer = Trainer(build_model(args.net, args.last_conv_stride), policy, train_config(args), records, Path(exp_dir), None,
-                          ctx.rank, ctx.world_size)
+        model = build_model(args.net, args.last_conv_stride)
+        trainer = Trainer(model, policy, train_config(args), records, Path(exp_dir), None, ctx.rank, ctx.world_size,
+                          input_spec=input_spec_of_model(model, args.resize_h_w))
         times = []
         batches = iter(trainer.loader)
         for step in range(payload["warmup"] + payload["steps"]):

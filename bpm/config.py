@@ -17,7 +17,7 @@ import argparse
 import ast
 import json
 from pathlib import Path
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
 from bpm.errors import BpmError
@@ -402,6 +402,50 @@ def add_test_arguments(parser: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- typed settings
 
 
+def from_switches(cls: type, args: argparse.Namespace, names: Mapping[str, str] | None = None, /,
+                  **given: Any) -> Any:
+    """A settings group made from parsed switches: each field from its switch (``names`` maps a field to
+    a switch of another name), or from ``given`` where the command has no such switch.
+
+    Why: a field filled "if present" used to be left at its default silently when a command lacked
+    the switch; here a field that is neither a switch of the command nor given is an error.
+    """
+    values, names = vars(args), names or {}
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        switch = names.get(f.name, f.name)
+        if f.name in given:
+            out[f.name] = given[f.name]
+        elif switch in values:
+            out[f.name] = values[switch]
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name}: the parsed switches have no --{switch} and no value was given")
+    return cls(**out)
+
+
+def as_switches(group: Any, names: Mapping[str, str] | None = None, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A settings group back as the switches it was made from (:func:`from_switches`' inverse)."""
+    names = names or {}
+    return {names.get(f.name, f.name): getattr(group, f.name) for f in fields(group) if f.name not in skip}
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    """Where a run computes: ``-d`` (GPU ids, ``()`` the CPU) and how long ranks wait for each other."""
+
+    devices: tuple[int, ...] = ()
+    dist_timeout: float = 1800.0
+
+    SWITCHES = {"devices": "sys_device_ids"}
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "DeviceSettings":
+        return from_switches(cls, args, cls.SWITCHES, devices=tuple(args.sys_device_ids))
+
+    def switches(self) -> dict[str, Any]:
+        return as_switches(self, self.SWITCHES)
+
+
 @dataclass(frozen=True)
 class DataSettings:
     """Which dataset to index and how (:func:`bpm.data.datasets.build_dataset`'s arguments)."""
@@ -412,6 +456,18 @@ class DataSettings:
     trainset_part: str = "trainval"
     skip_bad_images: bool = False
     seed: int = 1  # draws the validation identities of --trainset_part train
+
+    TRAINING_ONLY = ("trainset_part", "seed")  # switches of bpm train only; bpm test uses the defaults
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, training: bool = True) -> "DataSettings":
+        fixed = {} if training else {name: getattr(cls, name) for name in cls.TRAINING_ONLY}
+        return from_switches(cls, args, data_root=args.data_root or None, **fixed)
+
+    def switches(self, training: bool = True) -> dict[str, Any]:
+        values = as_switches(self, skip=() if training else self.TRAINING_ONLY)
+        values["data_root"] = self.data_root or ""
+        return values
 
     def build(self, require_train: bool = True, may_write: bool = True):
         """Index the dataset (:func:`bpm.data.datasets.build_dataset`)."""
@@ -425,11 +481,18 @@ class DataSettings:
 @dataclass(frozen=True)
 class ModelSettings:
     """The network and its input; values the user did not type stay :func:`unset`-marked, so a weights
-    file's stored settings can replace them (:mod:`bpm.models.meta`)."""
+    file's stored settings can replace them (:mod:`bpm.models.meta`). The one home of the input size."""
 
     net: str = unset("mobilenet_v2")
     last_conv_stride: int = unset(1)
     resize_h_w: tuple[int, int] = unset((256, 128))
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "ModelSettings":
+        return from_switches(cls, args)
+
+    def switches(self) -> dict[str, Any]:
+        return as_switches(self)
 
     def overrides(self) -> dict[str, Any]:
         """What the user typed, for :func:`bpm.load_model`: an untyped default is ``None`` (the
@@ -447,6 +510,13 @@ class PrecisionSettings:
     amp_dtype: str | None = None
     loss_scale: float | str | None = None
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, training: bool = True) -> "PrecisionSettings":
+        return from_switches(cls, args, **({} if training else {"loss_scale": None}))
+
+    def switches(self, training: bool = True) -> dict[str, Any]:
+        return as_switches(self, skip=() if training else ("loss_scale",))
+
     def policy(self, device):
         from bpm.precision import PrecisionPolicy
 
@@ -458,45 +528,133 @@ class PrecisionSettings:
 class FeatureSettings:
     """How features of a dataset's images are extracted (the feature switch group)."""
 
-    normalize: bool = False
+    normalize: bool | None = False  # None: as the model does at test time (bpm extract)
     workers: int = 2
     batch_size: int = 64
     flip: bool = False
 
+    SWITCHES = {"normalize": "normalize_feature", "batch_size": "batch_size_test", "flip": "test_flip"}
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "FeatureSettings":
+        return from_switches(cls, args, cls.SWITCHES)
+
+    def switches(self) -> dict[str, Any]:
+        return as_switches(self, self.SWITCHES)
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How a test set is evaluated (``bpm train`` after training, ``bpm test``), and which weights."""
+
+    test_normalize: bool | None = None  # None: the model's own test-time normalisation
+    mq_pooling: str = "average"
+    rerank: bool = True
+    save_features: str = ""
+    model_weight_file: str = ""  # bpm test: the weights to evaluate ("": the run folder's ckpt.pth)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "EvaluationSettings":
+        return from_switches(cls, args)
+
+    def switches(self) -> dict[str, Any]:
+        return as_switches(self)
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """Where a run writes: ``--exp_dir`` (``None``: named after the settings), ``--run``, ``--log_to_file``."""
+
+    exp_dir: Path | None = None
+    run: int = 1
+    log_to_file: bool = True
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "OutputSettings":
+        return from_switches(cls, args, exp_dir=Path(args.exp_dir) if args.exp_dir else None)
+
+    def switches(self) -> dict[str, Any]:
+        return {**as_switches(self), "exp_dir": str(self.exp_dir) if self.exp_dir is not None else ""}
+
+
+@dataclass(frozen=True)
+class StartSettings:
+    """How a training run starts: a new model (its pooling and neck, its initial backbone weights), or
+    ``--resume``; and whether the untrained network is evaluated first."""
+
+    resume: bool = False
+    net_pretrained_path: str = "imagenet"
+    pooling: str = "avg"
+    neck: str = "none"
+    eval_untrained: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "StartSettings":
+        return from_switches(cls, args)
+
+    def switches(self) -> dict[str, Any]:
+        return as_switches(self)
+
+    @property
+    def architecture(self) -> dict[str, str]:
+        """Pooling and neck of the new model (:func:`bpm.models.reid.build_model`'s keywords)."""
+        return {"pooling": self.pooling, "neck": self.neck}
+
+
+# Data and precision switches that only some commands have; the others use these fields' defaults.
+_OPTIONAL_SWITCHES = {DataSettings: ("trainset_part", "seed", "skip_bad_images"),
+                      PrecisionSettings: ("amp_dtype", "loss_scale")}
+
+
+def _defaults_for_absent(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(cls, name) for name in _OPTIONAL_SWITCHES[cls] if name not in vars(args)}
+
 
 def data_settings(args: argparse.Namespace) -> DataSettings:
-    return DataSettings(dataset=args.dataset, data_root=args.data_root or None, cuhk03_type=args.cuhk03_type,
-                        trainset_part=getattr(args, "trainset_part", "trainval"),
-                        skip_bad_images=getattr(args, "skip_bad_images", False), seed=getattr(args, "seed", 1))
+    """The data group of any command (``--trainset_part``/``--seed``: ``bpm train``'s only)."""
+    return from_switches(DataSettings, args, data_root=args.data_root or None,
+                         **_defaults_for_absent(DataSettings, args))
 
 
 def model_settings(args: argparse.Namespace) -> ModelSettings:
-    return ModelSettings(net=args.net, last_conv_stride=args.last_conv_stride, resize_h_w=args.resize_h_w)
+    return ModelSettings.from_args(args)
 
 
 def feature_settings(args: argparse.Namespace) -> FeatureSettings:
-    return FeatureSettings(normalize=args.normalize_feature, workers=args.workers, batch_size=args.batch_size_test,
-                           flip=args.test_flip)
+    return FeatureSettings.from_args(args)
 
 
 def precision_settings(args: argparse.Namespace) -> PrecisionSettings:
-    return PrecisionSettings(opt_level=args.opt_level, keep_batchnorm_fp32=args.keep_batchnorm_fp32,
-                             amp_dtype=args.amp_dtype, loss_scale=getattr(args, "loss_scale", None))
+    """The precision group of any command (``--amp_dtype`` where a model runs, ``--loss-scale`` in training)."""
+    return from_switches(PrecisionSettings, args, **_defaults_for_absent(PrecisionSettings, args))
+
+
+# Fields of the training settings that are no switch: their value is fixed here, by name.
+_LOSS_FIXED = {"center_alpha": 0.5}
+_TRAIN_FIXED = {"warmup_factor": 0.1}
 
 
 def train_config(args: argparse.Namespace):
-    """The training part of parsed ``bpm train`` switches (:func:`apply_recipe` already applied)."""
+    """The training part of parsed ``bpm train`` switches (:func:`apply_recipe` already applied).
+
+    Every field comes from its switch; one the switches lack is an error (:func:`from_switches`).
+    The input size is not here: it is the model group's (:class:`ModelSettings`).
+    """
     from bpm.engine.config import TrainConfig
     from bpm.losses.combine import LossConfig
 
-    values = vars(args)
-    own = {f.name for f in fields(TrainConfig)} - {"loss", "seed"}
-    loss_names = {f.name for f in fields(LossConfig)}
-    config = TrainConfig(**{k: values[k] for k in own if k in values},
-                         loss=LossConfig(**{k: values[k] for k in loss_names if k in values}),
-                         seed=values.get("seed") if values.get("set_seed") else None)
-    config.resize_h_w = tuple(config.resize_h_w)
-    return config
+    loss = from_switches(LossConfig, args, **_LOSS_FIXED)
+    config = from_switches(TrainConfig, args, loss=loss, seed=args.seed if args.set_seed else None, **_TRAIN_FIXED)
+    return replace(config, staircase_decay_at_epochs=tuple(config.staircase_decay_at_epochs))
+
+
+def train_switches(config) -> dict[str, Any]:
+    """:func:`train_config`'s inverse: the training switches of a :class:`~bpm.engine.config.TrainConfig`
+    (``--seed`` is the data group's; ``--set_seed`` says whether the trainer got it)."""
+    values = as_switches(config, skip=("loss", "seed", *_TRAIN_FIXED))
+    values.update(as_switches(config.loss, skip=tuple(_LOSS_FIXED)))
+    values["set_seed"] = config.seed is not None
+    return values
 
 
 def apply_recipe(args: argparse.Namespace) -> None:

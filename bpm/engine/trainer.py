@@ -39,7 +39,7 @@ from bpm.engine.logging import RunLogger
 from bpm.engine.lr_schedule import lr_at_epoch, set_lr
 from bpm.errors import BpmError
 from bpm.losses.combine import ReidCriterion
-from bpm.models.input_spec import input_spec_of_model
+from bpm.models.input_spec import DEFAULT_SIZE, InputSpec, input_spec_of_model
 from bpm.models.meta import file_meta
 from bpm.models.reid import ReidOutput
 from bpm.models.weights import load_model_weights_from_state
@@ -103,10 +103,14 @@ class Trainer:
         criterion: Callable | None = None,
         distill: CachedTargets | PerStepTargets | None = None,
         extra_records: Sequence[ImageRecord] = (),
+        input_spec: InputSpec | None = None,
     ) -> None:
         """``distill``: the teacher's target for each sample (by dataset index: ``train_records``, then
-        ``extra_records``, the unlabelled crops of ``--distill_extra`` appended to every batch)."""
+        ``extra_records``, the unlabelled crops of ``--distill_extra`` appended to every batch).
+        ``input_spec``: what the model takes (size, normalisation; default: the model's at 256x128),
+        for the training transform and the checkpoint's record."""
         self.cfg = cfg
+        self.input_spec = input_spec or input_spec_of_model(model, DEFAULT_SIZE)
         self.policy = policy
         self.exp_dir = Path(exp_dir)
         self.rank, self.world_size = rank, world_size
@@ -140,7 +144,7 @@ class Trainer:
             per_batch = cfg.distill_extra_per_batch or max(1, cfg.ids_per_batch * cfg.ims_per_id // 2)
             self.sampler = ExtraBatchSampler(self.sampler, len(train_records), len(extra_records), per_batch)
         transform = train_transform(
-            input_spec_of_model(model, cfg.resize_h_w), cfg.mirror, cfg.crop_prob, cfg.crop_ratio, cfg.erase, cfg.erase_prob, cfg.pad_crop
+            self.input_spec, cfg.mirror, cfg.crop_prob, cfg.crop_ratio, cfg.erase, cfg.erase_prob, cfg.pad_crop
         )
         self.loader = train_loader([*train_records, *extra_records], transform, self.sampler, cfg.workers)
         self.ckpt_path = self.exp_dir / CKPT_NAME
@@ -172,7 +176,7 @@ class Trainer:
             "architecture": getattr(model, "architecture", None),
             "num_classes": len(self.classes),
             "opt_level": self.policy.opt_level,
-            "input": file_meta(input_spec_of_model(model, self.cfg.resize_h_w), self.cfg.recipe),  # bpm.models.meta
+            "input": file_meta(self.input_spec, self.cfg.recipe),  # bpm.models.meta
             # The settings this run trained with: a resume compares its switches with them.
             "train_config": dataclasses.asdict(self.cfg),
         }
@@ -226,7 +230,7 @@ class Trainer:
         """What the checkpoint records about the model, for :func:`check_resume`."""
         model = self.bare_model
         return {"net": getattr(model, "net", None), "architecture": getattr(model, "architecture", None),
-                "num_classes": len(self.classes)}
+                "num_classes": len(self.classes), "resize_h_w": self.input_spec.resize_h_w}
 
     # ----------------------------------------------------------------- signals
     def _request_stop(self, signum, frame) -> None:

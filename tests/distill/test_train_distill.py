@@ -47,9 +47,9 @@ def _trainer(world, exp_dir, epochs, teacher_path, extra=None, per_step=False):
     extras = extra_records(extra) if extra else []
     model = build_model("mobilenetV2", pooling=args.pooling, neck=args.neck, num_classes=dataset.num_train_ids)
     targets = distill_targets(teacher, config, [*dataset.train, *extras], exp_dir,
-                              input_spec_of_model(model, config.resize_h_w))
+                              input_spec_of_model(model, args.resize_h_w))
     return Trainer(model, PrecisionPolicy.create("O0", "cpu"), config, dataset.train, exp_dir,
-                   distill=targets, extra_records=extras)
+                   distill=targets, extra_records=extras, input_spec=input_spec_of_model(model, args.resize_h_w))
 
 
 def test_resume_with_a_teacher_is_exact_and_the_head_stays_out_of_the_model(tiny_world, tiny_teacher_onnx,

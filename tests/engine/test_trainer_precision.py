@@ -1,6 +1,7 @@
 """The trainer at every opt-level: it learns, it checkpoints the scaler, it stops on non-finite runs."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -14,6 +15,7 @@ from bpm.engine.trainer import Trainer, seed_everything
 from bpm.errors import BpmError
 from bpm.models.reid import build_model
 from bpm.precision import PrecisionPolicy
+from bpm.models.input_spec import input_spec_of_model
 from train_helpers import train_args
 
 
@@ -23,7 +25,9 @@ def make_trainer(world, exp_dir, *extra: str) -> Trainer:
     policy = PrecisionPolicy.create(args.opt_level, "cpu", args.amp_dtype, args.keep_batchnorm_fp32, args.loss_scale)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # O3 warns by design
-        return Trainer(build_model("mobilenetV2"), policy, train_config(args), build_dataset("market1501", str(world)).train, exp_dir)
+        model = build_model("mobilenetV2")
+        return Trainer(model, policy, train_config(args), build_dataset("market1501", str(world)).train, exp_dir,
+                       input_spec=input_spec_of_model(model, args.resize_h_w))
 
 
 def overfit_losses(trainer: Trainer, steps: int) -> list[float]:
@@ -96,7 +100,7 @@ def test_a_run_of_non_finite_steps_stops_training_and_keeps_the_checkpoint(tiny_
     good = load_checkpoint(trainer.ckpt_path)
     weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
-    trainer.cfg.total_epochs = 2
+    trainer.cfg = dataclasses.replace(trainer.cfg, total_epochs=2)
     criterion = trainer.criterion
     trainer.criterion = lambda *inputs: (lambda out: (out[0] * math.nan, out[1]))(criterion(*inputs))
     with pytest.raises(BpmError, match=r"training stopped: 3 consecutive non-finite steps at epoch 2.*ckpt\.pth"):
