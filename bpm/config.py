@@ -209,6 +209,13 @@ def add_normalize_switch(parser: argparse.ArgumentParser, *, model_default: bool
         parser.add_argument("--normalize_feature", type=str2bool, default=False, help="L2-normalise the features")
 
 
+def add_threads_switch(parser: argparse.ArgumentParser) -> None:
+    """``--threads``: one meaning wherever a command runs a network on the CPU (``bpm extract``, ``bpm export``)."""
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads a network runs with: PyTorch's intra-op threads for a PyTorch model, "
+                             "ONNX Runtime's for an ONNX graph (0: each library's default)")
+
+
 def add_rerank_switch(parser: argparse.ArgumentParser, *, default: bool,
                       help: str = "also print k-reciprocal re-ranked results") -> None:
     parser.add_argument("--rerank", type=str2bool, default=default, help=help)
@@ -219,11 +226,15 @@ def add_exp_dir_switch(parser: argparse.ArgumentParser,
     parser.add_argument("--exp_dir", default="", help=help)
 
 
-def add_feature_switches(parser: argparse.ArgumentParser) -> None:
-    """How features of a dataset's images are extracted."""
-    add_normalize_switch(parser)
-    parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
-    parser.add_argument("--batch_size_test", type=int, default=64, help="images per batch for feature extraction")
+def add_feature_switches(parser: argparse.ArgumentParser, *, folder: bool = False) -> None:
+    """How features of images are extracted (:class:`FeatureSettings`): a dataset's (``bpm train``,
+    ``bpm test``), or with ``folder`` a folder's (``bpm extract``: no loader workers, 32 images a batch,
+    ``--batch_size`` also spelled as before, normalisation by default as the model does at test time)."""
+    add_normalize_switch(parser, model_default=folder)
+    if not folder:
+        parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
+    parser.add_argument("--batch_size_test", *(["--batch_size"] if folder else []), dest="batch_size_test", type=int,
+                        default=32 if folder else 64, help="images per batch for feature extraction")
     parser.add_argument("--test_flip", type=str2bool, default=False,
                         help="average features of each image and its mirror")
 

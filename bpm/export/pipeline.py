@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from bpm.config import DataSettings, ModelSettings, PrecisionSettings
 from bpm.data.datasets.common import list_image_names
 from bpm.data.records import TestSet
 from bpm.errors import BpmError
@@ -39,24 +40,24 @@ from bpm.models.input_spec import InputSpec
 from bpm.models.loading import load_model
 from bpm.models.meta import file_meta, safetensors_metadata
 from bpm.precision import PrecisionPolicy
+from bpm.threads import torch_threads
 
 FORMATS = ("pt", "pt16", "safetensors", "onnx", "onnx16", "onnx_int8")
 ONNX_FORMATS = ("onnx", "onnx16", "onnx_int8")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportOptions:
+    """What ``bpm export`` does: the source file, the model, precision and data groups of the switches
+    (not re-declared here), and the export's own choices."""
+
     weights: str
     out_dir: str
-    net: str | None = None
     formats: tuple[str, ...] = FORMATS
-    resize_h_w: tuple[int, int] | None = None  # None: the weights file's (bpm.models.meta), else 256x128
-    last_conv_stride: int | None = None        # None: the weights file's, else 1
-    opt_level: str = "O0"
-    keep_batchnorm_fp32: bool = True
-    dataset: str | None = None
-    data_root: str | None = None
-    cuhk03_type: str = "detected"
+    # Network, last stride and input size: what is left unset (or None), the weights file decides.
+    model: ModelSettings = field(default_factory=ModelSettings)
+    precision: PrecisionSettings = field(default_factory=PrecisionSettings)  # opt_level: the 'pt' file's
+    data: DataSettings | None = None  # calibration and verification images, and the accuracy check
     calib_images: str | None = None
     calib_count: int = 200
     verify_count: int = 64
@@ -77,7 +78,7 @@ class ExportOptions:
     batch_size: int = 32
     threads: int = 0
     file_names: dict[str, str] = field(default_factory=dict)
-    input_spec: InputSpec | None = None  # set by run_export from the loaded model (bpm.load_model)
+    input_spec: InputSpec | None = None  # set by run_export from the loaded model (bpm.load_model): the size used
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -124,15 +125,15 @@ def _synthetic_images(tmp: Path) -> list[str]:
 
 def choose_images(opts: ExportOptions, tmp: Path) -> ImageSets:
     """Calibration images (training set) and verification images (test set), never the same files."""
-    if opts.dataset:
+    if opts.data is not None:
         from bpm.data.datasets import build_dataset
 
-        ds = build_dataset(opts.dataset, opts.data_root or None, cuhk03_type=opts.cuhk03_type)
+        ds = build_dataset(opts.data.dataset, opts.data.data_root or None, cuhk03_type=opts.data.cuhk03_type)
         test_set = ds.test_sets[0]
         test_paths = [r.path for r in test_set.query + test_set.gallery]
         return ImageSets(
             [r.path for r in _evenly(ds.train, opts.calib_count)], [p for p in _evenly(test_paths, opts.verify_count)],
-            f"{opts.dataset}: calibration on training images, verification on test set {test_set.name}",
+            f"{opts.data.dataset}: calibration on training images, verification on test set {test_set.name}",
             test_set if opts.evaluate else None, [r.path for r in ds.train],
         )
     if opts.calib_images:
@@ -155,12 +156,13 @@ def reference_features(model: torch.nn.Module, paths: Sequence[str], opts: Expor
     Every format is verified against these, so they must be what ``bpm test`` and
     ``bpm.FeatureExtractor`` compute for the same images, not a second copy of the loop.
     """
-    return embed_images(model, paths, PrecisionPolicy.create("O0"), opts.input_spec or opts.resize_h_w, opts.batch_size)
+    return embed_images(model, paths, PrecisionPolicy.create("O0"), opts.input_spec, opts.batch_size)
 
 
 def _file_names(opts: ExportOptions, net: str) -> dict[str, str]:
-    stem = opts.name or f"{net}_{opts.resize_h_w[0]}x{opts.resize_h_w[1]}"
-    pt_precision = "fp16" if opts.opt_level in ("O2", "O3") else "fp32"
+    size = opts.input_spec.resize_h_w
+    stem = opts.name or f"{net}_{size[0]}x{size[1]}"
+    pt_precision = "fp16" if opts.precision.opt_level in ("O2", "O3") else "fp32"
     return {"pt": f"{stem}_{pt_precision}.pt", "pt16": f"{stem}_fp16.pt", "safetensors": f"{stem}_fp32.safetensors",
             "onnx": f"{stem}_fp32.onnx", "onnx16": f"{stem}_fp16.onnx", "onnx_int8": f"{stem}_int8.onnx"}
 
@@ -248,7 +250,13 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
     """Export ``opts.formats`` into ``opts.out_dir``, verify them, write ``export_report.json``.
 
     Returns the report; raises :class:`BpmError` (after writing the report) if a check fails.
+    ``opts.threads`` (``--threads``) holds PyTorch and ONNX Runtime alike at that many CPU threads.
     """
+    with torch_threads(opts.threads):
+        return _run_export(opts, log)
+
+
+def _run_export(opts: ExportOptions, log: Callable[[str], None]) -> dict:
     check_int8_options(opts)
     out = Path(opts.out_dir)
     if out.exists() and not out.is_dir():
@@ -256,16 +264,14 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
     if Path(opts.weights).suffix == ".onnx":
         raise BpmError(f"--weights {opts.weights}: bpm export reads PyTorch weights (checkpoint, .pt, .safetensors), "
                        "not an exported graph")
-    model, input_spec = load_model(opts.weights, net=opts.net, last_conv_stride=opts.last_conv_stride,
-                                   resize_h_w=opts.resize_h_w)
+    model, input_spec = load_model(opts.weights, **opts.model.overrides())
     kind = model.source_kind
-    opts = replace(opts, resize_h_w=input_spec.resize_h_w, last_conv_stride=input_spec.last_conv_stride,
-                   input_spec=input_spec)
+    opts = replace(opts, input_spec=input_spec)
     meta = file_meta(input_spec, str(model.source_meta.get("recipe", "")))
     names = {**_file_names(opts, model.net), **opts.file_names}
     input_name, output_name = (LEGACY_INPUT_NAME, LEGACY_OUTPUT_NAME) if opts.legacy_names \
         else (opts.input_name, opts.output_name)
-    spec = OnnxSpec(model.net, tuple(opts.resize_h_w), input_name, output_name, opts.bake_normalization,
+    spec = OnnxSpec(model.net, tuple(input_spec.resize_h_w), input_name, output_name, opts.bake_normalization,
                     input_meta=json.dumps(meta, sort_keys=True))
     log(f"Loaded {opts.weights} ({kind}, {model.net})")
     out.mkdir(parents=True, exist_ok=True)
@@ -294,8 +300,8 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
             for fmt in (f for f in FORMATS if f in opts.formats and f not in ONNX_FORMATS):
                 if fmt == "pt16" and "pt" in opts.formats and names["pt"] == names["pt16"]:
                     continue  # --opt-level O2/O3 already wrote the FP16 file as "pt"
-                level = {"pt": opts.opt_level, "pt16": "O2"}.get(fmt, "O0")
-                state = weights_state(model, level, opts.keep_batchnorm_fp32)
+                level = {"pt": opts.precision.opt_level, "pt16": "O2"}.get(fmt, "O0")
+                state = weights_state(model, level, opts.precision.keep_batchnorm_fp32)
                 final = out / names[fmt]
                 path = staged_name(final)
                 staged.append(path)
@@ -304,7 +310,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
                                                    **safetensors_metadata(meta)})
                 else:
                     save_pt(state, path, meta)
-                reloaded, _spec = load_model(path, net=model.net, last_conv_stride=opts.last_conv_stride)
+                reloaded, _spec = load_model(path, net=model.net, last_conv_stride=input_spec.last_conv_stride)
                 check = check_cosine(fmt, path, state_precision(state),
                                      reference_features(reloaded, images.verification, opts), reference)
                 settle(check, path, final)
@@ -349,8 +355,8 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
     table = format_table(checks, ref_scores)
     log(table)
     context = {
-        "source": str(opts.weights), "source_kind": kind, "net": model.net, "resize_h_w": list(opts.resize_h_w),
-        "last_conv_stride": opts.last_conv_stride, "opt_level": opts.opt_level, "images": images.description,
+        "source": str(opts.weights), "source_kind": kind, "net": model.net, "resize_h_w": list(input_spec.resize_h_w),
+        "last_conv_stride": input_spec.last_conv_stride, "opt_level": opts.precision.opt_level, "images": images.description,
         "calibration_images": len(images.calibration), "verification_images": len(images.verification),
         "onnx": {"opset": opts.opset, "input": input_name, "output": output_name,
                  "bake_normalization": opts.bake_normalization, "quant_format": opts.quant_format,
