@@ -102,7 +102,8 @@ def run_settings(args: argparse.Namespace) -> RunSettings:
         model=ModelSettings.from_args(args), precision=PrecisionSettings.from_args(args, training),
         features=FeatureSettings.from_args(args), eval=EvaluationSettings.from_args(args),
         output=OutputSettings.from_args(args), train=train_config(args) if training else None,
-        start=StartSettings.from_args(args) if training else None, config_file=args.config,
+        start=StartSettings.from_args(args) if training else None,
+        config_file=getattr(args, "config", None),  # a record, not a setting: parsers made without --config lack it
     )
 
 

@@ -39,7 +39,7 @@ from bpm.engine.logging import RunLogger
 from bpm.engine.lr_schedule import lr_at_epoch, set_lr
 from bpm.errors import BpmError
 from bpm.losses.combine import ReidCriterion
-from bpm.models.input_spec import DEFAULT_SIZE, InputSpec, input_spec_of_model
+from bpm.models.input_spec import InputSpec
 from bpm.models.meta import file_meta
 from bpm.models.reid import ReidOutput
 from bpm.models.weights import load_model_weights_from_state
@@ -103,14 +103,16 @@ class Trainer:
         criterion: Callable | None = None,
         distill: CachedTargets | PerStepTargets | None = None,
         extra_records: Sequence[ImageRecord] = (),
-        input_spec: InputSpec | None = None,
+        *,
+        input_spec: InputSpec,
     ) -> None:
         """``distill``: the teacher's target for each sample (by dataset index: ``train_records``, then
         ``extra_records``, the unlabelled crops of ``--distill_extra`` appended to every batch).
-        ``input_spec``: what the model takes (size, normalisation; default: the model's at 256x128),
-        for the training transform and the checkpoint's record."""
+        ``input_spec``: what the model takes (size, normalisation: the model group's input size,
+        :func:`~bpm.models.input_spec.input_spec_of_model`), for the training transform and the
+        checkpoint's record; required, so no caller trains at a size it did not choose."""
         self.cfg = cfg
-        self.input_spec = input_spec or input_spec_of_model(model, DEFAULT_SIZE)
+        self.input_spec = input_spec
         self.policy = policy
         self.exp_dir = Path(exp_dir)
         self.rank, self.world_size = rank, world_size
