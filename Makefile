@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-all test-slow docs docs-serve bench clean
+.PHONY: venv test test-all test-slow docs docs-serve clean
 
 venv: $(STAMP)
 
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 \
 		|| $(PY) -m pip install -q torch torchvision
 	@# The dependencies are in pyproject.toml; torch/torchvision above already satisfy theirs.
-	$(PY) -m pip install -q -e ".[test,docs,stream]"
+	$(PY) -m pip install -q -e ".[test,docs,stream,openvino]"
 	@touch $(STAMP)
 
 test: venv

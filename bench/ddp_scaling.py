@@ -33,6 +33,7 @@ from bpm.config import add_train_arguments, parse_tuple
 from bpm.config import apply_recipe
 from bpm.data.datasets import build_dataset
 from bpm.data.synthetic import WorldConfig, generate_world
+from bpm.engine.build import build_training
 from bpm.engine.trainer import Trainer, seed_everything
 from bpm.models.input_spec import input_spec_of_model
 from bpm.models.reid import build_model
@@ -55,8 +56,9 @@ def measure(payload: dict) -> int:
     records = build_dataset("market1501", payload["world"]).train
     with tempfile.TemporaryDirectory() as exp_dir:
         model = build_model(args.net, args.last_conv_stride)
-        trainer = Trainer(model, policy, train_config(args), records, Path(exp_dir), None, ctx.rank, ctx.world_size,
-                          input_spec=input_spec_of_model(model, args.resize_h_w))
+        parts = build_training(train_config(args), policy, model, records, ctx,
+                               input_spec=input_spec_of_model(model, args.resize_h_w))
+        trainer = Trainer(parts, Path(exp_dir))
         times = []
         batches = iter(trainer.loader)
         for step in range(payload["warmup"] + payload["steps"]):

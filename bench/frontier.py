@@ -50,7 +50,7 @@ import real_accuracy  # noqa: E402
 
 from bpm.data.datasets.market1501 import load_split_folders  # noqa: E402
 from bpm.evaluation import evaluate  # noqa: E402
-from bpm.export.runtime import session_options  # noqa: E402
+from bpm.models.onnx_graph import session_options  # noqa: E402
 from bpm.machine import describe_machine, machine_line  # noqa: E402
 
 SHARED = BENCH.parents[1] / "shared"

@@ -1,12 +1,19 @@
-"""Inference speed per deployment format: images/s at batch 1 and 32, both networks, same run.
+"""Inference speed per deployment format and runtime: images/s at batch 1 and 32, every size, same run.
 
-    python bench/infer_speed.py            # both nets, 256x128, 2 threads
+    python bench/infer_speed.py            # both nets, their own input size and 256x128, 2 threads
     python bench/infer_speed.py --quick    # MobileNet-V2 only, fewer repeats
+    python bench/infer_speed.py --weights model.pth --reference edge_int8.xml@256x128 --reference other.onnx
+
+Runtimes: ONNX Runtime FP32/FP16/INT8 and, where ``openvino`` (and ``nncf``) are installed
+(``pip install 'bpm[openvino]'``), OpenVINO FP32 IR at the CPU's default inference precision
+(bf16 on AMX, FP32 elsewhere: the row names which) and OpenVINO INT8 (NNCF post-training
+quantisation, as ``bpm export --formats openvino_int8`` makes it). ``--reference FILE.onnx|FILE.xml[@HxW]``
+times other models alongside (ONNX under ORT and OpenVINO, an IR under OpenVINO) at their own size.
 
 Compared: PyTorch eager FP32 (contiguous and channels-last), ONNX Runtime FP32, FP16 (the CPU
 provider runs FP16 graphs through inserted casts where it lacks FP16 kernels) and INT8 (static,
 per-channel; QOperator and, outside --quick, QDQ). Ratios are against ORT FP32 of the same
-network in the same run. Backends are timed round-robin, so neither may keep the cores busy
+network, size and batch in the same run. Backends are timed round-robin, so neither may keep the cores busy
 after its turn: ORT sessions do not spin (``bpm.export.runtime.session_options``) and torch's
 OpenMP threads wait passively (OMP_WAIT_POLICY, set here before torch loads). With spinning,
 each backend ran on cores still held by the previous one, which cost the fastest backend most
@@ -17,6 +24,7 @@ synthetic pedestrians, which are also the INT8 calibration images (accuracy is c
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -28,6 +36,7 @@ from typing import Callable
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must precede the OpenMP runtime's start (torch import)
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -36,9 +45,21 @@ from bpm.data.datasets.common import list_image_names  # noqa: E402
 from bpm.data.synthetic import WorldConfig, generate_world  # noqa: E402
 from bpm.export.onnx import OnnxSpec, convert_to_fp16, export_onnx  # noqa: E402
 from bpm.export.quantize import quantize_int8  # noqa: E402
-from bpm.export.runtime import OnnxModel, image_batch  # noqa: E402
+from bpm.data.transforms import image_batch  # noqa: E402
+from bpm.models.onnx_graph import OnnxModel  # noqa: E402
 from bpm.machine import print_machine  # noqa: E402
+from bpm.models.loading import load_model  # noqa: E402
 from bpm.models.reid import build_model  # noqa: E402
+
+try:  # optional: pip install 'bpm[openvino]'
+    import nncf  # noqa: F401,E402
+    import openvino  # noqa: F401,E402
+
+    from bpm.export.openvino import quantize_ir, write_ir  # noqa: E402
+    from bpm.models.openvino_graph import OpenVinoModel  # noqa: E402
+    HAVE_OPENVINO = True
+except ImportError:
+    HAVE_OPENVINO = False
 
 TARGETS_BATCH32 = {"mobilenetV2": 450.0, "resnet50": 90.0}
 
@@ -75,47 +96,133 @@ def calibrated_model(net: str, paths: list[str], size: tuple[int, int], stride: 
     return model.eval()
 
 
-def bench_net(net: str, args, paths: list[str], tmp: Path) -> list[dict]:
-    size = args.size
-    model = calibrated_model(net, paths, size, args.last_conv_stride)
+def model_files(model: torch.nn.Module, net: str, size: tuple[int, int], args, paths: list[str],
+                tmp: Path) -> dict[str, Path]:
+    """Every deployment file of one model at one input size, by runtime row name."""
     spec = OnnxSpec(net, size)
-    fp32 = export_onnx(model, tmp / f"{net}_fp32.onnx", spec)
-    files = {"ort_fp32": fp32, "ort_fp16": convert_to_fp16(fp32, tmp / f"{net}_fp16.onnx", spec)}
-    files["ort_int8"] = quantize_int8(fp32, tmp / f"{net}_int8.onnx", spec, paths[:args.calib], "qoperator")
+    stem = tmp / f"{net}_{size[0]}x{size[1]}"
+    fp32 = export_onnx(model, f"{stem}_fp32.onnx", spec)
+    files = {"ort_fp32": fp32, "ort_fp16": convert_to_fp16(fp32, f"{stem}_fp16.onnx", spec)}
+    files["ort_int8"] = quantize_int8(fp32, Path(f"{stem}_int8.onnx"), spec, paths[:args.calib], "qoperator")
     if not args.quick:
-        files["ort_int8_qdq"] = quantize_int8(fp32, tmp / f"{net}_int8_qdq.onnx", spec, paths[:args.calib], "qdq")
-    channels_last = build_model(net, args.last_conv_stride)
-    channels_last.load_state_dict(model.state_dict())
-    channels_last = channels_last.eval().to(memory_format=torch.channels_last)
+        files["ort_int8_qdq"] = quantize_int8(fp32, Path(f"{stem}_int8_qdq.onnx"), spec, paths[:args.calib], "qdq")
+    if HAVE_OPENVINO:
+        files["ov_default"] = write_ir(fp32, Path(f"{stem}_fp32.xml"), spec)
+        quantize_ir(fp32, Path(f"{stem}_int8.xml"), spec, paths[:args.calib])
+        files["ov_int8"] = Path(f"{stem}_int8.xml")
+    return files
+
+
+def graph_runner(name: str, path: Path, threads: int) -> tuple[str, Callable[[object], object]]:
+    """(row name, runner) of a file: OpenVINO rows are named by the precision the compiled model runs at."""
+    if name.startswith("ov_"):
+        runner = OpenVinoModel(path, threads=threads)
+        return ("ov_int8" if name == "ov_int8" else f"ov_{runner.inference_precision}(default)"), runner
+    return name, OnnxModel(path, threads=threads)
+
+
+def time_files(label: str, size: tuple[int, int], files: dict[str, Path], extra: dict[str, Callable], args,
+               paths: list[str] | None) -> list[dict]:
+    """Rows of one model at one size: every runtime round-robin per batch, ratios against ORT FP32."""
     rows = []
     for batch in args.batches:
-        x = image_batch([paths[i % len(paths)] for i in range(batch)], size)
-        xt = torch.from_numpy(x)
-        xcl = xt.contiguous(memory_format=torch.channels_last)
-        runners: dict[str, Callable[[], object]] = {}
+        if paths:
+            x = image_batch([paths[i % len(paths)] for i in range(batch)], size)
+        else:
+            x = np.random.default_rng(0).random((batch, 3, *size), dtype=np.float32)
+        runners: dict[str, Callable[[], object]] = {name: (lambda f: lambda: f(x))(run) for name, run in extra.items()}
+        for name, path in files.items():
+            try:
+                row_name, runner = graph_runner(name, path, args.threads)
+                runner(x)
+            except Exception as exc:  # e.g. a reference model with a fixed batch of 1
+                print(f"{label:<14}{size[0]}x{size[1]:<5}{batch:>6}  {name}: cannot run ({str(exc).splitlines()[0]})")
+                continue
+            runners[row_name] = (lambda r: lambda: r(x))(runner)
         with torch.inference_mode():
-            runners["torch_fp32"] = lambda: model(xt)
-            runners["torch_fp32_channels_last"] = lambda: channels_last(xcl)
-            for name, path in files.items():
-                session = OnnxModel(path, threads=args.threads)
-                runners[name] = (lambda s: lambda: s(x))(session)
             measured = images_per_second(runners, batch, args.repeats if batch > 1 else args.repeats * 4, warmup=2)
-        base = measured["ort_fp32"]
+        base = measured.get("ort_fp32")
         for name, ips in measured.items():
-            rows.append({"net": net, "batch": batch, "backend": name, "images_per_s": ips,
-                         "ms_per_batch": 1000 * batch / ips, "vs_ort_fp32": ips / base})
+            rows.append({"net": label, "size": f"{size[0]}x{size[1]}", "batch": batch, "backend": name,
+                         "images_per_s": ips, "ms_per_batch": 1000 * batch / ips,
+                         "vs_ort_fp32": ips / base if base else float("nan")})
+    return rows
+
+
+def model_sizes(spec_size: tuple[int, int], args) -> list[tuple[int, int]]:
+    """``--sizes`` if given, else the model's own input size and 256x128."""
+    return args.sizes or list(dict.fromkeys([tuple(spec_size), (256, 128)]))
+
+
+def bench_net(net: str, args, paths: list[str], tmp: Path) -> list[dict]:
+    if args.weights:
+        model, spec = load_model(args.weights)
+        net = spec.net or net
+    else:
+        _fresh, spec = load_model(net)  # the backbone's default input size
+        model = None
+    rows = []
+    for size in model_sizes(spec.resize_h_w, args):
+        if model is None:  # random weights, BatchNorm statistics from rendered pedestrians (speed only)
+            model = calibrated_model(net, paths, size, args.last_conv_stride)
+        files = model_files(model, net, size, args, paths, tmp)
+        channels_last = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+        extra = {"torch_fp32": lambda x: model(torch.from_numpy(x)),
+                 "torch_fp32_channels_last":
+                     lambda x: channels_last(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))}
+        size_rows = time_files(net, size, files, extra, args, paths)
+        print_rows(size_rows)
+        rows += size_rows
+    return rows
+
+
+def parse_reference(text: str) -> tuple[Path, tuple[int, int] | None]:
+    """``FILE.onnx|FILE.xml[@HxW]``: without a size, the file's own fixed input size."""
+    name, _, size = text.partition("@")
+    path = Path(name)
+    if path.suffix not in (".onnx", ".xml") or not path.is_file():
+        raise SystemExit(f"--reference {text}: expected an existing FILE.onnx or FILE.xml, optionally @HxW")
+    if not size:
+        return path, None
+    h, w = (int(v) for v in size.lower().split("x"))
+    return path, (h, w)
+
+
+def reference_size(path: Path) -> tuple[int, int]:
+    if path.suffix == ".onnx":
+        import onnx
+
+        dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+        h, w = dims[2].dim_value, dims[3].dim_value
+    else:
+        shape = openvino.Core().read_model(str(path)).input(0).get_partial_shape()
+        h, w = (shape[i].get_length() if shape[i].is_static else 0 for i in (2, 3))
+    if not (h and w):
+        raise SystemExit(f"--reference {path}: its input size is not fixed; give FILE@HxW")
+    return h, w
+
+
+def bench_reference(text: str, args) -> list[dict]:
+    """A model from elsewhere, timed alongside: ONNX under ORT FP32 and OpenVINO, an IR under OpenVINO."""
+    path, size = parse_reference(text)
+    size = size or reference_size(path)
+    files = {"ort_fp32": path} if path.suffix == ".onnx" else {}
+    if HAVE_OPENVINO:
+        files["ov_default"] = path
+    rows = time_files(f"ref:{path.stem}"[:14], size, files, {}, args, None)
+    print_rows(rows)
     return rows
 
 
 def print_rows(rows: list[dict]) -> None:
     for r in rows:
-        print(f"{r['net']:<12}{r['batch']:>6}  {r['backend']:<26}{r['images_per_s']:>9.1f}{r['ms_per_batch']:>10.1f}"
-              f"{r['vs_ort_fp32']:>12.2f}", flush=True)
+        print(f"{r['net']:<14}{r['size']:<9}{r['batch']:>6}  {r['backend']:<26}{r['images_per_s']:>9.1f}"
+              f"{r['ms_per_batch']:>10.1f}{r['vs_ort_fp32']:>12.2f}", flush=True)
 
 
 def print_targets(rows: list[dict]) -> None:
     for net, target in TARGETS_BATCH32.items():
-        got = {r["backend"]: r for r in rows if r["net"] == net and r["batch"] == 32}
+        got = {r["backend"]: r for r in rows if r["net"] == net and r["batch"] == 32 and r["size"] == "256x128"}
         if "ort_int8" in got:
             int8 = got["ort_int8"]
             print(f"target {net} INT8 batch 32 >= {target:.0f} img/s: {int8['images_per_s']:.1f} "
@@ -127,7 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="MobileNet-V2 only, fewer repeats, no QDQ variant")
     parser.add_argument("--nets", default="mobilenetV2,resnet50")
-    parser.add_argument("--size", default="256x128", help="HxW")
+    parser.add_argument("--sizes", default="", help="HxW list (default: each model's own input size and 256x128)")
+    parser.add_argument("--weights", default="", help="time this model file (bpm.load_model) instead of --nets")
+    parser.add_argument("--reference", action="append", default=[],
+                        help="FILE.onnx or FILE.xml[@HxW]: another model timed alongside (repeatable)")
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per setting (x4 at batch 1); median")
@@ -136,27 +246,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default="", help="also write the machine and the rows to this JSON file")
     args = parser.parse_args(argv)
     machine = print_machine()
-    h, w = (int(v) for v in args.size.lower().split("x"))
-    args.size = (h, w)
+    args.sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",") if s]
     args.batches = [int(b) for b in args.batches.split(",")]
-    nets = ["mobilenetV2"] if args.quick else args.nets.split(",")
+    nets = ["weights"] if args.weights else ["mobilenetV2"] if args.quick else args.nets.split(",")
     if args.quick:
         args.repeats = min(args.repeats, 3)
     torch.set_num_threads(args.threads)
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"torch {torch.__version__}, {args.threads} threads, input {h}x{w}, ResNet-50 last_conv_stride "
-          f"{args.last_conv_stride}; medians of {args.repeats} runs (x4 at batch 1)")
+    print(f"torch {torch.__version__}, {args.threads} threads, ResNet-50 last_conv_stride "
+          f"{args.last_conv_stride}; medians of {args.repeats} runs (x4 at batch 1); "
+          + (f"OpenVINO {openvino.__version__}, NNCF {nncf.__version__}" if HAVE_OPENVINO
+             else "OpenVINO rows left out: pip install 'bpm[openvino]'"))
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bpm-bench-") as tmp:
         world = generate_world(Path(tmp) / "world", WorldConfig(num_train_ids=12, num_test_ids=2, num_distractors=0,
                                                                  num_junk=0, seed=5))
         folder = world / "bounding_box_train"
         paths = [str(folder / n) for n in list_image_names(folder)]
-        print(f"{'net':<12}{'batch':>6}  {'backend':<26}{'img/s':>9}{'ms/batch':>10}{'x ORT FP32':>12}")
+        print(f"{'net':<14}{'size':<9}{'batch':>6}  {'backend':<26}{'img/s':>9}{'ms/batch':>10}{'x ORT FP32':>12}")
         for net in nets:
-            net_rows = bench_net(net, args, paths, Path(tmp))
-            print_rows(net_rows)
-            rows += net_rows
+            rows += bench_net(net, args, paths, Path(tmp))
+        for reference in args.reference:
+            rows += bench_reference(reference, args)
     print_targets(rows)
     print(f"load average after: {os.getloadavg()[0]:.1f} (other processes share the cores: absolute figures"
           " drop with load; ratios, timed round-robin, much less)")

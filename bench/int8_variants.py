@@ -30,9 +30,10 @@ from bpm.data.synthetic import WorldConfig, generate_world  # noqa: E402
 from bpm.export.equalize import equalize_ranges  # noqa: E402
 from bpm.export.onnx import OnnxSpec, export_onnx  # noqa: E402
 from bpm.export.quantize import ImageCalibrationReader, mse_ranges  # noqa: E402
-from bpm.export.runtime import OnnxModel, image_batch, session_options  # noqa: E402
+from bpm.data.transforms import image_batch  # noqa: E402
+from bpm.export.runtime import onnx_features  # noqa: E402
+from bpm.models.onnx_graph import OnnxModel, session_options  # noqa: E402
 from bpm.export.verify import cosine_rows, retrieval_scores  # noqa: E402
-from bpm.inference import onnx_features  # noqa: E402
 from bpm.machine import print_machine  # noqa: E402
 
 DEFAULT = "per-channel u8/s8 QOperator, MinMax"

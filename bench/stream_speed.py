@@ -1,7 +1,7 @@
 """bpm stream speed on real footage: end to end against the detector alone, and cameras sustained with --realtime.
 
-    python bench/stream_speed.py --reid MODEL_int8.onnx [--detector FILE.onnx] [--video FILE]
-                                 [--frames 150] [--repeats 3] [--max_cameras 4]
+    python bench/stream_speed.py --reid MODEL_int8.onnx [--detector FILE.onnx] [--source VIDEO]
+                                 [--frames 150] [--repeats 3] [--max_cameras 4] [-- STREAM FLAGS ...]
 
 The baseline, measured in the same run and interleaved with the cases (the machine's load drifts):
 the detector alone on the same frames, decoded beforehand. Each case is repeated ``--repeats``
@@ -9,10 +9,13 @@ times; medians (and the spread) are quoted, and every case as a ratio to the bas
 
 1. One camera, detector on every frame, as fast as possible: fps and per-stage median ms.
 2. The same with ``--no_appearance`` (detector + tracker only): what re-ID adds.
+   Also the detector alone with ``--detector_spin`` (ONNX Runtime threads spinning between its
+   operators): whether that session option pays on this machine (it does not on a loaded one).
 3. ``--realtime`` with N copies of the video as N cameras played at their frame rate: the largest
    N whose frames are dropped by at most 5 % is the number of cameras one machine sustains
    (``--max_cameras 0`` skips it; each try lasts frames / fps seconds).
 
+Flags after ``--`` go to every ``bpm stream`` run (e.g. ``-- --detector_spin --read_ahead 0``).
 Prints the machine line first. ``--detector`` and ``--video`` default to the shared folder beside
 the checkout (``../shared``; from a git worktree, beside the main checkout). Benchmarks may read
 it; tests may not.
@@ -46,7 +49,7 @@ def shared_folder() -> Path:
     return Path(common).parent.parent / "shared"
 
 
-def detector_alone(detector_path: str, video: str, frames: int, threads: int) -> float:
+def detector_alone(detector_path: str, video: str, frames: int, threads: int, spin: bool = False) -> float:
     """Median ms per frame of the detector on ``frames`` frames of ``video`` (decoded first, not timed)."""
     import cv2
 
@@ -62,7 +65,7 @@ def detector_alone(detector_path: str, video: str, frames: int, threads: int) ->
     capture.release()
     if not images:
         sys.exit(f"--video: {video}: OpenCV read no frame")
-    detector = load_detector(detector_path, "yolox", threads=threads)
+    detector = load_detector(detector_path, "yolox", threads=threads, spin=spin)
     detector(images[0])  # warm-up: session start and first allocation are not per-frame costs
     times = []
     for image in images:
@@ -74,7 +77,7 @@ def detector_alone(detector_path: str, video: str, frames: int, threads: int) ->
 
 def run_stream(args: argparse.Namespace, sources: list[str], out: Path, *extra: str) -> dict:
     cmd = [sys.executable, "-m", "bpm", "stream", "--reid", args.reid, "--detector", args.detector, "--out", str(out),
-           "--quiet", "--max_frames", str(args.frames), "--threads", str(args.threads), *extra]
+           "--quiet", "--max_frames", str(args.frames), "--threads", str(args.threads), *args.stream_flags, *extra]
     for source in sources:
         cmd += ["--source", source]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -90,29 +93,35 @@ def main() -> int:
     shared = shared_folder()
     parser.add_argument("--reid", required=True, metavar="MODEL", help="re-ID model (bpm checkpoint or ONNX)")
     parser.add_argument("--detector", metavar="FILE", default=str(shared / "detector/yolox_nano_coco.onnx"))
-    parser.add_argument("--video", metavar="FILE", default=str(shared / "media/vtest.avi"))
+    parser.add_argument("--source", "--video", dest="video", metavar="VIDEO", default=str(shared / "media/vtest.avi"))
     parser.add_argument("--frames", type=int, default=150, help="frames per camera and run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime / torch threads (0: default)")
     parser.add_argument("--max_cameras", type=int, default=4, help="realtime cameras to try (0: skip)")
-    args = parser.parse_args()
-    for flag in ("reid", "detector", "video"):
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    args.stream_flags = argv[split + 1:]
+    for flag, name in (("reid", "reid"), ("detector", "detector"), ("video", "source")):
         if not Path(getattr(args, flag)).is_file():
-            parser.error(f"--{flag}: {getattr(args, flag)} is not a file")
+            parser.error(f"--{name}: {getattr(args, flag)} is not a file")
     if args.repeats < 1 or args.frames < 2:
         parser.error("--repeats must be at least 1 and --frames at least 2")
     print_machine()
     print(f"video {args.video}, {args.frames} frames per run, {args.repeats} repeats; reid {args.reid}; "
           f"detector {args.detector}", flush=True)
-    base_ms, full, plain = [], [], []
+    base_ms, spin_ms, full, plain = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):  # interleaved, so a load change hits every case alike
             base_ms.append(detector_alone(args.detector, args.video, args.frames, args.threads))
+            spin_ms.append(detector_alone(args.detector, args.video, args.frames, args.threads, spin=True))
             full.append(run_stream(args, [args.video], Path(tmp) / f"full{repeat}"))
             plain.append(run_stream(args, [args.video], Path(tmp) / f"plain{repeat}", "--no_appearance"))
         base_fps = [1000.0 / ms for ms in base_ms]
         base = statistics.median(base_fps)
         print(f"baseline, detector alone (frames decoded beforehand): fps {spread(base_fps)}")
+        spin_fps = [1000.0 / ms for ms in spin_ms]
+        print(f"detector alone with --detector_spin: fps {spread(spin_fps)}  = {statistics.median(spin_fps) / base:.2f} x")
         for name, runs in (("end to end, 1 camera (detect + track + re-ID)", full),
                            ("detect + track, no appearance", plain)):
             fps = [r["fps"] for r in runs]

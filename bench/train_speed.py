@@ -77,6 +77,7 @@ def _ours(args, net: str, level: str, device):
     """A Trainer on dummy records (its loader is never iterated); the step is Trainer.train_step."""
     from bpm.data.records import ImageRecord
     from bpm.config import train_config
+    from bpm.engine.build import build_training
     from bpm.engine.trainer import Trainer
     from bpm.models.input_spec import input_spec_of_model
     from bpm.models.reid import build_model
@@ -88,8 +89,8 @@ def _ours(args, net: str, level: str, device):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # O3 training warns by design
         model = build_model(net)
-        trainer = Trainer(model, policy, train_config(targs), records, "/nonexistent",
-                          input_spec=input_spec_of_model(model, targs.resize_h_w))
+        trainer = Trainer(build_training(train_config(targs), policy, model, records,
+                                         input_spec=input_spec_of_model(model, targs.resize_h_w)), "/nonexistent")
 
     def step(images, labels) -> float:
         _stepped, stats = trainer.train_step(images, labels)

@@ -21,6 +21,9 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
 from bpm.errors import BpmError
+from bpm.files import write_text
+from bpm.settings import (DataSettings, DeviceSettings, EvaluationSettings, FeatureSettings, ModelSettings,
+                          OutputSettings, PrecisionSettings, StartSettings, is_unset, unset)
 
 _TRUE = {"true", "yes", "y", "t", "1", "on"}
 _FALSE = {"false", "no", "n", "f", "0", "off"}
@@ -69,31 +72,6 @@ def int_tuple(length: int | None = None):
         return tuple(int(v) for v in value)
 
     return parse
-
-
-class _UnsetTuple(tuple):
-    """A default the user did not type (see :func:`unset`)."""
-
-
-class _UnsetInt(int):
-    """A default the user did not type (see :func:`unset`)."""
-
-
-class _UnsetStr(str):
-    """A default the user did not type (see :func:`unset`)."""
-
-
-def unset(value: tuple | int | str) -> tuple | int | str:
-    """``value`` marked as "not given on the command line": it behaves exactly like ``value``, but
-    :func:`is_unset` tells it apart, so a setting stored in a weights file can replace it while a
-    typed value wins (:mod:`bpm.models.meta`)."""
-    if isinstance(value, str):
-        return _UnsetStr(value)
-    return _UnsetTuple(value) if isinstance(value, tuple) else _UnsetInt(value)
-
-
-def is_unset(value: object) -> bool:
-    return isinstance(value, (_UnsetTuple, _UnsetInt, _UnsetStr))
 
 
 def device_ids(text: str | tuple) -> tuple[int, ...]:
@@ -210,7 +188,7 @@ def add_normalize_switch(parser: argparse.ArgumentParser, *, model_default: bool
 
 
 def add_threads_switch(parser: argparse.ArgumentParser) -> None:
-    """``--threads``: one meaning wherever a command runs a network on the CPU (``bpm extract``, ``bpm export``)."""
+    """``--threads``: one meaning wherever a command runs a network on the CPU (``bpm extract``, ``bpm export``, ``bpm stream``)."""
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads a network runs with: PyTorch's intra-op threads for a PyTorch model, "
                              "ONNX Runtime's for an ONNX graph (0: each library's default)")
@@ -277,6 +255,10 @@ def add_train_switches(parser: argparse.ArgumentParser) -> None:
     Switches that make a recipe default to None and take their value from ``--recipe``
     (:mod:`bpm.recipes`) unless given; :func:`apply_recipe` fills them after parsing.
     """
+    from bpm.engine.lr_schedule import SCHEDULES
+    from bpm.engine.optimizers import OPTIMIZERS
+    from bpm.models.necks import NECKS
+    from bpm.models.pooling import POOLINGS
     from bpm.recipes import DEFAULT_RECIPE, RECIPES
 
     parser.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES),
@@ -288,9 +270,9 @@ def add_train_switches(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler_epoch", default=None, choices=["ids", "images"],
                         help="what an epoch is: one pass over the identities (the original's) or over the training "
                              "images (torchreid's, fast-reid's) (default: from --recipe)")
-    parser.add_argument("--neck", default=None, choices=["none", "bnneck"],
+    parser.add_argument("--neck", default=None, choices=NECKS.choices(),
                         help="after pooling: none, or bnneck (BatchNorm; retrieval uses its output) (default: from --recipe)")
-    parser.add_argument("--pooling", default=None, choices=["avg", "gem"], help="global pooling (default: from --recipe)")
+    parser.add_argument("--pooling", default=None, choices=POOLINGS.choices(), help="global pooling (default: from --recipe)")
     parser.add_argument("--id_loss_weight", type=float, default=None,
                         help="weight of the ID (softmax) loss on a training-only classifier, 0 = off (default: from --recipe)")
     parser.add_argument("--label_smoothing", type=float, default=0.1, help="ID loss label smoothing epsilon")
@@ -298,6 +280,7 @@ def add_train_switches(parser: argparse.ArgumentParser) -> None:
                         help="weight of the batch-hard triplet loss, 0 = off (softmax-only training needs "
                              "--id_loss_weight > 0) (default: from --recipe)")
     parser.add_argument("--center_loss_weight", type=float, default=None, help="centre loss weight, 0 = off (default: from --recipe)")
+    add_loss_term_switches(parser)
     parser.add_argument("--set_seed", type=str2bool, default=False,
                         help="seed every random generator with --seed: a CPU run, resumed or not, repeats bitwise")
     add_distill_switches(parser)
@@ -323,7 +306,7 @@ def add_train_switches(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", type=str2bool, default=False,
                         help="continue from <exp_dir>/ckpt.pth exactly where it stopped")
     parser.add_argument("--base_lr", "--lr", type=float, default=None, help="learning rate (default: from --recipe)")
-    parser.add_argument("--lr_decay_type", default=None, choices=["exp", "staircase", "cosine"], help="schedule (default: from --recipe)")
+    parser.add_argument("--lr_decay_type", default=None, choices=SCHEDULES.choices(), help="schedule (default: from --recipe)")
     parser.add_argument("--warmup_epochs", type=int, default=None,
                         help="linear warm-up from 0.1x the rate over this many epochs (default: from --recipe)")
     parser.add_argument("--exp_decay_at_epoch", type=int, default=151,
@@ -332,7 +315,7 @@ def add_train_switches(parser: argparse.ArgumentParser) -> None:
                         help="--lr_decay_type staircase: epochs where the rate is multiplied, as tuple text")
     parser.add_argument("--staircase_decay_multiply_factor", type=float, default=0.1,
                         help="--lr_decay_type staircase: factor applied at each of those epochs")
-    parser.add_argument("--optimizer", default=None, choices=["adam", "sgd"],
+    parser.add_argument("--optimizer", default=None, choices=OPTIMIZERS.choices(),
                         help="adam (the original's) or sgd (Nesterov, uses --momentum) (default: from --recipe)")
     parser.add_argument("--momentum", type=float, default=0.9, help="--optimizer sgd: Nesterov momentum")
     parser.add_argument("--weight_decay", type=float, default=None, help="L2 weight decay (default: from --recipe)")
@@ -351,6 +334,19 @@ def add_train_switches(parser: argparse.ArgumentParser) -> None:
                         help="multi-process: mine hard triplets over the features of all ranks, not per rank")
     parser.add_argument("--eval_untrained", type=str2bool, default=False,
                         help="evaluate the network before training too (the demo prints both)")
+
+
+def add_loss_term_switches(parser: argparse.ArgumentParser) -> None:
+    """The weight switch of every registered loss term that is not one of the built-in ones above
+    (:mod:`bpm.losses.term`): ``--<name>_weight``, or the name the term declares; 0 (off) by default."""
+    from bpm.losses.combine import field_switches
+    from bpm.losses.term import LOSS_TERMS
+
+    for name in LOSS_TERMS.names():
+        term = LOSS_TERMS.get(name)
+        if term.weight_switch not in field_switches():
+            parser.add_argument(f"--{term.weight_switch}", type=float, default=0.0,
+                                help=term.weight_help or f"weight of the {name} loss term, 0 = off")
 
 
 def add_distill_switches(parser: argparse.ArgumentParser) -> None:
@@ -440,178 +436,12 @@ def as_switches(group: Any, names: Mapping[str, str] | None = None, skip: tuple[
     return {names.get(f.name, f.name): getattr(group, f.name) for f in fields(group) if f.name not in skip}
 
 
-@dataclass(frozen=True)
-class DeviceSettings:
-    """Where a run computes: ``-d`` (GPU ids, ``()`` the CPU) and how long ranks wait for each other."""
-
-    devices: tuple[int, ...] = ()
-    dist_timeout: float = 1800.0
-
-    SWITCHES = {"devices": "sys_device_ids"}
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "DeviceSettings":
-        return from_switches(cls, args, cls.SWITCHES, devices=tuple(args.sys_device_ids))
-
-    def switches(self) -> dict[str, Any]:
-        return as_switches(self, self.SWITCHES)
-
-
-@dataclass(frozen=True)
-class DataSettings:
-    """Which dataset to index and how (:func:`bpm.data.datasets.build_dataset`'s arguments)."""
-
-    dataset: str
-    data_root: str | None = None
-    cuhk03_type: str = "detected"
-    trainset_part: str = "trainval"
-    skip_bad_images: bool = False
-    seed: int = 1  # draws the validation identities of --trainset_part train
-
-    TRAINING_ONLY = ("trainset_part", "seed")  # switches of bpm train only; bpm test uses the defaults
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, training: bool = True) -> "DataSettings":
-        fixed = {} if training else {name: getattr(cls, name) for name in cls.TRAINING_ONLY}
-        return from_switches(cls, args, data_root=args.data_root or None, **fixed)
-
-    def switches(self, training: bool = True) -> dict[str, Any]:
-        values = as_switches(self, skip=() if training else self.TRAINING_ONLY)
-        values["data_root"] = self.data_root or ""
-        return values
-
-    def build(self, require_train: bool = True, may_write: bool = True):
-        """Index the dataset (:func:`bpm.data.datasets.build_dataset`)."""
-        from bpm.data.datasets import build_dataset
-
-        return build_dataset(self.dataset, self.data_root or None, cuhk03_type=self.cuhk03_type,
-                             trainset_part=self.trainset_part, skip_bad_images=self.skip_bad_images, seed=self.seed,
-                             require_train=require_train, may_write=may_write)
-
-
-@dataclass(frozen=True)
-class ModelSettings:
-    """The network and its input; values the user did not type stay :func:`unset`-marked, so a weights
-    file's stored settings can replace them (:mod:`bpm.models.meta`). The one home of the input size."""
-
-    net: str = unset("mobilenet_v2")
-    last_conv_stride: int = unset(1)
-    resize_h_w: tuple[int, int] = unset((256, 128))
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "ModelSettings":
-        return from_switches(cls, args)
-
-    def switches(self) -> dict[str, Any]:
-        return as_switches(self)
-
-    def overrides(self) -> dict[str, Any]:
-        """What the user typed, for :func:`bpm.load_model`: an untyped default is ``None`` (the
-        marker types never go below the command boundary)."""
-        return {name: None if is_unset(value) else value for name, value in
-                (("net", self.net), ("last_conv_stride", self.last_conv_stride), ("resize_h_w", self.resize_h_w))}
-
-
-@dataclass(frozen=True)
-class PrecisionSettings:
-    """``--opt-level`` and what refines it; :meth:`policy` makes the :class:`~bpm.precision.PrecisionPolicy`."""
-
-    opt_level: str = "O0"
-    keep_batchnorm_fp32: bool = True
-    amp_dtype: str | None = None
-    loss_scale: float | str | None = None
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, training: bool = True) -> "PrecisionSettings":
-        return from_switches(cls, args, **({} if training else {"loss_scale": None}))
-
-    def switches(self, training: bool = True) -> dict[str, Any]:
-        return as_switches(self, skip=() if training else ("loss_scale",))
-
-    def policy(self, device):
-        from bpm.precision import PrecisionPolicy
-
-        return PrecisionPolicy.create(self.opt_level, device, self.amp_dtype, self.keep_batchnorm_fp32,
-                                      self.loss_scale)
-
-
-@dataclass(frozen=True)
-class FeatureSettings:
-    """How features of a dataset's images are extracted (the feature switch group)."""
-
-    normalize: bool | None = False  # None: as the model does at test time (bpm extract)
-    workers: int = 2
-    batch_size: int = 64
-    flip: bool = False
-
-    SWITCHES = {"normalize": "normalize_feature", "batch_size": "batch_size_test", "flip": "test_flip"}
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "FeatureSettings":
-        return from_switches(cls, args, cls.SWITCHES)
-
-    def switches(self) -> dict[str, Any]:
-        return as_switches(self, self.SWITCHES)
-
-
-@dataclass(frozen=True)
-class EvaluationSettings:
-    """How a test set is evaluated (``bpm train`` after training, ``bpm test``), and which weights."""
-
-    test_normalize: bool | None = None  # None: the model's own test-time normalisation
-    mq_pooling: str = "average"
-    rerank: bool = True
-    save_features: str = ""
-    model_weight_file: str = ""  # bpm test: the weights to evaluate ("": the run folder's ckpt.pth)
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "EvaluationSettings":
-        return from_switches(cls, args)
-
-    def switches(self) -> dict[str, Any]:
-        return as_switches(self)
-
-
-@dataclass(frozen=True)
-class OutputSettings:
-    """Where a run writes: ``--exp_dir`` (``None``: named after the settings), ``--run``, ``--log_to_file``."""
-
-    exp_dir: Path | None = None
-    run: int = 1
-    log_to_file: bool = True
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "OutputSettings":
-        return from_switches(cls, args, exp_dir=Path(args.exp_dir) if args.exp_dir else None)
-
-    def switches(self) -> dict[str, Any]:
-        return {**as_switches(self), "exp_dir": str(self.exp_dir) if self.exp_dir is not None else ""}
-
-
-@dataclass(frozen=True)
-class StartSettings:
-    """How a training run starts: a new model (its pooling and neck, its initial backbone weights), or
-    ``--resume``; and whether the untrained network is evaluated first."""
-
-    resume: bool = False
-    net_pretrained_path: str = "imagenet"
-    pooling: str = "avg"
-    neck: str = "none"
-    eval_untrained: bool = False
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "StartSettings":
-        return from_switches(cls, args)
-
-    def switches(self) -> dict[str, Any]:
-        return as_switches(self)
-
-    @property
-    def architecture(self) -> dict[str, str]:
-        """Pooling and neck of the new model (:func:`bpm.models.reid.build_model`'s keywords)."""
-        return {"pooling": self.pooling, "neck": self.neck}
-
-
+# Switch names of the group fields that differ from the field's name.
+DEVICE_SWITCHES = {"devices": "sys_device_ids"}
+FEATURE_SWITCHES = {"normalize": "normalize_feature", "batch_size": "batch_size_test", "flip": "test_flip"}
+# Switches of bpm train only; bpm test uses the fields' defaults.
+DATA_TRAINING_ONLY = ("trainset_part", "seed")
+PRECISION_TRAINING_ONLY = ("loss_scale",)
 # Data and precision switches that only some commands have; the others use these fields' defaults.
 _OPTIONAL_SWITCHES = {DataSettings: ("trainset_part", "seed", "skip_bad_images"),
                       PrecisionSettings: ("amp_dtype", "loss_scale")}
@@ -621,23 +451,68 @@ def _defaults_for_absent(cls: type, args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(cls, name) for name in _OPTIONAL_SWITCHES[cls] if name not in vars(args)}
 
 
-def data_settings(args: argparse.Namespace) -> DataSettings:
-    """The data group of any command (``--trainset_part``/``--seed``: ``bpm train``'s only)."""
+def _defaults(cls: type, names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: getattr(cls, name) for name in names}
+
+
+def device_settings(args: argparse.Namespace) -> DeviceSettings:
+    return from_switches(DeviceSettings, args, DEVICE_SWITCHES, devices=tuple(args.sys_device_ids))
+
+
+def device_switches(group: DeviceSettings) -> dict[str, Any]:
+    return as_switches(group, DEVICE_SWITCHES)
+
+
+def data_settings(args: argparse.Namespace, training: bool | None = None) -> DataSettings:
+    """The data group of any command (``--trainset_part``/``--seed``: ``bpm train``'s only;
+    ``training=False``: their defaults even where the parser has them)."""
+    fixed = _defaults(DataSettings, DATA_TRAINING_ONLY) if training is False else {}
     return from_switches(DataSettings, args, data_root=args.data_root or None,
-                         **_defaults_for_absent(DataSettings, args))
+                         **{**_defaults_for_absent(DataSettings, args), **fixed})
+
+
+def data_switches(group: DataSettings, training: bool = True) -> dict[str, Any]:
+    values = as_switches(group, skip=() if training else DATA_TRAINING_ONLY)
+    values["data_root"] = group.data_root or ""
+    return values
 
 
 def model_settings(args: argparse.Namespace) -> ModelSettings:
-    return ModelSettings.from_args(args)
+    return from_switches(ModelSettings, args)
 
 
-def feature_settings(args: argparse.Namespace) -> FeatureSettings:
-    return FeatureSettings.from_args(args)
+def feature_settings(args: argparse.Namespace, **given: Any) -> FeatureSettings:
+    return from_switches(FeatureSettings, args, FEATURE_SWITCHES, **given)
 
 
-def precision_settings(args: argparse.Namespace) -> PrecisionSettings:
+def feature_switches(group: FeatureSettings) -> dict[str, Any]:
+    return as_switches(group, FEATURE_SWITCHES)
+
+
+def precision_settings(args: argparse.Namespace, training: bool | None = None) -> PrecisionSettings:
     """The precision group of any command (``--amp_dtype`` where a model runs, ``--loss-scale`` in training)."""
-    return from_switches(PrecisionSettings, args, **_defaults_for_absent(PrecisionSettings, args))
+    fixed = _defaults(PrecisionSettings, PRECISION_TRAINING_ONLY) if training is False else {}
+    return from_switches(PrecisionSettings, args, **{**_defaults_for_absent(PrecisionSettings, args), **fixed})
+
+
+def precision_switches(group: PrecisionSettings, training: bool = True) -> dict[str, Any]:
+    return as_switches(group, skip=() if training else PRECISION_TRAINING_ONLY)
+
+
+def evaluation_settings(args: argparse.Namespace) -> EvaluationSettings:
+    return from_switches(EvaluationSettings, args)
+
+
+def output_settings(args: argparse.Namespace) -> OutputSettings:
+    return from_switches(OutputSettings, args, exp_dir=Path(args.exp_dir) if args.exp_dir else None)
+
+
+def output_switches(group: OutputSettings) -> dict[str, Any]:
+    return {**as_switches(group), "exp_dir": str(group.exp_dir) if group.exp_dir is not None else ""}
+
+
+def start_settings(args: argparse.Namespace) -> StartSettings:
+    return from_switches(StartSettings, args)
 
 
 # Fields of the training settings that are no switch: their value is fixed here, by name.
@@ -652,9 +527,14 @@ def train_config(args: argparse.Namespace):
     The input size is not here: it is the model group's (:class:`ModelSettings`).
     """
     from bpm.engine.config import TrainConfig
-    from bpm.losses.combine import LossConfig
+    from bpm.losses.combine import LossConfig, field_switches
+    from bpm.losses.term import LOSS_TERMS
 
-    loss = from_switches(LossConfig, args, **_LOSS_FIXED)
+    values = vars(args)
+    terms = [LOSS_TERMS.get(name) for name in LOSS_TERMS.names()]
+    weights = {t.name: float(values[t.weight_switch]) for t in terms  # the terms outside LossConfig's fields
+               if t.weight_switch not in field_switches() and values.get(t.weight_switch)}
+    loss = from_switches(LossConfig, args, weights=weights, **_LOSS_FIXED)
     config = from_switches(TrainConfig, args, loss=loss, seed=args.seed if args.set_seed else None, **_TRAIN_FIXED)
     return replace(config, staircase_decay_at_epochs=tuple(config.staircase_decay_at_epochs))
 
@@ -662,8 +542,14 @@ def train_config(args: argparse.Namespace):
 def train_switches(config) -> dict[str, Any]:
     """:func:`train_config`'s inverse: the training switches of a :class:`~bpm.engine.config.TrainConfig`
     (``--seed`` is the data group's; ``--set_seed`` says whether the trainer got it)."""
+    from bpm.losses.combine import field_switches
+    from bpm.losses.term import LOSS_TERMS
+
     values = as_switches(config, skip=("loss", "seed", *_TRAIN_FIXED))
-    values.update(as_switches(config.loss, skip=tuple(_LOSS_FIXED)))
+    values.update(as_switches(config.loss, skip=("weights", *_LOSS_FIXED)))
+    for term in (LOSS_TERMS.get(name) for name in LOSS_TERMS.names()):
+        if term.weight_switch not in field_switches():
+            values[term.weight_switch] = float(config.loss.weights.get(term.name, 0.0))
     values["set_seed"] = config.seed is not None
     return values
 
@@ -685,8 +571,6 @@ def default_exp_dir(dataset: str, net: str, opt_level: str, last_conv_stride: in
 def save_config(values: Mapping[str, Any], path: Path, records: dict[str, Any] | None = None) -> None:
     """Write the resolved settings as JSON, so every result can be traced to its command line and
     re-run with ``--config`` (:mod:`bpm.runconfig`); ``records`` (e.g. ``versions``) are added as is."""
-    from bpm.engine.outputs import write_text
-
     data: dict[str, Any] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
     data.update(records or {})
     # Atomic, and any OSError (EPERM on an immutable file, a full disk) is one line keeping the old file.

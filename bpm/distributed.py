@@ -26,7 +26,8 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 import torch.distributed as dist
 
-from bpm.errors import BpmError
+from bpm.errors import BpmError, one_line
+from bpm.precision import resolve_device
 from bpm.threads import share_cores_between_ranks
 
 DEFAULT_TIMEOUT_S = 1800.0
@@ -84,8 +85,6 @@ def device_for_rank(sys_device_ids: Sequence[int], local_rank: int) -> torch.dev
     default ``(0,)``) under a multi-process launcher means "one GPU per process", i.e.
     ``cuda:LOCAL_RANK``, which is what torchrun users expect without passing ``-d``.
     """
-    from bpm.precision import resolve_device
-
     ids = tuple(sys_device_ids)
     if len(ids) == 1:
         return resolve_device((local_rank,))
@@ -106,8 +105,6 @@ def init(sys_device_ids: Sequence[int], timeout_s: float = DEFAULT_TIMEOUT_S) ->
         raise BpmError(f"--dist_timeout: expected a positive number of seconds, got {timeout_s}")
     world_size = _env_int("WORLD_SIZE", 1)
     if world_size <= 1:
-        from bpm.precision import resolve_device
-
         return DistContext(device=resolve_device(tuple(sys_device_ids)), timeout_s=timeout_s)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
@@ -131,7 +128,7 @@ def init(sys_device_ids: Sequence[int], timeout_s: float = DEFAULT_TIMEOUT_S) ->
     except (RuntimeError, ValueError) as exc:
         raise BpmError(
             f"rank {rank}: could not join the process group at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} "
-            f"within {timeout_s:g}s ({_first_line(exc)}); check that every node runs the same torchrun command"
+            f"within {timeout_s:g}s ({one_line(exc)}); check that every node runs the same torchrun command"
         ) from exc
     ctx = DistContext(rank, world_size, local_rank, local_world_size, device, timeout_s)
     barrier(ctx)
@@ -151,11 +148,6 @@ def barrier(ctx: DistContext) -> None:
         dist.monitored_barrier(timeout=datetime.timedelta(seconds=ctx.timeout_s), wait_all_ranks=True)
     else:
         dist.barrier()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _looks_like_peer_failure(exc: BaseException) -> bool:
@@ -179,7 +171,7 @@ def peer_failures_as_errors(ctx: DistContext) -> Iterator[None]:
         if not ctx.enabled or not _looks_like_peer_failure(exc):
             raise
         raise BpmError(
-            f"rank {ctx.rank}/{ctx.world_size}: lost contact with the other ranks ({_first_line(exc)}); another "
+            f"rank {ctx.rank}/{ctx.world_size}: lost contact with the other ranks ({one_line(exc)}); another "
             f"rank probably failed (see its error), or did not answer within --dist_timeout {ctx.timeout_s:g}s"
         ) from exc
 

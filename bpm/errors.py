@@ -13,6 +13,20 @@ class BpmError(Exception):
     """A user-facing error whose message is one line naming the culprit and the expectation."""
 
 
+def one_line(exc: BaseException, empty: str = "") -> str:
+    """The first line of a library's exception message, to quote inside a :class:`BpmError`.
+
+    Args:
+        exc: the exception caught (ONNX Runtime, OpenVINO, torch.distributed, a download ...).
+        empty: what to say when the message is empty; default: the exception's type name.
+
+    Returns:
+        One stripped line, never empty.
+    """
+    lines = str(exc).strip().splitlines()
+    return lines[0].strip() if lines else (empty or type(exc).__name__)
+
+
 def exit_code_of(work: Callable[[], None]) -> int:
     """Run a script's ``work``: 0 on success, or print a :class:`BpmError` as one ``error:`` line and give 2.
 

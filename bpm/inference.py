@@ -1,5 +1,6 @@
-"""``bpm.FeatureExtractor``: embeddings for images in one call, from PyTorch weights or an ONNX file.
-The model comes from :func:`bpm.load_model`, the one loader, with its input spec.
+"""``bpm.FeatureExtractor``: embeddings for images in one call, from PyTorch weights, an ONNX file or an
+OpenVINO IR. The model comes from :func:`bpm.load_model`, the one loader, with its input spec; the
+runtime that runs it is a registered extraction backend (:data:`bpm.models.backends.EXTRACTION_BACKENDS`).
 
 Deployment code should not need to know about datasets, loaders or precision policies: give it
 paths, PIL images or arrays, get an ``(N, D)`` float32 array back.
@@ -12,23 +13,24 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from bpm.config import is_unset
+from bpm.data.images import ImageLike
 from bpm.errors import BpmError
 from bpm.evaluation.features import embed_images
-from bpm.export.runtime import ImageLike, OnnxModel
 from bpm.export.verify import warn_if_unverified
+from bpm.models.backends import EXTRACTION_BACKENDS, backend_for_file
+from bpm.models.input_spec import check_input_size
+from bpm.models.loading import load_graph, load_model
 from bpm.precision import PrecisionPolicy
-from bpm.switches import check_input_size
 from bpm.threads import torch_threads
-
-BACKENDS = ("torch", "onnx")
 
 
 class FeatureExtractor:
     """Embeds images with a re-ID model.
 
     ``weights``: any file :func:`bpm.load_model` reads (checkpoint, weights, safetensors) for the
-    torch backend, or an exported ``.onnx`` file (its metadata is its input spec). The model's
+    torch backend, an exported ``.onnx`` file (its metadata is its input spec) for the onnx backend,
+    or an OpenVINO IR ``.xml`` (its rt_info is its input spec) for the openvino backend
+    (``pip install 'bpm[openvino]'``); ``backend=None`` picks by the file's suffix. The model's
     :class:`~bpm.models.input_spec.InputSpec` (:attr:`input_spec`) decides input size, pixel
     normalisation and whether features are L2-normalised: ``normalize=None`` (the default) takes
     the model's own test-time normalisation, the one ``bpm test`` evaluates with (on for a BNNeck
@@ -62,39 +64,37 @@ class FeatureExtractor:
         threads: int = 0,
         flip: bool = False,
     ) -> None:
-        from bpm.models.loading import load_model
-
         # The command line's checks, with its wording, before anything is loaded.
-        if resize_h_w is not None and is_unset(resize_h_w):
-            resize_h_w = None  # a default left unset (bpm.config.unset): the file's own size applies
         if resize_h_w is not None:
             check_input_size(resize_h_w)
         device = check_device(device)
-        is_onnx = str(weights).endswith(".onnx")
-        backend = backend or ("onnx" if is_onnx else "torch")
-        if backend not in BACKENDS:
-            raise BpmError(f"--backend: expected torch or onnx, got {backend!r}")
+        by_file = backend_for_file(weights)
+        entry = EXTRACTION_BACKENDS.get(backend) if backend is not None else by_file
         if batch_size < 1:
             raise BpmError(f"--batch_size: expected at least 1, got {batch_size}")
-        if backend == "onnx" and not is_onnx:
-            raise BpmError(f"{weights}: the onnx backend needs an exported .onnx file (see bpm export)")
-        if backend == "torch" and is_onnx:
-            raise BpmError(f"{weights}: an .onnx file runs on the onnx backend (--backend onnx)")
-        if is_onnx and opt_level != "O0":
-            raise BpmError("--opt-level applies to the torch backend; an ONNX file has its precision built in")
-        self.backend = backend
+        if entry is not by_file:
+            if entry.suffixes:
+                raise BpmError(f"{weights}: the {entry.name} backend needs {entry.needs}")
+            raise BpmError(f"{weights}: a {Path(weights).suffix} file runs on the {by_file.name} backend "
+                           f"(--backend {by_file.name})")
+        if entry.runner is not None and opt_level != "O0":
+            raise BpmError(f"--opt-level applies to the torch backend; a {entry.name} file has its precision built in")
+        self.backend = entry.name
         self.batch_size = batch_size
         self.flip = flip
         self.threads = threads  # held around each call (bpm.threads), not set for the process
-        model, self.input_spec = load_model(weights, net=net, last_conv_stride=last_conv_stride,
-                                            resize_h_w=resize_h_w, threads=threads)
+        if entry.runner is None:
+            model, self.input_spec = load_model(weights, net=net, last_conv_stride=last_conv_stride,
+                                                resize_h_w=resize_h_w, threads=threads)
+        else:
+            model, self.input_spec = load_graph(entry.runner(Path(weights), threads), net=net, resize_h_w=resize_h_w)
         self.normalize = self.input_spec.normalize_features if normalize is None else bool(normalize)
         self.net = self.input_spec.net or "unknown"
         self.resize_h_w = self.input_spec.resize_h_w
         self._feature_dim = model.feature_dim
-        if is_onnx:
-            self.onnx = model.runner
-            warn_if_unverified(weights, self.onnx.session.get_modelmeta().custom_metadata_map)
+        if entry.runner is not None:
+            self.runner = model.runner
+            warn_if_unverified(weights, self.runner.metadata)
             self.policy = PrecisionPolicy.create("O0")  # the graph's precision is built in; inputs are FP32 CPU
             self.model = model
         else:
@@ -131,24 +131,6 @@ def check_device(device: str | torch.device) -> torch.device:
             raise BpmError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} GPU(s) "
                            f"(ids 0..{torch.cuda.device_count() - 1})")
     return device
-
-
-class OnnxModule(torch.nn.Module):
-    """An ONNX Runtime session as a module, so ONNX files take the one extraction path of torch models."""
-
-    def __init__(self, runner: OnnxModel) -> None:
-        super().__init__()
-        self.runner = runner
-        self.feature_dim = int(runner.session.get_outputs()[0].shape[-1])
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.runner(images.cpu().numpy()))
-
-
-def onnx_features(runner: OnnxModel, items: Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
-    """Features of images by an ONNX graph (its metadata gives input size and pixel scale), through
-    the one extraction path: what ``bpm export`` verifies is what ``FeatureExtractor`` computes."""
-    return embed_images(OnnxModule(runner), items, PrecisionPolicy.create("O0"), runner.spec.input_spec, batch_size)
 
 
 def tensor_images(batch: torch.Tensor) -> list[np.ndarray]:

@@ -13,9 +13,7 @@ import math
 from typing import Any, Mapping
 
 from bpm.errors import BpmError
-
-# Input sizes beyond this are a typo, not a person crop (torch would try to allocate terabytes).
-MAX_SIDE = 4096
+from bpm.models.input_spec import check_input_size
 
 
 def _value(switches: Mapping[str, Any], name: str) -> Any:
@@ -29,17 +27,6 @@ def _need(ok: bool, flag: str, expected: str, value: Any) -> None:
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def check_input_size(size: Any) -> tuple[int, int]:
-    """``--resize_h_w`` (and ``FeatureExtractor(resize_h_w=...)``): two whole sides of 1..MAX_SIDE pixels."""
-    try:
-        sides = tuple(size)
-        ok = len(sides) == 2 and all(float(v).is_integer() and 1 <= v <= MAX_SIDE for v in sides)
-    except (TypeError, ValueError):
-        sides, ok = size, False
-    _need(ok, "resize_h_w", f"'(height, width)' with each side from 1 to {MAX_SIDE} pixels", sides)
-    return int(sides[0]), int(sides[1])
 
 
 def check_common(switches: Mapping[str, Any]) -> None:
@@ -59,10 +46,12 @@ def check_common(switches: Mapping[str, Any]) -> None:
 def check_train(switches: Mapping[str, Any]) -> None:
     """Training switches (after :func:`bpm.config.apply_recipe` filled the recipe's)."""
     check_common(switches)
+    from bpm.losses.term import LOSS_TERMS
+
     positive = ("base_lr",)
-    non_negative = ("weight_decay", "id_loss_weight", "triplet_weight", "center_loss_weight", "total_epochs",
-                    "ckpt_every_steps", "steps_per_log", "warmup_epochs", "pad_crop", "distill_weight",
-                    "relational_weight")
+    term_weights = tuple(LOSS_TERMS.get(name).weight_switch for name in LOSS_TERMS.names())  # every loss term's
+    non_negative = ("weight_decay", "total_epochs", "ckpt_every_steps", "steps_per_log", "warmup_epochs", "pad_crop",
+                    *term_weights)
     probabilities = ("crop_prob", "erase_prob")
     for name in positive:
         value = _value(switches, name)

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from bpm.config import (DataSettings, ModelSettings, PrecisionSettings, add_train_arguments, apply_recipe,
-                        data_settings, is_unset, model_settings, parse_tuple, precision_settings, str2bool,
-                        train_config)
+from bpm.config import (add_train_arguments, apply_recipe, data_settings, is_unset, model_settings, parse_tuple,
+                        precision_settings, str2bool, train_config)
+from bpm.settings import DataSettings, ModelSettings, PrecisionSettings
 from bpm.data.transforms import RandomCropResize, train_transform
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,7 +177,7 @@ def test_loss_terms_reach_the_criterion():
     args = parser().parse_args(["--triplet_weight", "0", "--center_loss_weight", "0.0005", "--label_smoothing", "0.2"])
     apply_recipe(args)
     criterion = ReidCriterion(train_config(args).loss, num_classes=3, feature_dim=4)
-    assert criterion.triplet is None and criterion.id_loss.epsilon == 0.2 and criterion.center is not None
+    assert criterion.term("triplet") is None and criterion.term("id").epsilon == 0.2 and criterion.term("center") is not None
 
 
 # --------------------------------------------------------------------------- one definition per switch
@@ -257,7 +257,7 @@ def test_export_reads_the_cuhk03_type_into_its_options():
 
     args = _command_parser("export").parse_args(["--weights", "w.pth", "--out", "o", "--dataset", "cuhk03",
                                                  "--cuhk03_type", "labeled"])
-    assert options_from_args(args).cuhk03_type == "labeled"
+    assert options_from_args(args).data.cuhk03_type == "labeled"
 
 
 def test_switches_become_typed_settings_at_the_command_boundary():
@@ -314,3 +314,15 @@ def test_recipe_rules_read_plain_values():
     filled = recipe_values("bot", {"total_epochs": 120, "resize_h_w": (256, 128), "erase": True})
     assert filled["warmup_epochs"] == 10 and filled["pad_crop"] == 10
     assert "erase" not in filled  # a value the user gave is kept
+
+
+def test_extension_switch_choices_come_from_the_registries():
+    from bpm.engine.lr_schedule import SCHEDULES
+    from bpm.engine.optimizers import OPTIMIZERS
+    from bpm.models.necks import NECKS
+    from bpm.models.pooling import POOLINGS
+
+    actions = {a.dest: a for a in parser()._actions}
+    for dest, registry in (("neck", NECKS), ("pooling", POOLINGS), ("optimizer", OPTIMIZERS),
+                           ("lr_decay_type", SCHEDULES)):
+        assert list(actions[dest].choices) == registry.choices(), dest

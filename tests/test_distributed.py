@@ -27,7 +27,8 @@ from bpm.data.datasets import build_dataset
 from bpm.models.input_spec import InputSpec
 from bpm.engine.evaluator import EvalSettings, evaluate_test_set
 from bpm.engine.logging import RunLogger
-from bpm.engine.trainer import Trainer, _wrap_for_ranks, seed_everything
+from bpm.engine.build import build_training, wrap_for_ranks
+from bpm.engine.trainer import Trainer, seed_everything
 from bpm.errors import BpmError
 from bpm.evaluation.features import extract_features
 from bpm.precision import PrecisionPolicy
@@ -122,8 +123,9 @@ def fit_losses(rank: int, world_size: int, payload: dict, exp_dir: Path, resume:
     seed_everything(args.seed)
     records = build_dataset("market1501", payload["world"]).train
     model = TinyNet(num_classes=len({r.pid for r in records}) if args.id_loss_weight else 0)
-    trainer = Trainer(model, POLICY, train_config(args), records, exp_dir, None, rank, world_size,
-                      input_spec=input_spec_of_model(model, args.resize_h_w))
+    ctx = distributed.DistContext(rank, world_size, device=POLICY.device)
+    trainer = Trainer(build_training(train_config(args), POLICY, model, records, ctx,
+                                     input_spec=input_spec_of_model(model, args.resize_h_w)), exp_dir)
     if resume:
         trainer.resume(Path(payload["resume_from"]))
     if rank != 0:
@@ -230,7 +232,7 @@ def test_bad_timeout_and_environment_are_user_errors(monkeypatch):
 def test_sync_bn_on_cpu_is_refused_with_a_clear_message():
     ctx = distributed.DistContext(rank=0, world_size=2)
     with pytest.raises(BpmError, match="--sync_bn"):
-        _wrap_for_ranks(TinyNet(batchnorm=True), POLICY, ctx, sync_bn=True)
+        wrap_for_ranks(TinyNet(batchnorm=True), POLICY, ctx, sync_bn=True)
 
 
 def test_records_digest_ignores_the_data_root(tiny_world, tmp_path):

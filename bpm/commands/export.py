@@ -12,7 +12,8 @@ import argparse
 from bpm.config import (add_data_switches, add_model_switches, add_precision_switches, add_threads_switch,
                         data_settings, model_settings, precision_settings, str2bool)
 from bpm.errors import BpmError
-from bpm.export.pipeline import FORMATS, ExportOptions, parse_formats, run_export
+from bpm.export.formats import EXPORT_FORMATS, default_formats
+from bpm.export.pipeline import ExportOptions, parse_formats, run_export
 from bpm.export.quantize import CALIBRATION_METHODS, QUANT_FORMATS
 
 
@@ -27,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True,
                         help="checkpoint (ckpt.pth), weights file (ours or the original's), ImageNet file or .safetensors")
     parser.add_argument("--out", required=True, help="output folder (file names say the format)")
-    parser.add_argument("--formats", type=_formats, default=FORMATS, help=f"files to write: a comma list from {', '.join(FORMATS)}")
+    parser.add_argument("--formats", type=_formats, default=default_formats(),
+                        help=f"files to write: a comma list from {', '.join(EXPORT_FORMATS.names())} "
+                             f"(default {','.join(default_formats())})")
     add_model_switches(parser)
     add_precision_switches(parser, autocast=False, level_help="precision of the 'pt' weights file: O0/O1 FP32, O2/O3 FP16")
     add_data_switches(parser, optional=True, dataset_help="dataset for calibration images and the accuracy check")

@@ -6,9 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 
+from bpm.config import add_threads_switch
 from bpm.errors import BpmError
+from bpm.stream.appearance import DEFAULT_TRACK_THRESHOLD
 from bpm.stream.gallery import DEFAULT_THRESHOLD
 
 
@@ -32,10 +33,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--realtime", action="store_true", help="play each camera at its frame rate; drop frames when behind")
     parser.add_argument("--save_video", action="store_true", help="write video/<camera>.mp4 with identity boxes")
     parser.add_argument("--no_appearance", action="store_true", help="motion-only baseline: every track is its own identity")
+    parser.add_argument("--track_threshold", type=float, default=DEFAULT_TRACK_THRESHOLD,
+                        help="cosine distance from its own mean above which a track leaving a crowd is handed back "
+                             "(swap) or split")
+    parser.add_argument("--no_track_appearance", action="store_true",
+                        help="per-camera tracks by motion only (ByteTrack), appearance only for identities")
     parser.add_argument("--min_observations", type=int, default=3, help="embeddings a track gathers before matching")
     parser.add_argument("--embed_every", type=int, default=3, help="then embed each track every n-th frame")
     parser.add_argument("--max_frames", type=int, default=0, help="stop each camera after this many frames (0: all)")
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime / torch threads per network (0: default)")
+    add_threads_switch(parser)  # per network: the detector and the re-ID model each
+    parser.add_argument("--read_ahead", type=int, default=2,
+                        help="frames a reader thread per camera decodes ahead, overlapping inference (0: no thread)")
+    parser.add_argument("--detector_spin", action="store_true",
+                        help="let the detector's ONNX Runtime threads spin between operators (stopping after each frame)")
     parser.add_argument("--eval", metavar="GT", help="score the run against GT/<camera>/gt/gt.txt (global ids) with motmetrics")
     parser.add_argument("--calibrate", metavar="GT", help="only pick --threshold from labelled GT tracks and print it")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
@@ -50,36 +60,26 @@ def _extractor(args: argparse.Namespace):
     return extractor
 
 
-def _enroll(gallery, folder: Path, embed) -> None:
-    from bpm.stream.sources import IMAGE_SUFFIXES
-
-    if not folder.is_dir():
-        raise BpmError(f"--enroll: {folder} is not a folder (expected one sub-folder of crops per person)")
-    import cv2
-
-    for person in sorted(p for p in folder.iterdir() if p.is_dir()):
-        images = [cv2.imread(str(f)) for f in sorted(person.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
-        images = [np.ascontiguousarray(i[:, :, ::-1]) for i in images if i is not None]
-        if images:
-            gallery.enroll(person.name, embed(images))
-    if not gallery.identities:
-        raise BpmError(f"--enroll: {folder} has no <name>/ sub-folder with images")
-
-
 def run(args: argparse.Namespace) -> int:
     from bpm.machine import machine_line
     from bpm.stream.detectors import load_detector
+    from bpm.stream.embedding import crop_embedder
     from bpm.stream.evaluate import calibrate, evaluate
-    from bpm.stream.gallery import Gallery
-    from bpm.stream.motfiles import DetectionFile, find_camera_file, write_text_atomic
+    from bpm.stream.gallery import Gallery, enroll_folder
+    from bpm.files import write_text
+    from bpm.stream.motfiles import DetectionFile, find_camera_file
     from bpm.stream.pipeline import Camera, StreamRun, StreamSettings
     from bpm.stream.sources import open_sources
     from bpm.stream.tracking import CameraTracker
     from bpm.stream.video import AnnotatedVideo
 
+    if args.read_ahead < 0:
+        raise BpmError(f"--read_ahead: expected 0 or more frames, got {args.read_ahead}")
     for flag in ("min_observations", "embed_every"):
         if getattr(args, flag) < 1:
             raise BpmError(f"--{flag}: expected at least 1, got {getattr(args, flag)}")
+    if not 0.0 < args.track_threshold <= 2.0:
+        raise BpmError(f"--track_threshold: expected a cosine distance in (0, 2], got {args.track_threshold}")
     if args.calibrate:
         sources = open_sources(args.source)
         result = calibrate(sources, args.calibrate, _extractor(args))
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     detector = None
     if args.detector:
         detector = load_detector(args.detector, args.detector_family, score_threshold=args.score,
-                                 nms_threshold=args.nms, threads=args.threads)
+                                 nms_threshold=args.nms, threads=args.threads, spin=args.detector_spin)
     embed = None if args.no_appearance else _extractor(args)
     gallery = Gallery(args.threshold)
     if args.gallery and Path(args.gallery).is_file():
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if args.enroll:
         if embed is None:
             raise BpmError("--enroll needs appearance (drop --no_appearance)")
-        _enroll(gallery, Path(args.enroll), embed)
+        enroll_folder(gallery, Path(args.enroll), embed)
     out = Path(args.out)
     cameras = []
     for source in sources:
@@ -113,10 +113,13 @@ def run(args: argparse.Namespace) -> int:
         cameras.append(Camera(source, CameraTracker(source.fps), reader, video))
     settings = StreamSettings(threshold=args.threshold, min_observations=args.min_observations,
                               embed_every=args.embed_every, realtime=args.realtime, save_video=args.save_video,
-                              appearance=not args.no_appearance, max_frames=args.max_frames)
+                              appearance=not args.no_appearance, max_frames=args.max_frames,
+                              track_appearance=not args.no_track_appearance, track_threshold=args.track_threshold,
+                              read_ahead=args.read_ahead)
     info = {"reid": args.reid, "detector": args.detector or f"detections from {args.detections}",
             "machine": machine_line()}
-    stream = StreamRun(cameras, out, detector, embed, gallery, settings, info, None if args.quiet else sys.stderr)
+    embedder = None if embed is None else crop_embedder(embed)
+    stream = StreamRun(cameras, out, detector, embedder, gallery, settings, info, None if args.quiet else sys.stderr)
     error = None
     try:
         stream.run()
@@ -139,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         raise BpmError(f"{error} (outputs so far kept in {out})")
     if args.eval and stream.status == "finished":
         scores = evaluate(out / "tracks", args.eval, [c.source.name for c in cameras])
-        write_text_atomic(out / "eval.json", json.dumps(scores, indent=1) + "\n")
+        write_text(out / "eval.json", json.dumps(scores, indent=1) + "\n", "evaluation scores")
         print(f"eval: IDF1 {scores['idf1']:.3f}  MOTA {scores['mota']:.3f}  cross-camera IDF1 "
               f"{scores['cross_camera_idf1']:.3f}  cross-camera identity accuracy {scores['cross_camera_accuracy']:.3f} "
               f"({scores['cross_camera_pairs']} person-camera pairs)")

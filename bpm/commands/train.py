@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bpm import distributed
-from bpm.config import (DataSettings, DeviceSettings, EvaluationSettings, FeatureSettings, ModelSettings,
-                        OutputSettings, PrecisionSettings, StartSettings, add_train_arguments, apply_recipe,
-                        default_exp_dir, is_unset, save_config, train_config, train_switches)
+from bpm.config import (add_train_arguments, apply_recipe, as_switches, data_settings, data_switches,
+                        default_exp_dir, device_settings, device_switches, evaluation_settings, feature_settings,
+                        feature_switches, is_unset, model_settings, output_settings, output_switches,
+                        precision_settings, precision_switches, save_config, start_settings, train_config,
+                        train_switches)
 from bpm.engine.checkpoint import CKPT_NAME, load_checkpoint, rng_state, set_rng_state
 from bpm.engine.diskspace import check_free_space, estimate_checkpoint_bytes, prepare_exp_dir
-from bpm.engine.outputs import check_output_file
+from bpm.files import check_output_file
 from bpm.engine.resume_check import check_resume
+from bpm.engine.build import build_training
 from bpm.engine.runfolder import RunLock, move_previous_run, record_names
 from bpm.engine.config import TrainConfig
 from bpm.engine.evaluator import EvalSettings, evaluate_model, evaluate_test_set, write_results
@@ -34,6 +37,8 @@ from bpm.precision import PrecisionPolicy, resolve_device
 from bpm.switches import check_train
 from bpm.runconfig import add_config_argument, run_versions
 from bpm.vis.plots import write_run_plots
+from bpm.settings import (DataSettings, DeviceSettings, EvaluationSettings, FeatureSettings, ModelSettings,
+                          OutputSettings, PrecisionSettings, StartSettings)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,11 +85,11 @@ class RunSettings:
         :func:`run_settings`' inverse. A switch read into two groups (``--workers``,
         ``--normalize_feature``) must agree in both."""
         training = self.train is not None
-        parts = [self.device.switches(), self.data.switches(training), self.model.switches(),
-                 self.precision.switches(training), self.features.switches(), self.eval.switches(),
-                 self.output.switches()]
+        parts = [device_switches(self.device), data_switches(self.data, training), as_switches(self.model),
+                 precision_switches(self.precision, training), feature_switches(self.features),
+                 as_switches(self.eval), output_switches(self.output)]
         if training:
-            parts += [self.start.switches(), train_switches(self.train)]
+            parts += [as_switches(self.start), train_switches(self.train)]
         out: dict[str, Any] = {"only_test": not training, "config": self.config_file}
         for part in parts:
             for name, value in part.items():
@@ -98,11 +103,11 @@ def run_settings(args: argparse.Namespace) -> RunSettings:
     """The command boundary: parsed (recipe-filled, checked) switches -> :class:`RunSettings`."""
     training = not getattr(args, "only_test", False)
     return RunSettings(
-        device=DeviceSettings.from_args(args), data=DataSettings.from_args(args, training),
-        model=ModelSettings.from_args(args), precision=PrecisionSettings.from_args(args, training),
-        features=FeatureSettings.from_args(args), eval=EvaluationSettings.from_args(args),
-        output=OutputSettings.from_args(args), train=train_config(args) if training else None,
-        start=StartSettings.from_args(args) if training else None,
+        device=device_settings(args), data=data_settings(args, training),
+        model=model_settings(args), precision=precision_settings(args, training),
+        features=feature_settings(args), eval=evaluation_settings(args),
+        output=output_settings(args), train=train_config(args) if training else None,
+        start=start_settings(args) if training else None,
         config_file=getattr(args, "config", None),  # a record, not a setting: parsers made without --config lack it
     )
 
@@ -200,7 +205,7 @@ def _run_process(settings: RunSettings, ctx: distributed.DistContext) -> int:
     dataset = settings.data.build(require_train=not settings.only_test)
     distill = None
     if not settings.only_test and settings.train.teacher:
-        from bpm.distill.setup import open_distillation
+        from bpm.engine.distillation import open_distillation
 
         distill = open_distillation(settings.train, device)  # a bad teacher is one line, before any file
     if not settings.only_test:
@@ -336,7 +341,7 @@ def _make_trainer(settings: RunSettings, model: ReidModel, policy: PrecisionPoli
     """The trainer (model, optimizer, sampler, loader, validator); building it runs the checks that
     depend on the data (e.g. ``--ids_per_batch`` against the training identities) and writes none of
     the run's records. ``distill``: the teacher and unlabelled records of
-    :func:`bpm.distill.setup.open_distillation`; their targets come first (the teacher cache, keyed and
+    :func:`bpm.engine.distillation.open_distillation`; their targets come first (the teacher cache, keyed and
     written atomically, is the one file this may write: it is shared by runs, not one run's record)."""
     validator: Callable[[ReidModel], tuple[float, float]] | None = None
     if dataset.val is not None:
@@ -352,13 +357,14 @@ def _make_trainer(settings: RunSettings, model: ReidModel, policy: PrecisionPoli
 
     targets, extras = None, []
     if distill is not None:
-        from bpm.distill.setup import distill_targets
+        from bpm.engine.distillation import distill_targets
 
         teacher, extras = distill
         targets = distill_targets(teacher, settings.train, [*dataset.train, *extras], settings.folder,
                                   spec_of_run(settings, model), ctx)
-    return Trainer(model, policy, settings.train, dataset.train, settings.folder, validator, ctx.rank,
-                   ctx.world_size, distill=targets, extra_records=extras, input_spec=spec_of_run(settings, model))
+    parts = build_training(settings.train, policy, model, dataset.train, ctx, input_spec=spec_of_run(settings, model),
+                           distill=targets, extra_records=extras)
+    return Trainer(parts, settings.folder, validator)
 
 
 def _train(settings: RunSettings, trainer: Trainer, ctx: distributed.DistContext) -> ReidModel:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable
+from pathlib import Path
+from typing import Iterable, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -126,3 +127,31 @@ def find_unreadable(paths: Iterable[str], workers: int = 4) -> list[tuple[str, s
     with ThreadPoolExecutor(max_workers=workers) as pool:
         problems = list(pool.map(image_problem, paths, chunksize=64))
     return [(p, why) for p, why in zip(paths, problems) if why is not None]
+
+
+#: What the extraction API takes as one image: a file path, a PIL image or an ``HxWx3`` array.
+ImageLike = Union[str, Path, Image.Image, np.ndarray]
+
+
+def to_pil(item: ImageLike) -> Image.Image:
+    """A path, a PIL image or an ``HxWx3`` uint8 RGB array (``HxW`` grey is widened) as an RGB image."""
+    if isinstance(item, (str, Path)):
+        return read_image(str(item))
+    if isinstance(item, Image.Image):
+        if 0 in item.size:
+            raise BpmError(f"image: expected at least 1x1 pixels, got {item.size[0]}x{item.size[1]}")
+        return to_rgb(item)  # 16-bit and float pixels scaled to 8 bits, not clipped
+    if isinstance(item, np.ndarray):
+        array = item
+        if array.ndim == 2:
+            array = np.repeat(array[:, :, None], 3, axis=2)
+        if array.ndim != 3 or array.shape[2] != 3:
+            raise BpmError(f"image array: expected HxWx3 RGB, got shape {item.shape}")
+        if 0 in array.shape[:2]:
+            raise BpmError(f"image array: expected at least 1x1 pixels, got shape {item.shape}")
+        if array.dtype != np.uint8:
+            if not np.issubdtype(array.dtype, np.floating) or array.min() < 0 or array.max() > 1:
+                raise BpmError(f"image array: expected uint8 0..255 or float 0..1, got {array.dtype}")
+            array = np.round(array * 255).astype(np.uint8)
+        return Image.fromarray(array, "RGB")
+    raise BpmError(f"image: expected a path, a PIL image or a numpy array, got {type(item).__name__}")

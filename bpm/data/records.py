@@ -6,6 +6,12 @@ evaluation and visualisation only ever see them, never the on-disk layout.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+#: The identity label of a junk gallery image (Market-1501's ``-1_...`` files): ignored when ranking.
+JUNK_PID = -1
 
 
 @dataclass(frozen=True)
@@ -47,3 +53,15 @@ class ReidDataset:
     @property
     def num_train_ids(self) -> int:
         return len({r.pid for r in self.train})
+
+
+def id_arrays(records: Sequence[ImageRecord]) -> tuple[np.ndarray, np.ndarray]:
+    """``(pids, camids)`` of ``records`` as int64 arrays, the form the evaluation and features files take.
+
+    Args:
+        records: query or gallery records, in row order.
+
+    Returns:
+        Two ``(N,)`` int64 arrays: identity labels and camera ids.
+    """
+    return np.array([r.pid for r in records], dtype=np.int64), np.array([r.camid for r in records], dtype=np.int64)

@@ -32,6 +32,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageFilter
 
+from bpm.data.records import JUNK_PID
 from bpm.errors import BpmError
 
 GENERATOR_VERSION = 1
@@ -39,7 +40,6 @@ GENERATOR_VERSION = 1
 
 SPLITS = ("bounding_box_train", "bounding_box_test", "query", "gt_bbox")
 WORLD_FILE = "world.json"
-JUNK_PID = -1
 DISTRACTOR_PID = 0
 
 # Shared palettes. Dark and neutral clothes dominate, as on real streets, which is what makes

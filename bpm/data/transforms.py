@@ -10,12 +10,14 @@ normalisation. The random training steps draw from Python's and torch's global g
 from __future__ import annotations
 
 import random
+from typing import Iterable
 
 import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from bpm.data.images import ImageLike, to_pil
 from bpm.models.input_spec import InputSpec, as_input_spec
 
 
@@ -110,3 +112,12 @@ class TestTransform:
 
 def test_transform(spec: InputSpec | tuple[int, int]) -> TestTransform:
     return TestTransform(spec)
+
+
+def image_batch(items: Iterable[ImageLike], spec: InputSpec | tuple[int, int]) -> np.ndarray:
+    """``[N, 3, H, W]`` float32 of :func:`model_input` under the model's input spec."""
+    spec = as_input_spec(spec)
+    arrays = [model_input(to_pil(item), spec) for item in items]
+    if not arrays:
+        return np.zeros((0, 3, *spec.resize_h_w), dtype=np.float32)
+    return np.ascontiguousarray(np.stack(arrays), dtype=np.float32)

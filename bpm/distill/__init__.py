@@ -6,5 +6,6 @@ from it. The pieces: :mod:`input_spec` (how a foreign teacher wants its pixels),
 (bpm files, ONNX, OpenVINO IR behind one interface), :mod:`cache` (the teacher's embeddings of the
 training images, computed once), :mod:`targets` (what the criterion compares against each step),
 :mod:`extra` (unlabelled crops only the distillation terms see) and :mod:`options` (switch checks).
-The loss terms themselves live with the others, in :mod:`bpm.losses.distill`.
+The loss terms themselves live with the others, in :mod:`bpm.losses.distill`; what a training run does
+with all this, in :mod:`bpm.engine.distillation` (the trainer's layer, as it reads the run's TrainConfig).
 """

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from bpm.data.images import read_image
 from bpm.distill.teacher import Teacher
-from bpm.engine.outputs import atomic_write
+from bpm.files import atomic_write
 
 BATCH = 64
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bpm.errors import BpmError
+from bpm.models.input_spec import MAX_SIDE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -21,7 +22,6 @@ CHANNELS = ("rgb", "bgr")
 SCALES = ("imagenet", "tf", "unit", "raw")
 EXPECTED = "HxW[,rgb|bgr][,imagenet|tf|unit|raw] such as 256x128,rgb,imagenet"
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
-MAX_SIDE = 4096
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bpm.distill.input_spec import TeacherInput, parse_teacher_input
-from bpm.errors import BpmError
+from bpm.errors import BpmError, one_line
+from bpm.inference import FeatureExtractor
+from bpm.models.onnx_graph import session_options
 
 
 def file_sha256(paths: Sequence[Path]) -> str:
@@ -29,10 +31,6 @@ def file_sha256(paths: Sequence[Path]) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 class Teacher:
@@ -63,7 +61,7 @@ class GraphTeacher(Teacher):
             probe = self._call(spec.from_unit(np.full((1, 3, *spec.size), 0.5, dtype=np.float32)))
         except Exception as exc:  # the runtimes raise their own exception types
             raise BpmError(f"{path}: the teacher does not run on --teacher_input {spec.text} "
-                           f"({_first_line(exc)})") from exc
+                           f"({one_line(exc)})") from exc
         super().__init__(path, kind, sha256, spec.text, int(probe.shape[1]))
 
     def _call(self, batch: np.ndarray) -> np.ndarray:
@@ -90,11 +88,11 @@ class BpmTeacher(Teacher):
     with the input settings the file stores."""
 
     def __init__(self, path: Path, sha256: str, device: str | torch.device) -> None:
-        from bpm.inference import FeatureExtractor
-
-        self.extractor = FeatureExtractor(path, device=device if not str(path).endswith(".onnx") else "cpu")
+        graph = str(path).endswith((".onnx", ".xml"))  # exported graphs run on the CPU
+        self.extractor = FeatureExtractor(path, device="cpu" if graph else device)
         h, w = self.extractor.resize_h_w
-        kind = "bpm ONNX" if self.extractor.backend == "onnx" else f"bpm {self.extractor.net}"
+        kind = {"onnx": "bpm ONNX", "openvino": "bpm OpenVINO IR"}.get(self.extractor.backend,
+                                                                       f"bpm {self.extractor.net}")
         super().__init__(path, kind, sha256, f"{h}x{w},bpm", self.extractor.feature_dim)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -107,15 +105,13 @@ class BpmTeacher(Teacher):
 def _onnx_teacher(path: Path, spec: TeacherInput | None, device: str | torch.device) -> Teacher:
     import onnxruntime as ort
 
-    from bpm.export.runtime import session_options
-
     providers = ["CPUExecutionProvider"]
     if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
     try:
         session = ort.InferenceSession(str(path), session_options(), providers=providers)
     except Exception as exc:  # ORT raises Fail, InvalidGraph, InvalidProtobuf, ...
-        raise BpmError(f"{path}: ONNX Runtime cannot load the teacher ({_first_line(exc)})") from exc
+        raise BpmError(f"{path}: ONNX Runtime cannot load the teacher ({one_line(exc)})") from exc
     if "bpm.net" in session.get_modelmeta().custom_metadata_map:
         if spec is not None:
             raise BpmError(f"--teacher_input: {path} is a bpm export, which carries its input spec; drop --teacher_input")
@@ -138,23 +134,22 @@ def _onnx_teacher(path: Path, spec: TeacherInput | None, device: str | torch.dev
 
 
 def _openvino_teacher(path: Path, spec: TeacherInput | None) -> Teacher:
+    """An IR through the one OpenVINO runner (:class:`bpm.export.openvino.OpenVinoModel`); a bpm
+    export carries its input spec in its rt_info and runs as :class:`BpmTeacher`."""
+    from bpm.models.openvino_graph import OpenVinoModel
+
     try:
-        import openvino
-    except ImportError:
-        raise BpmError(f"--teacher {path}: an OpenVINO IR teacher needs the openvino package, which is not "
-                       "installed (pip install 'bpm[openvino]'), or give the teacher as ONNX") from None
+        runner = OpenVinoModel(path)
+    except BpmError as exc:
+        raise BpmError(f"--teacher {exc}") from None
+    sha256 = file_sha256([path, path.with_suffix(".bin")])
+    if "bpm.net" in runner.metadata:
+        if spec is not None:
+            raise BpmError(f"--teacher_input: {path} is a bpm export, which carries its input spec; drop --teacher_input")
+        return BpmTeacher(path, sha256, "cpu")
     if spec is None:
         raise BpmError(f"--teacher_input: {path} (OpenVINO IR) needs --teacher_input HxW,rgb|bgr,imagenet|tf|unit|raw")
-    weights = path.with_suffix(".bin")
-    if not weights.is_file():
-        raise BpmError(f"--teacher {path}: the IR's weights {weights.name} are missing beside it")
-    try:
-        compiled = openvino.Core().compile_model(str(path), "CPU")
-    except Exception as exc:
-        raise BpmError(f"{path}: OpenVINO cannot load the teacher ({_first_line(exc)})") from exc
-    output = compiled.output(0)
-    return GraphTeacher(path, "OpenVINO IR", file_sha256([path, weights]), spec,
-                        lambda batch: compiled(batch)[output], None)
+    return GraphTeacher(path, "OpenVINO IR", sha256, spec, runner, None)
 
 
 def open_teacher(path: str | Path, input_text: str = "", device: str | torch.device = "cpu") -> Teacher:

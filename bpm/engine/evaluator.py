@@ -9,21 +9,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from bpm.data.records import ImageRecord, TestSet
+from bpm.data.records import ImageRecord, TestSet, id_arrays
+from bpm.distributed import DistContext, broadcast_object
 from bpm.errors import BpmError
 from bpm.evaluation import compute_distances, evaluate, pool_multi_query, re_ranking
 from bpm.evaluation.features import degenerate_rows, extract_features
 from bpm.evaluation.features_file import FeatureSplit, write_features_file
+from bpm.files import write_text
 from bpm.models.input_spec import InputSpec
 from bpm.precision import PrecisionPolicy
 
-if TYPE_CHECKING:
-    from bpm.distributed import DistContext
 
 RESULT_LINE = "[mAP: {:5.2%}], [cmc1: {:5.2%}], [cmc5: {:5.2%}], [cmc10: {:5.2%}]"
 MINP_FIELD = ", [mINP: {:5.2%}]"
@@ -64,10 +63,6 @@ def summarize(result: dict) -> dict:
     }
 
 
-def _ids(records: list[ImageRecord]) -> tuple[np.ndarray, np.ndarray]:
-    return np.array([r.pid for r in records], dtype=np.int64), np.array([r.camid for r in records], dtype=np.int64)
-
-
 def evaluate_features(
     q_feat: np.ndarray,
     g_feat: np.ndarray,
@@ -81,8 +76,8 @@ def evaluate_features(
 ) -> dict[str, dict]:
     """Plain (and optionally re-ranked) results for one set of query features, with the AP definition and
     protocol of :func:`bpm.evaluation.metrics.evaluate`."""
-    q_pids, q_cams = _ids(query)
-    g_pids, g_cams = _ids(gallery)
+    q_pids, q_cams = id_arrays(query)
+    g_pids, g_cams = id_arrays(gallery)
     q_g = compute_distances(q_feat, g_feat)
     scoring = {"max_rank": max_rank, "ap": ap, "protocol": protocol}
     results = {"plain": evaluate(q_g, q_pids, g_pids, q_cams, g_cams, **scoring)}
@@ -132,8 +127,8 @@ def evaluate_test_set(
     if "reranked" in single:
         report["reranked_single_query"] = single["reranked"]
     if mq_feat is not None:
-        mq_pids, mq_cams = _ids(test_set.multi_query)
-        q_pids, q_cams = _ids(test_set.query)
+        mq_pids, mq_cams = id_arrays(test_set.multi_query)
+        q_pids, q_cams = id_arrays(test_set.query)
         pooled = pool_multi_query(mq_feat, mq_pids, mq_cams, q_pids, q_cams, settings.mq_pooling)
         multi = evaluate_features(pooled, g_feat, test_set.query, test_set.gallery, settings.rerank, settings.max_rank)
         report["multi_query"] = multi["plain"]
@@ -188,8 +183,6 @@ def warn_near_constant(name: str, split: str, count: int) -> None:
 
 def _report_from_main(ctx: DistContext, report: dict | None) -> dict:
     """Rank 0 computes the metrics once (re-ranking is memory-hungry); every rank gets its report."""
-    from bpm.distributed import broadcast_object
-
     return broadcast_object(ctx, report)
 
 
@@ -222,7 +215,5 @@ def write_results(path: Path, dataset: str, net: str, opt_level: str, reports: d
     first = next(iter(test_sets.values()))["single_query"]
     payload = {"dataset": dataset, "net": net, "opt_level": opt_level, "mAP": first["mAP"], "mINP": first["mINP"],
                "cmc": first["cmc"], "test_sets": test_sets, **(extra or {})}
-    from bpm.engine.outputs import write_text
-
     write_text(path, json.dumps(payload, indent=2), "results")  # any OSError: one line, the old file kept
     return payload

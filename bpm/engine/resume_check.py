@@ -13,8 +13,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from bpm.engine.checkpoint import resumable_state_dicts
 from bpm.engine.config import TrainConfig
 from bpm.errors import BpmError
+from bpm.losses.term import LOSS_TERMS
+from bpm.models.registry import backbone_choices, canonical_name
 
 # Changing these would make the checkpoint's weights, optimizer state or data position mean
 # something else: refused.
@@ -22,9 +25,6 @@ FIXED = ("optimizer", "recipe", "ids_per_batch", "ims_per_id", "sampler_epoch",
          "teacher", "teacher_input", "distill_extra", "distill_extra_per_batch")  # targets, extra batches
 FIXED_LOSS = ("id_loss_weight", "center_loss_weight")  # they decide the ID head / centre buffers
 FIXED_ON_OFF = ("distill_weight",)  # on or off decides the distillation projection head; its value may change
-# Read again every step or epoch from the config, or pushed into the optimizer's param groups by
-# :func:`apply_to_optimizer`: applied, and said so.
-OPTIMIZER_GROUP_KEYS = ("weight_decay", "momentum")
 
 
 def stored_config(ckpt: dict) -> dict[str, Any]:
@@ -52,8 +52,6 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _canonical_net(name: str) -> str:
-    from bpm.models.registry import backbone_choices, canonical_name
-
     return canonical_name(name) if name in backbone_choices() else name
 
 
@@ -63,8 +61,6 @@ def check_resume(ckpt: dict, cfg: TrainConfig, model_facts: dict[str, Any], path
     ``model_facts`` are this run's ``net``, ``architecture``, ``num_classes`` and ``resize_h_w``
     (compared with the checkpoint's own record of them).
     """
-    from bpm.engine.checkpoint import resumable_state_dicts
-
     resumable_state_dicts(ckpt, path)  # [model, optimizer], or one line
     refused: list[str] = []
     for key in ("net", "architecture", "num_classes"):
@@ -80,8 +76,9 @@ def check_resume(ckpt: dict, cfg: TrainConfig, model_facts: dict[str, Any], path
     if old_size is not None and new_size is not None and not _same(old_size, new_size):
         refused.append(f"resize_h_w {tuple(old_size)} -> {tuple(new_size)}")
     state_dicts = ckpt.get("state_dicts") or [None, None]
-    saved_kind = optimizer_kind(state_dicts[1] if len(state_dicts) > 1 else None)
     old_cfg = stored_config(ckpt)
+    # The recorded name; older checkpoints (no record) are judged from the saved param groups.
+    saved_kind = old_cfg.get("optimizer") or optimizer_kind(state_dicts[1] if len(state_dicts) > 1 else None)
     if saved_kind is not None and saved_kind != cfg.optimizer:
         refused.append(f"optimizer {saved_kind} -> {cfg.optimizer}")
     new_cfg = dataclasses.asdict(cfg)
@@ -96,17 +93,33 @@ def check_resume(ckpt: dict, cfg: TrainConfig, model_facts: dict[str, Any], path
                 refused.append(line)
         else:
             applied.append(line)
-    for key, new in new_cfg["loss"].items():
-        old = (old_cfg.get("loss") or {}).get(key, new)
-        if _same(old, new):
-            continue
-        fixed = key in FIXED_LOSS or (key in FIXED_ON_OFF and (old > 0) != (new > 0))
-        (refused if fixed else applied).append(f"{key} {old} -> {new}")
+    for line, fixed in _loss_changes(old_cfg.get("loss") or {}, new_cfg["loss"]):
+        (refused if fixed else applied).append(line)
     if refused:
         raise BpmError(f"{path}: --resume true with switches that change what the checkpoint holds: "
                        f"{', '.join(refused)}; resume with the checkpoint's settings (see config.json) or train "
                        "afresh in another --exp_dir")
     return applied
+
+
+def _loss_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, bool]]:
+    """``("name old -> new", refused)`` for each changed loss setting; a term's weight follows the term's
+    :attr:`~bpm.losses.term.LossTerm.on_resume` rule (its state may not appear, vanish or change meaning)."""
+    terms = [LOSS_TERMS.get(name) for name in LOSS_TERMS.names()]
+    rules = {term.weight_switch: term.on_resume for term in terms}
+    by_name = {term.name: term.weight_switch for term in terms}
+    pairs = [(key, old.get(key, value), value) for key, value in new.items() if key != "weights"]
+    old_weights, new_weights = old.get("weights") or {}, new.get("weights") or {}
+    pairs += [(by_name.get(name, name), float(old_weights.get(name, 0.0)), float(new_weights.get(name, 0.0)))
+              for name in sorted({*old_weights, *new_weights})]
+    changes = []
+    for key, before, after in pairs:
+        if _same(before, after):
+            continue
+        rule = rules.get(key, "")
+        fixed = rule == "fixed" or (rule == "on_off" and (before > 0) != (after > 0))
+        changes.append((f"{key} {before} -> {after}", fixed))
+    return changes
 
 
 def apply_to_optimizer(optimizer, cfg: TrainConfig) -> None:

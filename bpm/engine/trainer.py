@@ -1,11 +1,10 @@
 """The training loop: P x K batches -> model (under the precision policy) -> criterion -> step.
 
-The trainer knows nothing about datasets, metrics or which losses it optimises: it gets a model,
-training records, a typed :class:`TrainConfig`, optionally a criterion (built from the config
-otherwise) and a validation callback, and logs whatever statistics the criterion returns. It owns
-checkpointing, so everything needed to resume exactly (model, optimizer, scaler and master
-weights, criterion buffers, epoch and step, every RNG state, the sampler seed) lives in one
-atomic file.
+The trainer builds none of its parts: it gets them from :func:`bpm.engine.build.build_training`
+(model, criterion, optimizer, sampler, loader, distributed context), plus a run folder and a
+validation callback, and logs whatever statistics the criterion returns. It owns checkpointing,
+so everything needed to resume exactly (model, optimizer, scaler and master weights, criterion
+buffers, epoch and step, every RNG state, the sampler seed) lives in one atomic file.
 """
 from __future__ import annotations
 
@@ -17,33 +16,24 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from bpm.data.loader import train_loader
-from bpm.data.records import ImageRecord
-from bpm.data.sampler import PKBatchSampler
-from bpm.data.transforms import train_transform
-from bpm.distill.extra import ExtraBatchSampler
-from bpm.distill.targets import CachedTargets, PerStepTargets
-from bpm.distributed import DistContext, broadcast_object, gather_for_mining, mean_over_ranks
+from bpm.distributed import gather_for_mining, mean_over_ranks
+from bpm.engine.build import TrainingParts
 from bpm.engine.checkpoint import (
     CKPT_NAME, atomic_torch_save, load_checkpoint, resumable_state_dicts, rng_state, set_rng_state,
 )
-from bpm.engine.config import TrainConfig
 from bpm.engine.resume_check import apply_to_optimizer, check_resume
 from bpm.engine.logging import RunLogger
 from bpm.engine.lr_schedule import lr_at_epoch, set_lr
 from bpm.errors import BpmError
-from bpm.losses.combine import ReidCriterion
-from bpm.models.input_spec import InputSpec
 from bpm.models.meta import file_meta
 from bpm.models.reid import ReidOutput
 from bpm.models.weights import load_model_weights_from_state
-from bpm.precision import PrecisionPolicy, PrecisionStepper
 
 # A validation callback returns (mAP, rank-1) for the current model.
 Validator = Callable[[torch.nn.Module], tuple[float, float]]
@@ -63,95 +53,40 @@ class Position:
     scores: dict = field(default_factory=dict)
 
 
-def build_optimizer(cfg: TrainConfig, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
-    """Adam (the original's choice) or SGD with Nesterov momentum, both with weight decay.
-
-    Both use PyTorch's fused kernels, which do the update arithmetic in FP32 whatever the
-    weights' dtype. That matters at O3, where the weights themselves are half: the unfused Adam
-    computes in float16, where its eps (1e-8) rounds to zero, so any weight whose squared gradient
-    underflows gets 0/0 and the whole network turns NaN within a few steps (seen on an H100 and
-    reproduced on CPU). It is also one kernel per step instead of one per tensor group on CUDA.
-    """
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.base_lr, momentum=cfg.momentum, nesterov=True,
-                               weight_decay=cfg.weight_decay, fused=True)
-    return torch.optim.Adam(params, lr=cfg.base_lr, weight_decay=cfg.weight_decay, fused=True)
-
-
-def class_index(train_records: Sequence[ImageRecord]) -> dict[int, int]:
-    """Training identity -> classifier output 0..C-1, sorted, so every rank agrees (the ID head's
-    classes are global under DDP) and a resumed run maps identities as before."""
-    return {pid: index for index, pid in enumerate(sorted({r.pid for r in train_records}))}
-
-
 def _as_output(out: torch.Tensor | ReidOutput) -> ReidOutput:
     """Models without neck or head (and plain test networks) may return a bare feature tensor."""
     return out if isinstance(out, ReidOutput) else ReidOutput(out, out, None)
 
 
 class Trainer:
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        policy: PrecisionPolicy,
-        cfg: TrainConfig,
-        train_records: Sequence[ImageRecord],
-        exp_dir: Path,
-        validator: Validator | None = None,
-        rank: int = 0,
-        world_size: int = 1,
-        criterion: Callable | None = None,
-        distill: CachedTargets | PerStepTargets | None = None,
-        extra_records: Sequence[ImageRecord] = (),
-        *,
-        input_spec: InputSpec,
-    ) -> None:
-        """``distill``: the teacher's target for each sample (by dataset index: ``train_records``, then
-        ``extra_records``, the unlabelled crops of ``--distill_extra`` appended to every batch).
-        ``input_spec``: what the model takes (size, normalisation: the model group's input size,
-        :func:`~bpm.models.input_spec.input_spec_of_model`), for the training transform and the
-        checkpoint's record; required, so no caller trains at a size it did not choose."""
-        self.cfg = cfg
-        self.input_spec = input_spec
-        self.policy = policy
+    def __init__(self, parts: TrainingParts, exp_dir: Path, validator: Validator | None = None) -> None:
+        """``parts``: what :func:`bpm.engine.build.build_training` made; ``exp_dir``: where the checkpoint goes;
+        ``validator``: (mAP, rank-1) of the model, called every ``epochs_per_val`` epochs."""
+        self.cfg = parts.cfg
+        self.input_spec = parts.input_spec
+        self.policy = parts.policy
+        self.dist = parts.ctx
+        self.rank, self.world_size = parts.ctx.rank, parts.ctx.world_size
+        self.is_main = parts.ctx.is_main
         self.exp_dir = Path(exp_dir)
-        self.rank, self.world_size = rank, world_size
-        self.is_main = rank == 0
-        self.dist = DistContext(rank, world_size, device=policy.device)
-        self.gather_for_mining = cfg.gather_for_mining and self.dist.enabled
-        self.classes = class_index(train_records)
+        self.gather_for_mining = self.cfg.gather_for_mining and self.dist.enabled
+        self.classes = parts.classes
         self._class_of = torch.full((max(self.classes, default=0) + 1,), -1, dtype=torch.long)
         for pid, index in self.classes.items():
             self._class_of[pid] = index
-        self.distill = distill
-        if criterion is None:
-            criterion = ReidCriterion(cfg.loss, len(self.classes), getattr(model, "feature_dim", 0),
-                                      distill.dim if distill is not None else 0)
-        self.criterion = criterion.to(policy.device) if isinstance(criterion, torch.nn.Module) else criterion
-        self.model = _wrap_for_ranks(model, policy, self.dist, cfg.sync_bn)
-        self.stepper = PrecisionStepper(policy, self.model)
-        # The criterion's own parameters (the distillation projection head, FP32) train with the model.
-        own = [p for p in self.criterion.parameters() if p.requires_grad] \
-            if isinstance(self.criterion, torch.nn.Module) else []
-        self.optimizer = build_optimizer(cfg, [*self.stepper.optimizer_params(), *own])
+        self.distill = parts.distill
+        self.criterion = parts.criterion
+        self.model = parts.model
+        self.stepper = parts.stepper
+        self.optimizer = parts.optimizer
         self.validator = validator
         self.position = Position()
-        self.sampler_seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**31)
-        self.sampler_seed = int(broadcast_object(self.dist, self.sampler_seed))  # one data order for all ranks
-        self.sampler = PKBatchSampler(
-            [r.pid for r in train_records], cfg.ids_per_batch, cfg.ims_per_id, self.sampler_seed, rank, world_size,
-            cfg.sampler_epoch,
-        )
-        if extra_records:
-            per_batch = cfg.distill_extra_per_batch or max(1, cfg.ids_per_batch * cfg.ims_per_id // 2)
-            self.sampler = ExtraBatchSampler(self.sampler, len(train_records), len(extra_records), per_batch)
-        transform = train_transform(
-            self.input_spec, cfg.mirror, cfg.crop_prob, cfg.crop_ratio, cfg.erase, cfg.erase_prob, cfg.pad_crop
-        )
-        self.loader = train_loader([*train_records, *extra_records], transform, self.sampler, cfg.workers)
+        self.sampler_seed = parts.sampler_seed
+        self.sampler = parts.sampler
+        self.loader = parts.loader
         self.ckpt_path = self.exp_dir / CKPT_NAME
-        self.max_nonfinite_steps = cfg.max_nonfinite_steps
-        self.ckpt_every_steps = cfg.ckpt_every_steps
+        self.max_nonfinite_steps = self.cfg.max_nonfinite_steps
+        self.ckpt_every_steps = self.cfg.ckpt_every_steps
         self._stop_signal: int | None = None
         self._stop_agreed = False
 
@@ -199,7 +134,7 @@ class Trainer:
         model_state, optimizer_state = resumable_state_dicts(ckpt, path)
         load_model_weights_from_state(self.bare_model, model_state, path)
         # A saved param group carries its kernel choice (the original's and older checkpoints: unfused);
-        # keep this run's fused kernels, which O3 needs (see build_optimizer).
+        # keep this run's fused kernels, which O3 needs (see bpm.engine.optimizers).
         kernels = {key: self.optimizer.defaults[key] for key in ("fused", "foreach") if key in self.optimizer.defaults}
         try:
             self.optimizer.load_state_dict(optimizer_state)
@@ -374,28 +309,6 @@ def format_stats(stats: dict[str, float]) -> str:
     """``loss 0.1234, prec 95.00%, ...`` for whatever statistics the criterion returned."""
     return ", ".join(f"{_SHORT_NAMES.get(k, k)} {v:.2%}" if k in _FRACTIONS else f"{_SHORT_NAMES.get(k, k)} {v:.4f}"
                      for k, v in stats.items())
-
-
-def _wrap_for_ranks(
-    model: torch.nn.Module, policy: PrecisionPolicy, ctx: DistContext, sync_bn: bool
-) -> torch.nn.Module:
-    """Cast/move the model for the policy and, with several ranks, wrap it in DDP.
-
-    SyncBatchNorm replaces the BatchNorm modules, so it comes before ``prepare_model`` (whose
-    FP32-BatchNorm hooks must sit on the final modules). DDP comes last: it averages the
-    model's own (half-precision at O2) gradients, which the stepper then copies to the FP32
-    master weights, and broadcasts rank 0's initial weights to every rank.
-    """
-    if ctx.enabled and sync_bn:
-        if policy.device.type != "cuda":
-            raise BpmError("--sync_bn true: SyncBatchNorm runs on CUDA devices only (nccl); on CPU each rank keeps "
-                           "its own BatchNorm statistics, drop --sync_bn")
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = policy.prepare_model(model)
-    if not ctx.enabled:
-        return model
-    device_ids = [policy.device.index] if policy.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
 def seed_everything(seed: int) -> None:

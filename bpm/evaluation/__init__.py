@@ -1,6 +1,10 @@
-"""Evaluation engine: distances, ranking metrics, k-reciprocal re-ranking, multi-query pooling.
+"""Evaluation: distances, ranking metrics, k-reciprocal re-ranking, multi-query pooling, and the
+features they are computed on.
 
-Pure numerical code; it never sees models or images.
+What this top level exports is pure numerical code on feature arrays and identity/camera ids. The
+package also holds the one extraction path that runs a model over images (:mod:`.features`), the
+features files every command reads and writes (:mod:`.features_file`) and the extraction of a whole
+image folder (:mod:`.folder_features`).
 """
 from bpm.evaluation.distance import compute_distances
 from bpm.evaluation.metrics import evaluate

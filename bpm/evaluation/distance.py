@@ -32,6 +32,17 @@ def compute_distances(
     ``cosine``: 1 - cos(q, g) on L2-normalised features (zero vectors stay zero).
     ``device=None`` uses CUDA when available, else CPU. ``chunk_size`` query rows are
     processed at a time, so peak extra memory is about chunk_size x len(g_feats) floats.
+
+    Args:
+        q_feats: query features, ``(q, d)`` (array or tensor).
+        g_feats: gallery features, ``(g, d)``.
+        metric: ``euclidean`` or ``cosine``.
+        squared: squared Euclidean distances (no square root).
+        chunk_size: query rows per step.
+        device: where to compute; None: CUDA when available, else CPU.
+
+    Returns:
+        The ``(q, g)`` float32 distance matrix.
     """
     if metric not in METRICS:
         raise BpmError(f"distance metric {metric!r} is unknown; expected one of {METRICS}")

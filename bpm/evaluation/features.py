@@ -8,22 +8,21 @@ precision are decided in one place and every user gets the same numbers for the 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from bpm.data.images import ImageLike
 from bpm.data.loader import test_loader
 from bpm.data.records import ImageRecord
-from bpm.data.transforms import test_transform
-from bpm.export.runtime import ImageLike, image_batch
+from bpm.data.transforms import image_batch, test_transform
+from bpm.distributed import DistContext, all_gather_rows, shard_range
 from bpm.models.input_spec import InputSpec
 from bpm.precision import PrecisionPolicy
 
-if TYPE_CHECKING:
-    from bpm.distributed import DistContext
 
 
 @torch.inference_mode()
@@ -89,8 +88,6 @@ def extract_features(
     world of one) is a single process.
     """
     if ctx is not None and ctx.enabled:
-        from bpm.distributed import all_gather_rows, shard_range
-
         mine = shard_range(len(records), batch_size, ctx.rank, ctx.world_size)
         local = extract_features(model, list(records)[mine.start : mine.stop], policy, spec, batch_size,
                                  workers, flip, normalize, desc)

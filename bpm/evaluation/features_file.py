@@ -26,8 +26,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from bpm.data.records import ImageRecord
+from bpm.data.records import ImageRecord, id_arrays
 from bpm.errors import BpmError
+from bpm.files import atomic_write
 
 FORMAT_VERSION = 2
 """1 (implicit: no attribute) = the two older layouts; 2 = groups everywhere, ``format_version`` set."""
@@ -54,9 +55,7 @@ class FeatureSplit:
 
     @classmethod
     def from_records(cls, features: np.ndarray, records: Sequence[ImageRecord]) -> "FeatureSplit":
-        return cls(features, [Path(r.path).name for r in records], [r.path for r in records],
-                   np.array([r.pid for r in records], dtype=np.int64),
-                   np.array([r.camid for r in records], dtype=np.int64))
+        return cls(features, [Path(r.path).name for r in records], [r.path for r in records], *id_arrays(records))
 
     @property
     def has_ids(self) -> bool:
@@ -101,8 +100,6 @@ def write_features_file(path: str | Path, splits: Mapping[str, FeatureSplit], at
     earlier model would be reported as this model's; a failed write leaves the previous file.
     """
     import h5py
-
-    from bpm.engine.outputs import atomic_write
 
     def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as handle:
@@ -185,7 +182,15 @@ def evaluation_normalization(path: str | Path, given: bool | None, flag: str = "
 
 
 def read_features_file(path: str | Path, flag: str = "--features_file") -> FeaturesFile:
-    """Every split of a features file, any version; one-line :class:`BpmError` naming ``flag`` and the file."""
+    """Every split of a features file, any version; one-line :class:`BpmError` naming ``flag`` and the file.
+
+    Args:
+        path: the HDF5 features file (``bpm test --save_features``, ``bpm extract``).
+        flag: the switch named in errors.
+
+    Returns:
+        The file's splits and attributes.
+    """
     import h5py
 
     path = Path(path)
@@ -220,6 +225,14 @@ def read_test_sets(path: str | Path, normalize: bool = False, flag: str = "--fea
 
     A file without such a pair (features of a plain folder) is refused in one line saying what it
     holds and what is needed, rather than evaluated as something it is not.
+
+    Args:
+        path: the HDF5 features file.
+        normalize: L2-normalise the features (as ``bpm test`` does for BNNeck models).
+        flag: the switch named in errors.
+
+    Returns:
+        One :class:`SavedTestSet` per ``<set>`` group, with records, names and features.
     """
     from bpm.evaluation.features import l2_normalize
 

@@ -36,11 +36,11 @@ from typing import Any
 
 import numpy as np
 
+from bpm.data.records import JUNK_PID
 from bpm.errors import BpmError
 
 PROTOCOLS = ("market1501", "cuhk03")
 AP_DEFINITIONS = ("sklearn", "market_matlab")
-JUNK_PID = -1
 CUHK03_DRAWS = 10
 _CHUNK_ELEMENTS = 1 << 22
 _MAX_THREADS = 4
@@ -60,20 +60,31 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score a ranking; smaller distance = more similar.
 
-    Returns a dict with
-    ``cmc`` (float64 array of length ``max_rank``, fractions; when the gallery is shorter than
-    ``max_rank`` the tail is padded with the last value, since every valid query has its first
-    match within the gallery), ``mAP``, ``mINP`` (fractions), ``num_valid_queries``,
-    ``num_invalid_queries`` (skipped: no true match left), ``ap`` (per query, NaN when
-    skipped) and ``first_match_rank`` (per query, 1-based rank of the first true match among
-    the valid gallery entries of the full gallery, -1 when skipped).
-
     ``ap="sklearn"``: mean of the precision at each true match (scikit-learn >= 0.19).
     ``ap="market_matlab"``: the official Market-1501 MATLAB code, which averages the precision
     before and at each true match (about one point lower).
     ``protocol="cuhk03"``: single-gallery-shot; ``CUHK03_DRAWS`` seeded draws of one valid
     gallery image per identity for each query, CMC/AP/mINP averaged over the draws (with one
     true match per draw AP is a function of its rank only).
+
+    Args:
+        distmat: ``(q, g)`` distances.
+        q_pids: query identity labels, ``(q,)``.
+        g_pids: gallery identity labels, ``(g,)`` (``JUNK_PID`` entries are ignored).
+        q_camids: query camera ids; same-identity same-camera gallery entries are skipped.
+        g_camids: gallery camera ids.
+        max_rank: the length of the CMC curve.
+        protocol: ``market1501`` or ``cuhk03``.
+        ap: ``sklearn`` or ``market_matlab``.
+        seed: the seed of the ``cuhk03`` draws.
+
+    Returns:
+        A dict with ``cmc`` (float64 array of length ``max_rank``, fractions; when the gallery is shorter
+            than ``max_rank`` the tail is padded with the last value, since every valid query has its first
+            match within the gallery), ``mAP``, ``mINP`` (fractions), ``num_valid_queries``,
+            ``num_invalid_queries`` (skipped: no true match left), ``ap`` (per query, NaN when skipped) and
+            ``first_match_rank`` (per query, 1-based rank of the first true match among the valid gallery
+            entries of the full gallery, -1 when skipped).
     """
     dist, qp, gp, qc, gc = _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids)
     if protocol not in PROTOCOLS:

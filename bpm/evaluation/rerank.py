@@ -43,6 +43,17 @@ def re_ranking(
 
     Pass plain (not squared) distances, as the original callers did: they are squared here.
     The q_q and g_g matrices need not be symmetric; columns are used as the algorithm says.
+
+    Args:
+        q_g_dist: query-gallery distances, ``(q, g)``.
+        q_q_dist: query-query distances, ``(q, q)``.
+        g_g_dist: gallery-gallery distances, ``(g, g)``.
+        k1: the k of the k-reciprocal neighbour sets.
+        k2: neighbours averaged in the local query expansion.
+        lambda_value: weight of the original distance against the Jaccard distance.
+
+    Returns:
+        The re-ranked ``(q, g)`` float32 distances.
     """
     qg, qq, gg = _check(q_g_dist, q_q_dist, g_g_dist, k1, k2, lambda_value)
     combined = _Combined(qg, qq, gg)

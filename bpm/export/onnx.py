@@ -6,62 +6,19 @@ stored in the file's metadata (``bpm.*`` keys) so that any consumer, our own
 """
 from __future__ import annotations
 
-import json
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from bpm.errors import BpmError
+from bpm.errors import BpmError, one_line
 from bpm.models.input_spec import InputSpec
+from bpm.models.onnx_graph import OnnxSpec
 
 OPSET = 17
 LEGACY_INPUT_NAME = "actual_input_1"
 LEGACY_OUTPUT_NAME = "output1"
-
-
-@dataclass(frozen=True)
-class OnnxSpec:
-    """What an exported graph expects and returns; written into (and read back from) its metadata."""
-
-    net: str
-    resize_h_w: tuple[int, int]
-    input_name: str = "images"
-    output_name: str = "features"
-    bake_normalization: bool = False
-    precision: str = "fp32"
-    input_meta: str = ""  # JSON of the source's InputSpec and recipe (bpm.models.meta.file_meta)
-
-    @property
-    def input_spec(self) -> InputSpec:
-        """The :class:`InputSpec` of the graph: the source model's (its JSON record), with this graph's
-        size and pixel range. Graphs without a record (older exports, other tools) get the backbone's
-        normalisation when the network is known, else the ResNet-50/MobileNet-V2 default."""
-        from bpm.models.registry import backbone_choices, get_backbone
-
-        record = json.loads(self.input_meta) if self.input_meta else {}
-        known = set(InputSpec.__dataclass_fields__) - {"net", "resize_h_w", "raw_pixels"}
-        values = {k: v for k, v in record.items() if k in known and v is not None}
-        if self.net in backbone_choices():
-            backbone = get_backbone(self.net)
-            values = {"mean": backbone.mean, "std": backbone.std, "feature_dim": backbone.feature_dim, **values}
-        for key in ("mean", "std"):
-            if key in values:
-                values[key] = tuple(float(v) for v in values[key])
-        values.setdefault("normalize_features", values.get("neck") == "bnneck")
-        return InputSpec(net=self.net if self.net != "unknown" else "", resize_h_w=tuple(self.resize_h_w),
-                         raw_pixels=self.bake_normalization, **values)
-
-    def metadata(self) -> dict[str, str]:
-        return {**({"bpm.input_meta": self.input_meta} if self.input_meta else {}),
-            "bpm.net": self.net,
-            "bpm.resize_h_w": f"{self.resize_h_w[0]},{self.resize_h_w[1]}",
-            "bpm.bake_normalization": str(self.bake_normalization).lower(),
-            "bpm.precision": self.precision,
-            "bpm.input": self.input_spec.describe_pixels(),
-        }
 
 
 class NormalizedInput(nn.Module):
@@ -116,32 +73,6 @@ def write_metadata(proto, spec: OnnxSpec) -> None:
         entry.key, entry.value = key, value
 
 
-def read_spec(path: str | Path) -> OnnxSpec:
-    """The :class:`OnnxSpec` of an exported file; graphs from elsewhere get one derived from their input."""
-    import onnx
-
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError/OSError variants depending on the damage
-        raise BpmError(f"{path}: not a readable ONNX file ({exc})") from exc
-    meta = {p.key: p.value for p in proto.metadata_props}
-    graph_input = proto.graph.input[0]
-    dims = graph_input.type.tensor_type.shape.dim
-    if len(dims) != 4 or not dims[2].dim_value or not dims[3].dim_value:
-        raise BpmError(f"{path}: expected an image input [N, 3, H, W] with fixed H and W")
-    h_w = tuple(int(v) for v in meta["bpm.resize_h_w"].split(",")) if "bpm.resize_h_w" in meta \
-        else (dims[2].dim_value, dims[3].dim_value)
-    return OnnxSpec(
-        net=meta.get("bpm.net", "unknown"),
-        resize_h_w=(h_w[0], h_w[1]),
-        input_name=graph_input.name,
-        output_name=proto.graph.output[0].name,
-        bake_normalization=meta.get("bpm.bake_normalization") == "true",
-        precision=meta.get("bpm.precision", "fp32"),
-        input_meta=meta.get("bpm.input_meta", ""),
-    )
-
-
 def convert_to_fp16(src: str | Path, dst: str | Path, spec: OnnxSpec) -> Path:
     """FP16 copy of an FP32 graph: weights and activations in half precision, FP32 input/output.
 
@@ -186,4 +117,4 @@ def check_onnx(path: str | Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise BpmError(f"{path}: onnx.checker rejected the exported graph ({str(exc).splitlines()[0]})") from exc
+        raise BpmError(f"{path}: onnx.checker rejected the exported graph ({one_line(exc)})") from exc

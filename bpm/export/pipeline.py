@@ -2,7 +2,8 @@
 
 Nothing is reported as exported until it has been reloaded and run: weights files through our
 loader, ONNX files through ``onnx.checker`` and ONNX Runtime, all against the PyTorch FP32 model
-on real images. The command fails if any format misses its threshold.
+on real images. The command fails if any format misses its threshold. What each format is, how it
+is written and how it is loaded for its check is its entry in :mod:`bpm.export.formats`.
 """
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ import copy
 import json
 import math
 import os
-import shutil
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,73 +20,32 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from bpm.config import DataSettings, ModelSettings, PrecisionSettings
 from bpm.data.datasets.common import list_image_names
-from bpm.data.records import TestSet
 from bpm.errors import BpmError
 from bpm.evaluation.features import embed_images, image_tensor, near_constant_rows
 from bpm.export.equalize import equalize_ranges
-from bpm.export.onnx import LEGACY_INPUT_NAME, LEGACY_OUTPUT_NAME, OnnxSpec, check_onnx, convert_to_fp16, export_onnx
+from bpm.export.formats import EXPORT_FORMATS, ExportContext, ExportFormat, default_formats
+from bpm.export.options import ExportOptions, ImageSets
+from bpm.export.onnx import LEGACY_INPUT_NAME, LEGACY_OUTPUT_NAME, OnnxSpec, export_onnx
 from bpm.export.qat import finetune_for_int8
-from bpm.export.quantize import quantize_int8
-from bpm.export.runtime import OnnxModel
 from bpm.export.sensitivity import activation_sensitivity
 from bpm.export.verify import (COSINE_THRESHOLDS, FormatCheck, add_retrieval, check_cosine, cosine_rows,
-                               describe_check, format_table, retrieval_scores, stamp_verification, write_report)
-from bpm.export.weights import save_pt, save_safetensors, state_precision, weights_state
-from bpm.inference import onnx_features
+                               describe_check, format_table, retrieval_scores, write_report)
 from bpm.machine import machine_line
-from bpm.models.input_spec import InputSpec
 from bpm.models.loading import load_model
-from bpm.models.meta import file_meta, safetensors_metadata
+from bpm.models.meta import file_meta
 from bpm.precision import PrecisionPolicy
 from bpm.threads import torch_threads
 
-FORMATS = ("pt", "pt16", "safetensors", "onnx", "onnx16", "onnx_int8")
-ONNX_FORMATS = ("onnx", "onnx16", "onnx_int8")
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """What ``bpm export`` does: the source file, the model, precision and data groups of the switches
-    (not re-declared here), and the export's own choices."""
-
-    weights: str
-    out_dir: str
-    formats: tuple[str, ...] = FORMATS
-    # Network, last stride and input size: what is left unset (or None), the weights file decides.
-    model: ModelSettings = field(default_factory=ModelSettings)
-    precision: PrecisionSettings = field(default_factory=PrecisionSettings)  # opt_level: the 'pt' file's
-    data: DataSettings | None = None  # calibration and verification images, and the accuracy check
-    calib_images: str | None = None
-    calib_count: int = 200
-    verify_count: int = 64
-    evaluate: bool = True
-    max_map_drop: float = 1.0
-    bake_normalization: bool = False
-    input_name: str = "images"
-    output_name: str = "features"
-    legacy_names: bool = False
-    quant_format: str = "qoperator"
-    calib_method: str = "mse"
-    int8_equalize: bool = True
-    int8_sensitivity: int = 0
-    qat_epochs: int = 0
-    qat_lr: float = 1e-4
-    opset: int = 17
-    name: str = ""
-    batch_size: int = 32
-    threads: int = 0
-    file_names: dict[str, str] = field(default_factory=dict)
-    input_spec: InputSpec | None = None  # set by run_export from the loaded model (bpm.load_model): the size used
-
 
 def parse_formats(text: str) -> tuple[str, ...]:
+    """``--formats``: a comma list of registered export formats (canonical names, in the order given)."""
     formats = tuple(f.strip() for f in text.split(",") if f.strip())
-    unknown = [f for f in formats if f not in FORMATS]
+    unknown = [f for f in formats if f not in EXPORT_FORMATS]
     if unknown or not formats:
-        raise BpmError(f"--formats: unknown format(s) {', '.join(unknown) or '(none)'}; choose from {','.join(FORMATS)}")
-    return formats
+        raise BpmError(f"--formats: unknown format(s) {', '.join(unknown) or '(none)'}; "
+                       f"choose from {','.join(EXPORT_FORMATS.choices())}")
+    return tuple(dict.fromkeys(EXPORT_FORMATS.canonical(f) for f in formats))
 
 
 def _evenly(items: Sequence, count: int) -> list:
@@ -94,16 +53,6 @@ def _evenly(items: Sequence, count: int) -> list:
     if count <= 0 or len(items) <= count:
         return list(items)
     return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
-
-
-@dataclass
-class ImageSets:
-    calibration: list[str]
-    verification: list[str]
-    description: str
-    test_set: TestSet | None = None
-    #: Images INT8 fine-tuning may learn from (training identities only; the calibration pool).
-    training: list[str] = field(default_factory=list)
 
 
 def _folder_images(folder: str) -> list[str]:
@@ -143,8 +92,10 @@ def choose_images(opts: ExportOptions, tmp: Path) -> ImageSets:
         return ImageSets(calibration, verification,
                          f"{opts.calib_images}: alternate images for calibration and verification",
                          training=paths[0::2])
-    if "onnx_int8" in opts.formats:
-        raise BpmError("--formats onnx_int8 needs calibration images: give --dataset/--data_root or --calib_images DIR")
+    calibrated = [f for f in opts.formats if EXPORT_FORMATS.get(f).needs_calibration]
+    if calibrated:
+        raise BpmError(f"--formats {','.join(calibrated)} needs calibration images: give --dataset/--data_root or "
+                       "--calib_images DIR")
     paths = _synthetic_images(tmp)
     return ImageSets([], _evenly(paths, opts.verify_count),
                      "no --dataset or --calib_images: verification on rendered synthetic pedestrians (bpm synth)")
@@ -160,11 +111,12 @@ def reference_features(model: torch.nn.Module, paths: Sequence[str], opts: Expor
 
 
 def _file_names(opts: ExportOptions, net: str) -> dict[str, str]:
+    """Final file name of every registered format (its entry's pattern)."""
     size = opts.input_spec.resize_h_w
     stem = opts.name or f"{net}_{size[0]}x{size[1]}"
-    pt_precision = "fp16" if opts.precision.opt_level in ("O2", "O3") else "fp32"
-    return {"pt": f"{stem}_{pt_precision}.pt", "pt16": f"{stem}_fp16.pt", "safetensors": f"{stem}_fp32.safetensors",
-            "onnx": f"{stem}_fp32.onnx", "onnx16": f"{stem}_fp16.onnx", "onnx_int8": f"{stem}_int8.onnx"}
+    weights_precision = "fp16" if opts.precision.opt_level in ("O2", "O3") else "fp32"
+    return {name: EXPORT_FORMATS.get(name).file_name.format(stem=stem, weights_precision=weights_precision)
+            for name in EXPORT_FORMATS.names()}
 
 
 def staged_name(final: Path) -> Path:
@@ -178,14 +130,16 @@ def refused_name(final: Path) -> Path:
     return final.with_name(f"{final.stem}.refused{final.suffix}")
 
 
-def settle(check: FormatCheck, staged: Path, final: Path) -> Path:
-    """Move a checked file to its final name, or aside as ``*.refused.<ext>``; ONNX files record which
-    (and how they were checked) in their metadata. Returns where the file now is."""
+def settle(check: FormatCheck, staged: Path, final: Path, fmt: ExportFormat) -> Path:
+    """Move a checked file (and its companions) to its final name, or aside as ``*.refused.<ext>``;
+    formats that can hold it record which (and how they were checked) in the file. Returns where
+    the file now is."""
     target = final if check.passed else refused_name(final)
     check.status = "verified" if check.passed else "refused"
-    if final.suffix == ".onnx":
-        stamp_verification(staged, check.status, f"bpm export: {describe_check(check)}")
-    os.replace(staged, target)
+    if fmt.stamp is not None:
+        fmt.stamp(staged, check.status, f"bpm export: {describe_check(check)}")
+    for source, destination in zip(fmt.files(staged), fmt.files(target)):
+        os.replace(source, destination)
     check.file = target.name
     return target
 
@@ -257,6 +211,10 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
 
 
 def _run_export(opts: ExportOptions, log: Callable[[str], None]) -> dict:
+    if not opts.formats:
+        opts = replace(opts, formats=default_formats())
+    for name in opts.formats:
+        EXPORT_FORMATS.get(name)  # an unknown name is a one-line error before anything is loaded
     check_int8_options(opts)
     out = Path(opts.out_dir)
     if out.exists() and not out.is_dir():
@@ -295,58 +253,31 @@ def _run_export(opts: ExportOptions, log: Callable[[str], None]) -> dict:
             feats = reference_features(model, eval_paths, opts)
             ref_scores = retrieval_scores(feats[:nq], feats[nq:], images.test_set, normalize)
 
+        ctx = ExportContext(model, opts, spec, meta, images, reference, Path(tmp), log)
+        written: set[str] = set()
         staged: list[Path] = []  # removed whatever happens, unless settled (moved to a final or refused name)
         try:
-            for fmt in (f for f in FORMATS if f in opts.formats and f not in ONNX_FORMATS):
-                if fmt == "pt16" and "pt" in opts.formats and names["pt"] == names["pt16"]:
-                    continue  # --opt-level O2/O3 already wrote the FP16 file as "pt"
-                level = {"pt": opts.precision.opt_level, "pt16": "O2"}.get(fmt, "O0")
-                state = weights_state(model, level, opts.precision.keep_batchnorm_fp32)
-                final = out / names[fmt]
+            for name in dict.fromkeys(EXPORT_FORMATS.canonical(f) for f in opts.formats):  # in the order asked
+                fmt = EXPORT_FORMATS.get(name)
+                if names[name] in written:
+                    continue  # e.g. pt under --opt-level O2 is already the FP16 file pt16 names
+                written.add(names[name])
+                final = out / names[name]
                 path = staged_name(final)
-                staged.append(path)
-                if fmt == "safetensors":
-                    save_safetensors(state, path, {"net": model.net, "format": "bpm re-ID weights (base.* keys)",
-                                                   **safetensors_metadata(meta)})
-                else:
-                    save_pt(state, path, meta)
-                reloaded, _spec = load_model(path, net=model.net, last_conv_stride=input_spec.last_conv_stride)
-                check = check_cosine(fmt, path, state_precision(state),
-                                     reference_features(reloaded, images.verification, opts), reference)
-                settle(check, path, final)
-                checks.append(check)
-
-            int8_notes: dict = {}
-            fp32_onnx = Path(tmp) / names["onnx"]  # the graph every ONNX format is made from
-            if any(f in opts.formats for f in ONNX_FORMATS):
-                export_onnx(model, fp32_onnx, spec, opts.opset)
-            for fmt in (f for f in ONNX_FORMATS if f in opts.formats):
-                final = out / names[fmt]
-                path = staged_name(final)
-                staged.append(path)
-                if fmt == "onnx":
-                    shutil.copyfile(fp32_onnx, path)
-                elif fmt == "onnx16":
-                    convert_to_fp16(fp32_onnx, path, spec)
-                else:
-                    source, int8_notes = _int8_source(model, reference, fp32_onnx, spec, images, opts, Path(tmp),
-                                                      log)
-                    quantize_int8(source, path, spec, images.calibration, opts.quant_format, opts.calib_method)
-                check_onnx(path)
-                runner = OnnxModel(path, opts.threads)
-                precision = runner.spec.precision
+                staged += fmt.files(path)
+                fmt.write(ctx, path)
+                opened = fmt.opens(ctx, path)
                 # Against the original model for every format: fine-tuning teaches the 8-bit network to
                 # give the original's embedding (the fine-tuned FP32 weights themselves drift from it).
-                check = check_cosine(fmt, path, precision,
-                                     onnx_features(runner, images.verification, opts.batch_size), reference)
-                if images.test_set is not None:
-                    feats = onnx_features(runner, eval_paths, opts.batch_size)
+                check = check_cosine(name, path, opened.precision, opened.features(images.verification), reference)
+                if fmt.retrieval and images.test_set is not None:
+                    feats = opened.features(eval_paths)
                     add_retrieval(check, retrieval_scores(feats[:nq], feats[nq:], images.test_set, normalize),
                                   ref_scores, opts.max_map_drop)
-                where = settle(check, path, final)
+                where = settle(check, path, final, fmt)
                 checks.append(check)
                 # "checked": the verdict (ok, or why not) follows in the table.
-                log(f"  {fmt}: {where.name} checked (mean cosine {check.cosine_mean:.5f}): "
+                log(f"  {name}: {where.name} checked (mean cosine {check.cosine_mean:.5f}): "
                     + ("verified" if check.passed else "REFUSED, " + "; ".join(check.failures)))
         finally:
             for path in staged:
@@ -361,7 +292,8 @@ def _run_export(opts: ExportOptions, log: Callable[[str], None]) -> dict:
         "onnx": {"opset": opts.opset, "input": input_name, "output": output_name,
                  "bake_normalization": opts.bake_normalization, "quant_format": opts.quant_format,
                  "calib_method": opts.calib_method},
-        "int8": int8_notes or None,
+        "int8": ctx.notes.get("int8") or None,
+        **{k: v for k, v in ctx.notes.items() if k != "int8"},
         "degenerate_reference": degenerate,
         "machine": machine_line(),
         "reference": None if ref_scores is None else {"mAP": ref_scores[0], "rank1": ref_scores[1],

@@ -13,9 +13,10 @@ from typing import Sequence
 
 import numpy as np
 
+from bpm.data.images import ImageLike
+from bpm.data.transforms import image_batch
 from bpm.errors import BpmError
 from bpm.export.onnx import OnnxSpec, write_metadata
-from bpm.export.runtime import ImageLike, image_batch
 
 QUANT_FORMATS = ("qdq", "qoperator")
 CALIBRATION_METHODS = ("mse", "minmax", "percentile", "entropy")

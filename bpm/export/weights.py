@@ -12,7 +12,7 @@ from typing import Mapping
 import torch
 
 from bpm.models.meta import attach_to_state
-from bpm.models.weights import StateDict
+from bpm.models.registry import StateDict
 from bpm.precision import PrecisionPolicy
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from bpm.losses.term import LossBatch, LossShapes, LossTerm, TermResult, register_loss_term
+
 
 class CenterLoss(torch.nn.Module):
     """``mean_i ||f_i - c_{y_i}||^2 / 2`` over the batch, centres ``[num_classes, dim]`` updated with rate ``alpha``."""
@@ -39,3 +41,19 @@ class CenterLoss(torch.nn.Module):
         old = self.centers[classes]
         delta = (old * counts[:, None] - sums) / (1 + counts[:, None])
         self.centers[classes] = torch.where(fresh[:, None], old, old - self.alpha * delta)
+
+
+@register_loss_term("center")
+class CenterTerm(CenterLoss, LossTerm):
+    """The centre loss on the pooled feature before the neck; centres per training identity (option ``center_alpha``)."""
+
+    weight_switch = "center_loss_weight"
+    needs_classes = True
+    on_resume = "fixed"  # the centres are trained for it
+
+    @classmethod
+    def build(cls, config, shapes: LossShapes) -> "CenterTerm":
+        return cls(shapes.num_classes, shapes.feature_dim, config.center_alpha)
+
+    def loss(self, batch: LossBatch) -> TermResult:
+        return self(batch.pre_neck, batch.targets)

@@ -1,37 +1,39 @@
-"""The training criterion: a weighted sum of re-ID losses, each fed the part of the model output it needs.
+"""The training criterion: the weighted sum of the registered loss terms (:mod:`bpm.losses.term`) that have a weight.
 
 Following the BNNeck design (Luo et al. 2019), the metric losses (triplet, centre) see the feature
 *before* the neck and the ID loss sees the classifier's logits on the feature *after* it; without
-a neck both are the same tensor, which is the original's triplet-only training.
+a neck both are the same tensor, which is the original's triplet-only training. Each term picks its
+tensor from the :class:`~bpm.losses.term.LossBatch`.
 
 A criterion returns ``(loss, stats)``; ``stats`` is a flat dict of floats that the trainer, the
-run log, TensorBoard and the plots show whatever it holds. With the triplet loss alone the stats
-are exactly the original's (``loss``, ``precision``, ``satisfy_margin``, ``dist_ap``, ``dist_an``);
-with several terms ``loss`` is the total and each term's own loss is ``<term>_loss``.
+run log, TensorBoard and the plots show whatever it holds. With one term at weight 1 (the triplet
+loss alone: the original's training) the stats are that term's own (``loss``, ``precision``,
+``satisfy_margin``, ``dist_ap``, ``dist_an``); with several, ``loss`` is the total and each term's
+own loss is ``<term>_loss``.
 
-Distillation (:mod:`bpm.losses.distill`) adds ``distill`` and ``relational`` terms on the retrieval
-feature (after the neck), fed the teacher's targets. Samples labelled ``-1`` (unlabelled crops from
-``--distill_extra``) are seen by those terms only; the ID, triplet and centre terms skip them.
+Samples labelled ``-1`` (unlabelled crops from ``--distill_extra``) are seen only by the terms that
+are not ``labelled_only`` (the distillation terms, :mod:`bpm.losses.distill`); those are computed
+first, on the whole batch, and summed after the others. Terms are summed in registration order
+(:mod:`bpm.losses` imports the built-in ones in the original's order: triplet, ID, centre, distill,
+relational), so the total is the same float sum as before.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field, fields
+from typing import Mapping
 
 import torch
 
-from bpm.losses.center import CenterLoss
-from bpm.losses.cross_entropy import CrossEntropyLabelSmooth
-from bpm.losses.distill import EmbeddingDistillation, RelationalDistillation
-from bpm.losses.triplet import BatchHardTripletLoss
-
-# Gathers (features, labels) from every rank for hard-example mining across the global batch.
-Gather = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+from bpm.losses.term import LOSS_TERMS, Gather, LossBatch, LossShapes, LossTerm
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Which terms the criterion sums, and their settings (a weight of 0 leaves a term out)."""
+    """Which terms the criterion sums, and their settings (a weight of 0 leaves a term out).
+
+    The built-in terms' weights and options are fields (their switches are the original's);
+    ``weights`` holds the weight of any other registered term, by term name.
+    """
 
     triplet_weight: float = 1.0
     margin: float = 0.3
@@ -44,69 +46,79 @@ class LossConfig:
     distill_weight: float = 0.0
     relational_weight: float = 0.0
     distill_metric: str = "cosine"
+    weights: Mapping[str, float] = field(default_factory=dict)
+
+    def weight_of(self, term: type[LossTerm]) -> float:
+        """The weight of ``term``: its field when it has one, else its entry in :attr:`weights` (default 0)."""
+        if term.weight_switch in _FIELDS:
+            return float(getattr(self, term.weight_switch))
+        return float(self.weights.get(term.name, 0.0))
+
+    def active_terms(self) -> list[tuple[type[LossTerm], float]]:
+        """``(term class, weight)`` of every registered term with a positive weight, in registration order."""
+        terms = [LOSS_TERMS.get(name) for name in LOSS_TERMS.names()]
+        return [(term, self.weight_of(term)) for term in terms if self.weight_of(term) > 0]
 
     @property
     def needs_teacher(self) -> bool:
         """Whether a term compares with a teacher's embeddings (:mod:`bpm.distill`)."""
-        return self.distill_weight > 0 or self.relational_weight > 0
+        return any(term.needs_teacher for term, _ in self.active_terms())
 
     @property
     def needs_classes(self) -> bool:
         """Whether the model needs a classifier head over the training identities."""
-        return self.id_loss_weight > 0 or self.center_loss_weight > 0
+        return any(term.needs_classes for term, _ in self.active_terms())
+
+
+_FIELDS = frozenset(f.name for f in fields(LossConfig)) - {"weights"}
+
+
+def field_switches() -> frozenset[str]:
+    """The weight switches that are :class:`LossConfig` fields (the built-in terms'; declared in :mod:`bpm.config`)."""
+    return _FIELDS
 
 
 class ReidCriterion(torch.nn.Module):
-    """``triplet_weight * triplet + id_loss_weight * ID + center_loss_weight * centre``
-    ``+ distill_weight * distill + relational_weight * relational``."""
+    """``sum_t weight_t * term_t`` over the registered terms with a positive weight.
+
+    Each term is a submodule named after it (``center.centers``, ``distill.projection.weight`` in
+    the criterion's state_dict, which the checkpoint keeps for an exact resume).
+    """
 
     def __init__(self, config: LossConfig, num_classes: int = 0, feature_dim: int = 0, teacher_dim: int = 0) -> None:
         super().__init__()
-        if config.needs_classes and num_classes <= 0:
-            raise ValueError("the ID and centre losses need the number of training identities")
+        active = config.active_terms()
+        with_classes = [term.name for term, _ in active if term.needs_classes]
+        if with_classes and num_classes <= 0:
+            raise ValueError(f"the loss terms {', '.join(with_classes)} need the number of training identities")
         self.config = config
-        self.triplet = (BatchHardTripletLoss(config.margin, config.soft_margin, config.normalize_feature)
-                        if config.triplet_weight > 0 else None)
-        self.id_loss = CrossEntropyLabelSmooth(config.label_smoothing) if config.id_loss_weight > 0 else None
-        self.center = (CenterLoss(num_classes, feature_dim, config.center_alpha)
-                       if config.center_loss_weight > 0 else None)
-        # The projection head (a training-only parameter) lives here, never in the model.
-        self.distill = (EmbeddingDistillation(feature_dim, teacher_dim, config.distill_metric)
-                        if config.distill_weight > 0 else None)
-        self.relational = RelationalDistillation() if config.relational_weight > 0 else None
-        if self.triplet is None and self.id_loss is None and self.center is None and not config.needs_teacher:
+        shapes = LossShapes(num_classes, feature_dim, teacher_dim)
+        self.weights: dict[str, float] = {}
+        for term, weight in active:
+            self.add_module(term.name, term.build(config, shapes))
+            self.weights[term.name] = weight
+        if not active:
             raise ValueError("the criterion has no term: give the triplet, ID or centre loss a positive weight")
+
+    def term(self, name: str) -> LossTerm | None:
+        """The active term called ``name``, or None when its weight is 0."""
+        return self._modules.get(name) if name in self.weights else None  # type: ignore[return-value]
 
     def forward(self, outputs, targets: torch.Tensor, gather: Gather | None = None,
                 teacher: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """``outputs``: a :class:`bpm.models.reid.ReidOutput`; ``targets``: class indices 0..C-1, or -1 for an
         unlabelled sample; ``teacher``: the teacher's normalised embeddings, one row per sample."""
-        terms: list[tuple[str, float, torch.Tensor, dict]] = []
-        distill_terms: list[tuple[str, float, torch.Tensor, dict]] = []  # on every sample, unlabelled ones too
-        if self.config.needs_teacher:
-            if teacher is None:
-                raise ValueError("the distillation terms need the teacher's embeddings")
-            if self.distill is not None:
-                distill_terms.append(("distill", self.config.distill_weight, *self.distill(outputs.features, teacher)))
-            if self.relational is not None:
-                distill_terms.append(("relational", self.config.relational_weight,
-                                      *self.relational(outputs.features, teacher)))
+        batch = LossBatch(outputs.features, outputs.pre_neck, outputs.logits, targets, teacher, gather)
+        active = [(name, self.weights[name], self._modules[name]) for name in self.weights]
+        if teacher is None and any(module.needs_teacher for _, _, module in active):
+            raise ValueError("the distillation terms need the teacher's embeddings")
+        # Terms that see every sample (unlabelled ones too) first, on the whole batch.
+        every = [(name, weight, *module.loss(batch)) for name, weight, module in active if not module.labelled_only]
         labelled = targets >= 0
         if not bool(labelled.all()):
-            outputs = type(outputs)(*(None if t is None else t[labelled] for t in outputs))
-            targets = targets[labelled]
-        if self.triplet is not None:
-            features, labels = outputs.pre_neck, targets
-            if gather is not None:
-                features, labels = gather(features, labels)
-            terms.append(("triplet", self.config.triplet_weight, *self.triplet(features, labels)))
-        if self.id_loss is not None:
-            if outputs.logits is None:
-                raise ValueError("the ID loss needs a model with a classifier head (num_classes > 0)")
-            terms.append(("id", self.config.id_loss_weight, *self.id_loss(outputs.logits, targets)))
-        if self.center is not None:
-            terms.append(("center", self.config.center_loss_weight, *self.center(outputs.pre_neck, targets)))
-        terms += distill_terms
+            batch = batch.select(labelled)
+        terms = [(name, weight, *module.loss(batch)) for name, weight, module in active if module.labelled_only]
+        terms += every
         if len(terms) == 1 and terms[0][1] == 1.0:
             return terms[0][2], terms[0][3]
         total = sum(weight * loss for _name, weight, loss, _stats in terms)

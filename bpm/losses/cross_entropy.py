@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from bpm.losses.term import LossBatch, LossShapes, LossTerm, TermResult, register_loss_term
+
 
 class CrossEntropyLabelSmooth(torch.nn.Module):
     """``cross_entropy(logits, target, label_smoothing=epsilon)``, plus the batch's top-1 accuracy."""
@@ -26,3 +28,21 @@ class CrossEntropyLabelSmooth(torch.nn.Module):
         with torch.no_grad():
             accuracy = float((logits.argmax(1) == targets).float().mean())
         return loss, {"loss": float(loss.detach()), "id_accuracy": accuracy}
+
+
+@register_loss_term("id")
+class IdTerm(CrossEntropyLabelSmooth, LossTerm):
+    """The ID loss on the classifier head's logits (the feature after the neck); option ``--label_smoothing``."""
+
+    weight_switch = "id_loss_weight"
+    needs_classes = True
+    on_resume = "fixed"  # the ID head is sized and trained for it
+
+    @classmethod
+    def build(cls, config, shapes: LossShapes) -> "IdTerm":
+        return cls(config.label_smoothing)
+
+    def loss(self, batch: LossBatch) -> TermResult:
+        if batch.logits is None:
+            raise ValueError("the ID loss needs a model with a classifier head (num_classes > 0)")
+        return self(batch.logits, batch.targets)

@@ -17,7 +17,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from bpm.losses.term import LossBatch, LossShapes, LossTerm, TermResult, register_loss_term
+
 METRICS = ("cosine", "l2")
+
+#: Which student feature the terms distil: the pooled trunk feature, *before* the neck. After a
+#: BNNeck, training-mode batch normalisation centres every feature over the batch, so the batch's
+#: mean pairwise cosine is ~0 and a bias-free projection keeps it so, while a teacher's embeddings
+#: (OSNet's, after a ReLU: non-negative) have a mean pairwise cosine of ~0.5 (0.48 for
+#: OSNet-x0.25 on CUHK03). Neither term can then be met, and on real data their pull stopped the ID
+#: loss from learning at all (docs/results/accuracy.md). The pooled trunk feature of a ReLU network
+#: is non-negative like the teacher's; the ID loss keeps the BNNeck feature to itself, as BoT keeps
+#: the triplet loss on the pre-neck feature for the same kind of reason.
+DISTILLED_FEATURE = "pre_neck"
 
 
 class EmbeddingDistillation(torch.nn.Module):
@@ -64,3 +76,35 @@ class RelationalDistillation(torch.nn.Module):
         off_diagonal = ~torch.eye(n, dtype=torch.bool, device=diff.device)
         loss = diff[off_diagonal].pow(2).mean()
         return loss, {"loss": float(loss.detach())}
+
+
+@register_loss_term("distill")
+class DistillTerm(EmbeddingDistillation, LossTerm):
+    """Embedding distillation of the pooled trunk feature (before the neck; see :data:`DISTILLED_FEATURE`),
+    on every sample (unlabelled crops too); option ``--distill_metric``. Its projection head is a
+    criterion parameter, optimised with the model."""
+
+    weight_switch = "distill_weight"
+    labelled_only = False
+    needs_teacher = True
+
+    @classmethod
+    def build(cls, config, shapes: LossShapes) -> "DistillTerm":
+        return cls(shapes.feature_dim, shapes.teacher_dim, config.distill_metric)
+
+    def loss(self, batch: LossBatch) -> TermResult:
+        return self(getattr(batch, DISTILLED_FEATURE), batch.teacher)
+
+
+@register_loss_term("relational")
+class RelationalTerm(RelationalDistillation, LossTerm):
+    """Relational distillation of the pooled trunk feature (before the neck; see :data:`DISTILLED_FEATURE`),
+    on every sample (unlabelled crops too)."""
+
+    weight_switch = "relational_weight"
+    on_resume = ""  # stateless
+    labelled_only = False
+    needs_teacher = True
+
+    def loss(self, batch: LossBatch) -> TermResult:
+        return self(getattr(batch, DISTILLED_FEATURE), batch.teacher)

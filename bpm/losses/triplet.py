@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from bpm.losses.term import LossBatch, LossShapes, LossTerm, TermResult, register_loss_term
+
 
 def euclidean_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Pairwise Euclidean distances ``[m, n]``; clamped before sqrt so the gradient stays finite."""
@@ -53,3 +55,22 @@ class BatchHardTripletLoss(torch.nn.Module):
                 "dist_an": float(dist_an.mean()),
             }
         return loss, stats
+
+
+@register_loss_term("triplet")
+class TripletTerm(BatchHardTripletLoss, LossTerm):
+    """The triplet loss on the pooled feature before the neck, mined over every rank's batch with
+    ``--gather_for_mining``; options ``--margin``, ``--soft_margin``, ``normalize_feature``."""
+
+    weight_switch = "triplet_weight"
+    on_resume = ""  # stateless
+
+    @classmethod
+    def build(cls, config, shapes: LossShapes) -> "TripletTerm":
+        return cls(config.margin, config.soft_margin, config.normalize_feature)
+
+    def loss(self, batch: LossBatch) -> TermResult:
+        features, labels = batch.pre_neck, batch.targets
+        if batch.gather is not None:
+            features, labels = batch.gather(features, labels)
+        return self(features, labels)

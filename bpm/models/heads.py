@@ -16,8 +16,3 @@ def build_id_head(dim: int, num_classes: int) -> nn.Linear:
     head = nn.Linear(dim, num_classes, bias=False)
     nn.init.normal_(head.weight, std=0.001)
     return head
-
-
-def without_head(state: dict) -> dict:
-    """A state_dict minus the training-only head's tensors."""
-    return {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}

@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from bpm.errors import BpmError
+from bpm.errors import BpmError, one_line
 from bpm.models.registry import BackboneSpec, StateDict, get_backbone
 from bpm.models.weights import extract_model_state, imagenet_trunk_state, load_trunk_state, read_weights_file
 
@@ -52,12 +52,6 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(previous)
 
 
-def _one_line(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None) or exc  # URLError wraps the socket error in .reason
-    text = " ".join(str(reason).split())
-    return text or type(exc).__name__
-
-
 def fetch_imagenet_state(spec: BackboneSpec, progress: bool = True,
                          timeout: float = DOWNLOAD_TIMEOUT_S) -> tuple[StateDict, Path]:
     """``spec``'s ImageNet state_dict and the cached file it came from.
@@ -82,9 +76,10 @@ def fetch_imagenet_state(spec: BackboneSpec, progress: bool = True,
         with _socket_timeout(timeout):
             state = spec.imagenet_weights.get_state_dict(progress=progress, check_hash=True, weights_only=True)
     except (OSError, http.client.HTTPException, RuntimeError, ValueError) as exc:  # URLError, timeouts are OSError
+        reason = one_line(getattr(exc, "reason", None) or exc)  # URLError wraps the socket error in .reason
         raise BpmError(
             f"--net_pretrained_path imagenet: cannot download {cached.name} (torchvision {spec.imagenet_name}) "
-            f"from {spec.imagenet_weights.url}: {_one_line(exc)}; put that file in {cached.parent}/ "
+            f"from {spec.imagenet_weights.url}: {reason}; put that file in {cached.parent}/ "
             f"(torch's hub cache, $TORCH_HOME/hub/checkpoints), or pass --net_pretrained_path none "
             f"(random weights) or --net_pretrained_path <local weights file>"
         ) from None

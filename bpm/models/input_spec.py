@@ -18,14 +18,40 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from bpm.errors import BpmError
+from bpm.models.necks import normalizes_at_test
 
 #: The ImageNet mean/std of ResNet-50 and MobileNet-V2 as the original project used them (torchvision
 #: publishes 0.485, 0.456, 0.406); kept to the digit so that every number stays as it was.
 IMAGENET_MEAN = (0.486, 0.459, 0.408)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_SIZE = (256, 128)
+# Input sizes beyond this are a typo, not a person crop (torch would try to allocate terabytes).
+MAX_SIDE = 4096
 COLOR_ORDERS = ("RGB", "BGR")
 INTERPOLATIONS = ("bilinear",)
+
+
+def check_input_size(size: Any) -> tuple[int, int]:
+    """``--resize_h_w`` (and ``FeatureExtractor(resize_h_w=...)``): two whole sides of 1..MAX_SIDE pixels.
+
+    Args:
+        size: the requested ``(height, width)``, as given (a tuple, list or the switch's parsed value).
+
+    Returns:
+        ``(height, width)`` as ints.
+
+    Raises:
+        BpmError: one line naming ``--resize_h_w`` and what was expected.
+    """
+    try:
+        sides = tuple(size)
+        ok = len(sides) == 2 and all(float(v).is_integer() and 1 <= v <= MAX_SIDE for v in sides)
+    except (TypeError, ValueError):
+        sides, ok = size, False
+    if not ok:
+        raise BpmError(f"--resize_h_w: expected '(height, width)' with each side from 1 to {MAX_SIDE} pixels, "
+                       f"got {sides!r}")
+    return int(sides[0]), int(sides[1])
 
 
 @dataclass(frozen=True)
@@ -122,8 +148,6 @@ def resolve_input_spec(backbone, meta: Mapping[str, Any], overrides: Mapping[str
     A stride the backbone has no switch for is refused when asked for, and ignored in an older
     file's record (it never changed the network).
     """
-    from bpm.models.backbones import check_last_conv_stride
-
     defaults: dict[str, Any] = {
         "net": backbone.name, "mean": backbone.mean, "std": backbone.std, "feature_dim": backbone.feature_dim,
         "resize_h_w": DEFAULT_SIZE, "last_conv_stride": 1, "color": "RGB", "interpolation": "bilinear",
@@ -137,7 +161,7 @@ def resolve_input_spec(backbone, meta: Mapping[str, Any], overrides: Mapping[str
         stored["last_conv_stride"] = 1  # e.g. MobileNet-V2 trained with --last_conv_stride 2, which did nothing
     values = {**defaults, **stored}
     if overrides.get("last_conv_stride") is not None:
-        check_last_conv_stride(backbone, int(overrides["last_conv_stride"]))  # refused before any warning
+        backbone.check_last_conv_stride(int(overrides["last_conv_stride"]))  # refused before any warning
     for name, given in overrides.items():
         if given is None or name not in known or name == "net":
             continue
@@ -146,11 +170,11 @@ def resolve_input_spec(backbone, meta: Mapping[str, Any], overrides: Mapping[str
             print(f"warning: {_SWITCH.get(name, name)} {_show(value)} differs from the {_show(stored[name])} that "
                   f"{source} was trained with; using {_show(value)}", file=sys.stderr)
         values[name] = value
-    check_last_conv_stride(backbone, values["last_conv_stride"])
+    backbone.check_last_conv_stride(values["last_conv_stride"])
     values.setdefault("pooling", "avg")
     values.setdefault("neck", "none")
     if "normalize_features" not in values:
-        values["normalize_features"] = values["neck"] == "bnneck"
+        values["normalize_features"] = normalizes_at_test(values["neck"])
     return InputSpec(**{k: v for k, v in values.items() if k in known})
 
 
@@ -165,7 +189,7 @@ def input_spec_of_model(model, resize_h_w: tuple[int, int]) -> InputSpec:
     neck = architecture.get("neck", "none")
     common = {"resize_h_w": (int(resize_h_w[0]), int(resize_h_w[1])),
               "last_conv_stride": int(getattr(model, "last_conv_stride", 1)),
-              "pooling": architecture.get("pooling", "avg"), "neck": neck, "normalize_features": neck == "bnneck",
+              "pooling": architecture.get("pooling", "avg"), "neck": neck, "normalize_features": normalizes_at_test(neck),
               "feature_dim": int(getattr(model, "feature_dim", 0) or 0)}
     if net is None:
         return InputSpec(net="", **common)

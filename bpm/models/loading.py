@@ -11,7 +11,8 @@ What it reads: our checkpoints and weights files (``.pth``/``.pt``/``.safetensor
 their network and spec, :mod:`bpm.models.meta`), the original's checkpoints and released weights
 and ImageNet files (no record: the network is recognised by its first layer's key, the pooling
 and neck by the keys of :func:`bpm.models.reid.architecture_of`), and exported ``.onnx`` graphs
-(their metadata), which run through ONNX Runtime behind a module interface.
+and OpenVINO ``.xml`` IRs (their metadata), which run through ONNX Runtime or OpenVINO behind a
+module interface.
 """
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from torch import nn
 from bpm.errors import BpmError
 from bpm.models.input_spec import InputSpec, resolve_input_spec
 from bpm.models.meta import stored_meta
-from bpm.models.registry import BackboneSpec, get_backbone
+from bpm.models.backends import backend_for_file
+from bpm.models.onnx_graph import GraphModule
+from bpm.models.registry import BackboneSpec, backbone_choices, get_backbone
 from bpm.models.reid import ReidModel, architecture_of, inference_state
 from bpm.models.weights import (
     backbone_of_state, extract_model_state, imagenet_trunk_state, load_model_weights_from_state, load_trunk_state,
@@ -46,6 +49,24 @@ def load_model(path_or_name: str | Path, *, net: str | None = None, last_conv_st
     differs from the file's record is used, with a one-line warning. ``pooling``/``neck`` apply to a
     backbone name only (a file says what it holds); ``threads`` to ONNX Runtime. The model also carries
     ``source_kind`` (what the file was, for log lines) and ``source_meta`` (its raw record, ``{}`` if none).
+
+    Args:
+        path_or_name: a ``.pth``/``.pt``/``.safetensors``/``.onnx`` file, or a registered backbone name.
+        net: the backbone, when the file's record (or its keys) should not decide it.
+        last_conv_stride: 1 or 2, where the backbone has the switch.
+        resize_h_w: the input ``(height, width)``; an ONNX graph's is fixed and can only be confirmed.
+        normalize_features: L2-normalise features at test time (default: on exactly with a BNNeck).
+        mean: per-channel input mean (RGB, 0..1 pixels).
+        std: per-channel input standard deviation.
+        pooling: the global pooling of a fresh backbone.
+        neck: the neck of a fresh backbone (``none`` or ``bnneck``).
+        threads: ONNX Runtime intra-op threads (0: its default).
+
+    Returns:
+        ``(model, spec)``: the model and the :class:`~bpm.models.input_spec.InputSpec` to feed it with.
+
+    Raises:
+        BpmError: a missing or unreadable file, a file of another network, a refused override (one line).
     """
     source = str(path_or_name)
     path = Path(source)
@@ -53,16 +74,16 @@ def load_model(path_or_name: str | Path, *, net: str | None = None, last_conv_st
         return _fresh_model(source, last_conv_stride, resize_h_w, normalize_features, mean, std, pooling, neck)
     if pooling is not None or neck is not None:
         raise BpmError(f"{path}: pooling and neck are read from the file; give them only with a backbone name")
-    if path.suffix == ONNX_SUFFIX:
-        return _onnx_model(path, net, resize_h_w, normalize_features, threads)
+    backend = backend_for_file(path)
+    if backend.runner is not None:  # an exported graph (ONNX, OpenVINO IR): its own runtime runs it
+        return load_graph(backend.runner(path, threads), net=net, resize_h_w=resize_h_w,
+                          normalize_features=normalize_features)
     overrides = {"last_conv_stride": last_conv_stride, "resize_h_w": resize_h_w,
                  "normalize_features": normalize_features, "mean": mean, "std": std}
     return _torch_model(path, net, overrides)
 
 
 def _names() -> set[str]:
-    from bpm.models.registry import backbone_choices
-
     return set(backbone_choices())
 
 
@@ -130,13 +151,13 @@ def _torch_model(path: Path, net: str | None, overrides: dict) -> tuple[nn.Modul
     return model.float().eval(), spec
 
 
-def _onnx_model(path: Path, net: str | None, resize_h_w, normalize_features,
-                threads: int) -> tuple[nn.Module, InputSpec]:
-    """An exported graph behind a module interface; its metadata is its spec (size and pixels are built in)."""
-    from bpm.export.runtime import OnnxModel
-    from bpm.inference import OnnxModule
-
-    runner = OnnxModel(path, threads)
+def load_graph(runner, *, net: str | None = None, resize_h_w: tuple[int, int] | None = None,
+               normalize_features: bool | None = None) -> tuple[nn.Module, InputSpec]:
+    """An exported graph's runner (:class:`bpm.models.onnx_graph.OnnxModel`, :class:`bpm.models.openvino_graph.OpenVinoModel`)
+    behind a module interface; its metadata is its spec (size and pixels are built in)."""
+    path = runner.path
+    if runner.spec is None:
+        raise BpmError(f"{path}: expected an image input [N, 3, H, W] with fixed H and W, or a bpm export")
     spec = runner.spec.input_spec
     if net is not None and spec.net and get_backbone(net).name != _canonical_or_same(spec.net):
         raise BpmError(f"{path}: holds {spec.net}, but --net is {net}")
@@ -145,8 +166,8 @@ def _onnx_model(path: Path, net: str | None, resize_h_w, normalize_features,
                        f"export); --resize_h_w {tuple(resize_h_w)} cannot change it")
     if normalize_features is not None:
         spec = spec.with_(normalize_features=bool(normalize_features))
-    module = OnnxModule(runner)
-    module.source_kind, module.source_meta = f"ONNX graph ({runner.spec.precision})", {}
+    module = GraphModule(runner)
+    module.source_kind, module.source_meta = f"{runner.kind} ({runner.precision})", {}
     return module, spec
 
 

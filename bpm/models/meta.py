@@ -19,6 +19,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
+from bpm import __version__
+
 
 META_KEY = "input"             # checkpoint top-level key
 STATE_META_KEY = "bpm"         # entry of a state_dict's _metadata[""]
@@ -28,8 +30,6 @@ SAFETENSORS_META_KEY = "bpm.input"
 def file_meta(spec, recipe: str = "") -> dict[str, Any]:
     """What a file records: the model's :class:`~bpm.models.input_spec.InputSpec` as plain JSON-able
     values, the training recipe and the writing bpm's version."""
-    from bpm import __version__
-
     return {**spec.to_meta(), "recipe": recipe or "", "bpm_version": __version__}
 
 

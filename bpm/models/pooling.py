@@ -3,6 +3,9 @@
 ``avg`` is the original's (and the default). ``gem`` is generalised-mean pooling (Radenović et al.,
 TPAMI 2018) with a learnable exponent ``p``: p = 1 is average pooling, p -> inf max pooling, and
 the network learns where in between retrieval works best (fast-reid's strong baselines use it).
+
+Poolings are registered in :data:`POOLINGS` (``--pooling``'s choices) by a decorator on their
+builder, ``builder() -> nn.Module`` mapping ``[N, C, h, w]`` to ``[N, C]``.
 """
 from __future__ import annotations
 
@@ -10,12 +13,19 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from bpm.registry import Registry
+
+POOLINGS: Registry = Registry("pooling", flag="--pooling", package="bpm.models.pooling")
+
+
+@POOLINGS.register("avg")
 
 class AvgPool(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
 
+@POOLINGS.register("gem")
 class GeMPool(nn.Module):
     """``mean(clamp(x, eps) ** p) ** (1 / p)`` per channel; computed in FP32 (``x ** 3`` overflows FP16)."""
 
@@ -30,10 +40,6 @@ class GeMPool(nn.Module):
         return torch.flatten(pooled, 1).to(x.dtype)
 
 
-POOLINGS: dict[str, type[nn.Module]] = {"avg": AvgPool, "gem": GeMPool}
-
-
 def build_pooling(name: str) -> nn.Module:
-    if name not in POOLINGS:
-        raise ValueError(f"unknown pooling {name!r}; expected one of {', '.join(POOLINGS)}")
-    return POOLINGS[name]()
+    """The pooling registered as ``name``; an unknown name is a one-line error naming --pooling."""
+    return POOLINGS.get(name)()

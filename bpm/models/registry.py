@@ -120,6 +120,14 @@ class BackboneSpec:
             return "imagenet"
         return None
 
+    def check_last_conv_stride(self, last_conv_stride: int) -> None:
+        """Refuse a ``--last_conv_stride`` this backbone cannot honour (a one-line :class:`BpmError`),
+        instead of recording a value that did nothing."""
+        if last_conv_stride not in self.last_conv_strides:
+            choices = " or ".join(str(s) for s in self.last_conv_strides)
+            extra = " (it has no last-stride switch)" if len(self.last_conv_strides) == 1 else ""
+            raise BpmError(f"--last_conv_stride {last_conv_stride}: --net {self.name} takes {choices}{extra}")
+
 
 _BACKBONES: dict[str, BackboneSpec] = {}  # canonical name -> spec, in registration order
 _ALIASES: dict[str, str] = {}             # every accepted name -> canonical name
@@ -136,6 +144,25 @@ def register_backbone(name: str, *, aliases: tuple[str, ...] = (), feature_dim: 
 
     A name or alias already taken is refused (:class:`BpmError` naming both modules): two files
     must never silently decide what ``--net X`` means. See :class:`BackboneSpec` for the fields.
+
+    Args:
+        name: the canonical name (``--net``'s choice, what files record).
+        aliases: further names ``--net`` accepts (e.g. the original's ``mobilenetV2``).
+        feature_dim: channels of the trunk's last feature map (the embedding size without a neck).
+        mean: per-channel input mean (RGB, 0..1 pixels) of the backbone's ImageNet training.
+        std: per-channel input standard deviation, likewise.
+        first_conv_key: the key of the first convolution's weight in an ImageNet file.
+        classifier_prefix: the key prefix of the ImageNet classifier (dropped for re-ID).
+        imagenet_to_trunk: turns an ImageNet state_dict into trunk keys.
+        last_conv_strides: the ``--last_conv_stride`` values the trunk honours.
+        imagenet_weights: torchvision's weights entry, for ``--net_pretrained_path imagenet``.
+        imagenet_file: the hub-cache file name when there is no torchvision entry.
+        normalize_trunk: maps other trunk layouts onto this builder's keys.
+        describe_imagenet_layout: names an ImageNet file's layout for log lines.
+        matches: tells siblings that share every key name apart by shapes (None: the key suffices).
+
+    Returns:
+        The decorator; it returns the builder unchanged.
     """
     def decorate(builder: Builder) -> Builder:
         spec = BackboneSpec(
@@ -172,7 +199,11 @@ def _load_builtin() -> None:
 
 
 def list_backbones() -> list[str]:
-    """Canonical names of the registered backbones, in registration order."""
+    """Canonical names of the registered backbones, in registration order.
+
+    Returns:
+        ``["mobilenet_v2", "resnet50", ...]``: built-in backbones and any registered since.
+    """
     _load_builtin()
     return list(_BACKBONES)
 

@@ -20,6 +20,8 @@ from bpm.models.backbones import build_backbone
 from bpm.models.heads import HEAD_PREFIX, build_id_head
 from bpm.models.necks import build_neck
 from bpm.models.pooling import build_pooling
+from bpm.models.registry import get_backbone
+from bpm.models.weights import load_imagenet_weights
 
 
 class ReidOutput(NamedTuple):
@@ -37,8 +39,6 @@ class ReidModel(nn.Module):
     def __init__(self, net: str, last_conv_stride: int = 1, pooling: str = "avg", neck: str = "none",
                  num_classes: int = 0) -> None:
         super().__init__()
-        from bpm.models.registry import get_backbone
-
         spec = get_backbone(str(net))
         self.net = spec.name  # mobilenetV2 -> mobilenet_v2: files record the canonical name
         self.last_conv_stride = int(last_conv_stride)
@@ -72,10 +72,20 @@ def inference_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 def build_model(net: str = "mobilenet_v2", last_conv_stride: int = 1, pretrained_path: str | None = None,
                 pooling: str = "avg", neck: str = "none", num_classes: int = 0) -> ReidModel:
-    """Create a model, optionally initialising its backbone from a local ImageNet weights file."""
+    """Create a model, optionally initialising its backbone from a local ImageNet weights file.
+
+    Args:
+        net: a registered backbone name (:func:`bpm.list_backbones`; aliases accepted).
+        last_conv_stride: 1 (re-ID's usual higher-resolution last stage) or 2, where the backbone allows it.
+        pretrained_path: a local ImageNet (or re-ID) weights file for the backbone; None: random weights.
+        pooling: the global pooling of the last feature map (``avg``, ...).
+        neck: ``none`` or ``bnneck`` (a BatchNorm between pooling and the ID head).
+        num_classes: training identities for the ID head; 0: no head (inference).
+
+    Returns:
+        The model, in training mode, on the CPU.
+    """
     model = ReidModel(net, last_conv_stride, pooling, neck, num_classes)
     if pretrained_path:
-        from bpm.models.weights import load_imagenet_weights
-
         load_imagenet_weights(model, pretrained_path)
     return model

@@ -22,14 +22,11 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from bpm.errors import BpmError
+from bpm.errors import BpmError, one_line
+from bpm.files import HDF5_SIGNATURE
 from bpm.models.registry import (
     MODEL_TRUNK_PREFIX, BackboneSpec, StateDict, backbones_in, get_backbone, split_model_state,
 )
-
-
-#: The first 8 bytes of every HDF5 file.
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def read_weights_file(path: str | Path) -> object:
@@ -58,9 +55,9 @@ def read_weights_file(path: str | Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
         raise BpmError(
-            f"{path}: refused: the file needs more than plain tensors to load (weights_only=True: {first_line})"
+            f"{path}: refused: the file needs more than plain tensors to load "
+            f"(weights_only=True: {one_line(exc, 'unsafe content')})"
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # an empty file gives a bare EOFError

@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from bpm.errors import BpmError
+from bpm.evaluation.features import l2_normalize
 from bpm.stream.motfiles import find_camera_file, read_mot
 from bpm.stream.sources import Source
 
@@ -137,7 +138,7 @@ def calibrate(sources: Sequence[Source], gt_root: str | Path, embedder: Callable
                     crops[gt_id].append(np.ascontiguousarray(crop[:, :, ::-1]))
         for gt_id, items in crops.items():
             features = embedder(items)
-            features = features / np.linalg.norm(features, axis=1, keepdims=True).clip(1e-12)
+            features = l2_normalize(features)
             mean = features.mean(axis=0)
             track_means.append((gt_id, mean / max(np.linalg.norm(mean), 1e-12)))
     same, different = [], []

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -113,3 +114,26 @@ class Gallery:
             raise BpmError(f"--gallery {path}: embeddings of dimension {totals.shape[1]}, but the re-ID model gives {feature_dim}")
         for i, name, flag, weight, total in zip(ids, names, enrolled, weights, totals):
             self.identities[int(i)] = Identity(int(i), str(name), total.astype(np.float32), float(weight), bool(flag))
+
+
+def enroll_folder(gallery: Gallery, folder: Path, embed: Callable[[list[np.ndarray]], np.ndarray]) -> None:
+    """Enroll every ``<name>/`` sub-folder of ``folder`` (crops of one person) as a named identity.
+
+    Args:
+        gallery: the gallery the identities join.
+        folder: one sub-folder of RGB-decodable crops per person (``--enroll``).
+        embed: RGB ``HxWx3`` uint8 crops -> ``[N, D]`` embeddings (the stream's re-ID model).
+    """
+    import cv2  # the stream extra; imported here so that reading a saved gallery does not need it
+
+    from bpm.stream.sources import IMAGE_SUFFIXES
+
+    if not folder.is_dir():
+        raise BpmError(f"--enroll: {folder} is not a folder (expected one sub-folder of crops per person)")
+    for person in sorted(p for p in folder.iterdir() if p.is_dir()):
+        images = [cv2.imread(str(f)) for f in sorted(person.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        images = [np.ascontiguousarray(i[:, :, ::-1]) for i in images if i is not None]
+        if images:
+            gallery.enroll(person.name, embed(images))
+    if not gallery.identities:
+        raise BpmError(f"--enroll: {folder} has no <name>/ sub-folder with images")

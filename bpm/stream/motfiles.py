@@ -6,7 +6,6 @@ layout, or ``DIR/<camera>.txt``.
 """
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -72,11 +71,3 @@ def format_rows(rows: list[tuple[int, int, float, float, float, float, float]]) 
     lines = [f"{f},{i},{x1:.2f},{y1:.2f},{x2 - x1:.2f},{y2 - y1:.2f},{s:.4f},-1,-1,-1"
              for f, i, x1, y1, x2, y2, s in sorted(rows, key=lambda r: (r[0], r[1]))]
     return "\n".join(lines) + ("\n" if lines else "")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write beside, then rename: a reader never sees half a file, an earlier file survives a failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

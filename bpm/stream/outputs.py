@@ -14,7 +14,8 @@ from typing import Any, Iterable
 import cv2
 
 from bpm.stream.association import TrackState
-from bpm.stream.motfiles import format_rows, write_text_atomic
+from bpm.files import write_text
+from bpm.stream.motfiles import format_rows
 
 TRACKS_DIR = "tracks"
 CROPS_DIR = "crops"
@@ -30,7 +31,8 @@ def write_tracks(out: Path, cameras: Iterable[str], tracks: Iterable[TrackState]
     paths = {}
     for camera, items in rows.items():
         paths[camera] = out / TRACKS_DIR / f"{camera}.txt"
-        write_text_atomic(paths[camera], format_rows(items))
+        paths[camera].parent.mkdir(parents=True, exist_ok=True)
+        write_text(paths[camera], format_rows(items), "MOT tracks file")
     return paths
 
 
@@ -72,8 +74,9 @@ def identity_records(tracks: Iterable[TrackState], crops: dict[tuple[str, int], 
 
 def write_identities(out: Path, records: list[dict[str, Any]]) -> None:
     """``identities.json`` (appearances as ``[frame, time, x1, y1, x2, y2, score]``) and ``identities.csv``."""
-    write_text_atomic(out / "identities.json", json.dumps(
-        {"appearance_fields": ["frame", "time", "x1", "y1", "x2", "y2", "score"], "identities": records}, indent=1) + "\n")
+    write_text(out / "identities.json", json.dumps(
+        {"appearance_fields": ["frame", "time", "x1", "y1", "x2", "y2", "score"], "identities": records}, indent=1) + "\n",
+        "identities file")
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(CSV_FIELDS)
@@ -82,8 +85,8 @@ def write_identities(out: Path, records: list[dict[str, Any]]) -> None:
             for track in tracks:
                 for frame, time, x1, y1, x2, y2, score in track["appearances"]:
                     writer.writerow((record["id"], record["name"], camera, track["track"], frame, time, x1, y1, x2, y2, score))
-    write_text_atomic(out / "identities.csv", buffer.getvalue())
+    write_text(out / "identities.csv", buffer.getvalue(), "identities table")
 
 
 def write_summary(out: Path, summary: dict[str, Any]) -> None:
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n", "run summary")

@@ -22,7 +22,7 @@ import numpy as np
 
 from bpm.data.synthetic import apply_camera, draw_person, make_camera, make_identity
 from bpm.errors import BpmError
-from bpm.stream.motfiles import write_text_atomic
+from bpm.files import write_text
 
 IDENTITY_SEED_OFFSET = 7919  # keeps sequence people apart from a world drawn with the same seed
 
@@ -49,6 +49,7 @@ class Walk:
     direction: int    # +1 left to right, -1 right to left
     foot: float       # foot line, fraction of the frame height
     height: float     # person height, fraction of the frame height
+    turn: float = 1.0  # fraction of the crossing after which the walker turns back (1: never)
 
 
 def plan_walks(config: SequenceConfig, rng: np.random.Generator) -> list[Walk]:
@@ -72,18 +73,22 @@ def _render_person(img: np.ndarray, identity, walk: Walk, frame: int, width: int
     t = (frame - walk.start) / walk.duration
     if not 0.0 <= t <= 1.0:
         return None
+    turned = t > walk.turn
+    if turned:  # walking back the way they came
+        t = 2 * walk.turn - t
     ph = walk.height * height * identity.height
     pw = ph * 0.3 * identity.build
     margin = 0.8 * pw
     cx = -margin + t * (width + 2 * margin)
+    if walk.direction < 0:  # enters from the right
+        cx = width - cx
     top = walk.foot * height - ph
     phase = frame * 0.9
     gap, swing = abs(np.sin(phase)) * 0.12 * ph, np.sin(phase) * 0.08 * ph
-    if walk.direction < 0:  # the renderer draws side views facing right: draw mirrored
+    if (walk.direction < 0) != turned:  # facing left; the renderer draws side views facing right: draw mirrored
         canvas = np.ascontiguousarray(img[:, ::-1])
-        draw_person(canvas, identity, "side", top, ph, cx, gap, swing)
+        draw_person(canvas, identity, "side", top, ph, width - cx, gap, swing)
         img[:] = canvas[:, ::-1]
-        cx = width - cx
     else:
         draw_person(img, identity, "side", top, ph, cx, gap, swing)
     x1, x2 = max(0.0, cx - 0.6 * pw), min(float(width), cx + 0.6 * pw)
@@ -93,8 +98,13 @@ def _render_person(img: np.ndarray, identity, walk: Walk, frame: int, width: int
     return x1, y1, x2, y2
 
 
-def generate_sequences(out: str | Path, config: SequenceConfig = SequenceConfig()) -> list[Path]:
-    """Write the cameras' folders (see the module docstring); the camera folders' paths."""
+def generate_sequences(out: str | Path, config: SequenceConfig = SequenceConfig(),
+                       walks: list[Walk] | None = None) -> list[Path]:
+    """Write the cameras' folders (see the module docstring); the camera folders' paths.
+
+    ``walks`` replaces the random plan with given ones (a scene with a known difficulty, e.g. two
+    people who meet and turn back, which motion alone reads as passing each other).
+    """
     if config.num_cameras < 1 or config.num_people < 1 or config.frames < 2:
         raise BpmError("synthetic sequences: need at least 1 camera, 1 person and 2 frames")
     out = Path(out)
@@ -103,7 +113,7 @@ def generate_sequences(out: str | Path, config: SequenceConfig = SequenceConfig(
               for p in range(config.num_people)]
     cameras = [make_camera(np.random.default_rng([config.seed, 13, c]), config.height // 2, config.width // 4,
                             config.nuisance) for c in range(config.num_cameras)]
-    walks = plan_walks(config, rng)
+    walks = plan_walks(config, rng) if walks is None else walks
     folders = []
     for c, camera in enumerate(cameras):
         folder = out / f"cam{c + 1}"
@@ -120,9 +130,11 @@ def generate_sequences(out: str | Path, config: SequenceConfig = SequenceConfig(
             cv2.imwrite(str(folder / "img1" / f"{frame:06d}.jpg"), pixels[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])
         gt = "".join(f"{f},{p},{x1:.1f},{y1:.1f},{x2 - x1:.1f},{y2 - y1:.1f},1,1,1\n" for f, p, x1, y1, x2, y2 in rows)
         det = "".join(f"{f},-1,{x1:.1f},{y1:.1f},{x2 - x1:.1f},{y2 - y1:.1f},1,-1,-1,-1\n" for f, p, x1, y1, x2, y2 in rows)
-        write_text_atomic(folder / "gt" / "gt.txt", gt)
-        write_text_atomic(folder / "det" / "det.txt", det)
-        write_text_atomic(folder / "seqinfo.ini", f"[Sequence]\nname=cam{c + 1}\nimDir=img1\nframeRate={config.fps:g}\n"
-                          f"seqLength={config.frames}\nimWidth={config.width}\nimHeight={config.height}\nimExt=.jpg\n")
+        for sub in ("gt", "det"):
+            (folder / sub).mkdir(exist_ok=True)
+        write_text(folder / "gt" / "gt.txt", gt, "ground-truth file")
+        write_text(folder / "det" / "det.txt", det, "detections file")
+        write_text(folder / "seqinfo.ini", f"[Sequence]\nname=cam{c + 1}\nimDir=img1\nframeRate={config.fps:g}\n"
+                          f"seqLength={config.frames}\nimWidth={config.width}\nimHeight={config.height}\nimExt=.jpg\n", "sequence info")
         folders.append(folder)
     return folders

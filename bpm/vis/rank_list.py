@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from bpm.data.images import read_image
+from bpm.data.records import JUNK_PID
 from bpm.errors import BpmError
 
 TILE_H, TILE_W = 128, 64
@@ -29,7 +30,6 @@ GAP = 8
 MATCH_RGB = (0, 255, 0)
 MISMATCH_RGB = (255, 0, 0)
 GAP_RGB = (255, 255, 255)
-JUNK_PID = -1
 QUERY_SEED = 1
 MATCH_TILE_H, MATCH_TILE_W = TILE_H // 2, TILE_W // 2  # the true-matches strip: half-size tiles
 CAPTION_H = 14

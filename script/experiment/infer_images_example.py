@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from bpm.commands.extract import extract_folder
+        from bpm.evaluation.folder_features import extract_folder
         from bpm.inference import FeatureExtractor
         from bpm.precision import resolve_device
 

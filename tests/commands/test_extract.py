@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bpm.cli import main
-from bpm.commands.extract import extract_folder
+from bpm.evaluation.folder_features import extract_folder
 from bpm.evaluation.features_file import read_features_file
 from bpm.models.reid import build_model
 
@@ -102,7 +102,7 @@ def test_extract_of_a_test_folder_equals_bpm_test_save_features(test_folder, wei
 
 
 def test_market_ids_follow_the_dataset_readers_name_rule():
-    from bpm.commands.extract import market_ids
+    from bpm.evaluation.folder_features import market_ids
 
     pids, camids = market_ids(["0002_c1s1_000451_03.jpg", "-1_c3s2_000001_01.jpg", "0000_c6s1_000002_00.jpg"])
     assert pids.tolist() == [2, -1, 0] and camids.tolist() == [1, 3, 6]

@@ -9,7 +9,7 @@ from torchvision import transforms as T
 from bpm.data.transforms import model_input
 from bpm.models.input_spec import IMAGENET_MEAN as MEAN, IMAGENET_STD as STD, InputSpec
 from bpm.data.transforms import test_transform as make_test_transform
-from bpm.export.runtime import image_batch
+from bpm.data.transforms import image_batch
 
 
 def _images(count: int = 4) -> list[Image.Image]:

@@ -13,10 +13,11 @@ from bpm.cli import main
 from bpm.config import train_config
 from bpm.data.datasets import build_dataset
 from bpm.distill.extra import extra_records
-from bpm.distill.setup import distill_targets
+from bpm.engine.distillation import distill_targets
 from bpm.models.input_spec import input_spec_of_model
 from bpm.distill.teacher import open_teacher
 from bpm.engine.checkpoint import load_checkpoint
+from bpm.engine.build import build_training
 from bpm.engine.trainer import Trainer, seed_everything
 from bpm.export.weights import save_pt, weights_state
 from bpm.models.loading import load_model
@@ -48,8 +49,10 @@ def _trainer(world, exp_dir, epochs, teacher_path, extra=None, per_step=False):
     model = build_model("mobilenetV2", pooling=args.pooling, neck=args.neck, num_classes=dataset.num_train_ids)
     targets = distill_targets(teacher, config, [*dataset.train, *extras], exp_dir,
                               input_spec_of_model(model, args.resize_h_w))
-    return Trainer(model, PrecisionPolicy.create("O0", "cpu"), config, dataset.train, exp_dir,
-                   distill=targets, extra_records=extras, input_spec=input_spec_of_model(model, args.resize_h_w))
+    parts = build_training(config, PrecisionPolicy.create("O0", "cpu"), model, dataset.train,
+                           input_spec=input_spec_of_model(model, args.resize_h_w), distill=targets,
+                           extra_records=extras)
+    return Trainer(parts, exp_dir)
 
 
 def test_resume_with_a_teacher_is_exact_and_the_head_stays_out_of_the_model(tiny_world, tiny_teacher_onnx,

@@ -17,7 +17,7 @@ from bpm.data.datasets.market1501 import read_split
 from bpm.data.synthetic import WorldConfig, generate_world
 from bpm.engine.evaluator import summarize
 from bpm.evaluation import compute_distances, evaluate
-from bpm.export.runtime import image_batch
+from bpm.data.transforms import image_batch
 from bpm.models.input_spec import input_spec_of_model
 from bpm.models.meta import META_KEY, file_meta
 from bpm.models.reid import build_model

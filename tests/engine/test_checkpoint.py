@@ -6,6 +6,7 @@ import torch
 from bpm.config import train_config
 from bpm.data.datasets import build_dataset
 from bpm.engine.checkpoint import atomic_torch_save, load_checkpoint
+from bpm.engine.build import build_training
 from bpm.engine.trainer import Trainer, seed_everything
 from bpm.errors import BpmError
 from bpm.models.reid import build_model
@@ -47,8 +48,8 @@ def _trainer(world, exp_dir, epochs, opt_level="O0", recipe="original"):
     config = train_config(args)
     classes = dataset.num_train_ids if config.loss.needs_classes else 0
     model = build_model("mobilenetV2", pooling=args.pooling, neck=args.neck, num_classes=classes)
-    return Trainer(model, policy, config, dataset.train, exp_dir,
-                   input_spec=input_spec_of_model(model, args.resize_h_w))
+    return Trainer(build_training(config, policy, model, dataset.train,
+                                  input_spec=input_spec_of_model(model, args.resize_h_w)), exp_dir)
 
 
 @pytest.mark.parametrize("opt_level,recipe", [("O0", "original"), ("O2", "original"), ("O0", "bot")])

@@ -3,7 +3,8 @@ from argparse import Namespace
 
 import pytest
 
-from bpm.engine.lr_schedule import exp_decay_lr, lr_at_epoch, staircase_lr
+from bpm.engine.lr_schedule import SCHEDULES, exp_decay_lr, lr_at_epoch, staircase_lr
+from bpm.errors import BpmError
 
 
 def test_exp_schedule_defaults():
@@ -43,3 +44,18 @@ def test_warmup_applies_to_every_schedule():
     cfg = Namespace(lr_decay_type="exp", base_lr=2e-4, total_epochs=30, exp_decay_at_epoch=16, warmup_epochs=4,
                     warmup_factor=0.1)
     assert lr_at_epoch(cfg, 1) == pytest.approx(2e-5) and lr_at_epoch(cfg, 5) == pytest.approx(2e-4)
+
+
+@pytest.mark.parametrize("name", SCHEDULES.names())
+def test_each_schedule_starts_at_the_base_rate_never_rises_and_takes_the_warmup(name):
+    cfg = Namespace(lr_decay_type=name, base_lr=1.0, total_epochs=12, exp_decay_at_epoch=4,
+                    staircase_decay_at_epochs=(4, 8), staircase_decay_multiply_factor=0.5, warmup_epochs=0)
+    rates = [lr_at_epoch(cfg, e) for e in range(1, 13)]
+    assert rates[0] == 1.0 and all(0 < b <= a for a, b in zip(rates, rates[1:]))
+    cfg.warmup_epochs, cfg.warmup_factor = 2, 0.1
+    assert lr_at_epoch(cfg, 1) == pytest.approx(0.1)
+
+
+def test_unknown_schedule_is_a_one_line_error():
+    with pytest.raises(BpmError, match=r"^--lr_decay_type: unknown LR schedule 'poly'"):
+        lr_at_epoch(Namespace(lr_decay_type="poly", base_lr=1.0), 1)

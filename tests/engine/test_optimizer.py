@@ -1,12 +1,14 @@
 """--optimizer/--momentum/--base_lr/--weight_decay reach the optimizer (the original's --momentum was dead)."""
 import argparse
 
+import pytest
 import torch
 
 from bpm.config import train_config
 from bpm.config import add_train_arguments
 from bpm.engine.config import TrainConfig
-from bpm.engine.trainer import build_optimizer
+from bpm.engine.optimizers import OPTIMIZERS, build_optimizer
+from bpm.errors import BpmError
 from bpm.config import apply_recipe
 
 
@@ -47,3 +49,17 @@ def test_half_precision_weights_stay_finite_when_squared_gradients_underflow():
     assert torch.isfinite(weight).all()
     assert weight[1] == 1  # no gradient, no move
     assert weight[0] < 1 and weight[2] < 1 and weight[3] > 1  # Adam moves ~lr against the gradient's sign
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
+def test_each_optimizer_moves_the_weights_against_the_gradient(name):
+    weight = torch.nn.Parameter(torch.ones(3))
+    opt = build_optimizer(args("--optimizer", name, "--base_lr", "0.01", "--weight_decay", "0"), [weight])
+    weight.grad = torch.tensor([1.0, -1.0, 0.0])
+    opt.step()
+    assert weight[0] < 1 < weight[1] and opt.defaults["lr"] == 0.01
+
+
+def test_unknown_optimizer_is_a_one_line_error():
+    with pytest.raises(BpmError, match=r"^--optimizer: unknown optimizer 'lbfgs'; expected one of adam, sgd"):
+        build_optimizer(TrainConfig(optimizer="lbfgs"), [torch.nn.Parameter(torch.zeros(1))])

@@ -11,6 +11,7 @@ import torch
 from bpm.config import train_config
 from bpm.data.datasets import build_dataset
 from bpm.engine.checkpoint import load_checkpoint
+from bpm.engine.build import build_training
 from bpm.engine.trainer import Trainer, seed_everything
 from bpm.errors import BpmError
 from bpm.models.reid import build_model
@@ -26,8 +27,9 @@ def make_trainer(world, exp_dir, *extra: str) -> Trainer:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # O3 warns by design
         model = build_model("mobilenetV2")
-        return Trainer(model, policy, train_config(args), build_dataset("market1501", str(world)).train, exp_dir,
-                       input_spec=input_spec_of_model(model, args.resize_h_w))
+        parts = build_training(train_config(args), policy, model, build_dataset("market1501", str(world)).train,
+                               input_spec=input_spec_of_model(model, args.resize_h_w))
+        return Trainer(parts, exp_dir)
 
 
 def overfit_losses(trainer: Trainer, steps: int) -> list[float]:

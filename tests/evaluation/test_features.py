@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from bpm.data.datasets import build_dataset
 from bpm.distributed import DistContext
 from bpm.evaluation.features import embed_images, extract_features, image_tensor, l2_normalize
-from bpm.export.runtime import image_batch
+from bpm.data.transforms import image_batch
 from bpm.models.input_spec import InputSpec
 from bpm.precision import PrecisionPolicy
 

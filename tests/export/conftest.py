@@ -9,7 +9,7 @@ import torch
 
 from bpm.data.datasets.common import list_image_names
 from bpm.data.synthetic import WorldConfig, generate_world
-from bpm.export.runtime import image_batch
+from bpm.data.transforms import image_batch
 from bpm.models.reid import build_model
 from export_helpers import SIZE
 

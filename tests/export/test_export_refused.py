@@ -16,7 +16,7 @@ import torch
 import bpm
 import bpm.export.verify as verify
 from bpm.errors import BpmError
-from bpm.config import ModelSettings
+from bpm.settings import ModelSettings
 from bpm.export.pipeline import ExportOptions, run_export
 
 from export_helpers import SIZE

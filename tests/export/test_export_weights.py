@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bpm.errors import BpmError
-from bpm.export.runtime import image_batch
+from bpm.data.transforms import image_batch
 from bpm.export.verify import cosine_rows
 from bpm.export.weights import weights_state
 from bpm.models.loading import load_model

@@ -13,6 +13,7 @@ from scipy.io import loadmat
 
 import bpm
 import bpm.evaluation.features as features_module
+import bpm.export.formats.onnx as onnx_formats
 import bpm.export.pipeline as pipeline
 from bpm.cli import main
 from bpm.data.records import ImageRecord
@@ -20,7 +21,7 @@ from bpm.errors import BpmError
 from bpm.evaluation.features import extract_features
 from bpm.precision import PrecisionPolicy
 from bpm.export.onnx import OnnxSpec, export_onnx
-from bpm.config import ModelSettings
+from bpm.settings import ModelSettings
 from bpm.export.pipeline import ExportOptions, run_export
 from bpm.export.verify import cosine_rows
 
@@ -195,13 +196,13 @@ def test_onnx_backend_takes_the_one_path_with_flip_and_normalize(onnx_file, imag
 def test_export_verifies_onnx_files_with_what_the_extractor_computes(tmp_path, original_ckpt, world, monkeypatch,
                                                                      embed_calls):
     seen: list[tuple[list[str], np.ndarray]] = []
-    original = pipeline.onnx_features
+    original = onnx_formats.onnx_features
 
     def recording(runner, items, batch_size=32):
         seen.append((list(items), original(runner, items, batch_size)))
         return seen[-1][1]
 
-    monkeypatch.setattr(pipeline, "onnx_features", recording)
+    monkeypatch.setattr(onnx_formats, "onnx_features", recording)
     result = run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path),
                                       model=ModelSettings(resize_h_w=SIZE),
                                       formats=("onnx",), calib_images=str(world / "bounding_box_train"),

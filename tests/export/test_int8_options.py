@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 from bpm.errors import BpmError
 from bpm.export import pipeline
 from bpm.export.equalize import equalize_ranges
-from bpm.config import ModelSettings
+from bpm.settings import ModelSettings
 from bpm.export.pipeline import ExportOptions, run_export
 from bpm.export.quantize import _ranged_tensors, mse_range, quantization_error
 from bpm.export.verify import COSINE_THRESHOLDS

@@ -12,7 +12,7 @@ import pytest
 
 from bpm.cli import main
 from bpm.data.synthetic import WorldConfig, generate_world
-from bpm.config import DataSettings, ModelSettings
+from bpm.settings import DataSettings, ModelSettings
 from bpm.export.pipeline import ExportOptions, run_export
 
 pytestmark = pytest.mark.slow

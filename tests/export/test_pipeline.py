@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from bpm.errors import BpmError
-from bpm.config import ModelSettings
-from bpm.export.pipeline import FORMATS, ExportOptions, parse_formats, run_export
-from bpm.export.runtime import OnnxModel, image_batch
+from bpm.export.formats import default_formats
+from bpm.export.pipeline import ExportOptions, parse_formats, run_export
+from bpm.data.transforms import image_batch
+from bpm.models.onnx_graph import OnnxModel
+from bpm.settings import ModelSettings
 from bpm.export.verify import COSINE_THRESHOLDS, cosine_rows
 from bpm.models.weights import read_weights_file
 
@@ -47,14 +49,14 @@ def _threshold(precision: str) -> float:
 
 def test_every_format_is_written_and_verified(exported):
     out, result = exported
-    assert set(result["files"]) == set(FORMATS)
+    assert set(result["files"]) == set(default_formats())
     for path in result["files"].values():
         assert path.is_file() and path.stat().st_size > 0
     names = sorted(p.name for p in out.iterdir())
     assert "mobilenet_v2_64x32_int8.onnx" in names and "mobilenet_v2_64x32_fp16.onnx" in names
     report = json.loads((out / "export_report.json").read_text())
     assert report["passed"] is True
-    assert {row["format"] for row in report["formats"]} == set(FORMATS)
+    assert {row["format"] for row in report["formats"]} == set(default_formats())
     for row in report["formats"]:
         assert row["cosine_mean"] >= _threshold(row["precision"])
         assert -1.0 - 1e-6 <= row["cosine_mean"] <= 1.0 + 1e-6

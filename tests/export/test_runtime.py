@@ -1,5 +1,5 @@
 """ONNX Runtime sessions as bpm makes them."""
-from bpm.export.runtime import session_options
+from bpm.models.onnx_graph import session_options
 
 
 def test_sessions_do_not_spin_and_use_the_requested_threads():

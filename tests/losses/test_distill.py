@@ -60,8 +60,9 @@ def test_criterion_sums_the_distillation_terms_and_reports_them():
     criterion = ReidCriterion(config, num_classes=3, feature_dim=4, teacher_dim=5)
     loss, stats = criterion(outputs, targets, teacher=teacher)
     ce = float(CrossEntropyLabelSmooth(0.1)(outputs.logits, targets)[0])
-    kd = float(criterion.distill(outputs.features, teacher)[0].detach())
-    rel = float(RelationalDistillation()(outputs.features, teacher)[0])
+    # both terms distil the pooled trunk feature (pre_neck), not the neck's output (features)
+    kd = float(criterion.distill(outputs.pre_neck, teacher)[0].detach())
+    rel = float(RelationalDistillation()(outputs.pre_neck, teacher)[0])
     assert float(loss.detach()) == pytest.approx(ce + 0.5 * kd + 2.0 * rel, rel=1e-5)
     assert {"loss", "id_loss", "distill_loss", "relational_loss", "distill_cosine"} <= set(stats)
     assert [n for n, _ in criterion.named_parameters()] == ["distill.projection.weight"]
@@ -74,7 +75,7 @@ def test_unlabelled_samples_reach_only_the_distillation_terms():
     _, stats = ReidCriterion(config, num_classes=3, feature_dim=4, teacher_dim=4)(outputs, targets, teacher=teacher)
     ce = float(CrossEntropyLabelSmooth(0.1)(outputs.logits[:4], targets[:4])[0])
     assert stats["id_loss"] == pytest.approx(ce)
-    assert stats["relational_loss"] == pytest.approx(float(RelationalDistillation()(outputs.features, teacher)[0]))
+    assert stats["relational_loss"] == pytest.approx(float(RelationalDistillation()(outputs.pre_neck, teacher)[0]))
 
 
 def test_distillation_without_teacher_targets_is_refused():
@@ -83,3 +84,19 @@ def test_distillation_without_teacher_targets_is_refused():
     criterion = ReidCriterion(LossConfig(relational_weight=1.0, triplet_weight=0.0))  # a term on its own is fine
     with pytest.raises(ValueError, match="teacher's embeddings"):
         criterion(_outputs(), torch.zeros(6, dtype=torch.long))
+
+
+def test_distillation_reads_the_pre_neck_feature_which_a_bnneck_batch_cannot_replace():
+    """After a training-mode BNNeck every feature is centred over the batch, so the batch's mean
+    pairwise cosine is ~0, while a ReLU teacher's (non-negative) embeddings agree at ~0.5: the
+    relational term cannot be met on the neck's output, and is on the pooled trunk feature."""
+    torch.manual_seed(1)
+    teacher = torch.rand(16, 8) + 0.5                        # non-negative, like OSNet's embeddings
+    pre_neck = teacher @ torch.eye(8) * 3.0                 # a student that already agrees with it
+    features = torch.nn.BatchNorm1d(8, affine=False).train()(pre_neck)  # what the BNNeck hands on
+    outputs = ReidOutput(features, pre_neck, torch.randn(16, 3))
+    config = LossConfig(triplet_weight=0.0, id_loss_weight=0.0, relational_weight=1.0)
+    _, stats = ReidCriterion(config, num_classes=3, feature_dim=8, teacher_dim=8)(
+        outputs, torch.zeros(16, dtype=torch.long), teacher=teacher)
+    assert stats["loss"] == pytest.approx(0.0, abs=1e-6)
+    assert float(RelationalDistillation()(features, teacher)[0]) > 0.05  # the neck's output cannot match

@@ -301,7 +301,7 @@ def test_its_normalisation_travels_from_checkpoint_through_test_and_export_to_fe
     from bpm.commands import train
     from bpm.evaluation.features import l2_normalize
     from bpm.evaluation.features_file import read_features_file
-    from bpm.export.onnx import read_spec
+    from bpm.models.onnx_graph import read_spec
     from bpm.export.pipeline import ExportOptions, run_export
     from bpm.inference import FeatureExtractor
     from bpm.models.input_spec import IMAGENET_MEAN, IMAGENET_STD

@@ -11,7 +11,7 @@ import torch
 from bpm.cli import main
 from bpm.commands import train
 from bpm.data.datasets.common import list_image_names
-from bpm.export.onnx import read_spec
+from bpm.models.onnx_graph import read_spec
 from bpm.export.pipeline import ExportOptions, run_export
 from bpm.inference import FeatureExtractor
 from bpm.models.meta import stored_meta

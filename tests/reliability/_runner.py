@@ -260,6 +260,7 @@ def make_trainer(world: Path, exp_dir: Path, *extra: str):
     from train_helpers import train_args
 
     from bpm.data.datasets import build_dataset
+    from bpm.engine.build import build_training
     from bpm.engine.trainer import Trainer, seed_everything
     from bpm.models.reid import build_model
     from bpm.precision import PrecisionPolicy
@@ -269,5 +270,5 @@ def make_trainer(world: Path, exp_dir: Path, *extra: str):
     dataset = build_dataset("market1501", str(world))
     policy = PrecisionPolicy.create(args.opt_level, "cpu", args.amp_dtype, args.keep_batchnorm_fp32, args.loss_scale)
     model = build_model(args.net, args.last_conv_stride)
-    return Trainer(model, policy, train_config(args), dataset.train, exp_dir,
-                   input_spec=input_spec_of_model(model, args.resize_h_w))
+    return Trainer(build_training(train_config(args), policy, model, dataset.train,
+                                  input_spec=input_spec_of_model(model, args.resize_h_w)), exp_dir)

@@ -196,6 +196,21 @@ def build_dataset(
     is a :class:`BpmError` with ``require_train`` (training), and otherwise comes back with an
     empty ``train`` list and no validation split (testing, visualising, ``bpm data check``).
     ``may_write=False`` (``bpm data check``) never creates anything (the synthetic world).
+
+    Args:
+        name: one of ``READERS`` (``market1501``, ``duke``, ``cuhk03``, ``msmt17``, ``combined``, ``synthetic``,
+            ``folder``).
+        data_root: its folder; None: its folder under ``$BPM_DATA``.
+        cuhk03_type: ``detected`` or ``labeled`` boxes (CUHK03).
+        trainset_part: ``trainval`` (all training identities) or ``train`` (some held out as ``val``).
+        skip_bad_images: decode every image and leave out those that fail (else: refuse them).
+        seed: the seed of the held-out identities.
+        num_val_ids: how many identities ``train`` holds out.
+        require_train: refuse a dataset without training images.
+        may_write: whether a missing synthetic world may be generated.
+
+    Returns:
+        The dataset's records: ``train``, ``val`` and its test sets.
     """
     if name not in READERS:
         raise BpmError(f"--dataset: unknown dataset {name!r}; expected one of {', '.join(sorted(READERS))}")

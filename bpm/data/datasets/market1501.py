@@ -12,14 +12,12 @@ import re
 from pathlib import Path
 
 from bpm.data.datasets.common import IndexedDataset, list_image_names
-from bpm.data.records import ImageRecord, TestSet
+from bpm.data.records import JUNK_PID, ImageRecord, TestSet
 from bpm.errors import BpmError
 
 # ASCII digits only: Python's \d also matches other scripts' digits ("٠٠٠٢"), which int() would
 # silently read as numbers; a name in another script is not a Market name.
 _NAME = re.compile(r"^(-?[0-9]+)_c([0-9]+)")
-
-JUNK_PID = -1
 
 
 def checked_pid(pid: int, where: str) -> int:

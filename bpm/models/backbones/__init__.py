@@ -15,30 +15,15 @@ import pkgutil
 
 from torch import nn
 
+from bpm.models.registry import get_backbone
+
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     importlib.import_module(f"{__name__}.{_module}")
-
-from bpm.models.backbones.mobilenet import MobileNetV2Trunk  # noqa: E402  (re-exported)
-from bpm.models.backbones.resnet import ResNet50Trunk  # noqa: E402  (re-exported)
-
-__all__ = ["MobileNetV2Trunk", "ResNet50Trunk", "build_backbone"]
 
 
 def build_backbone(net: str, last_conv_stride: int = 1) -> nn.Module:
     """The trunk of the backbone registered as ``net`` (random weights); unknown names, and a last
     stride the backbone has no switch for, are one-line errors."""
-    from bpm.models.registry import get_backbone
-
     spec = get_backbone(net)
-    check_last_conv_stride(spec, last_conv_stride)
+    spec.check_last_conv_stride(last_conv_stride)
     return spec.build(last_conv_stride)
-
-
-def check_last_conv_stride(spec, last_conv_stride: int) -> None:
-    """Refuse a ``--last_conv_stride`` the backbone cannot honour, instead of recording a value that did nothing."""
-    if last_conv_stride not in spec.last_conv_strides:
-        choices = " or ".join(str(s) for s in spec.last_conv_strides)
-        extra = " (it has no last-stride switch)" if len(spec.last_conv_strides) == 1 else ""
-        from bpm.errors import BpmError
-
-        raise BpmError(f"--last_conv_stride {last_conv_stride}: --net {spec.name} takes {choices}{extra}")

@@ -17,8 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bpm.errors import BpmError
-from bpm.export.runtime import session_options
+from bpm.errors import BpmError, one_line
+from bpm.models.onnx_graph import session_options
 from bpm.stream.detectors import Detections, register
 
 STRIDES = (8, 16, 32)
@@ -82,15 +82,18 @@ class YoloxDetector:
     """A YOLOX ONNX file under ONNX Runtime; ``detector(frame_bgr)`` gives person :class:`Detections`."""
 
     def __init__(self, path: str | Path, score_threshold: float = 0.3, nms_threshold: float = 0.45,
-                 threads: int = 0) -> None:
+                 threads: int = 0, spin: bool = False) -> None:
         import onnxruntime as ort
 
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
+        options = session_options(threads, spin)
+        if spin:  # spin between the graph's many small operators, but stop when a frame is done (decoding needs the cores)
+            options.add_session_config_entry("session.force_spinning_stop", "1")
         try:
-            self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT has its own exception types
-            raise BpmError(f"--detector: ONNX Runtime cannot load {path} ({str(exc).splitlines()[0]})") from exc
+            raise BpmError(f"--detector: ONNX Runtime cannot load {path} ({one_line(exc)})") from exc
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         shape = inp.shape
         if len(shape) != 4 or not all(isinstance(d, int) for d in shape[2:]) or shape[2] != shape[3] or shape[1] != 3:
@@ -115,5 +118,6 @@ class YoloxDetector:
 
 
 @register("yolox")
-def load(path: str | Path, score_threshold: float = 0.3, nms_threshold: float = 0.45, threads: int = 0) -> YoloxDetector:
-    return YoloxDetector(path, score_threshold, nms_threshold, threads)
+def load(path: str | Path, score_threshold: float = 0.3, nms_threshold: float = 0.45, threads: int = 0,
+         spin: bool = False) -> YoloxDetector:
+    return YoloxDetector(path, score_threshold, nms_threshold, threads, spin)

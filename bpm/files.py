@@ -1,4 +1,4 @@
-"""Output files: checked before any work, written whole or not at all, errors in one line.
+"""Output files (the ground floor: any layer writes through here): checked before any work, written whole or not at all, errors in one line.
 
 Why: an output path that can only fail at the end (a missing folder, a directory, an existing file
 of another kind, an immutable file) used to fail after hours of training, with a traceback and
@@ -16,6 +16,7 @@ from typing import Callable
 
 from bpm.errors import BpmError
 
+#: The first 8 bytes of every HDF5 file.
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 

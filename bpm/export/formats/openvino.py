@@ -1,0 +1,37 @@
+"""OpenVINO IRs: ``openvino`` (FP32 weights, run at the CPU's default precision: bf16 with AMX, else
+FP32) and ``openvino_int8`` (NNCF post-training quantisation on the calibration images).
+
+Checked by compiling them for this CPU and running them as :class:`bpm.FeatureExtractor`'s openvino
+backend does; the precision the compiled model computes in is what the check and the report name.
+Not in the default ``--formats``: they need ``pip install 'bpm[openvino]'``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from bpm.export.formats import ExportContext, Opened, export_format
+from bpm.export.openvino import quantize_ir, stamp_ir, write_ir
+from bpm.export.runtime import onnx_features
+from bpm.models.openvino_graph import OpenVinoModel
+
+
+def open_ir(ctx: ExportContext, path: Path) -> Opened:
+    """Compiled for this machine's CPU; the report records the precision it runs at."""
+    runner = OpenVinoModel(path, ctx.opts.threads)
+    ctx.notes.setdefault("openvino", {})["inference_precision"] = runner.inference_precision
+    ctx.log(f"  OpenVINO compiled {path.name.replace('.unverified', '')} to compute in {runner.inference_precision}")
+    return Opened(runner.precision, lambda paths: onnx_features(runner, paths, ctx.opts.batch_size))
+
+
+@export_format("openvino", "{stem}_fp32.xml", opens=open_ir, companions=(".bin",), stamp=stamp_ir, default=False,
+               help="OpenVINO IR (.xml + .bin), FP32 weights, run in bf16 on AMX CPUs, else FP32")
+def write_openvino(ctx: ExportContext, path: Path) -> None:
+    write_ir(ctx.fp32_onnx(), path, ctx.spec)
+
+
+@export_format("openvino_int8", "{stem}_int8.xml", opens=open_ir, companions=(".bin",), stamp=stamp_ir,
+               default=False, needs_calibration=True,
+               help="OpenVINO IR, INT8 by NNCF post-training quantisation on the calibration images")
+def write_openvino_int8(ctx: ExportContext, path: Path) -> None:
+    ctx.notes.setdefault("openvino", {})["int8"] = quantize_ir(ctx.fp32_onnx(), path, ctx.spec,
+                                                                ctx.images.calibration)

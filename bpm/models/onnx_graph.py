@@ -1,0 +1,164 @@
+"""An exported ONNX graph as a model: its metadata (:class:`OnnxSpec`), an ONNX Runtime session
+(:class:`OnnxModel`) and a module around any graph runner (:class:`GraphModule`).
+
+Why in ``bpm.models``: :func:`bpm.load_model`, the one loader, reads ``.onnx`` files too, so that an
+exported graph takes the same extraction path as a PyTorch model. Writing graphs (export, FP16,
+INT8) stays in :mod:`bpm.export`, which builds on this.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bpm.errors import BpmError, one_line
+from bpm.models.backends import EXTRACTION_BACKENDS, ExtractionBackend
+from bpm.models.input_spec import InputSpec
+from bpm.models.necks import normalizes_at_test
+from bpm.models.registry import backbone_choices, get_backbone
+
+
+@dataclass(frozen=True)
+class OnnxSpec:
+    """What an exported graph expects and returns; written into (and read back from) its metadata."""
+
+    net: str
+    resize_h_w: tuple[int, int]
+    input_name: str = "images"
+    output_name: str = "features"
+    bake_normalization: bool = False
+    precision: str = "fp32"
+    input_meta: str = ""  # JSON of the source's InputSpec and recipe (bpm.models.meta.file_meta)
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """The :class:`InputSpec` of the graph: the source model's (its JSON record), with this graph's
+        size and pixel range. Graphs without a record (older exports, other tools) get the backbone's
+        normalisation when the network is known, else the ResNet-50/MobileNet-V2 default."""
+        record = json.loads(self.input_meta) if self.input_meta else {}
+        known = set(InputSpec.__dataclass_fields__) - {"net", "resize_h_w", "raw_pixels"}
+        values = {k: v for k, v in record.items() if k in known and v is not None}
+        if self.net in backbone_choices():
+            backbone = get_backbone(self.net)
+            values = {"mean": backbone.mean, "std": backbone.std, "feature_dim": backbone.feature_dim, **values}
+        for key in ("mean", "std"):
+            if key in values:
+                values[key] = tuple(float(v) for v in values[key])
+        values.setdefault("normalize_features", normalizes_at_test(str(values.get("neck", "none"))))
+        return InputSpec(net=self.net if self.net != "unknown" else "", resize_h_w=tuple(self.resize_h_w),
+                         raw_pixels=self.bake_normalization, **values)
+
+    def metadata(self) -> dict[str, str]:
+        return {**({"bpm.input_meta": self.input_meta} if self.input_meta else {}),
+            "bpm.net": self.net,
+            "bpm.resize_h_w": f"{self.resize_h_w[0]},{self.resize_h_w[1]}",
+            "bpm.bake_normalization": str(self.bake_normalization).lower(),
+            "bpm.precision": self.precision,
+            "bpm.input": self.input_spec.describe_pixels(),
+        }
+
+
+def read_spec(path: str | Path) -> OnnxSpec:
+    """The :class:`OnnxSpec` of an exported file; graphs from elsewhere get one derived from their input."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError/OSError variants depending on the damage
+        raise BpmError(f"{path}: not a readable ONNX file ({exc})") from exc
+    meta = {p.key: p.value for p in proto.metadata_props}
+    graph_input = proto.graph.input[0]
+    dims = graph_input.type.tensor_type.shape.dim
+    if len(dims) != 4 or not dims[2].dim_value or not dims[3].dim_value:
+        raise BpmError(f"{path}: expected an image input [N, 3, H, W] with fixed H and W")
+    return spec_from_metadata(meta, graph_input.name, proto.graph.output[0].name, (dims[2].dim_value, dims[3].dim_value))
+
+
+def spec_from_metadata(meta: dict[str, str], input_name: str, output_name: str,
+                       input_h_w: tuple[int, int]) -> OnnxSpec:
+    """The :class:`OnnxSpec` that ``bpm.*`` metadata (:meth:`OnnxSpec.metadata`) describes; a graph
+    without it is described by its input's fixed size. Shared by ONNX files and OpenVINO IRs."""
+    h_w = tuple(int(v) for v in meta["bpm.resize_h_w"].split(",")) if "bpm.resize_h_w" in meta else input_h_w
+    return OnnxSpec(
+        net=meta.get("bpm.net", "unknown"),
+        resize_h_w=(h_w[0], h_w[1]),
+        input_name=input_name,
+        output_name=output_name,
+        bake_normalization=meta.get("bpm.bake_normalization") == "true",
+        precision=meta.get("bpm.precision", "fp32"),
+        input_meta=meta.get("bpm.input_meta", ""),
+    )
+
+
+def session_options(threads: int = 0, spin: bool = False):
+    """Full graph optimisation, one inter-op thread, ``threads`` intra-op threads (0: ORT's default).
+
+    Intra-op threads do not spin between runs (``spin`` restores ORT's default, for comparisons).
+    Spinning keeps the cores busy after each call, so whatever runs next on them (JPEG decoding
+    and resizing of the next batch in :class:`bpm.FeatureExtractor`, another session, the
+    application itself) gets them late.
+    bench/infer_speed.py measured what it costs on 2 cores: with two sessions alternating,
+    MobileNet-V2 INT8 at batch 32 fell from ~1200-1400 to ~680 img/s, while one session alone
+    gained nothing measurable from spinning (FP32 574 vs 568 img/s, batch 1 no faster either).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return options
+
+
+class OnnxModel:
+    """An ONNX Runtime CPU session over an exported graph, called like the PyTorch model.
+
+    Input arrays are always FP32; FP16 graphs carry their own casts (see ``convert_to_fp16``).
+    ``precision`` is the graph's (its metadata's); ``metadata`` its ``bpm.*`` metadata.
+    """
+
+    kind = "ONNX graph"
+
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise BpmError(f"{self.path}: ONNX file not found")
+        self.spec: OnnxSpec = read_spec(self.path)
+        try:
+            self.session = ort.InferenceSession(str(self.path), session_options(threads),
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
+            raise BpmError(f"{self.path}: ONNX Runtime cannot load it ({one_line(exc)})") from exc
+        self.precision = self.spec.precision
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.feature_dim = int(self.session.get_outputs()[0].shape[-1])
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        output = self.session.run(None, {self.spec.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
+        return np.asarray(output, dtype=np.float32).reshape(len(images), -1)
+
+
+class GraphModule(torch.nn.Module):
+    """A graph runtime's model (ONNX Runtime, OpenVINO) as a module, so exported files take the one
+    extraction path of torch models."""
+
+    def __init__(self, runner: "OnnxModel") -> None:
+        super().__init__()
+        self.runner = runner
+        self.feature_dim = runner.feature_dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.runner(images.cpu().numpy()))
+
+
+EXTRACTION_BACKENDS.add("onnx", ExtractionBackend("onnx", (".onnx",), "an exported .onnx file (see bpm export)",
+                                                  OnnxModel), module=__name__)

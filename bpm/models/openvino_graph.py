@@ -1,0 +1,105 @@
+"""An OpenVINO IR (``.xml`` + ``.bin``) as a model: one runner, :class:`OpenVinoModel`, for every
+IR (ours, FP32 or INT8, and teachers from elsewhere).
+
+Why in ``bpm.models``: :func:`bpm.load_model`, the one loader, reads IRs as it reads ONNX files.
+OpenVINO runs an FP32 IR at the CPU's default inference precision (bfloat16 where the CPU has AMX,
+FP32 elsewhere), so the precision a file *runs* at is a property of the machine: the runner reads it
+back from the compiled model (``INFERENCE_PRECISION_HINT``) and reports it. The model's input spec
+rides in the IR's ``rt_info`` under ``bpm`` (the keys of an exported ONNX file's metadata, without the
+``bpm.`` prefix). ``openvino`` is optional (``pip install 'bpm[openvino]'``); without it every use is
+a one-line error. Writing IRs is :mod:`bpm.export.openvino`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from bpm.errors import BpmError, one_line
+from bpm.models.backends import EXTRACTION_BACKENDS, ExtractionBackend
+from bpm.models.onnx_graph import OnnxSpec, spec_from_metadata
+
+IR_SUFFIX = ".xml"
+INSTALL_HINT = "pip install 'bpm[openvino]'"
+META_PREFIX = "bpm."
+#: OpenVINO element types of INFERENCE_PRECISION_HINT, by our precision names (bpm.export.verify).
+PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+
+
+def require(package: str, what: str):
+    """``import package`` (``openvino`` or ``nncf``), or a one-line error saying how to install it."""
+    try:
+        return __import__(package)
+    except ImportError:
+        raise BpmError(f"{what} needs the {package} package, which is not installed ({INSTALL_HINT})") from None
+
+
+def read_metadata(model) -> dict[str, str]:
+    """The ``bpm.*`` metadata of an OpenVINO model (``{}`` for an IR from elsewhere)."""
+    if not model.has_rt_info(["bpm"]):
+        return {}
+    return {META_PREFIX + key: model.get_rt_info(["bpm", key]).astype(str) for key in model.get_rt_info()["bpm"]}
+
+
+class OpenVinoModel:
+    """An IR compiled for the CPU, called like :class:`bpm.models.onnx_graph.OnnxModel` (FP32 arrays in and out).
+
+    Args:
+        path: the ``.xml`` (its ``.bin`` beside it).
+        threads: inference threads (0: OpenVINO's default).
+        inference_precision: ``fp32``/``bf16``/``fp16`` to force one; ``None``: the CPU's default.
+
+    ``inference_precision`` is what the compiled model reports it computes in; ``precision`` is what
+    the file is checked as (``int8`` for a quantised IR, else the inference precision). ``spec`` is
+    ``None`` for an IR from elsewhere without fixed height and width.
+    """
+
+    kind = "OpenVINO IR"
+
+    def __init__(self, path: str | Path, threads: int = 0, inference_precision: str | None = None) -> None:
+        openvino = require("openvino", f"{path} (OpenVINO IR)")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise BpmError(f"{self.path}: OpenVINO IR not found")
+        if not self.path.with_suffix(".bin").is_file():
+            raise BpmError(f"{self.path}: the IR's weights {self.path.with_suffix('.bin').name} are missing beside it")
+        config: dict = {}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if inference_precision:
+            wanted = {v: k for k, v in PRECISIONS.items()}.get(inference_precision)
+            if wanted is None:
+                raise BpmError(f"inference precision {inference_precision!r}: expected one of "
+                               f"{', '.join(PRECISIONS.values())}")
+            config["INFERENCE_PRECISION_HINT"] = wanted
+        try:
+            core = openvino.Core()
+            model = core.read_model(str(self.path))
+            self.compiled = core.compile_model(model, "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError/GeneralFailure variants
+            raise BpmError(f"{self.path}: OpenVINO cannot load it ({one_line(exc)})") from exc
+        self.metadata = read_metadata(model)
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self.inference_precision = PRECISIONS.get(hint, hint)
+        self.spec = self._spec(model)
+        self.precision = "int8" if self.spec is not None and self.spec.precision == "int8" else self.inference_precision
+        self._output = self.compiled.output(0)
+        shape = self._output.get_partial_shape()
+        self.feature_dim = int(shape[shape.rank.get_length() - 1].get_length())
+
+    def _spec(self, model) -> OnnxSpec | None:
+        dims = model.input(0).get_partial_shape()
+        fixed = dims.rank.is_static and dims.rank.get_length() == 4 and dims[2].is_static and dims[3].is_static
+        if not self.metadata and not fixed:
+            return None
+        h_w = (dims[2].get_length(), dims[3].get_length()) if fixed else (0, 0)
+        return spec_from_metadata(self.metadata, model.input(0).get_any_name(), model.output(0).get_any_name(), h_w)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        output = self.compiled(np.ascontiguousarray(images, dtype=np.float32))[self._output]
+        return np.asarray(output, dtype=np.float32).reshape(len(images), -1)
+
+
+EXTRACTION_BACKENDS.add("openvino", ExtractionBackend(
+    "openvino", (IR_SUFFIX,), f"an OpenVINO IR .xml (bpm export --formats openvino; {INSTALL_HINT})", OpenVinoModel),
+    module=__name__)

@@ -1,0 +1,35 @@
+"""bench/infer_speed.py end to end on a tiny input: every runtime row, both sizes, a reference model alongside."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from bench_helpers import load_bench
+
+
+@pytest.mark.slow
+def test_every_runtime_size_and_batch_is_timed_against_ort_fp32_of_the_same_run(tmp_path, capsys):
+    bench = load_bench("infer_speed")
+    reference = tmp_path / "other.onnx"
+    torch.onnx.export(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval(),
+                      torch.zeros(1, 3, 24, 12), str(reference), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17, dynamo=False)
+    out = tmp_path / "rows.json"
+    assert bench.main(["--quick", "--sizes", "32x16,64x32", "--batches", "1,2", "--repeats", "1", "--calib", "4",
+                       "--reference", f"{reference}@24x12", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["size"], r["batch"]) for r in rows if r["net"] == "mobilenetV2"} == {
+        (s, b) for s in ("32x16", "64x32") for b in (1, 2)}
+    backends = {r["backend"] for r in rows if r["net"] == "mobilenetV2"}
+    assert {"ort_fp32", "ort_int8", "torch_fp32"} <= backends
+    if bench.HAVE_OPENVINO:
+        assert "ov_int8" in backends and any(b.startswith("ov_") and b.endswith("(default)") for b in backends)
+    else:
+        assert "OpenVINO rows left out" in printed
+    assert all(r["vs_ort_fp32"] == 1.0 for r in rows if r["backend"] == "ort_fp32")
+    assert any(r["net"].startswith("ref:other") and r["size"] == "24x12" for r in rows)
+    assert "load average" in printed

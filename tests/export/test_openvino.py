@@ -1,0 +1,144 @@
+"""OpenVINO IR formats: written, compiled for this CPU, verified like every format, read back by the loader.
+
+The precision an IR runs at depends on the CPU (bf16 with AMX, else FP32), so no test asserts which:
+each asserts that what is reported is what OpenVINO's compiled model says, and accuracy is asserted
+with FP32 forced. As for ONNX INT8 (test_pipeline.py), an untrained network's response to 8-bit
+and bf16 rounding is not a property of the code: those thresholds are lifted in the mechanics test.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+import bpm
+from bpm.cli import main
+from bpm.errors import BpmError
+from bpm.export import verify
+from bpm.export.pipeline import ExportOptions, run_export
+from bpm.data.transforms import image_batch
+from bpm.models.onnx_graph import OnnxModel
+from bpm.settings import ModelSettings
+from bpm.export.verify import cosine_rows
+
+from export_helpers import SIZE
+
+openvino = pytest.importorskip("openvino", reason="openvino is not installed (pip install 'bpm[openvino]')")
+pytest.importorskip("nncf", reason="nncf is not installed (pip install 'bpm[openvino]')")
+
+from bpm.models.openvino_graph import OpenVinoModel  # noqa: E402  (after the skip: needs openvino)
+
+
+def _export(out, original_ckpt, world, formats):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(verify.COSINE_THRESHOLDS, "int8", -1.0)
+        patch.setitem(verify.COSINE_THRESHOLDS, "bf16", -1.0)
+        return run_export(ExportOptions(
+            weights=str(original_ckpt), out_dir=str(out), model=ModelSettings(resize_h_w=SIZE), formats=formats,
+            calib_images=str(world / "bounding_box_train"), calib_count=16, verify_count=8, threads=2,
+        ), log=lambda line: None)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, original_ckpt, world):
+    out = tmp_path_factory.mktemp("ov")
+    return out, _export(out, original_ckpt, world, ("onnx", "openvino"))
+
+
+def test_ir_is_written_verified_and_reports_the_precision_it_runs_at(exported):
+    out, result = exported
+    assert sorted(p.name for p in out.iterdir()) == [
+        "export_report.json", "mobilenet_v2_64x32_fp32.bin", "mobilenet_v2_64x32_fp32.onnx",
+        "mobilenet_v2_64x32_fp32.xml"]
+    report = json.loads((out / "export_report.json").read_text())
+    rows = {row["format"]: row for row in report["formats"]}
+    runs_at = OpenVinoModel(result["files"]["openvino"]).inference_precision
+    assert runs_at in ("fp32", "bf16", "fp16")
+    assert rows["openvino"]["precision"] == runs_at == report["openvino"]["inference_precision"]
+    assert all(row["status"] == "verified" for row in rows.values())
+
+
+@pytest.mark.slow
+def test_int8_ir_is_quantised_by_nncf_and_checked_as_int8(tmp_path, original_ckpt, world, image_paths):
+    result = _export(tmp_path, original_ckpt, world, ("openvino_int8",))
+    report = json.loads((tmp_path / "export_report.json").read_text())
+    (row,) = report["formats"]
+    assert row["precision"] == "int8" and row["status"] == "verified" and row["file"] == "mobilenet_v2_64x32_int8.xml"
+    assert "NNCF" in report["openvino"]["int8"]["method"] and report["openvino"]["int8"]["calibration_images"] == 16
+    runner = OpenVinoModel(result["files"]["openvino_int8"])
+    assert runner.precision == "int8" and runner.spec.precision == "int8"
+    assert np.isfinite(runner(image_batch(image_paths[:2], SIZE))).all()
+
+
+def test_the_ir_carries_its_input_spec_and_verdict(exported, image_paths):
+    _out, result = exported
+    runner = OpenVinoModel(result["files"]["openvino"])
+    assert runner.metadata["bpm.verification"] == "verified"
+    assert "mean cosine" in runner.metadata["bpm.verification_detail"]
+    assert runner.spec == OnnxModel(result["files"]["onnx"]).spec  # the same spec as the ONNX file's metadata
+    model, spec = bpm.load_model(result["files"]["openvino"])
+    assert spec.resize_h_w == SIZE and spec.net == "mobilenet_v2" and model.feature_dim == 1280
+
+
+def test_fp32_ir_computes_what_onnx_runtime_computes(exported, image_paths):
+    _out, result = exported
+    x = image_batch(image_paths[:6], SIZE)
+    ir = OpenVinoModel(result["files"]["openvino"], threads=2, inference_precision="fp32")
+    assert ir.precision == "fp32"
+    assert cosine_rows(ir(x), OnnxModel(result["files"]["onnx"])(x)).min() > 0.9999
+
+
+def test_feature_extractor_and_extract_run_the_openvino_backend(exported, image_paths, tmp_path):
+    _out, result = exported
+    xml = result["files"]["openvino"]
+    extractor = bpm.FeatureExtractor(xml, batch_size=4)
+    assert extractor.backend == "openvino" and extractor.resize_h_w == SIZE
+    features = extractor(image_paths[:5])
+    assert features.shape == (5, 1280) and np.isfinite(features).all()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in image_paths[:3]:
+        (folder / path.rsplit("/", 1)[-1]).write_bytes(open(path, "rb").read())
+    assert main(["extract", "--weights", str(xml), "--images", str(folder), "--out", str(tmp_path / "f.h5"),
+                 "--backend", "openvino"]) in (0, None)
+    with pytest.raises(BpmError, match="the openvino backend needs an OpenVINO IR .xml"):
+        bpm.FeatureExtractor(result["files"]["onnx"], backend="openvino")
+
+
+def test_a_refused_ir_keeps_both_files_aside_and_says_so(tmp_path, original_ckpt, world, monkeypatch):
+    for precision in ("fp32", "bf16", "fp16"):
+        monkeypatch.setitem(verify.COSINE_THRESHOLDS, precision, 1.5)
+    with pytest.raises(BpmError, match="export check failed for openvino"):
+        run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path), model=ModelSettings(resize_h_w=SIZE),
+                                 formats=("openvino",), calib_images=str(world / "bounding_box_train"),
+                                 verify_count=4), log=lambda line: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "export_report.json", "mobilenet_v2_64x32_fp32.refused.bin", "mobilenet_v2_64x32_fp32.refused.xml"]
+    with pytest.warns(UserWarning, match="refused by bpm export"):
+        bpm.FeatureExtractor(tmp_path / "mobilenet_v2_64x32_fp32.refused.xml")
+
+
+def test_without_openvino_every_use_is_one_line_naming_the_extra(tmp_path, monkeypatch, original_ckpt):
+    xml = tmp_path / "model.xml"
+    xml.write_text("<net/>")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed
+    with pytest.raises(BpmError, match=r"needs the openvino package.*pip install 'bpm\[openvino\]'") as error:
+        bpm.FeatureExtractor(xml)
+    assert "\n" not in str(error.value)
+    with pytest.raises(BpmError, match=r"pip install 'bpm\[openvino\]'"):
+        run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path / "out"), model=ModelSettings(resize_h_w=SIZE),
+                                 formats=("openvino",), verify_count=2), log=lambda line: None)
+
+
+def test_a_bpm_ir_is_a_teacher_with_its_own_input_spec(exported, image_paths):
+    from PIL import Image
+
+    from bpm.distill.teacher import open_teacher
+
+    teacher = open_teacher(exported[1]["files"]["openvino"])
+    assert teacher.kind == "bpm OpenVINO IR" and teacher.dim == 1280 and teacher.spec_text == "64x32,bpm"
+    assert teacher.embed_images([Image.open(image_paths[0])]).shape == (1, 1280)
+    with pytest.raises(BpmError, match="carries its input spec"):
+        open_teacher(exported[1]["files"]["openvino"], "64x32")
