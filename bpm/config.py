@@ -17,13 +17,13 @@ import argparse
 import ast
 import json
 from pathlib import Path
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from typing import Any, Mapping
 
 from bpm.errors import BpmError
 from bpm.files import write_text
 from bpm.settings import (DataSettings, DeviceSettings, EvaluationSettings, FeatureSettings, ModelSettings,
-                          OutputSettings, PrecisionSettings, StartSettings, is_unset, unset)
+                          OutputSettings, PrecisionSettings, StartSettings, unset)
 
 _TRUE = {"true", "yes", "y", "t", "1", "on"}
 _FALSE = {"false", "no", "n", "f", "0", "off"}

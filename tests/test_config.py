@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from bpm.config import (add_train_arguments, apply_recipe, data_settings, is_unset, model_settings, parse_tuple,
+from bpm.config import (add_train_arguments, apply_recipe, data_settings, model_settings, parse_tuple,
                         precision_settings, str2bool, train_config)
-from bpm.settings import DataSettings, ModelSettings, PrecisionSettings
+from bpm.settings import DataSettings, ModelSettings, PrecisionSettings, is_unset
 from bpm.data.transforms import RandomCropResize, train_transform
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from bpm import distributed
 from bpm.config import (add_train_arguments, apply_recipe, as_switches, data_settings, data_switches,
                         default_exp_dir, device_settings, device_switches, evaluation_settings, feature_settings,
-                        feature_switches, is_unset, model_settings, output_settings, output_switches,
+                        feature_switches, model_settings, output_settings, output_switches,
                         precision_settings, precision_switches, save_config, start_settings, train_config,
                         train_switches)
 from bpm.engine.checkpoint import CKPT_NAME, load_checkpoint, rng_state, set_rng_state
@@ -38,7 +38,7 @@ from bpm.switches import check_train
 from bpm.runconfig import add_config_argument, run_versions
 from bpm.vis.plots import write_run_plots
 from bpm.settings import (DataSettings, DeviceSettings, EvaluationSettings, FeatureSettings, ModelSettings,
-                          OutputSettings, PrecisionSettings, StartSettings)
+                          OutputSettings, PrecisionSettings, StartSettings, is_unset)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
