@@ -35,6 +35,7 @@ from bpm.data.datasets import build_dataset
 from bpm.data.synthetic import WorldConfig, generate_world
 from bpm.engine.build import build_training
 from bpm.engine.trainer import Trainer, seed_everything
+from bpm.models.input_spec import input_spec_of_model
 from bpm.models.reid import build_model
 from bpm.precision import PrecisionPolicy
 from bpm.machine import print_machine
@@ -54,7 +55,9 @@ def measure(payload: dict) -> int:
                                     args.loss_scale)
     records = build_dataset("market1501", payload["world"]).train
     with tempfile.TemporaryDirectory() as exp_dir:
-        parts = build_training(train_config(args), policy, build_model(args.net, args.last_conv_stride), records, ctx)
+        model = build_model(args.net, args.last_conv_stride)
+        parts = build_training(train_config(args), policy, model, records, ctx,
+                               input_spec=input_spec_of_model(model, args.resize_h_w))
         trainer = Trainer(parts, Path(exp_dir))
         times = []
         batches = iter(trainer.loader)

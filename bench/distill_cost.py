@@ -30,6 +30,7 @@ from bpm.distill.teacher import open_teacher  # noqa: E402
 from bpm.engine.build import build_training  # noqa: E402
 from bpm.engine.trainer import Trainer, seed_everything  # noqa: E402
 from bpm.machine import machine_line  # noqa: E402
+from bpm.models.input_spec import input_spec_of_model  # noqa: E402
 from bpm.models.reid import build_model  # noqa: E402
 from bpm.precision import PrecisionPolicy  # noqa: E402
 
@@ -61,7 +62,8 @@ def step_times(world: Path, exp_dir: Path, args: argparse.Namespace, switches: l
         targets = distill_targets(open_teacher(config.teacher, config.teacher_input), config, dataset.train, exp_dir)
     prepare = time.perf_counter() - start
     model = build_model(args.net, pooling=parsed.pooling, neck=parsed.neck, num_classes=dataset.num_train_ids)
-    trainer = Trainer(build_training(config, PrecisionPolicy.create("O0", "cpu"), model, dataset.train, distill=targets),
+    trainer = Trainer(build_training(config, PrecisionPolicy.create("O0", "cpu"), model, dataset.train,
+                                     input_spec=input_spec_of_model(model, parsed.resize_h_w), distill=targets),
                       exp_dir)
     times = []
     batches = _endless(trainer)

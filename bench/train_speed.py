@@ -79,6 +79,7 @@ def _ours(args, net: str, level: str, device):
     from bpm.config import train_config
     from bpm.engine.build import build_training
     from bpm.engine.trainer import Trainer
+    from bpm.models.input_spec import input_spec_of_model
     from bpm.models.reid import build_model
     from bpm.precision import PrecisionPolicy
 
@@ -87,7 +88,9 @@ def _ours(args, net: str, level: str, device):
     records = [ImageRecord(f"/nonexistent/{i}.jpg", i % args.ids, 1) for i in range(args.ids * args.ims)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # O3 training warns by design
-        trainer = Trainer(build_training(train_config(targs), policy, build_model(net), records), "/nonexistent")
+        model = build_model(net)
+        trainer = Trainer(build_training(train_config(targs), policy, model, records,
+                                         input_spec=input_spec_of_model(model, targs.resize_h_w)), "/nonexistent")
 
     def step(images, labels) -> float:
         _stepped, stats = trainer.train_step(images, labels)

@@ -17,11 +17,13 @@ import argparse
 import ast
 import json
 from pathlib import Path
-from dataclasses import dataclass, fields
+from dataclasses import fields, replace
 from typing import Any, Mapping
 
 from bpm.errors import BpmError
 from bpm.files import write_text
+from bpm.settings import (DataSettings, DeviceSettings, EvaluationSettings, FeatureSettings, ModelSettings,
+                          OutputSettings, PrecisionSettings, StartSettings, unset)
 
 _TRUE = {"true", "yes", "y", "t", "1", "on"}
 _FALSE = {"false", "no", "n", "f", "0", "off"}
@@ -70,31 +72,6 @@ def int_tuple(length: int | None = None):
         return tuple(int(v) for v in value)
 
     return parse
-
-
-class _UnsetTuple(tuple):
-    """A default the user did not type (see :func:`unset`)."""
-
-
-class _UnsetInt(int):
-    """A default the user did not type (see :func:`unset`)."""
-
-
-class _UnsetStr(str):
-    """A default the user did not type (see :func:`unset`)."""
-
-
-def unset(value: tuple | int | str) -> tuple | int | str:
-    """``value`` marked as "not given on the command line": it behaves exactly like ``value``, but
-    :func:`is_unset` tells it apart, so a setting stored in a weights file can replace it while a
-    typed value wins (:mod:`bpm.models.meta`)."""
-    if isinstance(value, str):
-        return _UnsetStr(value)
-    return _UnsetTuple(value) if isinstance(value, tuple) else _UnsetInt(value)
-
-
-def is_unset(value: object) -> bool:
-    return isinstance(value, (_UnsetTuple, _UnsetInt, _UnsetStr))
 
 
 def device_ids(text: str | tuple) -> tuple[int, ...]:
@@ -210,6 +187,13 @@ def add_normalize_switch(parser: argparse.ArgumentParser, *, model_default: bool
         parser.add_argument("--normalize_feature", type=str2bool, default=False, help="L2-normalise the features")
 
 
+def add_threads_switch(parser: argparse.ArgumentParser) -> None:
+    """``--threads``: one meaning wherever a command runs a network on the CPU (``bpm extract``, ``bpm export``, ``bpm stream``)."""
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads a network runs with: PyTorch's intra-op threads for a PyTorch model, "
+                             "ONNX Runtime's for an ONNX graph (0: each library's default)")
+
+
 def add_rerank_switch(parser: argparse.ArgumentParser, *, default: bool,
                       help: str = "also print k-reciprocal re-ranked results") -> None:
     parser.add_argument("--rerank", type=str2bool, default=default, help=help)
@@ -220,11 +204,15 @@ def add_exp_dir_switch(parser: argparse.ArgumentParser,
     parser.add_argument("--exp_dir", default="", help=help)
 
 
-def add_feature_switches(parser: argparse.ArgumentParser) -> None:
-    """How features of a dataset's images are extracted."""
-    add_normalize_switch(parser)
-    parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
-    parser.add_argument("--batch_size_test", type=int, default=64, help="images per batch for feature extraction")
+def add_feature_switches(parser: argparse.ArgumentParser, *, folder: bool = False) -> None:
+    """How features of images are extracted (:class:`FeatureSettings`): a dataset's (``bpm train``,
+    ``bpm test``), or with ``folder`` a folder's (``bpm extract``: no loader workers, 32 images a batch,
+    ``--batch_size`` also spelled as before, normalisation by default as the model does at test time)."""
+    add_normalize_switch(parser, model_default=folder)
+    if not folder:
+        parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
+    parser.add_argument("--batch_size_test", *(["--batch_size"] if folder else []), dest="batch_size_test", type=int,
+                        default=32 if folder else 64, help="images per batch for feature extraction")
     parser.add_argument("--test_flip", type=str2bool, default=False,
                         help="average features of each image and its mirror")
 
@@ -421,104 +409,149 @@ def add_test_arguments(parser: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- typed settings
 
 
-@dataclass(frozen=True)
-class DataSettings:
-    """Which dataset to index and how (:func:`bpm.data.datasets.build_dataset`'s arguments)."""
+def from_switches(cls: type, args: argparse.Namespace, names: Mapping[str, str] | None = None, /,
+                  **given: Any) -> Any:
+    """A settings group made from parsed switches: each field from its switch (``names`` maps a field to
+    a switch of another name), or from ``given`` where the command has no such switch.
 
-    dataset: str
-    data_root: str | None = None
-    cuhk03_type: str = "detected"
-    trainset_part: str = "trainval"
-    skip_bad_images: bool = False
-    seed: int = 1  # draws the validation identities of --trainset_part train
-
-    def build(self, require_train: bool = True, may_write: bool = True):
-        """Index the dataset (:func:`bpm.data.datasets.build_dataset`)."""
-        from bpm.data.datasets import build_dataset
-
-        return build_dataset(self.dataset, self.data_root or None, cuhk03_type=self.cuhk03_type,
-                             trainset_part=self.trainset_part, skip_bad_images=self.skip_bad_images, seed=self.seed,
-                             require_train=require_train, may_write=may_write)
-
-
-@dataclass(frozen=True)
-class ModelSettings:
-    """The network and its input; values the user did not type stay :func:`unset`-marked, so a weights
-    file's stored settings can replace them (:mod:`bpm.models.meta`)."""
-
-    net: str = unset("mobilenet_v2")
-    last_conv_stride: int = unset(1)
-    resize_h_w: tuple[int, int] = unset((256, 128))
-
-    def overrides(self) -> dict[str, Any]:
-        """What the user typed, for :func:`bpm.load_model`: an untyped default is ``None`` (the
-        marker types never go below the command boundary)."""
-        return {name: None if is_unset(value) else value for name, value in
-                (("net", self.net), ("last_conv_stride", self.last_conv_stride), ("resize_h_w", self.resize_h_w))}
+    Why: a field filled "if present" used to be left at its default silently when a command lacked
+    the switch; here a field that is neither a switch of the command nor given is an error.
+    """
+    values, names = vars(args), names or {}
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        switch = names.get(f.name, f.name)
+        if f.name in given:
+            out[f.name] = given[f.name]
+        elif switch in values:
+            out[f.name] = values[switch]
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name}: the parsed switches have no --{switch} and no value was given")
+    return cls(**out)
 
 
-@dataclass(frozen=True)
-class PrecisionSettings:
-    """``--opt-level`` and what refines it; :meth:`policy` makes the :class:`~bpm.precision.PrecisionPolicy`."""
-
-    opt_level: str = "O0"
-    keep_batchnorm_fp32: bool = True
-    amp_dtype: str | None = None
-    loss_scale: float | str | None = None
-
-    def policy(self, device):
-        from bpm.precision import PrecisionPolicy
-
-        return PrecisionPolicy.create(self.opt_level, device, self.amp_dtype, self.keep_batchnorm_fp32,
-                                      self.loss_scale)
+def as_switches(group: Any, names: Mapping[str, str] | None = None, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A settings group back as the switches it was made from (:func:`from_switches`' inverse)."""
+    names = names or {}
+    return {names.get(f.name, f.name): getattr(group, f.name) for f in fields(group) if f.name not in skip}
 
 
-@dataclass(frozen=True)
-class FeatureSettings:
-    """How features of a dataset's images are extracted (the feature switch group)."""
+# Switch names of the group fields that differ from the field's name.
+DEVICE_SWITCHES = {"devices": "sys_device_ids"}
+FEATURE_SWITCHES = {"normalize": "normalize_feature", "batch_size": "batch_size_test", "flip": "test_flip"}
+# Switches of bpm train only; bpm test uses the fields' defaults.
+DATA_TRAINING_ONLY = ("trainset_part", "seed")
+PRECISION_TRAINING_ONLY = ("loss_scale",)
+# Data and precision switches that only some commands have; the others use these fields' defaults.
+_OPTIONAL_SWITCHES = {DataSettings: ("trainset_part", "seed", "skip_bad_images"),
+                      PrecisionSettings: ("amp_dtype", "loss_scale")}
 
-    normalize: bool = False
-    workers: int = 2
-    batch_size: int = 64
-    flip: bool = False
+
+def _defaults_for_absent(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(cls, name) for name in _OPTIONAL_SWITCHES[cls] if name not in vars(args)}
 
 
-def data_settings(args: argparse.Namespace) -> DataSettings:
-    return DataSettings(dataset=args.dataset, data_root=args.data_root or None, cuhk03_type=args.cuhk03_type,
-                        trainset_part=getattr(args, "trainset_part", "trainval"),
-                        skip_bad_images=getattr(args, "skip_bad_images", False), seed=getattr(args, "seed", 1))
+def _defaults(cls: type, names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: getattr(cls, name) for name in names}
+
+
+def device_settings(args: argparse.Namespace) -> DeviceSettings:
+    return from_switches(DeviceSettings, args, DEVICE_SWITCHES, devices=tuple(args.sys_device_ids))
+
+
+def device_switches(group: DeviceSettings) -> dict[str, Any]:
+    return as_switches(group, DEVICE_SWITCHES)
+
+
+def data_settings(args: argparse.Namespace, training: bool | None = None) -> DataSettings:
+    """The data group of any command (``--trainset_part``/``--seed``: ``bpm train``'s only;
+    ``training=False``: their defaults even where the parser has them)."""
+    fixed = _defaults(DataSettings, DATA_TRAINING_ONLY) if training is False else {}
+    return from_switches(DataSettings, args, data_root=args.data_root or None,
+                         **{**_defaults_for_absent(DataSettings, args), **fixed})
+
+
+def data_switches(group: DataSettings, training: bool = True) -> dict[str, Any]:
+    values = as_switches(group, skip=() if training else DATA_TRAINING_ONLY)
+    values["data_root"] = group.data_root or ""
+    return values
 
 
 def model_settings(args: argparse.Namespace) -> ModelSettings:
-    return ModelSettings(net=args.net, last_conv_stride=args.last_conv_stride, resize_h_w=args.resize_h_w)
+    return from_switches(ModelSettings, args)
 
 
-def feature_settings(args: argparse.Namespace) -> FeatureSettings:
-    return FeatureSettings(normalize=args.normalize_feature, workers=args.workers, batch_size=args.batch_size_test,
-                           flip=args.test_flip)
+def feature_settings(args: argparse.Namespace, **given: Any) -> FeatureSettings:
+    return from_switches(FeatureSettings, args, FEATURE_SWITCHES, **given)
 
 
-def precision_settings(args: argparse.Namespace) -> PrecisionSettings:
-    return PrecisionSettings(opt_level=args.opt_level, keep_batchnorm_fp32=args.keep_batchnorm_fp32,
-                             amp_dtype=args.amp_dtype, loss_scale=getattr(args, "loss_scale", None))
+def feature_switches(group: FeatureSettings) -> dict[str, Any]:
+    return as_switches(group, FEATURE_SWITCHES)
+
+
+def precision_settings(args: argparse.Namespace, training: bool | None = None) -> PrecisionSettings:
+    """The precision group of any command (``--amp_dtype`` where a model runs, ``--loss-scale`` in training)."""
+    fixed = _defaults(PrecisionSettings, PRECISION_TRAINING_ONLY) if training is False else {}
+    return from_switches(PrecisionSettings, args, **{**_defaults_for_absent(PrecisionSettings, args), **fixed})
+
+
+def precision_switches(group: PrecisionSettings, training: bool = True) -> dict[str, Any]:
+    return as_switches(group, skip=() if training else PRECISION_TRAINING_ONLY)
+
+
+def evaluation_settings(args: argparse.Namespace) -> EvaluationSettings:
+    return from_switches(EvaluationSettings, args)
+
+
+def output_settings(args: argparse.Namespace) -> OutputSettings:
+    return from_switches(OutputSettings, args, exp_dir=Path(args.exp_dir) if args.exp_dir else None)
+
+
+def output_switches(group: OutputSettings) -> dict[str, Any]:
+    return {**as_switches(group), "exp_dir": str(group.exp_dir) if group.exp_dir is not None else ""}
+
+
+def start_settings(args: argparse.Namespace) -> StartSettings:
+    return from_switches(StartSettings, args)
+
+
+# Fields of the training settings that are no switch: their value is fixed here, by name.
+_LOSS_FIXED = {"center_alpha": 0.5}
+_TRAIN_FIXED = {"warmup_factor": 0.1}
 
 
 def train_config(args: argparse.Namespace):
-    """The training part of parsed ``bpm train`` switches (:func:`apply_recipe` already applied)."""
+    """The training part of parsed ``bpm train`` switches (:func:`apply_recipe` already applied).
+
+    Every field comes from its switch; one the switches lack is an error (:func:`from_switches`).
+    The input size is not here: it is the model group's (:class:`ModelSettings`).
+    """
     from bpm.engine.config import TrainConfig
     from bpm.losses.combine import LossConfig, field_switches
     from bpm.losses.term import LOSS_TERMS
 
     values = vars(args)
-    own = {f.name for f in fields(TrainConfig)} - {"loss", "seed"}
     terms = [LOSS_TERMS.get(name) for name in LOSS_TERMS.names()]
     weights = {t.name: float(values[t.weight_switch]) for t in terms  # the terms outside LossConfig's fields
                if t.weight_switch not in field_switches() and values.get(t.weight_switch)}
-    config = TrainConfig(**{k: values[k] for k in own if k in values},
-                         loss=LossConfig(**{k: values[k] for k in field_switches() if k in values}, weights=weights),
-                         seed=values.get("seed") if values.get("set_seed") else None)
-    config.resize_h_w = tuple(config.resize_h_w)
-    return config
+    loss = from_switches(LossConfig, args, weights=weights, **_LOSS_FIXED)
+    config = from_switches(TrainConfig, args, loss=loss, seed=args.seed if args.set_seed else None, **_TRAIN_FIXED)
+    return replace(config, staircase_decay_at_epochs=tuple(config.staircase_decay_at_epochs))
+
+
+def train_switches(config) -> dict[str, Any]:
+    """:func:`train_config`'s inverse: the training switches of a :class:`~bpm.engine.config.TrainConfig`
+    (``--seed`` is the data group's; ``--set_seed`` says whether the trainer got it)."""
+    from bpm.losses.combine import field_switches
+    from bpm.losses.term import LOSS_TERMS
+
+    values = as_switches(config, skip=("loss", "seed", *_TRAIN_FIXED))
+    values.update(as_switches(config.loss, skip=("weights", *_LOSS_FIXED)))
+    for term in (LOSS_TERMS.get(name) for name in LOSS_TERMS.names()):
+        if term.weight_switch not in field_switches():
+            values[term.weight_switch] = float(config.loss.weights.get(term.name, 0.0))
+    values["set_seed"] = config.seed is not None
+    return values
 
 
 def apply_recipe(args: argparse.Namespace) -> None:

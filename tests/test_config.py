@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from bpm.config import (DataSettings, ModelSettings, PrecisionSettings, add_train_arguments, apply_recipe,
-                        data_settings, is_unset, model_settings, parse_tuple, precision_settings, str2bool,
-                        train_config)
+from bpm.config import (add_train_arguments, apply_recipe, data_settings, model_settings, parse_tuple,
+                        precision_settings, str2bool, train_config)
+from bpm.settings import DataSettings, ModelSettings, PrecisionSettings, is_unset
 from bpm.data.transforms import RandomCropResize, train_transform
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,7 +257,7 @@ def test_export_reads_the_cuhk03_type_into_its_options():
 
     args = _command_parser("export").parse_args(["--weights", "w.pth", "--out", "o", "--dataset", "cuhk03",
                                                  "--cuhk03_type", "labeled"])
-    assert options_from_args(args).cuhk03_type == "labeled"
+    assert options_from_args(args).data.cuhk03_type == "labeled"
 
 
 def test_switches_become_typed_settings_at_the_command_boundary():

@@ -24,6 +24,7 @@ from bpm.config import train_config
 from bpm.models.reid import ReidOutput
 from bpm import distributed
 from bpm.data.datasets import build_dataset
+from bpm.models.input_spec import InputSpec
 from bpm.engine.evaluator import EvalSettings, evaluate_test_set
 from bpm.engine.logging import RunLogger
 from bpm.engine.build import build_training, wrap_for_ranks
@@ -31,6 +32,7 @@ from bpm.engine.trainer import Trainer, seed_everything
 from bpm.errors import BpmError
 from bpm.evaluation.features import extract_features
 from bpm.precision import PrecisionPolicy
+from bpm.models.input_spec import input_spec_of_model
 
 from train_helpers import train_args
 
@@ -122,7 +124,8 @@ def fit_losses(rank: int, world_size: int, payload: dict, exp_dir: Path, resume:
     records = build_dataset("market1501", payload["world"]).train
     model = TinyNet(num_classes=len({r.pid for r in records}) if args.id_loss_weight else 0)
     ctx = distributed.DistContext(rank, world_size, device=POLICY.device)
-    trainer = Trainer(build_training(train_config(args), POLICY, model, records, ctx), exp_dir)
+    trainer = Trainer(build_training(train_config(args), POLICY, model, records, ctx,
+                                     input_spec=input_spec_of_model(model, args.resize_h_w)), exp_dir)
     if resume:
         trainer.resume(Path(payload["resume_from"]))
     if rank != 0:
@@ -145,7 +148,7 @@ def job_features(ctx: distributed.DistContext, payload: dict) -> dict:
     torch.manual_seed(0)
     model = TinyNet(batchnorm=True).eval()
     test_set = build_dataset("market1501", payload["world"]).test_sets[0]
-    settings = EvalSettings(resize_h_w=(64, 32), batch_size=5, workers=0, rerank=True)
+    settings = EvalSettings(InputSpec.for_size((64, 32)), batch_size=5, workers=0, rerank=True)
     features = extract_features(model, test_set.gallery, POLICY, (64, 32), 5, 0, ctx=ctx)
     return {"features": features, "report": evaluate_test_set(model, test_set, POLICY, settings, verbose=False, ctx=ctx)}
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from bpm.config import add_data_switches, add_model_switches, add_precision_switches, model_settings, str2bool
+from bpm.config import (add_data_switches, add_model_switches, add_precision_switches, add_threads_switch,
+                        data_settings, model_settings, precision_settings, str2bool)
 from bpm.errors import BpmError
 from bpm.export.formats import EXPORT_FORMATS, default_formats
 from bpm.export.pipeline import ExportOptions, parse_formats, run_export
@@ -61,16 +62,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qat_lr", type=float, default=1e-4, help="learning rate of --qat_epochs (Adam, cosine)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     parser.add_argument("--name", default="", help="file name stem (default <net>_<h>x<w>)")
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads for verification (0: all)")
+    add_threads_switch(parser)
 
 
 def options_from_args(args: argparse.Namespace) -> ExportOptions:
-    typed = model_settings(args).overrides()  # untyped defaults become None: the weights file decides
+    """The command boundary: the model, precision and data groups (untyped model values: the weights
+    file decides), and the export's own switches."""
     return ExportOptions(
-        weights=args.weights, out_dir=args.out, net=typed["net"], formats=args.formats, resize_h_w=typed["resize_h_w"],
-        last_conv_stride=typed["last_conv_stride"], opt_level=args.opt_level,
-        keep_batchnorm_fp32=args.keep_batchnorm_fp32, dataset=args.dataset, data_root=args.data_root,
-        cuhk03_type=args.cuhk03_type,
+        weights=args.weights, out_dir=args.out, formats=args.formats, model=model_settings(args),
+        precision=precision_settings(args), data=data_settings(args) if args.dataset else None,
         calib_images=args.calib_images, calib_count=args.calib_count, verify_count=args.verify_count,
         evaluate=args.evaluate, max_map_drop=args.max_map_drop, bake_normalization=args.bake_normalization,
         input_name=args.input_name, output_name=args.output_name, legacy_names=args.legacy_names,

@@ -9,8 +9,9 @@ import argparse
 import time
 from pathlib import Path
 
-from bpm.config import (add_device_switches, add_image_check_switch, add_model_switches, add_normalize_switch,
-                        add_precision_switches, model_settings, precision_settings)
+from bpm.config import (add_device_switches, add_feature_switches, add_image_check_switch, add_model_switches,
+                        add_precision_switches, add_threads_switch, feature_settings, model_settings,
+                        precision_settings)
 from bpm.errors import BpmError
 from bpm.evaluation.features_file import normalization_attrs
 from bpm.evaluation.folder_features import OUTPUT_SUFFIXES, extract_folder, is_test_folder
@@ -27,10 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_switches(parser)
     add_model_switches(parser)  # an ONNX file carries its own network and input size
     add_precision_switches(parser)
-    parser.add_argument("--batch_size", type=int, default=32, help="images per batch")
+    add_feature_switches(parser, folder=True)  # the feature group of bpm test (--batch_size: its old spelling)
     add_image_check_switch(parser)
-    add_normalize_switch(parser, model_default=True)
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: library default)")
+    add_threads_switch(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,11 +56,12 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(args.out, "--out", hdf5=Path(args.out).suffix != ".mat")
     device = resolve_device(tuple(args.sys_device_ids))
     typed, precision = model_settings(args).overrides(), precision_settings(args)
+    group = feature_settings(args, workers=0)  # decoded in this process
     extractor = FeatureExtractor(
         args.weights, net=typed["net"], device=device, resize_h_w=typed["resize_h_w"],
-        opt_level=precision.opt_level, backend=args.backend, batch_size=args.batch_size,
-        normalize=args.normalize_feature, last_conv_stride=typed["last_conv_stride"], amp_dtype=precision.amp_dtype,
-        keep_batchnorm_fp32=precision.keep_batchnorm_fp32, threads=args.threads,
+        opt_level=precision.opt_level, backend=args.backend, batch_size=group.batch_size,
+        normalize=group.normalize, last_conv_stride=typed["last_conv_stride"], amp_dtype=precision.amp_dtype,
+        keep_batchnorm_fp32=precision.keep_batchnorm_fp32, threads=args.threads, flip=group.flip,
     )
     start = time.perf_counter()
     attrs = {"weights": str(Path(args.weights).resolve()), "net": extractor.net, "backend": extractor.backend,

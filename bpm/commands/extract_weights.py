@@ -15,7 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from bpm.config import add_data_switches, add_model_switches, add_precision_switches, model_settings, str2bool
+from bpm.config import (add_data_switches, add_model_switches, add_precision_switches, data_settings,
+                        model_settings, precision_settings, str2bool)
 from bpm.errors import BpmError
 from bpm.helpformat import make_parser
 
@@ -52,12 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         formats.append(onnx_format)
         names[onnx_format] = str(Path(args.onnx_file).resolve())
     out_dir = Path(args.onnx_file or args.model_file).resolve().parent
-    typed = model_settings(args).overrides()  # untyped defaults become None: the checkpoint decides
     options = ExportOptions(
-        weights=args.check_point_file, out_dir=str(out_dir), net=typed["net"], formats=tuple(formats),
-        resize_h_w=typed["resize_h_w"], last_conv_stride=typed["last_conv_stride"], opt_level=args.opt_level,
-        keep_batchnorm_fp32=args.keep_batchnorm_fp32, legacy_names=args.legacy_names, dataset=args.dataset,
-        data_root=args.data_root, cuhk03_type=args.cuhk03_type, file_names=names,
+        weights=args.check_point_file, out_dir=str(out_dir), formats=tuple(formats), model=model_settings(args),
+        precision=precision_settings(args), data=data_settings(args) if args.dataset else None,
+        legacy_names=args.legacy_names, file_names=names,
     )
     try:
         run_export(options)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 
+from bpm.config import add_threads_switch
 from bpm.errors import BpmError
 from bpm.stream.appearance import DEFAULT_TRACK_THRESHOLD
 from bpm.stream.gallery import DEFAULT_THRESHOLD
@@ -40,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min_observations", type=int, default=3, help="embeddings a track gathers before matching")
     parser.add_argument("--embed_every", type=int, default=3, help="then embed each track every n-th frame")
     parser.add_argument("--max_frames", type=int, default=0, help="stop each camera after this many frames (0: all)")
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime / torch threads per network (0: default)")
+    add_threads_switch(parser)  # per network: the detector and the re-ID model each
     parser.add_argument("--read_ahead", type=int, default=2,
                         help="frames a reader thread per camera decodes ahead, overlapping inference (0: no thread)")
     parser.add_argument("--detector_spin", action="store_true",

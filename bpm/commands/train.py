@@ -8,14 +8,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from bpm import distributed
-from bpm.config import (DataSettings, ModelSettings, PrecisionSettings, add_train_arguments, apply_recipe,
-                        data_settings, default_exp_dir, is_unset, model_settings, precision_settings, save_config,
-                        train_config)
+from bpm.config import (add_train_arguments, apply_recipe, as_switches, data_settings, data_switches,
+                        default_exp_dir, device_settings, device_switches, evaluation_settings, feature_settings,
+                        feature_switches, model_settings, output_settings, output_switches,
+                        precision_settings, precision_switches, save_config, start_settings, train_config,
+                        train_switches)
 from bpm.engine.checkpoint import CKPT_NAME, load_checkpoint, rng_state, set_rng_state
 from bpm.engine.diskspace import check_free_space, estimate_checkpoint_bytes, prepare_exp_dir
 from bpm.files import check_output_file
@@ -35,6 +37,8 @@ from bpm.precision import PrecisionPolicy, resolve_device
 from bpm.switches import check_train
 from bpm.runconfig import add_config_argument, run_versions
 from bpm.vis.plots import write_run_plots
+from bpm.settings import (DataSettings, DeviceSettings, EvaluationSettings, FeatureSettings, ModelSettings,
+                          OutputSettings, PrecisionSettings, StartSettings, is_unset)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,35 +48,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Everything one ``bpm train``/``bpm test`` run needs, typed; made once from the switches by
-    :func:`run_settings`, and what travels to every worker process of a multi-GPU run."""
+    """Everything one ``bpm train``/``bpm test`` run needs, in groups, each switch in one of them; made
+    once from the switches by :func:`run_settings`, what travels to every worker process of a multi-GPU
+    run, and what ``config.json`` is written from (:meth:`switches`)."""
 
-    devices: tuple[int, ...]
+    device: DeviceSettings
     data: DataSettings
     model: ModelSettings
     precision: PrecisionSettings
-    train: TrainConfig | None  # None: evaluate only (--only_test true, bpm test)
-    exp_dir: Path | None  # None: named after the settings (:attr:`folder`)
-    run: int = 1
-    log_to_file: bool = True
-    model_weight_file: str = ""
-    resume: bool = False
-    net_pretrained_path: str = "imagenet"
-    architecture: dict = field(default_factory=dict)  # pooling and neck of a new model (from --recipe)
-    eval_untrained: bool = False
-    set_seed: bool = False
-    seed: int = 1
-    dist_timeout: float = 1800.0
-    # evaluation
-    normalize_feature: bool = False
-    test_normalize: bool | None = None
-    rerank: bool = True
-    batch_size_test: int = 64
-    workers: int = 2
-    save_features: str = ""
-    test_flip: bool = False
-    mq_pooling: str = "average"
-    switches: dict = field(default_factory=dict)  # the resolved switches, as config.json records them
+    features: FeatureSettings
+    eval: EvaluationSettings
+    output: OutputSettings
+    train: TrainConfig | None = None  # None: evaluate only (--only_test true, bpm test)
+    start: StartSettings | None = None  # how training starts; None when evaluating only
+    config_file: str | None = None  # the --config file the switches came from (recorded in config.json)
     input_spec: InputSpec | None = None  # bpm test: the loaded file's (bpm.load_model); training: the model's
 
     @property
@@ -82,31 +71,44 @@ class RunSettings:
     @property
     def folder(self) -> Path:
         """The run folder: ``--exp_dir``, else the original's name made of the settings."""
-        if self.exp_dir is not None:
-            return self.exp_dir
+        if self.output.exp_dir is not None:
+            return self.output.exp_dir
         return default_exp_dir(self.data.dataset, self.model.net, self.precision.opt_level,
-                               self.model.last_conv_stride, self.run)
+                               self.model.last_conv_stride, self.output.run)
 
     @property
     def command(self) -> str:
         return "bpm test" if self.only_test else "bpm train"
+
+    def switches(self) -> dict[str, Any]:
+        """The settings as the command's switches (what ``config.json`` records and ``--config`` reads):
+        :func:`run_settings`' inverse. A switch read into two groups (``--workers``,
+        ``--normalize_feature``) must agree in both."""
+        training = self.train is not None
+        parts = [device_switches(self.device), data_switches(self.data, training), as_switches(self.model),
+                 precision_switches(self.precision, training), feature_switches(self.features),
+                 as_switches(self.eval), output_switches(self.output)]
+        if training:
+            parts += [as_switches(self.start), train_switches(self.train)]
+        out: dict[str, Any] = {"only_test": not training, "config": self.config_file}
+        for part in parts:
+            for name, value in part.items():
+                if name in out and out[name] != value:
+                    raise ValueError(f"the settings disagree on --{name}: {out[name]!r} and {value!r}")
+                out[name] = value
+        return out
 
 
 def run_settings(args: argparse.Namespace) -> RunSettings:
     """The command boundary: parsed (recipe-filled, checked) switches -> :class:`RunSettings`."""
     training = not getattr(args, "only_test", False)
     return RunSettings(
-        devices=tuple(args.sys_device_ids), data=data_settings(args), model=model_settings(args),
-        precision=precision_settings(args), train=train_config(args) if training else None,
-        exp_dir=Path(args.exp_dir) if args.exp_dir else None, run=args.run,
-        log_to_file=args.log_to_file, model_weight_file=args.model_weight_file,
-        resume=getattr(args, "resume", False), net_pretrained_path=getattr(args, "net_pretrained_path", "imagenet"),
-        architecture={"pooling": args.pooling, "neck": args.neck} if training else {},
-        eval_untrained=getattr(args, "eval_untrained", False), set_seed=getattr(args, "set_seed", False),
-        seed=getattr(args, "seed", 1), dist_timeout=args.dist_timeout, normalize_feature=args.normalize_feature,
-        test_normalize=args.test_normalize, rerank=args.rerank, batch_size_test=args.batch_size_test,
-        workers=args.workers, save_features=args.save_features, test_flip=args.test_flip,
-        mq_pooling=args.mq_pooling, switches=dict(vars(args)),
+        device=device_settings(args), data=data_settings(args, training),
+        model=model_settings(args), precision=precision_settings(args, training),
+        features=feature_settings(args), eval=evaluation_settings(args),
+        output=output_settings(args), train=train_config(args) if training else None,
+        start=start_settings(args) if training else None,
+        config_file=getattr(args, "config", None),  # a record, not a setting: parsers made without --config lack it
     )
 
 
@@ -114,22 +116,21 @@ def test_normalize(settings: RunSettings, spec: InputSpec) -> bool:
     """``--test_normalize``, by default the model's own test-time normalisation (its InputSpec: on for
     BNNeck features, which the neck makes suited to cosine comparison, as in the strong baselines'
     evaluation), or ``--normalize_feature``."""
-    if settings.test_normalize is not None:
-        return settings.test_normalize
-    return bool(settings.normalize_feature) or spec.normalize_features
+    if settings.eval.test_normalize is not None:
+        return settings.eval.test_normalize
+    return bool(settings.features.normalize) or spec.normalize_features
 
 
 def eval_settings(settings: RunSettings, normalize: bool, spec: InputSpec) -> EvalSettings:
     return EvalSettings(
-        resize_h_w=tuple(spec.resize_h_w),
         input_spec=spec,
         normalize_feature=normalize,
-        rerank=settings.rerank,
-        batch_size=settings.batch_size_test,
-        workers=settings.workers,
-        save_features=settings.save_features or None,
-        flip=settings.test_flip,
-        mq_pooling=settings.mq_pooling,
+        rerank=settings.eval.rerank,
+        batch_size=settings.features.batch_size,
+        workers=settings.features.workers,
+        save_features=settings.eval.save_features or None,
+        flip=settings.features.flip,
+        mq_pooling=settings.eval.mq_pooling,
     )
 
 
@@ -137,9 +138,7 @@ def settings_from_spec(settings: RunSettings, spec: InputSpec) -> RunSettings:
     """Network, last stride and input size as :func:`bpm.load_model` resolved them (typed, else the
     weights file's, else the backbone's): a model trained at 64x32 is evaluated at 64x32."""
     chosen = ModelSettings(net=spec.net, last_conv_stride=spec.last_conv_stride, resize_h_w=spec.resize_h_w)
-    return replace(settings, model=chosen, input_spec=spec, switches={**settings.switches, "net": chosen.net,
-                                                     "last_conv_stride": chosen.last_conv_stride,
-                                                     "resize_h_w": chosen.resize_h_w})
+    return replace(settings, model=chosen, input_spec=spec)
 
 
 def spec_of_run(settings: RunSettings, model: ReidModel) -> InputSpec:
@@ -178,13 +177,14 @@ def run(args: argparse.Namespace) -> int:
 
 def run_with(settings: RunSettings) -> int:
     """One process, a torchrun worker, or (``-d '(0,1,...)'``) the launcher of one worker per GPU."""
-    if distributed.wants_local_spawn(settings.devices):
-        resolve_device(settings.devices)  # a missing GPU is reported once, before any worker starts
-        return distributed.spawn_local(run_with, settings, len(settings.devices))
-    ctx = distributed.init(settings.devices, settings.dist_timeout)
+    devices = settings.device.devices
+    if distributed.wants_local_spawn(devices):
+        resolve_device(devices)  # a missing GPU is reported once, before any worker starts
+        return distributed.spawn_local(run_with, settings, len(devices))
+    ctx = distributed.init(devices, settings.device.dist_timeout)
     try:
         with distributed.peer_failures_as_errors(ctx), distributed.stdout_on_main_only(ctx):
-            distributed.check_same_across_ranks(ctx, distributed.switches_for_check(settings.switches), "settings")
+            distributed.check_same_across_ranks(ctx, distributed.switches_for_check(settings.switches()), "settings")
             return _run_process(settings, ctx)
     finally:
         distributed.teardown(ctx)
@@ -194,11 +194,11 @@ def _run_process(settings: RunSettings, ctx: distributed.DistContext) -> int:
     """Everything one rank does; only rank 0 writes into the experiment folder."""
     device = ctx.device
     policy = settings.precision.policy(device)
-    if settings.set_seed:
-        seed_everything(settings.seed)
+    if settings.train is not None and settings.train.seed is not None:
+        seed_everything(settings.train.seed)
     # Build everything that can fail on user input before touching the experiment folder.
     if settings.only_test:
-        weights = settings.model_weight_file or str(settings.folder / CKPT_NAME)
+        weights = settings.eval.model_weight_file or str(settings.folder / CKPT_NAME)
         model, spec = load_model(weights, **settings.model.overrides())
         settings = settings_from_spec(settings, spec)
     # A test-only folder (query/ + gallery/ only) is fine for evaluating.
@@ -212,33 +212,32 @@ def _run_process(settings: RunSettings, ctx: distributed.DistContext) -> int:
         # The ID head has one output per training identity, so the model comes after the data set.
         num_classes = dataset.num_train_ids if settings.train.loss.needs_classes else 0
         model = build_model(settings.model.net, settings.model.last_conv_stride, num_classes=num_classes,
-                            **settings.architecture)
-        if not settings.resume:
-            init_backbone(model, settings.net_pretrained_path)
+                            **settings.start.architecture)
+        if not settings.start.resume:
+            init_backbone(model, settings.start.net_pretrained_path)
     distributed.check_same_across_ranks(
         ctx, {ts.name: distributed.records_digest(ts.query + ts.gallery) for ts in dataset.test_sets}
         | {"training set": distributed.records_digest(dataset.train)}, "datasets")
     exp_dir = settings.folder
     ckpt, resume_changes = None, []
-    if settings.resume:
+    resume = settings.start is not None and settings.start.resume
+    if resume:
         # Switches that contradict the checkpoint are refused here, before the folder is touched.
         ckpt = load_checkpoint(exp_dir / CKPT_NAME)
         stored_input = ckpt.get("input") if isinstance(ckpt.get("input"), dict) else {}
         if is_unset(settings.model.resize_h_w) and isinstance(stored_input.get("resize_h_w"), (list, tuple)):
             size = tuple(int(v) for v in stored_input["resize_h_w"])  # resume at the size it trained at
-            settings = replace(settings, model=replace(settings.model, resize_h_w=size),
-                               train=replace(settings.train, resize_h_w=size),
-                               switches={**settings.switches, "resize_h_w": size})
+            settings = replace(settings, model=replace(settings.model, resize_h_w=size))
         facts = {"net": model.net, "architecture": getattr(model, "architecture", None),
-                 "num_classes": len({r.pid for r in dataset.train})}
+                 "num_classes": len({r.pid for r in dataset.train}), "resize_h_w": settings.model.resize_h_w}
         resume_changes = check_resume(ckpt, settings.train, facts, exp_dir / CKPT_NAME)
     trainer, untrained = None, None
     if not settings.only_test:
         # Every start-up check (sampler sizes, the optimizer state of a resume, ...) runs here, before
         # anything in the folder is written or moved: a refused start leaves the previous run as it was.
-        untrained = copy.deepcopy(model) if settings.eval_untrained else None
+        untrained = copy.deepcopy(model) if settings.start.eval_untrained else None
         trainer = _make_trainer(settings, model, policy, dataset, ctx, distill)
-        if settings.resume:
+        if resume:
             trainer.resume(ckpt=ckpt)
     lock = None
     if ctx.is_main:
@@ -248,7 +247,7 @@ def _run_process(settings: RunSettings, ctx: distributed.DistContext) -> int:
         if trainer is not None and ctx.is_main:
             check_free_space(exp_dir, estimate_checkpoint_bytes(trainer.checkpoint_state(), trainer.optimizer),
                              trainer.ckpt_path)
-            if not settings.resume:
+            if not resume:
                 previous = move_previous_run(exp_dir)  # a fresh run never mixes its records with an earlier one's
                 if previous is not None:
                     print(f"Starting afresh (no --resume true): the previous run's records were moved to {previous}")
@@ -263,10 +262,10 @@ def _run_locked(settings: RunSettings, ctx: distributed.DistContext, policy: Pre
     """The part of a run that writes into the run folder (rank 0 holds its lock)."""
     device, exp_dir = ctx.device, settings.folder
     config_name, results_name = record_names(exp_dir, training=not settings.only_test)
-    with StreamMirror(exp_dir, enabled=settings.log_to_file and ctx.is_main):
+    with StreamMirror(exp_dir, enabled=settings.output.log_to_file and ctx.is_main):
         if ctx.is_main:
             records = {"versions": run_versions(device)}
-            switches = settings.switches
+            switches = settings.switches()
             if resume_changes:
                 switches, records["resume_changes"] = resume_records(settings, trainer, exp_dir / config_name,
                                                                      resume_changes)
@@ -277,12 +276,11 @@ def _run_locked(settings: RunSettings, ctx: distributed.DistContext, policy: Pre
               f"test sets: {', '.join(ts.name for ts in dataset.test_sets)}")
         print(f"Network {net}, input {size[0]}x{size[1]}, precision {policy.describe()}, device {device}")
         spec = spec_of_run(settings, model)
-        evaluation = eval_settings(settings, test_normalize(settings, spec), spec)
-        weights = (settings.model_weight_file if settings.only_test else "") or str(exp_dir / CKPT_NAME)
-        evaluation.features_attrs = {"weights": str(Path(weights).resolve()), "net": net,
+        weights = (settings.eval.model_weight_file if settings.only_test else "") or str(exp_dir / CKPT_NAME)
+        evaluation = replace(eval_settings(settings, test_normalize(settings, spec), spec), features_attrs={"weights": str(Path(weights).resolve()), "net": net,
                                      "exp_dir": str(exp_dir.resolve()), "dataset": dataset.name,
                                      "opt_level": opt_level, "command": settings.command,
-                                     "test_normalize": int(spec.normalize_features)}
+                                     "test_normalize": int(spec.normalize_features)})
         extra: dict = {"versions": run_versions(device)}
         if trainer is None:
             model = policy.prepare_model(model)
@@ -304,9 +302,9 @@ def _run_locked(settings: RunSettings, ctx: distributed.DistContext, policy: Pre
             # cmc_curve.png (test_cmc_curve.png in a training folder), training_curves.png after training; only warns
             write_run_plots(exp_dir, reports, cmc_name=results_name.replace("results.json", "cmc_curve.png"),
                             training=not settings.only_test)
-            if not settings.only_test and settings.log_to_file:
+            if not settings.only_test and settings.output.log_to_file:
                 first = next(iter(reports.values()))["single_query"]
-                log_hparams(exp_dir, settings.switches, {"hparam/mAP": float(first["mAP"]),
+                log_hparams(exp_dir, settings.switches(), {"hparam/mAP": float(first["mAP"]),
                                                          "hparam/mINP": float(first["mINP"]),
                                                          "hparam/rank1": float(first["cmc"][0])},
                             settings.train.total_epochs)
@@ -327,9 +325,9 @@ def resume_records(settings: RunSettings, trainer: Trainer, config: Path, change
     previous = previous if isinstance(previous, dict) else {}
     earlier = [c for c in previous.get("resume_changes", []) if isinstance(c, str)]
     position = trainer.position
+    switches = settings.switches()
     if position.epoch < settings.train.total_epochs:
-        return settings.switches, earlier + [f"{c} (from step {position.global_step + 1})" for c in changes]
-    switches = dict(settings.switches)
+        return switches, earlier + [f"{c} (from step {position.global_step + 1})" for c in changes]
     for change in changes:
         key = change.split(" ", 1)[0]
         if key in previous and key in switches:
@@ -363,13 +361,14 @@ def _make_trainer(settings: RunSettings, model: ReidModel, policy: PrecisionPoli
 
         teacher, extras = distill
         targets = distill_targets(teacher, settings.train, [*dataset.train, *extras], settings.folder,
-                                  input_spec_of_model(model, settings.train.resize_h_w), ctx)
-    parts = build_training(settings.train, policy, model, dataset.train, ctx, distill=targets, extra_records=extras)
+                                  spec_of_run(settings, model), ctx)
+    parts = build_training(settings.train, policy, model, dataset.train, ctx, input_spec=spec_of_run(settings, model),
+                           distill=targets, extra_records=extras)
     return Trainer(parts, settings.folder, validator)
 
 
 def _train(settings: RunSettings, trainer: Trainer, ctx: distributed.DistContext) -> ReidModel:
-    logger = RunLogger(settings.folder, tensorboard=settings.log_to_file) if ctx.is_main else None
+    logger = RunLogger(settings.folder, tensorboard=settings.output.log_to_file) if ctx.is_main else None
     try:
         trainer.fit(logger)
     finally:

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from bpm.config import (DataSettings, FeatureSettings, ModelSettings, PrecisionSettings, add_dataset_features_switches,
-                        add_output_switches, add_rerank_switch, add_weights_switches, data_settings, default_exp_dir,
-                        feature_settings, model_settings, precision_settings)
+from bpm.config import (add_dataset_features_switches, add_output_switches, add_rerank_switch, add_weights_switches,
+                        data_settings, default_exp_dir, feature_settings, model_settings, precision_settings)
 from bpm.data.records import ImageRecord, TestSet
 from bpm.errors import BpmError
 from bpm.vis.html import render_links, write_page
 from bpm.vis.rank_list import QUERY_SEED
 from bpm.vis.rank_pages import VisSet, check_set, draw_set, load_feature_sets
+from bpm.settings import DataSettings, FeatureSettings, ModelSettings, PrecisionSettings
 
 RANK_LISTS = "rank_lists"
 

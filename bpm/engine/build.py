@@ -29,7 +29,7 @@ from bpm.engine.config import TrainConfig
 from bpm.engine.optimizers import build_optimizer
 from bpm.errors import BpmError
 from bpm.losses.combine import ReidCriterion
-from bpm.models.input_spec import input_spec_of_model
+from bpm.models.input_spec import InputSpec
 from bpm.precision import PrecisionPolicy, PrecisionStepper
 
 
@@ -53,6 +53,7 @@ class TrainingParts:
     sampler: PKBatchSampler | ExtraBatchSampler
     sampler_seed: int
     loader: torch.utils.data.DataLoader
+    input_spec: InputSpec
     distill: CachedTargets | PerStepTargets | None = None
 
 
@@ -64,7 +65,7 @@ def class_index(train_records: Sequence[ImageRecord]) -> dict[int, int]:
 
 def build_training(cfg: TrainConfig, policy: PrecisionPolicy, model: torch.nn.Module,
                    train_records: Sequence[ImageRecord], ctx: DistContext | None = None, *,
-                   criterion: Callable | None = None, distill: CachedTargets | PerStepTargets | None = None,
+                   input_spec: InputSpec, criterion: Callable | None = None, distill: CachedTargets | PerStepTargets | None = None,
                    extra_records: Sequence[ImageRecord] = ()) -> TrainingParts:
     """The parts of a training run.
 
@@ -74,6 +75,9 @@ def build_training(cfg: TrainConfig, policy: PrecisionPolicy, model: torch.nn.Mo
         model: the network, not yet cast or wrapped (its ``feature_dim`` sizes the loss terms).
         train_records: the labelled training images.
         ctx: the command's distributed context (default: one process on the policy's device).
+        input_spec: what the model takes (size, normalisation: the model group's input size,
+            :func:`~bpm.models.input_spec.input_spec_of_model`), for the training transform and the
+            checkpoint's record; required, so no caller trains at a size it did not choose.
         criterion: a ready criterion (tests); default: :class:`ReidCriterion` over ``cfg.loss``.
         distill: the teacher's targets (:mod:`bpm.distill`), when a loss term needs them.
         extra_records: unlabelled crops (``--distill_extra``) appended to every batch.
@@ -101,11 +105,11 @@ def build_training(cfg: TrainConfig, policy: PrecisionPolicy, model: torch.nn.Mo
     if extra_records:
         per_batch = cfg.distill_extra_per_batch or max(1, cfg.ids_per_batch * cfg.ims_per_id // 2)
         sampler = ExtraBatchSampler(sampler, len(train_records), len(extra_records), per_batch)
-    transform = train_transform(input_spec_of_model(model, cfg.resize_h_w), cfg.mirror, cfg.crop_prob, cfg.crop_ratio, cfg.erase,
-                                cfg.erase_prob, cfg.pad_crop)
+    transform = train_transform(input_spec, cfg.mirror, cfg.crop_prob, cfg.crop_ratio, cfg.erase, cfg.erase_prob,
+                                cfg.pad_crop)
     loader = train_loader([*train_records, *extra_records], transform, sampler, cfg.workers)
     return TrainingParts(cfg, policy, ctx, wrapped, stepper, criterion, optimizer, classes, sampler, sampler_seed,
-                         loader, distill)
+                         loader, input_spec, distill)
 
 
 def wrap_for_ranks(model: torch.nn.Module, policy: PrecisionPolicy, ctx: DistContext, sync_bn: bool) -> torch.nn.Module:

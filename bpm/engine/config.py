@@ -10,8 +10,11 @@ from dataclasses import dataclass, field
 from bpm.losses.combine import LossConfig
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
+    """The trainer's settings. The input size is the model group's (:class:`bpm.config.ModelSettings`);
+    the trainer gets it as the model's :class:`~bpm.models.input_spec.InputSpec`."""
+
     total_epochs: int = 300
     recipe: str = ""  # the --recipe name, recorded in checkpoints (bpm.models.meta)
     ids_per_batch: int = 32
@@ -29,7 +32,6 @@ class TrainConfig:
     warmup_epochs: int = 0
     warmup_factor: float = 0.1
     # augmentation
-    resize_h_w: tuple[int, int] = (256, 128)
     mirror: bool = True
     crop_prob: float = 0.1
     crop_ratio: float = 1.0

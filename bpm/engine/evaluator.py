@@ -28,9 +28,11 @@ RESULT_LINE = "[mAP: {:5.2%}], [cmc1: {:5.2%}], [cmc5: {:5.2%}], [cmc10: {:5.2%}
 MINP_FIELD = ", [mINP: {:5.2%}]"
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalSettings:
-    resize_h_w: tuple[int, int]
+    """How one evaluation runs; made at the command boundary from the feature and test groups."""
+
+    input_spec: InputSpec  # the model's input (size, normalisation)
     normalize_feature: bool = False
     rerank: bool = False
     flip: bool = False
@@ -40,7 +42,6 @@ class EvalSettings:
     save_features: str | None = None
     mq_pooling: str = "average"
     features_attrs: dict | None = None  # recorded in the --save_features file (weights, net, run folder, time)
-    input_spec: InputSpec | None = None  # the model's (size, normalisation); None: resize_h_w with the default
 
 
 def format_result(title: str, result: dict) -> str:
@@ -103,7 +104,7 @@ def evaluate_test_set(
     if not test_set.query:
         raise BpmError(f"test set {test_set.name}: there are no query images")
     extract = lambda records, desc: extract_features(  # noqa: E731
-        model, records, policy, settings.input_spec or settings.resize_h_w, settings.batch_size, settings.workers, settings.flip,
+        model, records, policy, settings.input_spec, settings.batch_size, settings.workers, settings.flip,
         settings.normalize_feature, desc, ctx,
     )
     q_feat = extract(test_set.query, "query")
@@ -205,7 +206,7 @@ def _features_attrs(settings: EvalSettings) -> dict:
     import time
 
     return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "normalized": int(settings.normalize_feature),
-            "flip": int(settings.flip), "resize_h_w": str(tuple(settings.resize_h_w)), **(settings.features_attrs or {})}
+            "flip": int(settings.flip), "resize_h_w": str(tuple(settings.input_spec.resize_h_w)), **(settings.features_attrs or {})}
 
 
 def write_results(path: Path, dataset: str, net: str, opt_level: str, reports: dict[str, dict], extra: dict | None = None) -> dict:

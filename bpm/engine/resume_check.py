@@ -21,7 +21,7 @@ from bpm.models.registry import backbone_choices, canonical_name
 
 # Changing these would make the checkpoint's weights, optimizer state or data position mean
 # something else: refused.
-FIXED = ("optimizer", "recipe", "ids_per_batch", "ims_per_id", "sampler_epoch", "resize_h_w",
+FIXED = ("optimizer", "recipe", "ids_per_batch", "ims_per_id", "sampler_epoch",
          "teacher", "teacher_input", "distill_extra", "distill_extra_per_batch")  # targets, extra batches
 FIXED_LOSS = ("id_loss_weight", "center_loss_weight")  # they decide the ID head / centre buffers
 FIXED_ON_OFF = ("distill_weight",)  # on or off decides the distillation projection head; its value may change
@@ -58,8 +58,8 @@ def _canonical_net(name: str) -> str:
 def check_resume(ckpt: dict, cfg: TrainConfig, model_facts: dict[str, Any], path: str | Path) -> list[str]:
     """Refuse incompatible changes in one line; return ``"name old -> new"`` for the applied ones.
 
-    ``model_facts`` are this run's ``net``, ``architecture`` and ``num_classes`` (compared with the
-    checkpoint's own record of them).
+    ``model_facts`` are this run's ``net``, ``architecture``, ``num_classes`` and ``resize_h_w``
+    (compared with the checkpoint's own record of them).
     """
     resumable_state_dicts(ckpt, path)  # [model, optimizer], or one line
     refused: list[str] = []
@@ -69,6 +69,12 @@ def check_resume(ckpt: dict, cfg: TrainConfig, model_facts: dict[str, Any], path
             old, new = _canonical_net(old), _canonical_net(new)  # mobilenetV2 (older checkpoints) is mobilenet_v2
         if old is not None and new is not None and not _same(old, new):
             refused.append(f"{key} {old} -> {new}")
+    # The input size: the checkpoint's input record (older checkpoints: their training settings).
+    old_size = (ckpt.get("input") or {}).get("resize_h_w") if isinstance(ckpt.get("input"), dict) else None
+    old_size = old_size or stored_config(ckpt).get("resize_h_w")
+    new_size = model_facts.get("resize_h_w")
+    if old_size is not None and new_size is not None and not _same(old_size, new_size):
+        refused.append(f"resize_h_w {tuple(old_size)} -> {tuple(new_size)}")
     state_dicts = ckpt.get("state_dicts") or [None, None]
     old_cfg = stored_config(ckpt)
     # The recorded name; older checkpoints (no record) are judged from the saved param groups.

@@ -31,7 +31,6 @@ from bpm.engine.resume_check import apply_to_optimizer, check_resume
 from bpm.engine.logging import RunLogger
 from bpm.engine.lr_schedule import lr_at_epoch, set_lr
 from bpm.errors import BpmError
-from bpm.models.input_spec import input_spec_of_model
 from bpm.models.meta import file_meta
 from bpm.models.reid import ReidOutput
 from bpm.models.weights import load_model_weights_from_state
@@ -64,6 +63,7 @@ class Trainer:
         """``parts``: what :func:`bpm.engine.build.build_training` made; ``exp_dir``: where the checkpoint goes;
         ``validator``: (mAP, rank-1) of the model, called every ``epochs_per_val`` epochs."""
         self.cfg = parts.cfg
+        self.input_spec = parts.input_spec
         self.policy = parts.policy
         self.dist = parts.ctx
         self.rank, self.world_size = parts.ctx.rank, parts.ctx.world_size
@@ -113,7 +113,7 @@ class Trainer:
             "architecture": getattr(model, "architecture", None),
             "num_classes": len(self.classes),
             "opt_level": self.policy.opt_level,
-            "input": file_meta(input_spec_of_model(model, self.cfg.resize_h_w), self.cfg.recipe),  # bpm.models.meta
+            "input": file_meta(self.input_spec, self.cfg.recipe),  # bpm.models.meta
             # The settings this run trained with: a resume compares its switches with them.
             "train_config": dataclasses.asdict(self.cfg),
         }
@@ -167,7 +167,7 @@ class Trainer:
         """What the checkpoint records about the model, for :func:`check_resume`."""
         model = self.bare_model
         return {"net": getattr(model, "net", None), "architecture": getattr(model, "architecture", None),
-                "num_classes": len(self.classes)}
+                "num_classes": len(self.classes), "resize_h_w": self.input_spec.resize_h_w}
 
     # ----------------------------------------------------------------- signals
     def _request_stop(self, signum, frame) -> None:

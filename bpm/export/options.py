@@ -6,21 +6,21 @@ from dataclasses import dataclass, field
 
 from bpm.data.records import TestSet
 from bpm.models.input_spec import InputSpec
+from bpm.settings import DataSettings, ModelSettings, PrecisionSettings
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportOptions:
+    """What ``bpm export`` does: the source file, the model, precision and data groups of the switches
+    (:mod:`bpm.settings`, not re-declared here), and the export's own choices."""
+
     weights: str
     out_dir: str
-    net: str | None = None
     formats: tuple[str, ...] = ()  # names in bpm.export.formats; (): its default formats
-    resize_h_w: tuple[int, int] | None = None  # None: the weights file's (bpm.models.meta), else 256x128
-    last_conv_stride: int | None = None        # None: the weights file's, else 1
-    opt_level: str = "O0"
-    keep_batchnorm_fp32: bool = True
-    dataset: str | None = None
-    data_root: str | None = None
-    cuhk03_type: str = "detected"
+    # Network, last stride and input size: what is left unset (or None), the weights file decides.
+    model: ModelSettings = field(default_factory=ModelSettings)
+    precision: PrecisionSettings = field(default_factory=PrecisionSettings)  # opt_level: the 'pt' file's
+    data: DataSettings | None = None  # calibration and verification images, and the accuracy check
     calib_images: str | None = None
     calib_count: int = 200
     verify_count: int = 64
@@ -41,7 +41,7 @@ class ExportOptions:
     batch_size: int = 32
     threads: int = 0
     file_names: dict[str, str] = field(default_factory=dict)
-    input_spec: InputSpec | None = None  # set by run_export from the loaded model (bpm.load_model)
+    input_spec: InputSpec | None = None  # set by run_export from the loaded model (bpm.load_model): the size used
 
 
 @dataclass

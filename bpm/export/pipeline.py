@@ -35,6 +35,7 @@ from bpm.machine import machine_line
 from bpm.models.loading import load_model
 from bpm.models.meta import file_meta
 from bpm.precision import PrecisionPolicy
+from bpm.threads import torch_threads
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -73,15 +74,15 @@ def _synthetic_images(tmp: Path) -> list[str]:
 
 def choose_images(opts: ExportOptions, tmp: Path) -> ImageSets:
     """Calibration images (training set) and verification images (test set), never the same files."""
-    if opts.dataset:
+    if opts.data is not None:
         from bpm.data.datasets import build_dataset
 
-        ds = build_dataset(opts.dataset, opts.data_root or None, cuhk03_type=opts.cuhk03_type)
+        ds = build_dataset(opts.data.dataset, opts.data.data_root or None, cuhk03_type=opts.data.cuhk03_type)
         test_set = ds.test_sets[0]
         test_paths = [r.path for r in test_set.query + test_set.gallery]
         return ImageSets(
             [r.path for r in _evenly(ds.train, opts.calib_count)], [p for p in _evenly(test_paths, opts.verify_count)],
-            f"{opts.dataset}: calibration on training images, verification on test set {test_set.name}",
+            f"{opts.data.dataset}: calibration on training images, verification on test set {test_set.name}",
             test_set if opts.evaluate else None, [r.path for r in ds.train],
         )
     if opts.calib_images:
@@ -106,13 +107,14 @@ def reference_features(model: torch.nn.Module, paths: Sequence[str], opts: Expor
     Every format is verified against these, so they must be what ``bpm test`` and
     ``bpm.FeatureExtractor`` compute for the same images, not a second copy of the loop.
     """
-    return embed_images(model, paths, PrecisionPolicy.create("O0"), opts.input_spec or opts.resize_h_w, opts.batch_size)
+    return embed_images(model, paths, PrecisionPolicy.create("O0"), opts.input_spec, opts.batch_size)
 
 
 def _file_names(opts: ExportOptions, net: str) -> dict[str, str]:
     """Final file name of every registered format (its entry's pattern)."""
-    stem = opts.name or f"{net}_{opts.resize_h_w[0]}x{opts.resize_h_w[1]}"
-    weights_precision = "fp16" if opts.opt_level in ("O2", "O3") else "fp32"
+    size = opts.input_spec.resize_h_w
+    stem = opts.name or f"{net}_{size[0]}x{size[1]}"
+    weights_precision = "fp16" if opts.precision.opt_level in ("O2", "O3") else "fp32"
     return {name: EXPORT_FORMATS.get(name).file_name.format(stem=stem, weights_precision=weights_precision)
             for name in EXPORT_FORMATS.names()}
 
@@ -202,7 +204,13 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
     """Export ``opts.formats`` into ``opts.out_dir``, verify them, write ``export_report.json``.
 
     Returns the report; raises :class:`BpmError` (after writing the report) if a check fails.
+    ``opts.threads`` (``--threads``) holds PyTorch and ONNX Runtime alike at that many CPU threads.
     """
+    with torch_threads(opts.threads):
+        return _run_export(opts, log)
+
+
+def _run_export(opts: ExportOptions, log: Callable[[str], None]) -> dict:
     if not opts.formats:
         opts = replace(opts, formats=default_formats())
     for name in opts.formats:
@@ -214,16 +222,14 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
     if Path(opts.weights).suffix == ".onnx":
         raise BpmError(f"--weights {opts.weights}: bpm export reads PyTorch weights (checkpoint, .pt, .safetensors), "
                        "not an exported graph")
-    model, input_spec = load_model(opts.weights, net=opts.net, last_conv_stride=opts.last_conv_stride,
-                                   resize_h_w=opts.resize_h_w)
+    model, input_spec = load_model(opts.weights, **opts.model.overrides())
     kind = model.source_kind
-    opts = replace(opts, resize_h_w=input_spec.resize_h_w, last_conv_stride=input_spec.last_conv_stride,
-                   input_spec=input_spec)
+    opts = replace(opts, input_spec=input_spec)
     meta = file_meta(input_spec, str(model.source_meta.get("recipe", "")))
     names = {**_file_names(opts, model.net), **opts.file_names}
     input_name, output_name = (LEGACY_INPUT_NAME, LEGACY_OUTPUT_NAME) if opts.legacy_names \
         else (opts.input_name, opts.output_name)
-    spec = OnnxSpec(model.net, tuple(opts.resize_h_w), input_name, output_name, opts.bake_normalization,
+    spec = OnnxSpec(model.net, tuple(input_spec.resize_h_w), input_name, output_name, opts.bake_normalization,
                     input_meta=json.dumps(meta, sort_keys=True))
     log(f"Loaded {opts.weights} ({kind}, {model.net})")
     out.mkdir(parents=True, exist_ok=True)
@@ -280,8 +286,8 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
     table = format_table(checks, ref_scores)
     log(table)
     context = {
-        "source": str(opts.weights), "source_kind": kind, "net": model.net, "resize_h_w": list(opts.resize_h_w),
-        "last_conv_stride": opts.last_conv_stride, "opt_level": opts.opt_level, "images": images.description,
+        "source": str(opts.weights), "source_kind": kind, "net": model.net, "resize_h_w": list(input_spec.resize_h_w),
+        "last_conv_stride": input_spec.last_conv_stride, "opt_level": opts.precision.opt_level, "images": images.description,
         "calibration_images": len(images.calibration), "verification_images": len(images.verification),
         "onnx": {"opset": opts.opset, "input": input_name, "output": output_name,
                  "bake_normalization": opts.bake_normalization, "quant_format": opts.quant_format,

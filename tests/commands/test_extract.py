@@ -135,3 +135,21 @@ def test_mat_of_a_query_gallery_folder_says_what_to_do(test_folder, weights, tmp
                  "--out", str(tmp_path / "x.mat")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "query/ and gallery/" in err and ".h5" in err and "no images" not in err
+
+
+def test_extract_takes_the_feature_group_of_bpm_test_and_threads_means_what_it_means_in_export():
+    from bpm.commands import export as export_command
+    from bpm.commands import extract as extract_command
+    from bpm.helpformat import make_parser
+
+    parsers = {}
+    for name, module in (("extract", extract_command), ("export", export_command)):
+        parsers[name] = make_parser(f"bpm {name}", "")
+        module.add_arguments(parsers[name])
+    extract = parsers["extract"]
+    args = extract.parse_args(["--weights", "w", "--images", "i", "--out", "o.h5", "--batch_size", "8",
+                               "--test_flip", "true"])
+    assert args.batch_size_test == 8 and args.test_flip is True and args.normalize_feature is None
+    assert extract.parse_args(["--weights", "w", "--images", "i", "--out", "o.h5"]).batch_size_test == 32
+    helps = {name: next(a.help for a in p._actions if a.dest == "threads") for name, p in parsers.items()}
+    assert helps["extract"] == helps["export"] and "PyTorch" in helps["export"] and "ONNX Runtime" in helps["export"]

@@ -48,8 +48,9 @@ def _trainer(world, exp_dir, epochs, teacher_path, extra=None, per_step=False):
     extras = extra_records(extra) if extra else []
     model = build_model("mobilenetV2", pooling=args.pooling, neck=args.neck, num_classes=dataset.num_train_ids)
     targets = distill_targets(teacher, config, [*dataset.train, *extras], exp_dir,
-                              input_spec_of_model(model, config.resize_h_w))
-    parts = build_training(config, PrecisionPolicy.create("O0", "cpu"), model, dataset.train, distill=targets,
+                              input_spec_of_model(model, args.resize_h_w))
+    parts = build_training(config, PrecisionPolicy.create("O0", "cpu"), model, dataset.train,
+                           input_spec=input_spec_of_model(model, args.resize_h_w), distill=targets,
                            extra_records=extras)
     return Trainer(parts, exp_dir)
 

@@ -11,6 +11,7 @@ from bpm.engine.trainer import Trainer, seed_everything
 from bpm.errors import BpmError
 from bpm.models.reid import build_model
 from bpm.precision import PrecisionPolicy
+from bpm.models.input_spec import input_spec_of_model
 from train_helpers import train_args
 
 
@@ -47,7 +48,8 @@ def _trainer(world, exp_dir, epochs, opt_level="O0", recipe="original"):
     config = train_config(args)
     classes = dataset.num_train_ids if config.loss.needs_classes else 0
     model = build_model("mobilenetV2", pooling=args.pooling, neck=args.neck, num_classes=classes)
-    return Trainer(build_training(config, policy, model, dataset.train), exp_dir)
+    return Trainer(build_training(config, policy, model, dataset.train,
+                                  input_spec=input_spec_of_model(model, args.resize_h_w)), exp_dir)
 
 
 @pytest.mark.parametrize("opt_level,recipe", [("O0", "original"), ("O2", "original"), ("O0", "bot")])

@@ -7,6 +7,7 @@ import torch
 
 from bpm.data.datasets import build_dataset
 from bpm.distributed import DistContext
+from bpm.models.input_spec import InputSpec
 from bpm.engine.evaluator import EvalSettings, evaluate_model, evaluate_test_set, write_results
 from bpm.errors import BpmError
 from bpm.evaluation.features import degenerate_rows, extract_features
@@ -39,7 +40,7 @@ def test_degenerate_rows_counts_zero_and_non_finite_rows():
 
 def _evaluate(tiny_world, mode: str) -> dict:
     test_set = build_dataset("market1501", tiny_world).test_sets[0]
-    settings = EvalSettings(resize_h_w=(32, 16), batch_size=8, workers=0)
+    settings = EvalSettings(InputSpec.for_size((32, 16)), batch_size=8, workers=0)
     return evaluate_test_set(ConstantNet(mode).eval(), test_set, PrecisionPolicy.create("O0"), settings)
 
 
@@ -69,7 +70,7 @@ def test_healthy_features_carry_no_flag(tiny_world, capsys):
 def test_the_distributed_context_is_passed_in_and_one_process_needs_none(tiny_world, tmp_path):
     """No module-level lookup: a world of one (or no context) evaluates alone, with the same numbers."""
     test_set = build_dataset("market1501", tiny_world).test_sets[0]
-    settings = EvalSettings(resize_h_w=(32, 16), batch_size=8, workers=0, save_features=str(tmp_path / "f.h5"))
+    settings = EvalSettings(InputSpec.for_size((32, 16)), batch_size=8, workers=0, save_features=str(tmp_path / "f.h5"))
     model, policy = ConstantNet("real").eval(), PrecisionPolicy.create("O0")
     alone = evaluate_model(model, [test_set], policy, settings)
     with_context = evaluate_model(model, [test_set], policy, settings, ctx=DistContext())
@@ -84,7 +85,7 @@ def test_the_distributed_context_is_passed_in_and_one_process_needs_none(tiny_wo
 def test_save_features_writes_the_one_features_file_with_the_evaluated_features(tiny_world, tmp_path):
     test_set = build_dataset("market1501", tiny_world).test_sets[0]
     path = tmp_path / "f.h5"
-    settings = EvalSettings(resize_h_w=(32, 16), batch_size=8, workers=0, flip=True, save_features=str(path),
+    settings = EvalSettings(InputSpec.for_size((32, 16)), batch_size=8, workers=0, flip=True, save_features=str(path),
                             features_attrs={"weights": "/w.pth"})
     model, policy = ConstantNet("real").eval(), PrecisionPolicy.create("O0")
     evaluate_model(model, [test_set], policy, settings)

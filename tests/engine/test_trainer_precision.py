@@ -1,6 +1,7 @@
 """The trainer at every opt-level: it learns, it checkpoints the scaler, it stops on non-finite runs."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -15,6 +16,7 @@ from bpm.engine.trainer import Trainer, seed_everything
 from bpm.errors import BpmError
 from bpm.models.reid import build_model
 from bpm.precision import PrecisionPolicy
+from bpm.models.input_spec import input_spec_of_model
 from train_helpers import train_args
 
 
@@ -24,8 +26,9 @@ def make_trainer(world, exp_dir, *extra: str) -> Trainer:
     policy = PrecisionPolicy.create(args.opt_level, "cpu", args.amp_dtype, args.keep_batchnorm_fp32, args.loss_scale)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # O3 warns by design
-        parts = build_training(train_config(args), policy, build_model("mobilenetV2"),
-                               build_dataset("market1501", str(world)).train)
+        model = build_model("mobilenetV2")
+        parts = build_training(train_config(args), policy, model, build_dataset("market1501", str(world)).train,
+                               input_spec=input_spec_of_model(model, args.resize_h_w))
         return Trainer(parts, exp_dir)
 
 
@@ -99,7 +102,7 @@ def test_a_run_of_non_finite_steps_stops_training_and_keeps_the_checkpoint(tiny_
     good = load_checkpoint(trainer.ckpt_path)
     weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
-    trainer.cfg.total_epochs = 2
+    trainer.cfg = dataclasses.replace(trainer.cfg, total_epochs=2)
     criterion = trainer.criterion
     trainer.criterion = lambda *inputs: (lambda out: (out[0] * math.nan, out[1]))(criterion(*inputs))
     with pytest.raises(BpmError, match=r"training stopped: 3 consecutive non-finite steps at epoch 2.*ckpt\.pth"):

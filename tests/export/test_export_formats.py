@@ -18,7 +18,7 @@ from export_helpers import SIZE
 
 
 def _open_npz(ctx: ExportContext, path: Path) -> Opened:
-    model, _spec = load_model(ctx.model.net, resize_h_w=ctx.opts.resize_h_w)
+    model, _spec = load_model(ctx.model.net, resize_h_w=ctx.opts.input_spec.resize_h_w)
     with np.load(path) as arrays:
         model.load_state_dict({k: torch.from_numpy(arrays[k]) for k in arrays.files}, strict=False)
     return Opened("fp32", lambda paths: reference_features(model.eval(), paths, ctx.opts))

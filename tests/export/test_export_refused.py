@@ -16,6 +16,7 @@ import torch
 import bpm
 import bpm.export.verify as verify
 from bpm.errors import BpmError
+from bpm.settings import ModelSettings
 from bpm.export.pipeline import ExportOptions, run_export
 
 from export_helpers import SIZE
@@ -26,7 +27,8 @@ def _metadata(path) -> dict[str, str]:
 
 
 def _export(weights, out, formats, calib_folder):
-    return run_export(ExportOptions(weights=str(weights), out_dir=str(out), resize_h_w=SIZE, formats=formats,
+    return run_export(ExportOptions(weights=str(weights), out_dir=str(out),
+                                    model=ModelSettings(resize_h_w=SIZE), formats=formats,
                                     calib_images=str(calib_folder), verify_count=4, evaluate=False, threads=2),
                       log=lambda line: None)
 
@@ -102,7 +104,7 @@ def test_out_naming_a_file_is_one_line(tmp_path, original_ckpt):
     target = tmp_path / "a_file"
     target.write_text("mine")
     with pytest.raises(BpmError, match=r"^--out .*a_file: is a file; expected a folder"):
-        run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(target), resize_h_w=SIZE,
+        run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(target), model=ModelSettings(resize_h_w=SIZE),
                                  formats=("onnx",)), log=lambda line: None)
     assert target.read_text() == "mine"
 
@@ -115,7 +117,8 @@ def test_a_degenerate_model_is_flagged_by_export(tmp_path, mobilenet, world):
     path = tmp_path / "flat.pth"
     torch.save({"state_dicts": [state], "ep": 1}, path)
     lines: list[str] = []
-    result = run_export(ExportOptions(weights=str(path), out_dir=str(tmp_path / "out"), resize_h_w=SIZE,
+    result = run_export(ExportOptions(weights=str(path), out_dir=str(tmp_path / "out"),
+                                      model=ModelSettings(resize_h_w=SIZE),
                                       formats=("pt",), calib_images=str(world / "bounding_box_train"),
                                       verify_count=4, evaluate=False), log=lines.append)
     assert any(line.startswith("WARNING") and "nearly the same vector for every image" in line for line in lines)

@@ -21,6 +21,7 @@ from bpm.errors import BpmError
 from bpm.evaluation.features import extract_features
 from bpm.precision import PrecisionPolicy
 from bpm.export.onnx import OnnxSpec, export_onnx
+from bpm.settings import ModelSettings
 from bpm.export.pipeline import ExportOptions, run_export
 from bpm.export.verify import cosine_rows
 
@@ -139,7 +140,8 @@ def _export_reference(tmp_path, original_ckpt, world, monkeypatch) -> tuple[list
         return seen[-1][1]
 
     monkeypatch.setattr(pipeline, "embed_images", recording)
-    run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path / "export"), resize_h_w=SIZE,
+    run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path / "export"),
+                             model=ModelSettings(resize_h_w=SIZE),
                              formats=("pt",), calib_images=str(world / "bounding_box_train"), verify_count=8,
                              batch_size=4),
                log=lambda line: None)
@@ -201,7 +203,8 @@ def test_export_verifies_onnx_files_with_what_the_extractor_computes(tmp_path, o
         return seen[-1][1]
 
     monkeypatch.setattr(onnx_formats, "onnx_features", recording)
-    result = run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path), resize_h_w=SIZE,
+    result = run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path),
+                                      model=ModelSettings(resize_h_w=SIZE),
                                       formats=("onnx",), calib_images=str(world / "bounding_box_train"),
                                       verify_count=8, batch_size=4), log=lambda line: None)
     paths, checked = seen[0]

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper
 from bpm.errors import BpmError
 from bpm.export import pipeline
 from bpm.export.equalize import equalize_ranges
+from bpm.settings import ModelSettings
 from bpm.export.pipeline import ExportOptions, run_export
 from bpm.export.quantize import _ranged_tensors, mse_range, quantization_error
 from bpm.export.verify import COSINE_THRESHOLDS
@@ -56,7 +57,7 @@ def int8_report(tmp_path_factory, original_ckpt, world):
             patch.setitem(COSINE_THRESHOLDS, "int8", -1.0)
             if equalize is not None:
                 patch.setattr(pipeline, "equalize_ranges", equalize)
-            run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(out), resize_h_w=SIZE,
+            run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(out), model=ModelSettings(resize_h_w=SIZE),
                                      formats=("onnx_int8",), calib_images=str(world / "bounding_box_train"),
                                      calib_count=40, verify_count=8, threads=1, **options), log=lambda line: None)
         return json.loads((out / "export_report.json").read_text()), out
@@ -118,6 +119,7 @@ def test_a_failed_int8_check_suggests_fine_tuning(tmp_path, original_ckpt, world
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(COSINE_THRESHOLDS, "int8", 1.5)  # cannot be met
         with pytest.raises(BpmError, match=r"export check failed for onnx_int8: .*try --qat_epochs 4"):
-            run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path), resize_h_w=SIZE,
+            run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path),
+                                     model=ModelSettings(resize_h_w=SIZE),
                                      formats=("onnx_int8",), calib_images=str(world / "bounding_box_train"),
                                      calib_count=8, verify_count=4, threads=1), log=lambda line: None)

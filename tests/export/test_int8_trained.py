@@ -12,6 +12,7 @@ import pytest
 
 from bpm.cli import main
 from bpm.data.synthetic import WorldConfig, generate_world
+from bpm.settings import DataSettings, ModelSettings
 from bpm.export.pipeline import ExportOptions, run_export
 
 pytestmark = pytest.mark.slow
@@ -34,8 +35,9 @@ def test_int8_export_of_a_trained_model_meets_the_thresholds(tmp_path, trained_w
                  "--log_to_file", "false", "--exp_dir", str(exp_dir), "--steps_per_log", "0",
                  "--net_pretrained_path", "none"]) == 0
     out = tmp_path / "export"
-    run_export(ExportOptions(weights=str(exp_dir / "ckpt.pth"), out_dir=str(out), resize_h_w=(64, 32),
-                             formats=("onnx", "onnx_int8"), dataset="market1501", data_root=str(world),
+    run_export(ExportOptions(weights=str(exp_dir / "ckpt.pth"), out_dir=str(out),
+                             model=ModelSettings(resize_h_w=(64, 32)),
+                             formats=("onnx", "onnx_int8"), data=DataSettings("market1501", str(world)),
                              calib_count=64, threads=2), log=lambda line: None)
     report = json.loads((out / "export_report.json").read_text())
     int8 = next(row for row in report["formats"] if row["format"] == "onnx_int8")

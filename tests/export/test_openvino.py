@@ -20,6 +20,7 @@ from bpm.export import verify
 from bpm.export.pipeline import ExportOptions, run_export
 from bpm.data.transforms import image_batch
 from bpm.models.onnx_graph import OnnxModel
+from bpm.settings import ModelSettings
 from bpm.export.verify import cosine_rows
 
 from export_helpers import SIZE
@@ -35,7 +36,7 @@ def _export(out, original_ckpt, world, formats):
         patch.setitem(verify.COSINE_THRESHOLDS, "int8", -1.0)
         patch.setitem(verify.COSINE_THRESHOLDS, "bf16", -1.0)
         return run_export(ExportOptions(
-            weights=str(original_ckpt), out_dir=str(out), resize_h_w=SIZE, formats=formats,
+            weights=str(original_ckpt), out_dir=str(out), model=ModelSettings(resize_h_w=SIZE), formats=formats,
             calib_images=str(world / "bounding_box_train"), calib_count=16, verify_count=8, threads=2,
         ), log=lambda line: None)
 
@@ -110,7 +111,7 @@ def test_a_refused_ir_keeps_both_files_aside_and_says_so(tmp_path, original_ckpt
     for precision in ("fp32", "bf16", "fp16"):
         monkeypatch.setitem(verify.COSINE_THRESHOLDS, precision, 1.5)
     with pytest.raises(BpmError, match="export check failed for openvino"):
-        run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path), resize_h_w=SIZE,
+        run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path), model=ModelSettings(resize_h_w=SIZE),
                                  formats=("openvino",), calib_images=str(world / "bounding_box_train"),
                                  verify_count=4), log=lambda line: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
@@ -127,7 +128,7 @@ def test_without_openvino_every_use_is_one_line_naming_the_extra(tmp_path, monke
         bpm.FeatureExtractor(xml)
     assert "\n" not in str(error.value)
     with pytest.raises(BpmError, match=r"pip install 'bpm\[openvino\]'"):
-        run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path / "out"), resize_h_w=SIZE,
+        run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path / "out"), model=ModelSettings(resize_h_w=SIZE),
                                  formats=("openvino",), verify_count=2), log=lambda line: None)
 
 

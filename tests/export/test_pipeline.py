@@ -13,6 +13,7 @@ from bpm.export.formats import default_formats
 from bpm.export.pipeline import ExportOptions, parse_formats, run_export
 from bpm.data.transforms import image_batch
 from bpm.models.onnx_graph import OnnxModel
+from bpm.settings import ModelSettings
 from bpm.export.verify import COSINE_THRESHOLDS, cosine_rows
 from bpm.models.weights import read_weights_file
 
@@ -31,7 +32,7 @@ def _export(out, original_ckpt, calib_folder):
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(COSINE_THRESHOLDS, "int8", NO_INT8_THRESHOLD)
         return run_export(ExportOptions(
-            weights=str(original_ckpt), out_dir=str(out), resize_h_w=SIZE,
+            weights=str(original_ckpt), out_dir=str(out), model=ModelSettings(resize_h_w=SIZE),
             calib_images=str(calib_folder), calib_count=32, verify_count=16, threads=2,
         ), log=lambda line: None)
 
@@ -120,14 +121,16 @@ def test_failed_threshold_fails_the_command_and_still_writes_the_report(tmp_path
 
     monkeypatch.setitem(verify.COSINE_THRESHOLDS, "fp32", 1.5)
     with pytest.raises(BpmError, match="export check failed for onnx"):
-        run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path), resize_h_w=SIZE,
+        run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path),
+                                 model=ModelSettings(resize_h_w=SIZE),
                                  formats=("onnx",), verify_count=4), log=lambda line: None)
     assert json.loads((tmp_path / "export_report.json").read_text())["passed"] is False
 
 
 def test_int8_without_calibration_images_is_refused(tmp_path, original_ckpt):
     with pytest.raises(BpmError, match="calibration images"):
-        run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path), resize_h_w=SIZE,
+        run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path),
+                                 model=ModelSettings(resize_h_w=SIZE),
                                  formats=("onnx_int8",)), log=lambda line: None)
 
 
@@ -160,7 +163,8 @@ def test_extract_weights_script_keeps_the_original_flags(tmp_path, original_ckpt
 
 
 def test_baked_normalization_takes_raw_pixels(tmp_path, original_ckpt, mobilenet, image_paths):
-    result = run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path), resize_h_w=SIZE,
+    result = run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path),
+                                      model=ModelSettings(resize_h_w=SIZE),
                                       formats=("onnx",), bake_normalization=True, input_name="pixels",
                                       calib_images=str(image_paths[0].rsplit("/", 1)[0]), verify_count=4),
                         log=lambda line: None)

@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...], str]] = [
      "networks, their input spec and the one loader (exported ONNX graphs included, run as a module)"),
     ("data", ("bpm.data",),
      "datasets, image decoding and transforms; transforms follow a model's InputSpec, hence above models"),
+    ("settings", ("bpm.settings",), "the frozen groups run settings are composed of (data, model, precision ...)"),
     ("losses", ("bpm.losses",), "loss terms on embeddings and logits; no data or model code needed"),
     ("evaluation", ("bpm.evaluation",),
      "feature extraction (the one extraction path) and metrics: runs models over data"),

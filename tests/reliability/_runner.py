@@ -25,6 +25,7 @@ import torch
 
 from bpm.config import train_config
 from bpm.engine.checkpoint import CKPT_NAME, load_checkpoint
+from bpm.models.input_spec import input_spec_of_model
 
 TIMEOUT_S = 240.0
 POLL_S = 0.005
@@ -268,5 +269,6 @@ def make_trainer(world: Path, exp_dir: Path, *extra: str):
     seed_everything(args.seed)
     dataset = build_dataset("market1501", str(world))
     policy = PrecisionPolicy.create(args.opt_level, "cpu", args.amp_dtype, args.keep_batchnorm_fp32, args.loss_scale)
-    return Trainer(build_training(train_config(args), policy, build_model(args.net, args.last_conv_stride), dataset.train),
-                   exp_dir)
+    model = build_model(args.net, args.last_conv_stride)
+    return Trainer(build_training(train_config(args), policy, model, dataset.train,
+                                  input_spec=input_spec_of_model(model, args.resize_h_w)), exp_dir)

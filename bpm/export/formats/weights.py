@@ -17,19 +17,19 @@ from bpm.models.weights import extract_model_state, read_weights_file
 
 def open_weights(ctx: ExportContext, path: Path) -> Opened:
     """Reloaded by the one loader and run by PyTorch; its precision is that of its tensors."""
-    model, _spec = load_model(path, net=ctx.model.net, last_conv_stride=ctx.opts.last_conv_stride)
+    model, _spec = load_model(path, net=ctx.model.net, last_conv_stride=ctx.opts.input_spec.last_conv_stride)
     precision = state_precision(extract_model_state(read_weights_file(path), path))
     return Opened(precision, lambda paths: reference_features(model, paths, ctx.opts))
 
 
 def _save_pt(ctx: ExportContext, path: Path, opt_level: str) -> None:
-    save_pt(weights_state(ctx.model, opt_level, ctx.opts.keep_batchnorm_fp32), path, ctx.meta)
+    save_pt(weights_state(ctx.model, opt_level, ctx.opts.precision.keep_batchnorm_fp32), path, ctx.meta)
 
 
 @export_format("pt", "{stem}_{weights_precision}.pt", opens=open_weights, retrieval=False,
                help="PyTorch state_dict at the precision of --opt-level (O2/O3: FP16)")
 def write_pt(ctx: ExportContext, path: Path) -> None:
-    _save_pt(ctx, path, ctx.opts.opt_level)
+    _save_pt(ctx, path, ctx.opts.precision.opt_level)
 
 
 @export_format("pt16", "{stem}_fp16.pt", opens=open_weights, retrieval=False,
@@ -41,6 +41,6 @@ def write_pt16(ctx: ExportContext, path: Path) -> None:
 @export_format("safetensors", "{stem}_fp32.safetensors", opens=open_weights, retrieval=False,
                help="FP32 safetensors (cannot run code on load)")
 def write_safetensors(ctx: ExportContext, path: Path) -> None:
-    save_safetensors(weights_state(ctx.model, "O0", ctx.opts.keep_batchnorm_fp32), path,
+    save_safetensors(weights_state(ctx.model, "O0", ctx.opts.precision.keep_batchnorm_fp32), path,
                      {"net": ctx.model.net, "format": "bpm re-ID weights (base.* keys)",
                       **safetensors_metadata(ctx.meta)})
