@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-from bpm.config import train_config
+from bpm.cli.switches import train_config
 from bpm import distributed
-from bpm.config import add_train_arguments, parse_tuple
-from bpm.config import apply_recipe
+from bpm.cli.switches import add_train_arguments, parse_tuple
+from bpm.cli.switches import apply_recipe
 from bpm.data.datasets import build_dataset
 from bpm.data.synthetic import WorldConfig, generate_world
 from bpm.engine.build import build_training

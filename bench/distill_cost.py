@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bpm.config import add_train_arguments, apply_recipe, train_config  # noqa: E402
+from bpm.cli.switches import add_train_arguments, apply_recipe, train_config  # noqa: E402
 from bpm.data.datasets import build_dataset  # noqa: E402
 from bpm.data.synthetic import WorldConfig, generate_world  # noqa: E402
 from bpm.engine.distillation import distill_targets  # noqa: E402

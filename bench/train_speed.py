@@ -57,8 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------- one configuration
 
 def _trainer_args(args: argparse.Namespace, level: str) -> argparse.Namespace:
-    from bpm.config import add_train_arguments
-    from bpm.config import apply_recipe
+    from bpm.cli.switches import add_train_arguments
+    from bpm.cli.switches import apply_recipe
 
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
@@ -76,7 +76,7 @@ def _trainer_args(args: argparse.Namespace, level: str) -> argparse.Namespace:
 def _ours(args, net: str, level: str, device):
     """A Trainer on dummy records (its loader is never iterated); the step is Trainer.train_step."""
     from bpm.data.records import ImageRecord
-    from bpm.config import train_config
+    from bpm.cli.switches import train_config
     from bpm.engine.build import build_training
     from bpm.engine.trainer import Trainer
     from bpm.models.input_spec import input_spec_of_model

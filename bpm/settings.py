@@ -2,7 +2,7 @@
 output, start): frozen records the library takes as they are.
 
 Why a module of its own: library code (:mod:`bpm.export`, the commands) passes these groups around,
-and must not import the command-line layer (:mod:`bpm.config`), which makes them from parsed switches
+and must not import the command-line layer (:mod:`bpm.cli.switches`), which makes them from parsed switches
 and turns them back into switches (``config.json``).
 """
 from __future__ import annotations

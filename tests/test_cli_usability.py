@@ -8,8 +8,8 @@ import torch
 from bpm import __version__
 from bpm.cli import SUBCOMMANDS, main
 from bpm.commands import train
-from bpm.config import device_ids
-from bpm.helpformat import make_parser
+from bpm.cli.switches import device_ids
+from bpm.cli.helpformat import make_parser
 
 
 def _train_parser():

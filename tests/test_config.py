@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from bpm.config import (add_train_arguments, apply_recipe, data_settings, model_settings, parse_tuple,
+from bpm.cli.switches import (add_train_arguments, apply_recipe, data_settings, model_settings, parse_tuple,
                         precision_settings, str2bool, train_config)
 from bpm.settings import DataSettings, ModelSettings, PrecisionSettings, is_unset
 from bpm.data.transforms import RandomCropResize, train_transform
@@ -206,7 +206,7 @@ def _command_parser(name: str) -> argparse.ArgumentParser:
     import importlib
 
     from bpm.cli import SUBCOMMANDS
-    from bpm.helpformat import make_parser
+    from bpm.cli.helpformat import make_parser
 
     parser = make_parser(f"bpm {name}", "")
     importlib.import_module(SUBCOMMANDS[name][0]).add_arguments(parser)
@@ -274,7 +274,7 @@ def test_switches_become_typed_settings_at_the_command_boundary():
 
 
 def test_below_the_command_boundary_no_function_takes_a_namespace():
-    """Only the command layer (bpm/commands, bpm/cli.py, bpm/config.py, bpm/runconfig.py, bpm/helpformat.py)
+    """Only the command layer (bpm/commands, bpm/cli/__init__.py, bpm/cli/switches.py, bpm/cli/run_config.py, bpm/cli/helpformat.py)
     handles argparse; the library below it takes typed settings."""
     boundary = {"cli.py", "config.py", "runconfig.py", "helpformat.py"}
     offenders = []

@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from bpm.config import train_config
+from bpm.cli.switches import train_config
 from bpm.models.reid import ReidOutput
 from bpm import distributed
 from bpm.data.datasets import build_dataset

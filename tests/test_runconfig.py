@@ -7,10 +7,10 @@ import json
 import pytest
 
 from bpm.commands import train
-from bpm.config import save_config
-from bpm.helpformat import make_parser
-from bpm.config import apply_recipe
-from bpm.runconfig import git_commit, parse_args_with_config, run_versions
+from bpm.cli.switches import save_config
+from bpm.cli.helpformat import make_parser
+from bpm.cli.switches import apply_recipe
+from bpm.cli.run_config import git_commit, parse_args_with_config, run_versions
 
 
 def _parse(argv):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bpm.config import add_train_arguments
-from bpm.config import apply_recipe
+from bpm.cli.switches import add_train_arguments
+from bpm.cli.switches import apply_recipe
 from bpm.data.synthetic import WorldConfig
 
 TINY_WORLD = WorldConfig(

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from bpm.data.check import all_image_paths, dataset_stats
-from bpm.config import add_data_switches, data_settings
+from bpm.cli.switches import add_data_switches, data_settings
 from bpm.data.images import find_unreadable
 
 ACTIONS = ("check",)

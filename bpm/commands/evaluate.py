@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bpm.config import add_exp_dir_switch, add_normalize_switch, add_rerank_switch
+from bpm.cli.switches import add_exp_dir_switch, add_normalize_switch, add_rerank_switch
 from bpm.engine.evaluator import evaluate_features, format_result, warn_near_constant, write_results
 from bpm.evaluation.features import near_constant_rows
 from bpm.evaluation.metrics import AP_DEFINITIONS, PROTOCOLS

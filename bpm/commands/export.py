@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from bpm.config import (add_data_switches, add_model_switches, add_precision_switches, add_threads_switch,
+from bpm.cli.switches import (add_data_switches, add_model_switches, add_precision_switches, add_threads_switch,
                         data_settings, model_settings, precision_settings, str2bool)
 from bpm.errors import BpmError
 from bpm.export.formats import EXPORT_FORMATS, default_formats

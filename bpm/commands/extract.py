@@ -9,7 +9,7 @@ import argparse
 import time
 from pathlib import Path
 
-from bpm.config import (add_device_switches, add_feature_switches, add_image_check_switch, add_model_switches,
+from bpm.cli.switches import (add_device_switches, add_feature_switches, add_image_check_switch, add_model_switches,
                         add_precision_switches, add_threads_switch, feature_settings, model_settings,
                         precision_settings)
 from bpm.errors import BpmError
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.weights).is_file():
         raise BpmError(f"{args.weights}: not a regular file (a folder, FIFO or device); expected a weights file")
     from bpm.files import check_output_file
-    from bpm.switches import check_common
+    from bpm.cli.checks import check_common
 
     check_common(vars(args))  # --resize_h_w, --batch_size
     check_output_file(args.out, "--out", hdf5=Path(args.out).suffix != ".mat")

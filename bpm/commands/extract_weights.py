@@ -15,10 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from bpm.config import (add_data_switches, add_model_switches, add_precision_switches, data_settings,
+from bpm.cli.switches import (add_data_switches, add_model_switches, add_precision_switches, data_settings,
                         model_settings, precision_settings, str2bool)
 from bpm.errors import BpmError
-from bpm.helpformat import make_parser
+from bpm.cli.helpformat import make_parser
 
 
 def build_parser() -> argparse.ArgumentParser:

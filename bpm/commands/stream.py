@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 
-from bpm.config import add_threads_switch
+from bpm.cli.switches import add_threads_switch
 from bpm.errors import BpmError
 from bpm.stream.appearance import DEFAULT_TRACK_THRESHOLD
 from bpm.stream.gallery import DEFAULT_THRESHOLD

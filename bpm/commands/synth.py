@@ -11,7 +11,7 @@ import sys
 from typing import Callable, Sequence
 
 from bpm.data.synthetic import WorldConfig, ensure_world, generate_world, world_matches
-from bpm.helpformat import make_parser
+from bpm.cli.helpformat import make_parser
 
 _HELP = {
     "num_train_ids": "identities in bounding_box_train",

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 
 from bpm.commands import train
-from bpm.config import add_test_arguments
-from bpm.runconfig import add_config_argument
+from bpm.cli.switches import add_test_arguments
+from bpm.cli.run_config import add_config_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

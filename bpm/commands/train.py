@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bpm import distributed
-from bpm.config import (add_train_arguments, apply_recipe, as_switches, data_settings, data_switches,
+from bpm.cli.switches import (add_train_arguments, apply_recipe, as_switches, data_settings, data_switches,
                         default_exp_dir, device_settings, device_switches, evaluation_settings, feature_settings,
                         feature_switches, model_settings, output_settings, output_switches,
                         precision_settings, precision_switches, save_config, start_settings, train_config,
@@ -24,7 +24,7 @@ from bpm.files import check_output_file
 from bpm.engine.resume_check import check_resume
 from bpm.engine.build import build_training
 from bpm.engine.runfolder import RunLock, move_previous_run, record_names
-from bpm.engine.config import TrainConfig
+from bpm.engine.train_config import TrainConfig
 from bpm.engine.evaluator import EvalSettings, evaluate_model, evaluate_test_set, write_results
 from bpm.engine.logging import RunLogger, StreamMirror, log_hparams
 from bpm.engine.trainer import Trainer, seed_everything
@@ -34,8 +34,8 @@ from bpm.models.input_spec import InputSpec, input_spec_of_model
 from bpm.models.loading import load_model
 from bpm.models.reid import ReidModel, build_model
 from bpm.precision import PrecisionPolicy, resolve_device
-from bpm.switches import check_train
-from bpm.runconfig import add_config_argument, run_versions
+from bpm.cli.checks import check_train
+from bpm.cli.run_config import add_config_argument, run_versions
 from bpm.vis.plots import write_run_plots
 from bpm.settings import (DataSettings, DeviceSettings, EvaluationSettings, FeatureSettings, ModelSettings,
                           OutputSettings, PrecisionSettings, StartSettings, is_unset)
@@ -151,7 +151,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise BpmError("--only_test true and --resume true contradict each other; choose one")
     if getattr(args, "total_epochs", 0) < 0:
         raise BpmError(f"--total_epochs: expected a non-negative number, got {args.total_epochs}")
-    check_train(vars(args))  # every switch's value, before any work (bpm.switches)
+    check_train(vars(args))  # every switch's value, before any work (bpm.cli.checks)
     if args.save_features:
         check_output_file(args.save_features, "--save_features", hdf5=True)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bpm.config import (add_dataset_features_switches, add_output_switches, add_rerank_switch, add_weights_switches,
+from bpm.cli.switches import (add_dataset_features_switches, add_output_switches, add_rerank_switch, add_weights_switches,
                         data_settings, default_exp_dir, feature_settings, model_settings, precision_settings)
 from bpm.data.records import ImageRecord, TestSet
 from bpm.errors import BpmError
@@ -44,7 +44,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise BpmError(f"--rank_list_size: expected a positive number, got {args.rank_list_size}")
     if args.features_file and (args.model_weight_file or args.ckpt_file):
         raise BpmError("--features_file replaces the model: give it or --model_weight_file/--ckpt_file, not both")
-    from bpm.switches import check_common
+    from bpm.cli.checks import check_common
 
     check_common(vars(args))  # --resize_h_w, --workers, --batch_size_test
     # Inputs are checked before anything slow (imports, dataset indexing, the model) starts.

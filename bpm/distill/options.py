@@ -1,4 +1,4 @@
-"""Checks of the distillation switches, before any work (called by :func:`bpm.switches.check_train`).
+"""Checks of the distillation switches, before any work (called by :func:`bpm.cli.checks.check_train`).
 
 Only what can be judged from the switches themselves: the teacher file's content (can it be
 loaded, does it take the given input) is checked by :func:`bpm.distill.teacher.open_teacher`,

@@ -25,7 +25,7 @@ from bpm.data.transforms import train_transform
 from bpm.distill.extra import ExtraBatchSampler
 from bpm.distill.targets import CachedTargets, PerStepTargets
 from bpm.distributed import DistContext, broadcast_object
-from bpm.engine.config import TrainConfig
+from bpm.engine.train_config import TrainConfig
 from bpm.engine.optimizers import build_optimizer
 from bpm.errors import BpmError
 from bpm.losses.combine import ReidCriterion

@@ -14,7 +14,7 @@ from bpm.distill.extra import extra_records
 from bpm.distill.targets import CachedTargets, PerStepTargets
 from bpm.distill.teacher import Teacher, open_teacher
 from bpm.distributed import DistContext, broadcast_object
-from bpm.engine.config import TrainConfig
+from bpm.engine.train_config import TrainConfig
 from bpm.models.input_spec import InputSpec
 
 

@@ -71,7 +71,7 @@ def _warmup_epochs(cfg) -> int:
 
 def lr_at_epoch(cfg, epoch: int) -> float:
     """Learning rate of 1-based ``epoch`` for the schedule ``lr_decay_type`` names, warm-up applied
-    (``cfg``: a :class:`bpm.engine.config.TrainConfig` or anything with the same fields)."""
+    (``cfg``: a :class:`bpm.engine.train_config.TrainConfig` or anything with the same fields)."""
     lr = SCHEDULES.get(cfg.lr_decay_type)(cfg, epoch)
     return lr * warmup_factor_at(epoch, _warmup_epochs(cfg), float(getattr(cfg, "warmup_factor", 0.1)))
 

@@ -39,5 +39,5 @@ def sgd(cfg, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
 
 
 def build_optimizer(cfg, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
-    """The optimizer ``cfg.optimizer`` names (``cfg``: a :class:`bpm.engine.config.TrainConfig`) over ``params``."""
+    """The optimizer ``cfg.optimizer`` names (``cfg``: a :class:`bpm.engine.train_config.TrainConfig`) over ``params``."""
     return OPTIMIZERS.get(cfg.optimizer)(cfg, params)

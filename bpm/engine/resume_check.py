@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bpm.engine.checkpoint import resumable_state_dicts
-from bpm.engine.config import TrainConfig
+from bpm.engine.train_config import TrainConfig
 from bpm.errors import BpmError
 from bpm.losses.term import LOSS_TERMS
 from bpm.models.registry import backbone_choices, canonical_name

@@ -74,7 +74,7 @@ _FIELDS = frozenset(f.name for f in fields(LossConfig)) - {"weights"}
 
 
 def field_switches() -> frozenset[str]:
-    """The weight switches that are :class:`LossConfig` fields (the built-in terms'; declared in :mod:`bpm.config`)."""
+    """The weight switches that are :class:`LossConfig` fields (the built-in terms'; declared in :mod:`bpm.cli.switches`)."""
     return _FIELDS
 
 

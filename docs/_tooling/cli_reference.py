@@ -31,7 +31,7 @@ class Command:
 def bpm_parser(name: str) -> argparse.ArgumentParser:
     """The parser ``bpm NAME`` parses with, built exactly as :func:`bpm.cli.main` builds it."""
     from bpm.cli import SUBCOMMANDS
-    from bpm.helpformat import make_parser
+    from bpm.cli.helpformat import make_parser
 
     module_name, help_text = SUBCOMMANDS[name]
     parser = make_parser(f"bpm {name}", help_text)

@@ -9,7 +9,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from bpm.data.convert import transform_market1501  # noqa: E402
 from bpm.errors import exit_code_of  # noqa: E402
-from bpm.helpformat import make_parser  # noqa: E402
+from bpm.cli.helpformat import make_parser  # noqa: E402
 
 
 def main() -> int:

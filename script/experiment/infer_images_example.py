@@ -16,10 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bpm.config import (add_device_switches, add_model_switches, add_precision_switches,  # noqa: E402
+from bpm.cli.switches import (add_device_switches, add_model_switches, add_precision_switches,  # noqa: E402
                         add_weights_switches, model_settings, precision_settings)
 from bpm.errors import BpmError  # noqa: E402
-from bpm.helpformat import make_parser  # noqa: E402
+from bpm.cli.helpformat import make_parser  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -140,7 +140,7 @@ def test_mat_of_a_query_gallery_folder_says_what_to_do(test_folder, weights, tmp
 def test_extract_takes_the_feature_group_of_bpm_test_and_threads_means_what_it_means_in_export():
     from bpm.commands import export as export_command
     from bpm.commands import extract as extract_command
-    from bpm.helpformat import make_parser
+    from bpm.cli.helpformat import make_parser
 
     parsers = {}
     for name, module in (("extract", extract_command), ("export", export_command)):

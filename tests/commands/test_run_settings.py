@@ -12,10 +12,10 @@ import pytest
 
 from bpm.commands import test as test_command
 from bpm.commands import train
-from bpm.config import apply_recipe, save_config, train_config
-from bpm.engine.config import TrainConfig
-from bpm.helpformat import make_parser
-from bpm.runconfig import parse_args_with_config
+from bpm.cli.switches import apply_recipe, save_config, train_config
+from bpm.engine.train_config import TrainConfig
+from bpm.cli.helpformat import make_parser
+from bpm.cli.run_config import parse_args_with_config
 
 # A training run's config.json as the previous release wrote it (vars(args); bpm 0.1.0).
 OLD_CONFIG = {

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from bpm.cli import main
-from bpm.config import train_config
+from bpm.cli.switches import train_config
 from bpm.data.datasets import build_dataset
 from bpm.distill.extra import extra_records
 from bpm.engine.distillation import distill_targets

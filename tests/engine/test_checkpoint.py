@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from bpm.config import train_config
+from bpm.cli.switches import train_config
 from bpm.data.datasets import build_dataset
 from bpm.engine.checkpoint import atomic_torch_save, load_checkpoint
 from bpm.engine.build import build_training

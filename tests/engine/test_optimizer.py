@@ -4,12 +4,12 @@ import argparse
 import pytest
 import torch
 
-from bpm.config import train_config
-from bpm.config import add_train_arguments
-from bpm.engine.config import TrainConfig
+from bpm.cli.switches import train_config
+from bpm.cli.switches import add_train_arguments
+from bpm.engine.train_config import TrainConfig
 from bpm.engine.optimizers import OPTIMIZERS, build_optimizer
 from bpm.errors import BpmError
-from bpm.config import apply_recipe
+from bpm.cli.switches import apply_recipe
 
 
 def args(*argv: str) -> TrainConfig:

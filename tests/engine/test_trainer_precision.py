@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from bpm.config import train_config
+from bpm.cli.switches import train_config
 from bpm.data.datasets import build_dataset
 from bpm.engine.checkpoint import load_checkpoint
 from bpm.engine.build import build_training

@@ -5,7 +5,7 @@ import argparse
 import pytest
 import torch
 
-from bpm.config import add_train_arguments, apply_recipe, train_config
+from bpm.cli.switches import add_train_arguments, apply_recipe, train_config
 from bpm.errors import BpmError
 from bpm.losses.combine import LossConfig, ReidCriterion
 from bpm.losses.term import LOSS_TERMS, LossTerm, register_loss_term

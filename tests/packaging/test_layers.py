@@ -48,7 +48,7 @@ LAYERS: list[tuple[str, tuple[str, ...], str]] = [
      "training: the trainer, checkpoints, run folders; uses models, data, losses, evaluation and distillation"),
     ("vis", ("bpm.vis",), "plots and rank-list pages of evaluated features"),
     ("stream", ("bpm.stream",), "video re-ID: detectors and trackers around FeatureExtractor"),
-    ("cli", ("bpm.recipes", "bpm.config", "bpm.switches", "bpm.runconfig", "bpm.helpformat"),
+    ("cli", ("bpm.recipes", "bpm.cli.switches", "bpm.cli.checks", "bpm.cli.run_config", "bpm.cli.helpformat"),
      "the command line's switches, their checks, recipes and --config files: built from the library's "
      "choices, given to nothing below"),
     ("commands", ("bpm.commands",), "one thin module per subcommand: parse, check, call the library"),
@@ -175,7 +175,7 @@ def test_scan_finds_a_planted_function_local_upward_import(tmp_path, statement):
     root = _tree(tmp_path, {
         "bpm/__init__.py": "",
         "bpm/errors.py": f"def f():\n    {statement}\n",
-        "bpm/cli.py": "", "bpm/commands/__init__.py": "", "bpm/commands/train.py": "",
+        "bpm/cli/__init__.py": "", "bpm/commands/__init__.py": "", "bpm/commands/train.py": "",
         "bpm/engine/__init__.py": "", "bpm/engine/trainer.py": "",
     })
     unplaced, upward, found = scan(root)
@@ -200,5 +200,5 @@ def test_the_real_package_is_scanned():
     """The scan reads the checkout's package (not an empty folder): it sees known modules and imports."""
     files = {module_name(p, ROOT) for p in (ROOT / "bpm").rglob("*.py")}
     assert {"bpm.cli", "bpm.errors", "bpm.models.loading"} <= files
-    imports = bpm_imports(ROOT / "bpm" / "cli.py", ROOT, files)
+    imports = bpm_imports(ROOT / "bpm" / "cli" / "__init__.py", ROOT, files)
     assert any(target == "bpm.errors" for target, _line in imports)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bpm.config import train_config
+from bpm.cli.switches import train_config
 from bpm.engine.checkpoint import CKPT_NAME, load_checkpoint
 from bpm.models.input_spec import input_spec_of_model
 

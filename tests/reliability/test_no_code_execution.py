@@ -7,7 +7,7 @@ import pytest
 from _runner import TALLY
 
 from bpm.cli import main
-from bpm.config import parse_tuple
+from bpm.cli.switches import parse_tuple
 
 
 def _attacks(marker) -> list[str]:

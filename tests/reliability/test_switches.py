@@ -47,7 +47,7 @@ def test_bad_switch_values_are_one_line_before_any_work(tiny_world, tmp_path, ca
 
 
 def test_soft_margin_needs_no_margin(tiny_world, tmp_path):
-    from bpm.switches import check_train
+    from bpm.cli.checks import check_train
     from train_helpers import train_args
 
     check_train(vars(train_args(tiny_world, tmp_path, "--soft_margin", "true", "--margin", "-1")))

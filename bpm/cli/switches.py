@@ -526,7 +526,7 @@ def train_config(args: argparse.Namespace):
     Every field comes from its switch; one the switches lack is an error (:func:`from_switches`).
     The input size is not here: it is the model group's (:class:`ModelSettings`).
     """
-    from bpm.engine.config import TrainConfig
+    from bpm.engine.train_config import TrainConfig
     from bpm.losses.combine import LossConfig, field_switches
     from bpm.losses.term import LOSS_TERMS
 
@@ -540,7 +540,7 @@ def train_config(args: argparse.Namespace):
 
 
 def train_switches(config) -> dict[str, Any]:
-    """:func:`train_config`'s inverse: the training switches of a :class:`~bpm.engine.config.TrainConfig`
+    """:func:`train_config`'s inverse: the training switches of a :class:`~bpm.engine.train_config.TrainConfig`
     (``--seed`` is the data group's; ``--set_seed`` says whether the trainer got it)."""
     from bpm.losses.combine import field_switches
     from bpm.losses.term import LOSS_TERMS
@@ -570,7 +570,7 @@ def default_exp_dir(dataset: str, net: str, opt_level: str, last_conv_stride: in
 
 def save_config(values: Mapping[str, Any], path: Path, records: dict[str, Any] | None = None) -> None:
     """Write the resolved settings as JSON, so every result can be traced to its command line and
-    re-run with ``--config`` (:mod:`bpm.runconfig`); ``records`` (e.g. ``versions``) are added as is."""
+    re-run with ``--config`` (:mod:`bpm.cli.run_config`); ``records`` (e.g. ``versions``) are added as is."""
     data: dict[str, Any] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
     data.update(records or {})
     # Atomic, and any OSError (EPERM on an immutable file, a full disk) is one line keeping the old file.

@@ -44,7 +44,7 @@ def check_common(switches: Mapping[str, Any]) -> None:
 
 
 def check_train(switches: Mapping[str, Any]) -> None:
-    """Training switches (after :func:`bpm.config.apply_recipe` filled the recipe's)."""
+    """Training switches (after :func:`bpm.cli.switches.apply_recipe` filled the recipe's)."""
     check_common(switches)
     from bpm.losses.term import LOSS_TERMS
 

@@ -1,7 +1,7 @@
 """Typed training settings: what the trainer needs, made from the command line at the command boundary.
 
 Tests and benchmarks build a :class:`TrainConfig` directly (every field has the original's
-default); the commands make one from their parsed switches with :func:`bpm.config.train_config`.
+default); the commands make one from their parsed switches with :func:`bpm.cli.switches.train_config`.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from bpm.losses.combine import LossConfig
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The trainer's settings. The input size is the model group's (:class:`bpm.config.ModelSettings`);
+    """The trainer's settings. The input size is the model group's (:class:`bpm.cli.switches.ModelSettings`);
     the trainer gets it as the model's :class:`~bpm.models.input_spec.InputSpec`."""
 
     total_epochs: int = 300

@@ -72,7 +72,7 @@ def redirect_rerun(args: argparse.Namespace, path: str | Path, argv: Sequence[st
 
 def training_switches() -> set[str]:
     """The names of every ``bpm train`` switch (what a training run's config.json may hold)."""
-    from bpm.config import add_train_arguments
+    from bpm.cli.switches import add_train_arguments
 
     parser = argparse.ArgumentParser(add_help=False)
     add_train_arguments(parser)

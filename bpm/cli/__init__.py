@@ -11,8 +11,8 @@ import sys
 
 from bpm import __version__
 from bpm.errors import BpmError
-from bpm.helpformat import make_parser
-from bpm.runconfig import parse_args_with_config
+from bpm.cli.helpformat import make_parser
+from bpm.cli.run_config import parse_args_with_config
 
 # name -> (module, one-line help). Modules are imported lazily so `bpm synth` does not pay for torch.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
