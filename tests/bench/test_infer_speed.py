@@ -11,6 +11,7 @@ from bench_helpers import load_bench
 
 
 @pytest.mark.slow
+@pytest.mark.openvino  # loads OpenVINO when installed: its own process (see the Makefile)
 def test_every_runtime_size_and_batch_is_timed_against_ort_fp32_of_the_same_run(tmp_path, capsys):
     bench = load_bench("infer_speed")
     reference = tmp_path / "other.onnx"

@@ -25,6 +25,7 @@ from bpm.export.verify import cosine_rows
 
 from export_helpers import SIZE
 
+pytestmark = pytest.mark.openvino  # run in their own process by `make test` (see the Makefile)
 openvino = pytest.importorskip("openvino", reason="openvino is not installed (pip install 'bpm[openvino]')")
 pytest.importorskip("nncf", reason="nncf is not installed (pip install 'bpm[openvino]')")
 
