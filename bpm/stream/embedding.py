@@ -38,7 +38,7 @@ def crop_batch(crops: list[np.ndarray], spec: InputSpec) -> np.ndarray:
 
 def crop_embedder(extractor) -> Embedder:
     """``extractor``'s embedding of RGB crops; for an ONNX model without flip, computed directly."""
-    runner = getattr(extractor, "onnx", None)
+    runner = getattr(extractor, "runner", None)
     if runner is None or extractor.backend != "onnx" or extractor.flip:
         return extractor
     spec, batch_size, normalize = extractor.input_spec, extractor.batch_size, extractor.normalize
