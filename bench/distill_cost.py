@@ -56,14 +56,16 @@ def step_times(world: Path, exp_dir: Path, args: argparse.Namespace, switches: l
     config = train_config(parsed)
     seed_everything(1)
     dataset = build_dataset("market1501", str(world))
+    model = build_model(args.net, pooling=parsed.pooling, neck=parsed.neck, num_classes=dataset.num_train_ids)
+    input_spec = input_spec_of_model(model, parsed.resize_h_w)
     start = time.perf_counter()
     targets = None
     if config.teacher:
-        targets = distill_targets(open_teacher(config.teacher, config.teacher_input), config, dataset.train, exp_dir)
+        targets = distill_targets(open_teacher(config.teacher, config.teacher_input), config, dataset.train, exp_dir,
+                                  input_spec)
     prepare = time.perf_counter() - start
-    model = build_model(args.net, pooling=parsed.pooling, neck=parsed.neck, num_classes=dataset.num_train_ids)
     trainer = Trainer(build_training(config, PrecisionPolicy.create("O0", "cpu"), model, dataset.train,
-                                     input_spec=input_spec_of_model(model, parsed.resize_h_w), distill=targets),
+                                     input_spec=input_spec, distill=targets),
                       exp_dir)
     times = []
     batches = _endless(trainer)
