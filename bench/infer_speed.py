@@ -136,7 +136,7 @@ def time_files(label: str, size: tuple[int, int], files: dict[str, Path], extra:
                 row_name, runner = graph_runner(name, path, args.threads)
                 runner(x)
             except Exception as exc:  # e.g. a reference model with a fixed batch of 1
-                print(f"{label:<14}{size[0]}x{size[1]:<5}{batch:>6}  {name}: cannot run ({str(exc).splitlines()[0]})")
+                print(f"{label:<24} {size[0]}x{size[1]:<5}{batch:>6}  {name}: cannot run ({str(exc).splitlines()[0]})")
                 continue
             runners[row_name] = (lambda r: lambda: r(x))(runner)
         with torch.inference_mode():
@@ -209,14 +209,14 @@ def bench_reference(text: str, args) -> list[dict]:
     files = {"ort_fp32": path} if path.suffix == ".onnx" else {}
     if HAVE_OPENVINO:
         files["ov_default"] = path
-    rows = time_files(f"ref:{path.stem}"[:14], size, files, {}, args, None)
+    rows = time_files(f"ref:{path.stem}", size, files, {}, args, None)
     print_rows(rows)
     return rows
 
 
 def print_rows(rows: list[dict]) -> None:
     for r in rows:
-        print(f"{r['net']:<14}{r['size']:<9}{r['batch']:>6}  {r['backend']:<26}{r['images_per_s']:>9.1f}"
+        print(f"{r['net']:<24} {r['size']:<9}{r['batch']:>6}  {r['backend']:<26}{r['images_per_s']:>9.1f}"
               f"{r['ms_per_batch']:>10.1f}{r['vs_ort_fp32']:>12.2f}", flush=True)
 
 
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                  num_junk=0, seed=5))
         folder = world / "bounding_box_train"
         paths = [str(folder / n) for n in list_image_names(folder)]
-        print(f"{'net':<14}{'size':<9}{'batch':>6}  {'backend':<26}{'img/s':>9}{'ms/batch':>10}{'x ORT FP32':>12}")
+        print(f"{'net':<24} {'size':<9}{'batch':>6}  {'backend':<26}{'img/s':>9}{'ms/batch':>10}{'x ORT FP32':>12}")
         for net in nets:
             rows += bench_net(net, args, paths, Path(tmp))
         for reference in args.reference:

@@ -30,10 +30,11 @@ class ExportOptions:
     input_name: str = "images"
     output_name: str = "features"
     legacy_names: bool = False
-    quant_format: str = "qoperator"
+    quant_format: str = "qdq"
     calib_method: str = "mse"
     int8_equalize: bool = True
     int8_sensitivity: int = 0
+    max_fp32_layers: int = 6  # layers an INT8 export may leave in FP32 to pass its check (bpm.export.quantize)
     qat_epochs: int = 0
     qat_lr: float = 1e-4
     opset: int = 17
@@ -52,3 +53,12 @@ class ImageSets:
     test_set: TestSet | None = None
     #: Images INT8 fine-tuning may learn from (training identities only; the calibration pool).
     training: list[str] = field(default_factory=list)
+
+    def held_out(self, count: int = 64) -> list[str]:
+        """Images of the calibration pool that calibration does not use: what INT8 choices are
+        checked on (never the verification images, which judge the result)."""
+        used = set(self.calibration)
+        rest = [path for path in self.training if path not in used]
+        if len(rest) <= count:
+            return rest
+        return [rest[round(i * (len(rest) - 1) / (count - 1))] for i in range(count)]

@@ -146,6 +146,8 @@ def settle(check: FormatCheck, staged: Path, final: Path, fmt: ExportFormat) -> 
 
 def check_int8_options(opts: ExportOptions) -> None:
     """One-line errors for INT8 switches, before anything is loaded or written."""
+    if opts.max_fp32_layers < 0:
+        raise BpmError(f"--max_fp32_layers: expected a count >= 0, got {opts.max_fp32_layers}")
     if opts.int8_sensitivity < 0:
         raise BpmError(f"--int8_sensitivity: expected a count >= 0, got {opts.int8_sensitivity}")
     if opts.qat_epochs < 0:

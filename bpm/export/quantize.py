@@ -24,6 +24,8 @@ CALIBRATION_METHODS = ("mse", "minmax", "percentile", "entropy")
 #: that feed a Clip/Relu are not: ONNX Runtime fuses the activation and uses the activation's range).
 _RANGED_OPS = ("Clip", "Relu", "Add", "GlobalAveragePool", "Conv", "MaxPool")
 _ACTIVATIONS = ("Clip", "Relu")
+#: Most layers an INT8 export leaves in FP32 to pass its check (each costs speed).
+MAX_FP32_LAYERS = 6
 
 
 class ImageCalibrationReader:
@@ -101,6 +103,61 @@ def mse_ranges(model_path: str | Path, reader: "ImageCalibrationReader", samples
     return {name: mse_range(np.concatenate(samples[name]), low[name], high[name]) for name in names}
 
 
+def rounded_weights(weight: np.ndarray) -> np.ndarray:
+    """``weight`` through symmetric 8-bit rounding per output channel, as ONNX Runtime's quantiser
+    stores it (scale = largest magnitude / 127)."""
+    peak = np.abs(weight.reshape(weight.shape[0], -1)).max(axis=1).reshape(-1, *[1] * (weight.ndim - 1))
+    step = np.maximum(peak, 1e-30) / 127.0
+    return (np.clip(np.round(weight / step), -127, 127) * step).astype(weight.dtype)
+
+
+def weight_sensitivity(model_path: str | Path, reader: "ImageCalibrationReader") -> list[tuple[tuple[str, ...], float]]:
+    """Per Conv/Gemm node of the FP32 graph: the mean cosine between the graph's output with only that
+    node's weights rounded to 8 bits and the exact output, on the calibration images; worst first.
+    Each entry names the node and the activation (Clip/Relu) fused after it, which stays with it.
+
+    A layer can be hurt by weight rounding alone although its activations quantise well: a channel
+    whose output is a small difference of large terms (BatchNorm folded over a near-constant
+    pre-activation) loses it to rounding steps set by the large terms. On the CUHK03 MobileNet-V2 one
+    16 -> 96 expansion did that (one channel's folded weights reach 40: 8-bit steps of 0.32 for an
+    output whose spread is 0.6): its weights alone took the cosine to 0.77-0.93.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(model_path))
+    initializers = {init.name: init for init in proto.graph.initializer}
+    exact = _normalised_outputs(proto, reader)
+    rows = []
+    for node in proto.graph.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2 or node.input[1] not in initializers:
+            continue
+        original = initializers[node.input[1]]
+        weight = numpy_helper.to_array(original)
+        original.CopyFrom(numpy_helper.from_array(rounded_weights(weight), node.input[1]))
+        cosine = float((_normalised_outputs(proto, reader) * exact).sum(axis=1).mean())
+        original.CopyFrom(numpy_helper.from_array(weight, node.input[1]))
+        fused = [user.name for user in proto.graph.node if node.output[0] in user.input and user.op_type in _ACTIVATIONS]
+        rows.append(((node.name, *fused), cosine))
+    return sorted(rows, key=lambda row: row[1])
+
+
+def _normalised_outputs(model, reader: "ImageCalibrationReader") -> np.ndarray:
+    """The graph's L2-normalised outputs on every batch of ``reader`` (a path or a ModelProto)."""
+    import onnxruntime as ort
+
+    source = model if isinstance(model, (str, Path)) else model.SerializeToString()
+    session = ort.InferenceSession(str(source) if isinstance(source, Path) else source,
+                                   providers=["CPUExecutionProvider"])
+    reader.rewind()
+    parts = []
+    while (batch := reader.get_next()) is not None:
+        parts.append(session.run(None, batch)[0])
+    reader.rewind()
+    out = np.concatenate(parts).reshape(sum(len(p) for p in parts), -1).astype(np.float64)
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
 def quantize_int8(
     src: str | Path,
     dst: str | Path,
@@ -108,6 +165,10 @@ def quantize_int8(
     calibration_images: Sequence[ImageLike],
     quant_format: str = "qdq",
     method: str = "minmax",
+    held_out: Sequence[ImageLike] = (),
+    min_cosine: float = 0.0,
+    max_fp32_layers: int = MAX_FP32_LAYERS,
+    notes: dict | None = None,
 ) -> Path:
     """Write an INT8 copy of the FP32 graph ``src`` to ``dst``.
 
@@ -115,6 +176,12 @@ def quantize_int8(
     constants and fuse Conv+Clip) so the quantiser sees the graph that will actually run.
     Weights are signed INT8 per channel, activations unsigned INT8 per tensor: the u8 x s8
     product is the fast VNNI/AVX2 path of ORT's CPU kernels.
+
+    With ``held_out`` images (never the calibration images) and ``min_cosine``: should the INT8
+    graph's mean cosine to the FP32 graph on them fall below ``min_cosine``, the layers whose weights
+    alone cost the most (:func:`weight_sensitivity`) stay FP32, the worst first, one more at a time
+    up to ``max_fp32_layers``, until it does; the best try is kept. ``notes`` receives what was
+    tried and kept (the export report shows it).
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -129,6 +196,7 @@ def quantize_int8(
     methods = {"mse": CalibrationMethod.MinMax, "minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
     formats = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+    notes = {} if notes is None else notes
     with tempfile.TemporaryDirectory(prefix="bpm-quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
@@ -137,15 +205,46 @@ def quantize_int8(
         if method == "mse":
             overrides = {name: [{"rmin": np.array(min(lo, 0.0), dtype=np.float32), "rmax": np.array(hi, dtype=np.float32)}]
                          for name, (lo, hi) in mse_ranges(prepared, reader).items()}
-        quantize_static(
-            str(prepared), str(dst), reader,
-            quant_format=formats[quant_format], per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=methods[method],
-            extra_options={"CalibTensorRangeSymmetric": False, "CalibMovingAverage": False,
-                           **({"TensorQuantOverrides": overrides} if overrides else {})},
-        )
-    proto = onnx.load(str(dst))
+
+        def quantize(kept_fp32: Sequence[str], path: Path) -> Path:
+            reader.rewind()
+            quantize_static(
+                str(prepared), str(path), reader,
+                quant_format=formats[quant_format], per_channel=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=methods[method], nodes_to_exclude=list(kept_fp32),
+                extra_options={"CalibTensorRangeSymmetric": False, "CalibMovingAverage": False,
+                               **({"TensorQuantOverrides": overrides} if overrides else {})},
+            )
+            return path
+
+        best = quantize((), Path(tmp) / "int8_0.onnx")
+        if held_out and min_cosine > 0:
+            check = ImageCalibrationReader(held_out, spec)
+            exact = _normalised_outputs(prepared, check)
+
+            def agreement(path: Path) -> float:
+                return float((_normalised_outputs(path, check) * exact).sum(axis=1).mean())
+
+            best_cosine = agreement(best)
+            tries = [{"fp32_layers": [], "held_out_cosine": best_cosine}]
+            if best_cosine < min_cosine and max_fp32_layers > 0:
+                ranking = weight_sensitivity(prepared, reader)[:max_fp32_layers]
+                for count in range(1, len(ranking) + 1):
+                    layers = [names for names, _ in ranking[:count]]
+                    candidate = quantize([name for names in layers for name in names], Path(tmp) / f"int8_{count}.onnx")
+                    cosine = agreement(candidate)
+                    tries.append({"fp32_layers": [names[0] for names in layers], "held_out_cosine": cosine})
+                    if cosine > best_cosine:
+                        best, best_cosine = candidate, cosine
+                    if cosine >= min_cosine:
+                        break
+            kept = max(tries, key=lambda t: t["held_out_cosine"])
+            notes["fp32_layers"] = kept["fp32_layers"]
+            notes["held_out_cosine"] = kept["held_out_cosine"]
+            notes["held_out_images"] = len(held_out)
+            notes["fp32_layer_tries"] = tries
+        proto = onnx.load(str(best))
     write_metadata(proto, OnnxSpec(**{**spec.__dict__, "precision": "int8"}))
     onnx.save(proto, str(dst))
     return Path(dst)

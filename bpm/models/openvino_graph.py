@@ -45,7 +45,7 @@ class OpenVinoModel:
     """An IR compiled for the CPU, called like :class:`bpm.models.onnx_graph.OnnxModel` (FP32 arrays in and out).
 
     Args:
-        path: the ``.xml`` (its ``.bin`` beside it).
+        path: the ``.xml`` (its ``.bin`` beside it), or an ONNX file, which OpenVINO reads directly.
         threads: inference threads (0: OpenVINO's default).
         inference_precision: ``fp32``/``bf16``/``fp16`` to force one; ``None``: the CPU's default.
 
@@ -61,7 +61,7 @@ class OpenVinoModel:
         self.path = Path(path)
         if not self.path.is_file():
             raise BpmError(f"{self.path}: OpenVINO IR not found")
-        if not self.path.with_suffix(".bin").is_file():
+        if self.path.suffix != ".onnx" and not self.path.with_suffix(".bin").is_file():
             raise BpmError(f"{self.path}: the IR's weights {self.path.with_suffix('.bin').name} are missing beside it")
         config: dict = {}
         if threads:

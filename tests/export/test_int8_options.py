@@ -79,7 +79,8 @@ def test_report_names_calibration_equalisation_sensitivity_and_machine(int8_repo
     assert cosines == sorted(cosines) and all(row["activation"] for row in int8["sensitivity"])
     assert report["machine"].startswith("machine:")
     proto = onnx.load(str(out / "mobilenet_v2_64x32_int8.onnx"))
-    assert any(node.op_type.startswith("QLinear") for node in proto.graph.node)
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in proto.graph.node}  # QDQ: the default
+    assert any(init.data_type == onnx.TensorProto.INT8 for init in proto.graph.initializer)  # 8-bit weights
 
 
 def test_an_equalised_copy_that_changes_the_model_is_not_used(int8_report):
@@ -108,6 +109,7 @@ def test_fine_tuning_is_reported(int8_report):
 @pytest.mark.parametrize("options, message", [
     ({"int8_sensitivity": -1}, "--int8_sensitivity"), ({"qat_epochs": -2}, "--qat_epochs"),
     ({"qat_lr": float("nan")}, "--qat_lr"), ({"qat_epochs": 1, "formats": ("onnx",)}, "add onnx_int8"),
+    ({"max_fp32_layers": -1}, "--max_fp32_layers"),
 ])
 def test_bad_int8_switches_are_one_line_errors(tmp_path, options, message):
     with pytest.raises(BpmError, match=message):
@@ -122,4 +124,5 @@ def test_a_failed_int8_check_suggests_fine_tuning(tmp_path, original_ckpt, world
             run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path),
                                      model=ModelSettings(resize_h_w=SIZE),
                                      formats=("onnx_int8",), calib_images=str(world / "bounding_box_train"),
-                                     calib_count=8, verify_count=4, threads=1), log=lambda line: None)
+                                     calib_count=8, verify_count=4, threads=1, max_fp32_layers=1),
+                       log=lambda line: None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,6 +90,18 @@ def test_fp32_ir_computes_what_onnx_runtime_computes(exported, image_paths):
     ir = OpenVinoModel(result["files"]["openvino"], threads=2, inference_precision="fp32")
     assert ir.precision == "fp32"
     assert cosine_rows(ir(x), OnnxModel(result["files"]["onnx"])(x)).min() > 0.9999
+
+
+def test_openvino_reads_an_onnx_file_directly_without_an_ir(exported, image_paths, tmp_path):
+    """A model from elsewhere (``bench/infer_speed.py --reference x.onnx``) needs no .bin beside it."""
+    import shutil
+
+    _out, result = exported
+    onnx_file = Path(shutil.copy(result["files"]["onnx"], tmp_path / "elsewhere.onnx"))
+    assert not onnx_file.with_suffix(".bin").exists()
+    x = image_batch(image_paths[:6], SIZE)
+    runner = OpenVinoModel(onnx_file, threads=2, inference_precision="fp32")
+    assert cosine_rows(runner(x), OnnxModel(onnx_file)(x)).min() > 0.9999
 
 
 def test_feature_extractor_and_extract_run_the_openvino_backend(exported, image_paths, tmp_path):

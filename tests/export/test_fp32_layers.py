@@ -1,0 +1,116 @@
+"""INT8 with a few layers left in FP32: weight-rounding sensitivity per layer, the held-out choice of
+how many layers stay FP32, and the images that choice is made on."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from bpm.export.onnx import export_onnx
+from bpm.export.options import ImageSets
+from bpm.export.quantize import ImageCalibrationReader, quantize_int8, rounded_weights, weight_sensitivity
+from bpm.models.onnx_graph import OnnxModel, OnnxSpec
+from bpm.data.transforms import image_batch
+
+from export_helpers import SIZE
+
+
+def test_rounded_weights_by_hand():
+    # One output channel: step = 1 / 127; 0.5 -> 63.5 steps -> 64 (ties to even) -> 0.50394; 0.003 -> 0.
+    w = np.array([[[[1.0]], [[0.5]], [[0.003]]], [[[-2.0]], [[1.0]], [[0.0]]]], dtype=np.float32)
+    r = rounded_weights(w)
+    assert r[0, :, 0, 0] == pytest.approx([1.0, 64 / 127, 0.0])
+    assert r[1, :, 0, 0] == pytest.approx([-2.0, 2 * 64 / 127, 0.0])  # its own scale: 2 / 127
+    assert r.dtype == np.float32
+
+
+class _Cancelling(nn.Module):
+    """conv2 reads a near-constant channel of conv1 (1 + 0.001 x) through a weight of 1000 (its bias
+    cancels the constant): its small weights on the other channels round to zero in 8 bits, and the
+    8-bit rounding of its input is amplified 1000 times. conv3's weights are exact in 8 bits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 1)
+        self.conv2 = nn.Conv2d(4, 4, 1)
+        self.conv3 = nn.Conv2d(4, 4, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        with torch.no_grad():
+            self.conv1.weight.copy_(torch.tensor([[0.001, 0.0, 0.0], [1.0, 0.2, -0.3], [-0.4, 0.8, 0.1],
+                                                  [0.3, -0.5, 0.9]]).view(4, 3, 1, 1))
+            self.conv1.bias.copy_(torch.tensor([1.0, 0.0, 0.1, -0.1]))  # channel 0: 1 + 0.001 x
+            weight = torch.tensor([[0.3, -0.2, 0.25], [0.1, 0.3, -0.2], [-0.3, 0.2, 0.1], [0.2, 0.1, 0.3]])
+            self.conv2.weight.copy_(torch.cat([torch.full((4, 1), 1000.0), weight], dim=1).view(4, 4, 1, 1))
+            self.conv2.bias.fill_(-1000.0)
+            self.conv3.weight.copy_(torch.eye(4).view(4, 4, 1, 1))
+            self.conv3.bias.zero_()
+
+    def forward(self, x):
+        return self.pool(self.conv3(torch.relu(self.conv2(self.conv1(x))))).flatten(1)
+
+
+@pytest.fixture(scope="module")
+def cancelling_graph(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fp32_layers") / "cancelling.onnx"
+    spec = OnnxSpec("toy", SIZE)
+    export_onnx(_Cancelling().eval(), path, spec)
+    return path, spec
+
+
+def _convs(path) -> list[str]:
+    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
+
+
+def test_the_layer_whose_weights_alone_hurt_ranks_first(cancelling_graph, image_paths):
+    path, spec = cancelling_graph
+    ranking = weight_sensitivity(path, ImageCalibrationReader(image_paths[:16], spec))
+    conv1, conv2, conv3 = _convs(path)
+    relu = [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Relu"]
+    assert [names for names, _ in ranking] == [(conv2, *relu), (conv1,), (conv3,)]  # a fused activation goes along
+    cosines = [cosine for _, cosine in ranking]
+    assert cosines[0] < 0.99 and 0.99 < cosines[1] < 1.0 and cosines[2] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_failing_int8_keeps_the_worst_layers_fp32_until_held_out_images_agree(cancelling_graph, image_paths,
+                                                                               tmp_path):
+    path, spec = cancelling_graph
+    calibration, held_out = image_paths[0:24:2], image_paths[1:24:2]
+    plain_notes, notes = {}, {}
+    quantize_int8(path, tmp_path / "plain.onnx", spec, calibration, "qoperator", "minmax",
+                  held_out=held_out, min_cosine=0.999, max_fp32_layers=0, notes=plain_notes)
+    kept = quantize_int8(path, tmp_path / "kept.onnx", spec, calibration, "qoperator", "minmax",
+                         held_out=held_out, min_cosine=0.999, notes=notes)
+    conv1, conv2, _conv3 = _convs(path)
+    assert plain_notes["fp32_layers"] == [] and plain_notes["held_out_cosine"] < 0.999
+    # conv2 alone is not enough: its 8-bit input is amplified 1000 times, so conv1 (its producer) follows.
+    assert [t["fp32_layers"] for t in notes["fp32_layer_tries"]] == [[], [conv2], [conv2, conv1]]
+    assert notes["fp32_layer_tries"][1]["held_out_cosine"] < 0.999
+    assert notes["fp32_layers"] == [conv2, conv1] and notes["held_out_cosine"] >= 0.999
+    ops = [n.op_type for n in onnx.load(str(kept)).graph.node]
+    assert ops.count("Conv") == 2 and ops.count("QLinearConv") == 1  # conv3 still INT8
+    # What the notes claim is what ONNX Runtime computes on the held-out images.
+    x = image_batch(held_out, spec.input_spec)
+    exact, int8 = OnnxModel(path)(x), OnnxModel(kept)(x)
+    cosine = (exact * int8).sum(1) / np.linalg.norm(exact, axis=1) / np.linalg.norm(int8, axis=1)
+    assert cosine.mean() == pytest.approx(notes["held_out_cosine"], abs=1e-6)
+    assert OnnxModel(kept).spec.precision == "int8"
+
+
+def test_without_held_out_images_nothing_is_tried(cancelling_graph, image_paths, tmp_path):
+    path, spec = cancelling_graph
+    notes = {}
+    quantize_int8(path, tmp_path / "int8.onnx", spec, image_paths[:8], "qoperator", "minmax", notes=notes)
+    assert notes == {}
+    assert "Conv" not in [n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node]
+
+
+def test_held_out_images_are_the_calibration_pool_minus_calibration():
+    pool = [f"img{i:03d}.jpg" for i in range(100)]
+    sets = ImageSets(pool[::10], [], "test", training=pool)
+    held_out = sets.held_out(count=20)
+    assert len(held_out) == 20 and not set(held_out) & set(sets.calibration) and set(held_out) <= set(pool)
+    assert held_out == sets.held_out(count=20) and held_out[0] == "img001.jpg" and held_out[-1] == "img099.jpg"
+    assert sets.held_out(count=500) == [p for p in pool if p not in set(pool[::10])]
+    assert ImageSets(pool[:5], [], "no pool").held_out() == []
