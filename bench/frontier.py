@@ -255,10 +255,22 @@ def measure_backbone(name: str, ckpt: Path, train_row: dict | None, args) -> dic
         row["params"], row["macs"] = onnx_cost(files["fp32"])
         row["input"] = "x".join(map(str, onnx_input(files["fp32"])[1]))
     row["s_per_epoch"] = train_row["s_per_epoch"] if train_row else None
-    # FP32 accuracy: bpm train's own evaluation (with mINP) when trained here, else the FP32 ONNX check.
+    # FP32 accuracy: bpm train's own evaluation (with mINP) when trained here or when the run's
+    # results.json lies beside the checkpoint (--trained), else the FP32 ONNX check (no mINP).
+    train_row = train_row or results_beside(ckpt)
     row["accuracy"] = ({k: train_row[k] for k in ("mAP", "rank1", "mINP")} if train_row
                        else {k: row["fp32"].get(k) for k in ("mAP", "rank1")})
     return row
+
+
+def results_beside(ckpt: Path) -> dict | None:
+    """mAP / rank-1 / mINP from the ``results.json`` that ``bpm train`` wrote beside ``ckpt``, if any."""
+    try:
+        results = json.loads((ckpt.parent / "results.json").read_text())
+        return {"mAP": float(results["mAP"]), "rank1": float(results["cmc"]["1"]), "mINP": float(results["mINP"]),
+                "s_per_epoch": None}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def measure_reference(spec: ReferenceSpec, args) -> dict:

@@ -50,6 +50,16 @@ def test_bad_reference_specs_are_one_line_errors(bench, text, message):
         bench.parse_reference(text)
 
 
+def test_a_trained_row_reads_mINP_from_the_runs_results(bench, tmp_path):
+    ckpt = tmp_path / "run" / "ckpt.pth"
+    ckpt.parent.mkdir()
+    assert bench.results_beside(ckpt) is None  # no results.json: the row falls back to the ONNX check
+    (ckpt.parent / "results.json").write_text(json.dumps({"mAP": 0.42, "mINP": 0.31, "cmc": {"1": 0.43, "5": 0.6}}))
+    assert bench.results_beside(ckpt) == {"mAP": 0.42, "rank1": 0.43, "mINP": 0.31, "s_per_epoch": None}
+    (ckpt.parent / "results.json").write_text("{not json")
+    assert bench.results_beside(ckpt) is None
+
+
 def test_reference_input_follows_its_spec(bench, tmp_path):
     image = np.zeros((8, 4, 3), dtype=np.uint8)
     image[..., 0] = 255  # pure red
