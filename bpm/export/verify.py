@@ -25,13 +25,15 @@ COSINE_THRESHOLDS = {"fp32": 0.9999, "fp16": 0.999, "bf16": 0.995, "int8": 0.98}
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity of matching rows; a zero row against a zero row counts as identical."""
+    """Cosine similarity of matching rows; a zero row against a zero row counts as identical, a zero
+    row against any other as 0 (an export that outputs zeros must not pass a cosine check)."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    norm_a, norm_b = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    norms = norm_a * norm_b
     dots = (a * b).sum(axis=1)
-    both_zero = norms == 0
-    cos = np.where(both_zero, 1.0, dots / np.where(both_zero, 1.0, norms))
+    both_zero = (norm_a == 0) & (norm_b == 0)
+    cos = np.where(both_zero, 1.0, np.where(norms == 0, 0.0, dots / np.where(norms == 0, 1.0, norms)))
     return np.where(np.isfinite(cos), cos, -1.0)
 
 

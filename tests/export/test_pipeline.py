@@ -146,6 +146,13 @@ def test_cosine_rows():
     np.testing.assert_allclose(cosine_rows(a, b), [1.0, 1.0, -1.0])
 
 
+def test_a_zero_row_matches_only_a_zero_row():
+    # The product of the norms is 0 when either row is zero: an all-zero INT8 output once scored 1.0.
+    a = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 2.0]])
+    b = np.array([[0.0, 0.0], [3.0, 4.0], [0.0, 0.0]])
+    np.testing.assert_allclose(cosine_rows(a, b), [1.0, 0.0, 0.0])
+
+
 @pytest.mark.slow
 def test_extract_weights_script_keeps_the_original_flags(tmp_path, original_ckpt):
     from bpm.commands.extract_weights import main as extract_weights
