@@ -17,6 +17,7 @@ from bpm.data.images import ImageLike
 from bpm.data.transforms import image_batch
 from bpm.errors import BpmError
 from bpm.export.onnx import OnnxSpec, write_metadata
+from bpm.export.verify import cosine_rows
 
 QUANT_FORMATS = ("qdq", "qoperator")
 CALIBRATION_METHODS = ("mse", "minmax", "percentile", "entropy")
@@ -127,7 +128,8 @@ def weight_sensitivity(model_path: str | Path, reader: "ImageCalibrationReader")
 
     proto = onnx.load(str(model_path))
     initializers = {init.name: init for init in proto.graph.initializer}
-    exact = _normalised_outputs(proto, reader)
+    batches = _batches(reader)  # decoded once, not once per node
+    exact = _outputs(proto, batches)
     rows = []
     for node in proto.graph.node:
         if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2 or node.input[1] not in initializers:
@@ -135,27 +137,31 @@ def weight_sensitivity(model_path: str | Path, reader: "ImageCalibrationReader")
         original = initializers[node.input[1]]
         weight = numpy_helper.to_array(original)
         original.CopyFrom(numpy_helper.from_array(rounded_weights(weight), node.input[1]))
-        cosine = float((_normalised_outputs(proto, reader) * exact).sum(axis=1).mean())
+        cosine = float(cosine_rows(_outputs(proto, batches), exact).mean())
         original.CopyFrom(numpy_helper.from_array(weight, node.input[1]))
         fused = [user.name for user in proto.graph.node if node.output[0] in user.input and user.op_type in _ACTIVATIONS]
         rows.append(((node.name, *fused), cosine))
     return sorted(rows, key=lambda row: row[1])
 
 
-def _normalised_outputs(model, reader: "ImageCalibrationReader") -> np.ndarray:
-    """The graph's L2-normalised outputs on every batch of ``reader`` (a path or a ModelProto)."""
+def _batches(reader: "ImageCalibrationReader") -> list[dict]:
+    """Every input batch of ``reader``, decoded once."""
+    reader.rewind()
+    batches = []
+    while (batch := reader.get_next()) is not None:
+        batches.append(batch)
+    reader.rewind()
+    return batches
+
+
+def _outputs(model, batches: list[dict]) -> np.ndarray:
+    """The graph's outputs ``[N, D]`` on ``batches``; ``model`` is a file or an in-memory ModelProto."""
     import onnxruntime as ort
 
-    source = model if isinstance(model, (str, Path)) else model.SerializeToString()
-    session = ort.InferenceSession(str(source) if isinstance(source, Path) else source,
-                                   providers=["CPUExecutionProvider"])
-    reader.rewind()
-    parts = []
-    while (batch := reader.get_next()) is not None:
-        parts.append(session.run(None, batch)[0])
-    reader.rewind()
-    out = np.concatenate(parts).reshape(sum(len(p) for p in parts), -1).astype(np.float64)
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
+    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    out = np.concatenate([session.run(None, batch)[0] for batch in batches])
+    return out.reshape(len(out), -1)
 
 
 def quantize_int8(
@@ -220,11 +226,11 @@ def quantize_int8(
 
         best = quantize((), Path(tmp) / "int8_0.onnx")
         if held_out and min_cosine > 0:
-            check = ImageCalibrationReader(held_out, spec)
-            exact = _normalised_outputs(prepared, check)
+            check = _batches(ImageCalibrationReader(held_out, spec))
+            exact = _outputs(prepared, check)
 
             def agreement(path: Path) -> float:
-                return float((_normalised_outputs(path, check) * exact).sum(axis=1).mean())
+                return float(cosine_rows(_outputs(path, check), exact).mean())
 
             best_cosine = agreement(best)
             tries = [{"fp32_layers": [], "held_out_cosine": best_cosine}]
