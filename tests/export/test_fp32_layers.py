@@ -73,29 +73,92 @@ def test_the_layer_whose_weights_alone_hurt_ranks_first(cancelling_graph, image_
     assert cosines[0] < 0.99 and 0.99 < cosines[1] < 1.0 and cosines[2] == pytest.approx(1.0, abs=1e-9)
 
 
+@pytest.mark.parametrize("quant_format", ["qdq", "qoperator"])
 def test_failing_int8_keeps_the_worst_layers_fp32_until_held_out_images_agree(cancelling_graph, image_paths,
-                                                                               tmp_path):
+                                                                               tmp_path, quant_format):
     path, spec = cancelling_graph
     calibration, held_out = image_paths[0:24:2], image_paths[1:24:2]
     plain_notes, notes = {}, {}
-    quantize_int8(path, tmp_path / "plain.onnx", spec, calibration, "qoperator", "minmax",
+    quantize_int8(path, tmp_path / "plain.onnx", spec, calibration, quant_format, "minmax",
                   held_out=held_out, min_cosine=0.999, max_fp32_layers=0, notes=plain_notes)
-    kept = quantize_int8(path, tmp_path / "kept.onnx", spec, calibration, "qoperator", "minmax",
+    kept = quantize_int8(path, tmp_path / "kept.onnx", spec, calibration, quant_format, "minmax",
                          held_out=held_out, min_cosine=0.999, notes=notes)
     conv1, conv2, _conv3 = _convs(path)
     assert plain_notes["fp32_layers"] == [] and plain_notes["held_out_cosine"] < 0.999
-    # conv2 alone is not enough: its 8-bit input is amplified 1000 times, so conv1 (its producer) follows.
-    assert [t["fp32_layers"] for t in notes["fp32_layer_tries"]] == [[], [conv2], [conv2, conv1]]
-    assert notes["fp32_layer_tries"][1]["held_out_cosine"] < 0.999
-    assert notes["fp32_layers"] == [conv2, conv1] and notes["held_out_cosine"] >= 0.999
+    if quant_format == "qdq":
+        # conv2 alone suffices: it reads conv1's output in float (feed_fp32_inputs).
+        assert [t["fp32_layers"] for t in notes["fp32_layer_tries"]] == [[], [conv2]]
+    else:
+        # QOperator: conv2 reads conv1's 8-bit output through a DequantizeLinear, so ONNX Runtime's
+        # WeightBiasQuantization rounds conv2's float weights per tensor (1000 and 0.3 on one scale):
+        # conv1, its producer, has to stay FP32 too.
+        assert [t["fp32_layers"] for t in notes["fp32_layer_tries"]] == [[], [conv2], [conv2, conv1]]
+        assert notes["fp32_layer_tries"][1]["held_out_cosine"] < 0.999
+    assert notes["fp32_layers"] == [t["fp32_layers"] for t in notes["fp32_layer_tries"]][-1]
+    assert notes["held_out_cosine"] >= 0.999
     ops = [n.op_type for n in onnx.load(str(kept)).graph.node]
-    assert ops.count("Conv") == 2 and ops.count("QLinearConv") == 1  # conv3 still INT8
+    if quant_format == "qoperator":
+        assert ops.count("Conv") == 2 and ops.count("QLinearConv") == 1  # conv3 still INT8
     # What the notes claim is what ONNX Runtime computes on the held-out images.
     x = image_batch(held_out, spec.input_spec)
     exact, int8 = OnnxModel(path)(x), OnnxModel(kept)(x)
     cosine = (exact * int8).sum(1) / np.linalg.norm(exact, axis=1) / np.linalg.norm(int8, axis=1)
     assert cosine.mean() == pytest.approx(notes["held_out_cosine"], abs=1e-6)
     assert OnnxModel(kept).spec.precision == "int8"
+
+
+def _relu_then_spread() -> nn.Module:
+    """conv2 reads conv1's tiny channel 0 through a weight of 100 and the other channels through
+    weights near 0.3: per output channel that rounds well in 8 bits, with one scale for the tensor
+    (100 / 127) the small weights round to zero. Its input is a ReLU output, which the quantiser
+    folds into the 8-bit range of conv1's output."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[0.001, 0.0, 0.0], [1.0, 0.2, -0.3], [-0.4, 0.8, 0.1], [0.3, -0.5, 0.9]])
+                            .view(4, 3, 1, 1))
+        net[0].bias.copy_(torch.tensor([0.002, 0.1, -0.2, 0.3]))
+        net[2].weight.copy_(torch.tensor([[100.0, 0, 0, 0], [0, 0.3, 0.2, -0.1], [0, -0.2, 0.1, 0.3],
+                                          [0, 0.1, -0.3, 0.2]]).view(4, 4, 1, 1))
+        net[2].bias.zero_()
+    return net.eval()
+
+
+def test_a_layer_kept_fp32_runs_in_fp32_with_its_producers_activation(image_paths, tmp_path):
+    """A kept Conv fed by a DequantizeLinear would get its weights rounded per tensor by ONNX Runtime
+    (WeightBiasQuantization, a default optimisation); fed the float input it stays FP32. The ReLU that
+    the quantiser folded into the 8-bit range comes back in front of it."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from bpm.export.quantize import feed_fp32_inputs
+
+    spec = OnnxSpec("toy", SIZE)
+    source, prepared = tmp_path / "net.onnx", tmp_path / "prepared.onnx"
+    export_onnx(_relu_then_spread(), source, spec)
+    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    conv1, conv2 = _convs(prepared)
+    quantized = tmp_path / "int8.onnx"
+    quantize_static(str(prepared), str(quantized), ImageCalibrationReader(image_paths[:12], spec),
+                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, nodes_to_exclude=[conv2])
+    proto = onnx.load(str(quantized))
+    assert "Relu" not in [n.op_type for n in proto.graph.node]  # folded into conv1's 8-bit output range
+    x = image_batch(image_paths[12:24], spec.input_spec)
+    exact = OnnxModel(prepared)(x)
+
+    def worst_error(model_proto) -> float:
+        path = tmp_path / "check.onnx"
+        onnx.save(model_proto, str(path))
+        return float(np.abs(OnnxModel(path)(x) - exact).max() / np.abs(exact).max())
+
+    assert worst_error(proto) > 0.3  # conv2's small weights rounded away with one scale for the tensor
+    feed_fp32_inputs(proto.graph, [conv2], onnx.load(str(prepared)).graph)
+    nodes = {n.name: n for n in proto.graph.node}
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    assert producers[nodes[conv2].input[0]].op_type == "Relu"
+    assert producers[producers[nodes[conv2].input[0]].input[0]].name == conv1
+    assert worst_error(proto) < 0.03  # what is left: conv1's 8-bit input and weights, the 8-bit output
+    onnx.checker.check_model(proto)
 
 
 def test_without_held_out_images_nothing_is_tried(cancelling_graph, image_paths, tmp_path):
