@@ -18,6 +18,7 @@ from bpm.data.transforms import image_batch
 from bpm.errors import BpmError
 from bpm.export.onnx import OnnxSpec, write_metadata
 from bpm.export.verify import cosine_rows
+from bpm.models.onnx_graph import session_options
 
 QUANT_FORMATS = ("qdq", "qoperator")
 CALIBRATION_METHODS = ("mse", "minmax", "percentile", "entropy")
@@ -159,7 +160,7 @@ def _outputs(model, batches: list[dict]) -> np.ndarray:
     import onnxruntime as ort
 
     source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
-    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(source, session_options(), providers=["CPUExecutionProvider"])
     out = np.concatenate([session.run(None, batch)[0] for batch in batches])
     return out.reshape(len(out), -1)
 

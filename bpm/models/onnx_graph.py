@@ -7,9 +7,12 @@ INT8) stays in :mod:`bpm.export`, which builds on this.
 """
 from __future__ import annotations
 
+import functools
 import json
+import platform
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -93,8 +96,43 @@ def spec_from_metadata(meta: dict[str, str], input_name: str, output_name: str,
     )
 
 
-def session_options(threads: int = 0, spin: bool = False):
+#: ONNX Runtime's session setting that keeps INT8 products exact on x86 CPUs without VNNI.
+PRECISE_INT8_SETTING = "session.x64quantprecision"
+_X86 = ("x86_64", "amd64", "i386", "i686", "x86")
+
+
+def int8_saturates(isa: Sequence[str], arch: str) -> bool:
+    """Whether ONNX Runtime's u8 x s8 kernels lose precision on a CPU with these ISA flags.
+
+    Without a VNNI dot product (AVX2, AVX-512 without VNNI: the AMD EPYCs seen with AVX2 only), x86
+    kernels multiply with VPMADDUBSW, which adds each pair of u8 x s8 products in 16 bits *with
+    saturation*. Rare as it is (about 2 pair sums in 10,000 on the CUHK03 models), it hits the stem
+    and the narrow expansions hard: bench/avx2_saturation.py, emulating it exactly, measured mean
+    cosine 0.87 to the exact INT8 embedding and 4.6 mAP points lost on the softmax MobileNet-V2.
+    VNNI (VPDPBUSD) accumulates in 32 bits; other architectures do not use this instruction.
+    """
+    return arch.lower() in _X86 and not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(isa)
+
+
+@functools.cache
+def _this_cpu_saturates() -> bool:
+    from bpm.machine import parse_cpuinfo
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            isa = parse_cpuinfo(handle.read())[1]
+    except OSError:
+        isa = []  # unknown: the exact kernels, correct everywhere
+    return int8_saturates(isa, platform.machine())
+
+
+def session_options(threads: int = 0, spin: bool = False, precise_int8: bool | None = None):
     """Full graph optimisation, one inter-op thread, ``threads`` intra-op threads (0: ORT's default).
+
+    ``precise_int8`` (default: where :func:`int8_saturates` says this CPU needs it) sets ONNX Runtime's
+    ``session.x64quantprecision``: INT8 weights go through u8 x u8 kernels, which do not saturate, so
+    an INT8 file computes the same integers as on the VNNI CPU that verified it. On VNNI CPUs it stays
+    off (the u8 x s8 VNNI kernels are exact and the fastest).
 
     Intra-op threads do not spin between runs (``spin`` restores ORT's default, for comparisons).
     Spinning keeps the cores busy after each call, so whatever runs next on them (JPEG decoding
@@ -111,6 +149,8 @@ def session_options(threads: int = 0, spin: bool = False):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    if _this_cpu_saturates() if precise_int8 is None else precise_int8:
+        options.add_session_config_entry(PRECISE_INT8_SETTING, "1")
     if threads:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
