@@ -10,7 +10,8 @@ from torch import nn
 
 from bpm.export.onnx import export_onnx
 from bpm.export.options import ImageSets
-from bpm.export.quantize import ImageCalibrationReader, quantize_int8, rounded_weights, weight_sensitivity
+from bpm.export.quantize import (MAX_DISTANCE_ERROR, ImageCalibrationReader, distance_error, quantize_int8,
+                                 rounded_weights, weight_sensitivity)
 from bpm.models.onnx_graph import OnnxModel, OnnxSpec
 from bpm.data.transforms import image_batch
 
@@ -159,6 +160,56 @@ def test_a_layer_kept_fp32_runs_in_fp32_with_its_producers_activation(image_path
     assert producers[producers[nodes[conv2].input[0]].input[0]].name == conv1
     assert worst_error(proto) < 0.03  # what is left: conv1's 8-bit input and weights, the 8-bit output
     onnx.checker.check_model(proto)
+
+
+def test_distance_error_by_hand():
+    exact = np.array([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]])  # distances 5, 10, 5: mean 20/3, spread 20/9
+    moved = np.array([[0.0, 0.0], [3.0, 4.0], [6.0, 9.0]])  # distances 5, sqrt(117), sqrt(34)
+    expected = ((np.sqrt(117) - 10) + (np.sqrt(34) - 5)) / 3 / (20 / 9)
+    assert distance_error(exact, moved, normalize=False) == pytest.approx(expected)
+    assert distance_error(exact, exact, normalize=False) == 0.0
+    # Scaling every row changes Euclidean distances, not those of L2-normalised rows.
+    rows = np.random.default_rng(0).normal(size=(6, 4))
+    assert distance_error(rows, 2 * rows, normalize=True) == pytest.approx(0.0, abs=1e-12)
+    assert distance_error(rows, 2 * rows, normalize=False) > 1.0
+
+
+def test_distance_error_against_brute_force():
+    rng = np.random.default_rng(1)
+    exact, approx = rng.normal(size=(7, 5)), rng.normal(size=(7, 5))
+    pairs = [(i, j) for i in range(7) for j in range(i + 1, 7)]
+    d = np.array([np.linalg.norm(exact[i] - exact[j]) for i, j in pairs])
+    e = np.array([np.linalg.norm(approx[i] - approx[j]) for i, j in pairs])
+    assert distance_error(exact, approx, normalize=False) == pytest.approx(np.abs(e - d).mean() / np.abs(d - d.mean()).mean())
+
+
+class _Offset(nn.Module):
+    """Every feature is 50 plus a small image-dependent part: the INT8 output agrees with FP32 at a
+    cosine near 1 while its 8-bit steps (~0.2) bury the differences between images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        with torch.no_grad():
+            self.conv.weight.copy_(0.01 * torch.tensor([[1.0, -0.5, 0.2], [0.3, 1.0, -0.4], [-0.6, 0.2, 1.0],
+                                                        [0.5, 0.5, 0.5]]).view(4, 3, 1, 1))
+            self.conv.bias.fill_(50.0)
+
+    def forward(self, x):
+        return self.pool(self.conv(x)).flatten(1)
+
+
+def test_distances_that_move_ask_for_fp32_layers_even_when_the_cosine_passes(image_paths, tmp_path):
+    spec = OnnxSpec("toy", SIZE)
+    path = tmp_path / "offset.onnx"
+    export_onnx(_Offset().eval(), path, spec)
+    notes = {}
+    quantize_int8(path, tmp_path / "int8.onnx", spec, image_paths[0:24:2], "qdq", "minmax",
+                  held_out=image_paths[1:24:2], min_cosine=0.99, notes=notes)
+    first, *later = notes["fp32_layer_tries"]
+    assert first["held_out_cosine"] > 0.9999 and first["held_out_distance_error"] > MAX_DISTANCE_ERROR
+    assert later  # the cosine alone would have stopped here
 
 
 def test_without_held_out_images_nothing_is_tried(cancelling_graph, image_paths, tmp_path):

@@ -53,4 +53,5 @@ def write_onnx_int8(ctx: ExportContext, path: Path) -> None:
     if ctx.notes["int8"].get("fp32_layers"):
         ctx.log(f"  INT8: {len(ctx.notes['int8']['fp32_layers'])} layer(s) kept in FP32 (their weights alone cost the most "
                 f"cosine): {', '.join(ctx.notes['int8']['fp32_layers'])}; held-out cosine "
-                f"{ctx.notes['int8']['held_out_cosine']:.5f}")
+                f"{ctx.notes['int8']['held_out_cosine']:.5f}, distance error "
+                f"{ctx.notes['int8']['held_out_distance_error']:.3f} of the distances' spread")
