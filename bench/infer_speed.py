@@ -12,7 +12,9 @@ times other models alongside (ONNX under ORT and OpenVINO, an IR under OpenVINO)
 
 Compared: PyTorch eager FP32 (contiguous and channels-last), ONNX Runtime FP32, FP16 (the CPU
 provider runs FP16 graphs through inserted casts where it lacks FP16 kernels) and INT8 (static,
-per-channel; QOperator and, outside --quick, QDQ). Ratios are against ORT FP32 of the same
+per-channel; QOperator and, outside --quick, QDQ). On CPUs without VNNI (AVX2-only x86) ORT INT8
+runs with ``session.x64quantprecision`` (exact u8 x u8 kernels, see ``bpm.models.onnx_graph``), as
+bpm's sessions do there; the ``ort_int8_saturating`` row times the same file without it. Ratios are against ORT FP32 of the same
 network, size and batch in the same run. Backends are timed round-robin, so neither may keep the cores busy
 after its turn: ORT sessions do not spin (``bpm.export.runtime.session_options``) and torch's
 OpenMP threads wait passively (OMP_WAIT_POLICY, set here before torch loads). With spinning,
@@ -46,7 +48,7 @@ from bpm.data.synthetic import WorldConfig, generate_world  # noqa: E402
 from bpm.export.onnx import OnnxSpec, convert_to_fp16, export_onnx  # noqa: E402
 from bpm.export.quantize import quantize_int8  # noqa: E402
 from bpm.data.transforms import image_batch  # noqa: E402
-from bpm.models.onnx_graph import OnnxModel  # noqa: E402
+from bpm.models.onnx_graph import OnnxModel, this_cpu_saturates  # noqa: E402
 from bpm.machine import print_machine  # noqa: E402
 from bpm.models.loading import load_model  # noqa: E402
 from bpm.models.reid import build_model  # noqa: E402
@@ -104,6 +106,8 @@ def model_files(model: torch.nn.Module, net: str, size: tuple[int, int], args, p
     fp32 = export_onnx(model, f"{stem}_fp32.onnx", spec)
     files = {"ort_fp32": fp32, "ort_fp16": convert_to_fp16(fp32, f"{stem}_fp16.onnx", spec)}
     files["ort_int8"] = quantize_int8(fp32, Path(f"{stem}_int8.onnx"), spec, paths[:args.calib], "qoperator")
+    if this_cpu_saturates():  # ORT INT8 runs its exact u8 x u8 kernels here; also time the saturating default
+        files["ort_int8_saturating"] = files["ort_int8"]
     if not args.quick:
         files["ort_int8_qdq"] = quantize_int8(fp32, Path(f"{stem}_int8_qdq.onnx"), spec, paths[:args.calib], "qdq")
     if HAVE_OPENVINO:
@@ -114,11 +118,12 @@ def model_files(model: torch.nn.Module, net: str, size: tuple[int, int], args, p
 
 
 def graph_runner(name: str, path: Path, threads: int) -> tuple[str, Callable[[object], object]]:
-    """(row name, runner) of a file: OpenVINO rows are named by the precision the compiled model runs at."""
+    """(row name, runner) of a file: OpenVINO rows are named by the precision the compiled model runs at;
+    ``*_saturating`` rows run an INT8 file without ``session.x64quantprecision`` (what it costs)."""
     if name.startswith("ov_"):
         runner = OpenVinoModel(path, threads=threads)
         return ("ov_int8" if name == "ov_int8" else f"ov_{runner.inference_precision}(default)"), runner
-    return name, OnnxModel(path, threads=threads)
+    return name, OnnxModel(path, threads=threads, precise_int8=False if name.endswith("_saturating") else None)
 
 
 def time_files(label: str, size: tuple[int, int], files: dict[str, Path], extra: dict[str, Callable], args,

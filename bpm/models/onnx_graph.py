@@ -115,7 +115,7 @@ def int8_saturates(isa: Sequence[str], arch: str) -> bool:
 
 
 @functools.cache
-def _this_cpu_saturates() -> bool:
+def this_cpu_saturates() -> bool:
     from bpm.machine import parse_cpuinfo
 
     try:
@@ -149,7 +149,7 @@ def session_options(threads: int = 0, spin: bool = False, precise_int8: bool | N
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    if _this_cpu_saturates() if precise_int8 is None else precise_int8:
+    if this_cpu_saturates() if precise_int8 is None else precise_int8:
         options.add_session_config_entry(PRECISE_INT8_SETTING, "1")
     if threads:
         options.intra_op_num_threads = threads
@@ -166,7 +166,8 @@ class OnnxModel:
 
     kind = "ONNX graph"
 
-    def __init__(self, path: str | Path, threads: int = 0) -> None:
+    def __init__(self, path: str | Path, threads: int = 0, precise_int8: bool | None = None) -> None:
+        """``precise_int8``: see :func:`session_options` (None: where this CPU needs it)."""
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -174,7 +175,7 @@ class OnnxModel:
             raise BpmError(f"{self.path}: ONNX file not found")
         self.spec: OnnxSpec = read_spec(self.path)
         try:
-            self.session = ort.InferenceSession(str(self.path), session_options(threads),
+            self.session = ort.InferenceSession(str(self.path), session_options(threads, precise_int8=precise_int8),
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
             raise BpmError(f"{self.path}: ONNX Runtime cannot load it ({one_line(exc)})") from exc

@@ -241,7 +241,7 @@ def test_this_cpu_computes_what_the_emulation_says(models, pattern):
 
     import onnxruntime as ort
 
-    from bpm.models.onnx_graph import _this_cpu_saturates, session_options
+    from bpm.models.onnx_graph import this_cpu_saturates, session_options
 
     path, images = models[pattern]
     model = onnx.load(str(path))
@@ -253,6 +253,6 @@ def test_this_cpu_computes_what_the_emulation_says(models, pattern):
                                        providers=["CPUExecutionProvider"])
         return session.run(None, {session.get_inputs()[0].name: images})[0]
 
-    assert np.array_equal(fused(False), emulated if _this_cpu_saturates() else exact)
+    assert np.array_equal(fused(False), emulated if this_cpu_saturates() else exact)
     if platform.machine().lower() in ("x86_64", "amd64"):
         assert np.array_equal(fused(True), exact)
