@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "channel; see bpm/export/equalize.py")
     parser.add_argument("--int8_sensitivity", type=int, default=0,
                         help="report the N activations whose 8-bit rounding alone costs the most (0: off)")
+    parser.add_argument("--int8_weight_bits", type=int, default=8, choices=(8, 7),
+                        help="7: weights in [-64, 64], so CPUs without VNNI (AVX2 only) run the file with ONNX Runtime's "
+                             "fast u8 x s8 kernels without saturating (8 needs its slower exact kernels there)")
     parser.add_argument("--max_fp32_layers", type=int, default=6,
                         help="should INT8 miss the cosine threshold on held-out calibration-pool images, keep up to N "
                              "layers whose weights alone cost the most in FP32, worst first, until it passes (0: never)")
@@ -80,7 +83,8 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
         evaluate=args.evaluate, max_map_drop=args.max_map_drop, bake_normalization=args.bake_normalization,
         input_name=args.input_name, output_name=args.output_name, legacy_names=args.legacy_names,
         quant_format=args.quant_format, calib_method=args.calib_method, int8_equalize=args.int8_equalize,
-        int8_sensitivity=args.int8_sensitivity, max_fp32_layers=args.max_fp32_layers, qat_epochs=args.qat_epochs, qat_lr=args.qat_lr,
+        int8_sensitivity=args.int8_sensitivity, max_fp32_layers=args.max_fp32_layers,
+        int8_weight_bits=args.int8_weight_bits, qat_epochs=args.qat_epochs, qat_lr=args.qat_lr,
         opset=args.opset, name=args.name,
         threads=args.threads,
     )

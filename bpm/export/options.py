@@ -34,6 +34,7 @@ class ExportOptions:
     calib_method: str = "mse"
     int8_equalize: bool = True
     int8_sensitivity: int = 0
+    int8_weight_bits: int = 8  # 7: no AVX2 saturation, so no slow exact kernels there (bpm.export.quantize)
     max_fp32_layers: int = 6  # layers an INT8 export may leave in FP32 to pass its check (bpm.export.quantize)
     qat_epochs: int = 0
     qat_lr: float = 1e-4

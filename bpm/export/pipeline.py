@@ -154,6 +154,10 @@ def check_int8_options(opts: ExportOptions) -> None:
         raise BpmError(f"--qat_epochs: expected a count >= 0, got {opts.qat_epochs}")
     if not (math.isfinite(opts.qat_lr) and opts.qat_lr > 0):
         raise BpmError(f"--qat_lr: expected a positive learning rate, got {opts.qat_lr}")
+    if opts.int8_weight_bits not in (7, 8):
+        raise BpmError(f"--int8_weight_bits: expected 8 or 7, got {opts.int8_weight_bits}")
+    if opts.qat_epochs and opts.int8_weight_bits != 8:
+        raise BpmError("--qat_epochs simulates 8-bit weights: use it with --int8_weight_bits 8")
     if opts.qat_epochs and "onnx_int8" not in opts.formats:
         raise BpmError("--qat_epochs fine-tunes for INT8: add onnx_int8 to --formats")
 
@@ -293,7 +297,7 @@ def _run_export(opts: ExportOptions, log: Callable[[str], None]) -> dict:
         "calibration_images": len(images.calibration), "verification_images": len(images.verification),
         "onnx": {"opset": opts.opset, "input": input_name, "output": output_name,
                  "bake_normalization": opts.bake_normalization, "quant_format": opts.quant_format,
-                 "calib_method": opts.calib_method},
+                 "calib_method": opts.calib_method, "int8_weight_bits": opts.int8_weight_bits},
         "int8": ctx.notes.get("int8") or None,
         **{k: v for k, v in ctx.notes.items() if k != "int8"},
         "degenerate_reference": degenerate,

@@ -255,6 +255,7 @@ def quantize_int8(
     min_cosine: float = 0.0,
     max_fp32_layers: int = MAX_FP32_LAYERS,
     notes: dict | None = None,
+    weight_bits: int = 8,
 ) -> Path:
     """Write an INT8 copy of the FP32 graph ``src`` to ``dst``.
 
@@ -270,6 +271,9 @@ def quantize_int8(
     ``max_fp32_layers``, until both hold; the first try that passes is kept, else the best by cosine. In QDQ graphs a kept layer reads
     its input in float (:func:`feed_fp32_inputs`); in QOperator graphs it reads an 8-bit tensor, and
     ONNX Runtime then rounds its weights per tensor, so its producer usually has to follow it.
+    ``weight_bits=7`` rounds weights to [-64, 64] (ONNX Runtime's ``reduce_range``): no u8 x s8 pair sum
+    can then leave int16, so CPUs without VNNI need not run the slower exact kernels
+    (:func:`bpm.models.onnx_graph.cannot_saturate`), at the cost of one bit of weight precision.
     ``notes`` receives what was tried and kept (the export report shows it).
     """
     import onnx
@@ -280,12 +284,15 @@ def quantize_int8(
         raise BpmError(f"--quant_format: expected one of {', '.join(QUANT_FORMATS)}, got {quant_format!r}")
     if method not in CALIBRATION_METHODS:
         raise BpmError(f"--calib_method: expected one of {', '.join(CALIBRATION_METHODS)}, got {method!r}")
+    if weight_bits not in (7, 8):
+        raise BpmError(f"--int8_weight_bits: expected 8 or 7, got {weight_bits}")
     if not calibration_images:
         raise BpmError("INT8 export: no calibration images (give --dataset or --calib_images DIR)")
     methods = {"mse": CalibrationMethod.MinMax, "minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
     formats = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
     notes = {} if notes is None else notes
+    notes["weight_bits"] = weight_bits
     with tempfile.TemporaryDirectory(prefix="bpm-quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
@@ -300,7 +307,7 @@ def quantize_int8(
             quantize_static(
                 str(prepared), str(path), reader,
                 quant_format=formats[quant_format], per_channel=True,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=weight_bits == 7,
                 calibrate_method=methods[method], nodes_to_exclude=list(kept_fp32),
                 extra_options={"CalibTensorRangeSymmetric": False, "CalibMovingAverage": False,
                                **({"TensorQuantOverrides": overrides} if overrides else {})},

@@ -126,6 +126,22 @@ def this_cpu_saturates() -> bool:
     return int8_saturates(isa, platform.machine())
 
 
+#: Largest |INT8 weight| for which no u8 x s8 pair sum can leave int16: 2 * 255 * 64 = 32,640 <= 32,767.
+SEVEN_BIT_WEIGHT = 64
+
+
+def cannot_saturate(proto) -> bool:
+    """Whether an ONNX graph's INT8 tensors all fit :data:`SEVEN_BIT_WEIGHT` (``bpm export
+    --int8_weight_bits 7``, ONNX Runtime's ``reduce_range``): its u8 x s8 kernels then compute the
+    exact integers on every CPU, so the slower ``session.x64quantprecision`` is not needed.
+    A graph with no INT8 tensor is trivially safe."""
+    import onnx
+    from onnx import numpy_helper
+
+    return all(np.abs(numpy_helper.to_array(t).astype(np.int16)).max(initial=0) <= SEVEN_BIT_WEIGHT
+               for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8)
+
+
 def session_options(threads: int = 0, spin: bool = False, precise_int8: bool | None = None):
     """Full graph optimisation, one inter-op thread, ``threads`` intra-op threads (0: ORT's default).
 
@@ -167,13 +183,18 @@ class OnnxModel:
     kind = "ONNX graph"
 
     def __init__(self, path: str | Path, threads: int = 0, precise_int8: bool | None = None) -> None:
-        """``precise_int8``: see :func:`session_options` (None: where this CPU needs it)."""
+        """``precise_int8``: see :func:`session_options` (None: where this CPU needs it and the file's
+        weights could saturate, :func:`cannot_saturate`)."""
         import onnxruntime as ort
 
         self.path = Path(path)
         if not self.path.is_file():
             raise BpmError(f"{self.path}: ONNX file not found")
         self.spec: OnnxSpec = read_spec(self.path)
+        if precise_int8 is None and this_cpu_saturates():
+            import onnx
+
+            precise_int8 = not cannot_saturate(onnx.load(str(self.path)))
         try:
             self.session = ort.InferenceSession(str(self.path), session_options(threads, precise_int8=precise_int8),
                                                 providers=["CPUExecutionProvider"])

@@ -83,6 +83,20 @@ def test_report_names_calibration_equalisation_sensitivity_and_machine(int8_repo
     assert any(init.data_type == onnx.TensorProto.INT8 for init in proto.graph.initializer)  # 8-bit weights
 
 
+def test_seven_bit_weights_cannot_saturate_and_are_reported(int8_report):
+    from bpm.models.onnx_graph import cannot_saturate
+
+    report, out = int8_report(int8_weight_bits=7)
+    assert report["int8"]["weight_bits"] == 7 and report["onnx"]["int8_weight_bits"] == 7
+    proto = onnx.load(str(out / "mobilenet_v2_64x32_int8.onnx"))
+    weights = [onnx.numpy_helper.to_array(t) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert weights and max(int(np.abs(w.astype(np.int16)).max()) for w in weights) == 64  # the 7-bit grid, used fully
+    assert cannot_saturate(proto)
+    default, default_out = int8_report()
+    assert default["int8"]["weight_bits"] == 8
+    assert not cannot_saturate(onnx.load(str(default_out / "mobilenet_v2_64x32_int8.onnx")))
+
+
 def test_an_equalised_copy_that_changes_the_model_is_not_used(int8_report):
     def break_it(module, images, batch_size):
         result = equalize_ranges(module, images, batch_size)
@@ -109,7 +123,8 @@ def test_fine_tuning_is_reported(int8_report):
 @pytest.mark.parametrize("options, message", [
     ({"int8_sensitivity": -1}, "--int8_sensitivity"), ({"qat_epochs": -2}, "--qat_epochs"),
     ({"qat_lr": float("nan")}, "--qat_lr"), ({"qat_epochs": 1, "formats": ("onnx",)}, "add onnx_int8"),
-    ({"max_fp32_layers": -1}, "--max_fp32_layers"),
+    ({"max_fp32_layers": -1}, "--max_fp32_layers"), ({"int8_weight_bits": 6}, "--int8_weight_bits: expected 8 or 7"),
+    ({"int8_weight_bits": 7, "qat_epochs": 1, "formats": ("onnx_int8",)}, "simulates 8-bit weights"),
 ])
 def test_bad_int8_switches_are_one_line_errors(tmp_path, options, message):
     with pytest.raises(BpmError, match=message):

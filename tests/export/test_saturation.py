@@ -80,8 +80,9 @@ def signed_weights(weight: torch.Tensor, pattern: str, rng: np.random.Generator)
     return torch.tensor(magnitude * sign[None], dtype=torch.float32)
 
 
-def quantized_model(folder: Path, pattern: str, images: np.ndarray) -> Path:
-    """The net exported and quantised as ``bpm export`` does: QDQ, per-channel s8 weights, u8 activations."""
+def quantized_model(folder: Path, pattern: str, images: np.ndarray, seven_bits: bool = False) -> Path:
+    """The net exported and quantised as ``bpm export`` does: QDQ, per-channel s8 weights, u8 activations
+    (``seven_bits``: weights in [-64, 64], as ``--int8_weight_bits 7``)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     torch.manual_seed(0)
@@ -91,7 +92,7 @@ def quantized_model(folder: Path, pattern: str, images: np.ndarray) -> Path:
         with torch.no_grad():
             for layer in (net.pointwise, net.conv, net.fc):
                 layer.weight.copy_(signed_weights(layer.weight, pattern, rng))
-    fp32, int8 = folder / f"{pattern}_fp32.onnx", folder / f"{pattern}_int8.onnx"
+    fp32, int8 = folder / f"{pattern}_fp32.onnx", folder / f"{pattern}_int8{'_7bit' if seven_bits else ''}.onnx"
     torch.onnx.export(net, (torch.from_numpy(images[:1]),), str(fp32), dynamo=False, opset_version=17,
                       input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
 
@@ -103,7 +104,7 @@ def quantized_model(folder: Path, pattern: str, images: np.ndarray) -> Path:
             return next(self.batches, None)
 
     quantize_static(str(fp32), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=seven_bits)
     return int8
 
 
@@ -256,3 +257,36 @@ def test_this_cpu_computes_what_the_emulation_says(models, pattern):
     assert np.array_equal(fused(False), emulated if this_cpu_saturates() else exact)
     if platform.machine().lower() in ("x86_64", "amd64"):
         assert np.array_equal(fused(True), exact)
+
+
+def test_seven_bit_weights_compute_the_exact_integers_with_the_fast_kernels(tmp_path):
+    """``--int8_weight_bits 7``: the case that saturates most at 8 bits cannot saturate, so every CPU's
+    default u8 x s8 session computes the exact integers, and bpm opens such a file without the slower
+    ``session.x64quantprecision`` even where 8-bit files need it."""
+    import onnxruntime as ort
+
+    from bpm.models import onnx_graph
+    from bpm.models.onnx_graph import PRECISE_INT8_SETTING, OnnxModel, cannot_saturate, session_options
+
+    images = model_images("same_sign")
+    path = quantized_model(tmp_path, "same_sign", images, seven_bits=True)
+    model = onnx.load(str(path))
+    assert cannot_saturate(model)
+    assert all(layer.saturated == 0 for layer in saturation_report(path, images))
+    exact = run(model, images)
+    assert np.array_equal(run(emulate_avx2(model), images), exact)
+    session = ort.InferenceSession(str(path), session_options(precise_int8=False), providers=["CPUExecutionProvider"])
+    assert np.array_equal(session.run(None, {"x": images})[0], exact)
+
+    eight_bits = quantized_model(tmp_path, "same_sign", images)
+    assert not cannot_saturate(onnx.load(str(eight_bits)))
+
+    def precise(model: OnnxModel) -> bool:
+        try:
+            return model.session.get_session_options().get_session_config_entry(PRECISE_INT8_SETTING) == "1"
+        except RuntimeError:  # not set
+            return False
+
+    with pytest.MonkeyPatch.context() as patch:  # as on an AVX2-only CPU
+        patch.setattr(onnx_graph, "this_cpu_saturates", lambda: True)
+        assert not precise(OnnxModel(path)) and precise(OnnxModel(eight_bits))

@@ -49,7 +49,8 @@ def write_onnx_int8(ctx: ExportContext, path: Path) -> None:
                                              ctx.opts, ctx.tmp, ctx.log)
     quantize_int8(source, path, ctx.spec, ctx.images.calibration, ctx.opts.quant_format, ctx.opts.calib_method,
                   held_out=ctx.images.held_out(), min_cosine=HELD_OUT_COSINE,
-                  max_fp32_layers=ctx.opts.max_fp32_layers, notes=ctx.notes["int8"])
+                  max_fp32_layers=ctx.opts.max_fp32_layers, notes=ctx.notes["int8"],
+                  weight_bits=ctx.opts.int8_weight_bits)
     if ctx.notes["int8"].get("fp32_layers"):
         ctx.log(f"  INT8: {len(ctx.notes['int8']['fp32_layers'])} layer(s) kept in FP32 (their weights alone cost the most "
                 f"cosine): {', '.join(ctx.notes['int8']['fp32_layers'])}; held-out cosine "
