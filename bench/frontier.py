@@ -50,7 +50,7 @@ import real_accuracy  # noqa: E402
 
 from bpm.data.datasets.market1501 import load_split_folders  # noqa: E402
 from bpm.evaluation import evaluate  # noqa: E402
-from bpm.models.onnx_graph import session_options  # noqa: E402
+from bpm.models.onnx_graph import session_options_for  # noqa: E402
 from bpm.machine import describe_machine, machine_line  # noqa: E402
 
 SHARED = BENCH.parents[1] / "shared"
@@ -120,7 +120,7 @@ def time_sessions(files: dict[str, Path], threads: int, repeats: int) -> dict[st
     sessions = {}
     for name, path in files.items():
         input_name, (h, w) = onnx_input(path)
-        session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), session_options_for(path, threads), providers=["CPUExecutionProvider"])
         sessions[name] = (session, input_name, h, w)
     result: dict[str, dict[str, float]] = {name: {} for name in files}
     rng = np.random.default_rng(0)
@@ -192,7 +192,7 @@ def evaluate_reference(spec: ReferenceSpec, data_root: Path, threads: int) -> di
     """mAP / rank-1 / mINP of a ready-made model on the data set's query/gallery (cosine distance)."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(spec.path), session_options(threads), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(spec.path), session_options_for(spec.path, threads), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     test = load_split_folders(data_root, "folder", "train", "query", "gallery", "folder").test_sets[0]
 

@@ -173,6 +173,15 @@ def session_options(threads: int = 0, spin: bool = False, precise_int8: bool | N
     return options
 
 
+def session_options_for(path: str | Path, threads: int = 0, spin: bool = False):
+    """:func:`session_options` for one INT8 (or any) file: the exact kernels only where this CPU
+    would saturate *and* the file's weights could (:func:`cannot_saturate`)."""
+    import onnx
+
+    precise = this_cpu_saturates() and not cannot_saturate(onnx.load(str(path)))
+    return session_options(threads, spin, precise_int8=precise)
+
+
 class OnnxModel:
     """An ONNX Runtime CPU session over an exported graph, called like the PyTorch model.
 
@@ -191,12 +200,10 @@ class OnnxModel:
         if not self.path.is_file():
             raise BpmError(f"{self.path}: ONNX file not found")
         self.spec: OnnxSpec = read_spec(self.path)
-        if precise_int8 is None and this_cpu_saturates():
-            import onnx
-
-            precise_int8 = not cannot_saturate(onnx.load(str(self.path)))
+        options = session_options(threads, precise_int8=precise_int8) if precise_int8 is not None \
+            else session_options_for(self.path, threads)
         try:
-            self.session = ort.InferenceSession(str(self.path), session_options(threads, precise_int8=precise_int8),
+            self.session = ort.InferenceSession(str(self.path), options,
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
             raise BpmError(f"{self.path}: ONNX Runtime cannot load it ({one_line(exc)})") from exc

@@ -61,8 +61,10 @@ def _layout(state: Mapping[str, torch.Tensor]) -> str:
                    imagenet_to_trunk=mobilenet_imagenet_to_trunk, imagenet_weights=MobileNet_V2_Weights.IMAGENET1K_V1,
                    normalize_trunk=convert_tonylins_mobilenet, describe_imagenet_layout=_layout)
 class MobileNetV2Trunk(nn.Module):
-    """MobileNet-V2's ``features`` (1280 channels). It has no last-stride switch, so the registry
-    declares only stride 1 and ``--last_conv_stride 2 --net mobilenet_v2`` is refused."""
+    """MobileNet-V2's ``features`` (1280 channels) at the published strides: an output stride of 32,
+    so a 4x2 map at 128x64 (what the other backbones give with ``--last_conv_stride 2``). It has no
+    last-stride switch: the registry declares only the switch's default, 1, and refuses 2. Checkpoints
+    record that 1, so the network they describe must not change under them."""
 
     feature_dim = 1280
 
