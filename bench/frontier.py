@@ -72,19 +72,34 @@ NORMALISATIONS = {
 
 # ------------------------------------------------------------------------------- ONNX graph cost
 
+def _constants_folded(model: onnx.ModelProto) -> onnx.ModelProto:
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="bpm-cost-") as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(Path(tmp) / "folded.onnx")
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return onnx.load(options.optimized_model_filepath)
+
+
 def onnx_cost(path: Path) -> tuple[int, int]:
     """(parameters, multiply-accumulates per image) of an ONNX graph's Conv / Gemm / MatMul nodes.
 
     Counted from the graph itself (shape inference at batch 1), so a ready-made model and ours are
     measured by the same rule. Parameters are all floating-point initialisers (BatchNorm is folded
-    into the convolutions by the exporter, so it counts as conv bias).
+    into the convolutions by the exporter, so it counts as conv bias). Constants are folded first
+    (ONNX Runtime's basic optimisations): EfficientNet-Lite's "SAME" padding is computed in the graph,
+    and shape inference cannot follow a Pad whose amounts are not constants.
     """
     model = onnx.load(str(path))
     for value in model.graph.input:  # batch 1 for the MAC count
         dims = value.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
             dims[0].dim_value = 1
-    model = shape_inference.infer_shapes(model)
+    model = shape_inference.infer_shapes(_constants_folded(model))
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     params = sum(a.size for a in inits.values() if np.issubdtype(a.dtype, np.floating))
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]

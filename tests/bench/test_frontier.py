@@ -37,6 +37,30 @@ def test_onnx_cost_counts_conv_and_linear_by_hand(bench, tmp_path):
     assert macs == 16 * 8 * 4 * 27 + 8 * 4
 
 
+class _SamePad(nn.Module):
+    """TF "SAME" padding computed from the input's size, as EfficientNet-Lite does: the exported graph
+    computes the Pad amounts (Shape/Slice/Concat ...), which shape inference alone cannot follow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[2:]
+        pad_h, pad_w = max((h + 1) // 2 * 2 - 2 + 3 - h, 0), max((w + 1) // 2 * 2 - 2 + 3 - w, 0)
+        x = nn.functional.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return self.conv(x).mean((2, 3))
+
+
+def test_onnx_cost_follows_padding_computed_in_the_graph(bench, tmp_path):
+    torch.onnx.export(_SamePad().eval(), torch.zeros(1, 3, 32, 16), str(tmp_path / "p.onnx"), input_names=["input"],
+                      output_names=["out"], dynamic_axes={"input": {0: "n"}, "out": {0: "n"}}, opset_version=17,
+                      dynamo=False)
+    params, macs = bench.onnx_cost(tmp_path / "p.onnx")
+    assert params == 4 * 3 * 3 * 3 + 4
+    assert macs == 16 * 8 * 4 * 27  # "SAME" at stride 2: 32x16 -> 16x8 outputs
+
+
 @pytest.mark.parametrize("text, message", [
     ("osnet", "expected NAME=FILE.onnx@"),
     ("osnet=x.onnx", "expected NAME=FILE.onnx@"),
