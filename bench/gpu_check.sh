@@ -10,6 +10,7 @@
 #   bash bench/gpu_check.sh            # default: 20 timed steps, batch 32x4 (the original's P x K)
 #   STEPS=10 IDS=16 EPOCHS=20 bash bench/gpu_check.sh
 #   PARTS=cli EPOCHS=20 bash bench/gpu_check.sh    # only part 3 (PARTS: any of train,infer,cli)
+#   NETS=mobilenetV2,efficientnet_lite0 bash bench/gpu_check.sh   # parts 1-2 on these backbones
 #
 # Works offline; parts 1-2 need no dataset (random images, weights from scratch), part 3 renders
 # its own world and needs tensorboardX and h5py like any training run. O0 is true FP32 (TF32 off), so O2/O0 is measured against real FP32 as on the paper's GPU.
@@ -22,6 +23,7 @@ IDS=${IDS:-32}
 IMS=${IMS:-4}
 EPOCHS=${EPOCHS:-40}
 PARTS=${PARTS:-train,infer,cli}
+NETS=${NETS:-mobilenetV2,resnet50,efficientnet_lite0}
 part() { [[ ",$PARTS," == *",$1,"* ]]; }
 
 "$PY" - <<'PYEOF'
@@ -38,7 +40,7 @@ print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {p.name}, {p.total
 PYEOF
 
 if part train; then
-"$PY" bench/train_speed.py --device cuda --nets mobilenetV2,resnet50 --levels O0,O1,O2,O3 \
+"$PY" bench/train_speed.py --device cuda --nets "$NETS" --levels O0,O1,O2,O3 \
   --size 256,128 --ids "$IDS" --ims "$IMS" --steps "$STEPS" --warmup "$WARMUP" | tee /tmp/bpm_gpu_check.txt
 
 "$PY" - /tmp/bpm_gpu_check.txt <<'PYEOF'
@@ -48,7 +50,7 @@ for line in open(sys.argv[1]):
     m = re.match(r"(\S+)\s+(O\d) ours\s+([\d.]+) img/s", line)
     if m:
         speed[(m[1], m[2])] = float(m[3])
-for net in ("mobilenetV2", "resnet50"):
+for net in sorted({n for n, _ in speed}):
     if (net, "O0") in speed and (net, "O2") in speed:
         ratio = speed[(net, "O2")] / speed[(net, "O0")]
         target = "  (target >= 1.75x: " + ("met" if ratio >= 1.75 else "NOT met") + ")" if net == "mobilenetV2" else ""
@@ -59,7 +61,7 @@ fi
 
 if part infer; then
   echo "== inference per opt-level"
-  "$PY" bench/gpu_infer_speed.py
+  "$PY" bench/gpu_infer_speed.py --nets "$NETS"
 fi
 
 part cli || exit 0

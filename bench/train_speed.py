@@ -121,7 +121,7 @@ def _bare(args, net: str, level: str, device):
         images = images.to(device, in_dtype, non_blocking=device.type == "cuda")
         labels = labels.to(device)
         with torch.autocast(device.type, dtype=half, enabled=level == "O1"):
-            features = model(images)
+            features = model(images).pre_neck  # training mode returns ReidOutput; triplet reads the pooled feature
         loss, stats = loss_fn(features, labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
