@@ -142,15 +142,16 @@ def add_image_check_switch(parser: argparse.ArgumentParser) -> None:
 def add_model_switches(parser: argparse.ArgumentParser, *, read_from_weights: bool = True) -> None:
     """``--net``, ``--last_conv_stride``, ``--resize_h_w``. With ``read_from_weights`` (every command that
     loads a weights file), a value left out is taken from the file (:mod:`bpm.models.meta`)."""
-    from bpm.models.registry import backbone_choices, canonical_name, list_backbones
+    from bpm.models.registry import backbone_choices, canonical_name, get_backbone, list_backbones
 
     nets = ", ".join(list_backbones())
     aliases = ", ".join(f"{a} = {canonical_name(a)}" for a in backbone_choices() if a not in list_backbones())
     parser.add_argument("--net", default=unset("mobilenet_v2"), choices=backbone_choices(),
                         help=f"{nets}{f' ({aliases})' if aliases else ''} "
                              "(default: the weights file's, else mobilenet_v2)")
+    with_switch = ", ".join(n for n in list_backbones() if 2 in get_backbone(n).last_conv_strides)
     parser.add_argument("--last_conv_stride", type=int, default=unset(1), choices=[1, 2],
-                        help="stride of the last stage, for networks that have the switch (resnet50); "
+                        help=f"stride of the last stage, for networks that have the switch ({with_switch}); "
                              "others refuse 2 (default: the weights file's, else 1)")
     parser.add_argument("--resize_h_w", type=int_tuple(2), default=unset((256, 128)),
                         help="input size as '(h, w)' (default: the weights file's, else (256, 128))")

@@ -156,3 +156,52 @@ def test_a_bpm_ir_is_a_teacher_with_its_own_input_spec(exported, image_paths):
     assert teacher.embed_images([Image.open(image_paths[0])]).shape == (1, 1280)
     with pytest.raises(BpmError, match="carries its input spec"):
         open_teacher(exported[1]["files"]["openvino"], "64x32")
+
+
+def _convolution_weight_maxima(ir: Path) -> dict[str, list[int]]:
+    """Largest |int8 weight| of each quantised layer of an IR, by the type of layer that reads it."""
+    maxima: dict[str, list[int]] = {}
+    for op in openvino.Core().read_model(str(ir)).get_ops():
+        if op.get_type_name() == "Constant" and op.get_element_type() == openvino.Type.i8:
+            node = op
+            while node.get_type_name() not in ("Convolution", "GroupConvolution", "MatMul"):
+                node = next(iter(node.output(0).get_target_inputs())).get_node()
+            maxima.setdefault(node.get_type_name(), []).append(int(np.abs(op.get_data().astype(np.int32)).max()))
+    return maxima
+
+
+def test_int8_ir_with_seven_bit_weights_keeps_every_convolution_within_64(exported, image_paths, tmp_path):
+    from bpm.export.openvino import quantize_ir
+
+    out, result = exported
+    source = Path(result["files"]["onnx"])
+    spec = OnnxModel(source).spec
+    eight = quantize_ir(source, tmp_path / "eight.xml", spec, image_paths[:8])
+    seven = quantize_ir(source, tmp_path / "seven.xml", spec, image_paths[:8], weight_bits=7)
+    assert (eight["weight_bits"], seven["weight_bits"]) == (8, 7) and "tries" not in seven
+    assert max(_convolution_weight_maxima(tmp_path / "seven.xml")["Convolution"]) <= 64
+    assert max(_convolution_weight_maxima(tmp_path / "eight.xml")["Convolution"]) > 64
+
+
+def test_int8_ir_climbs_the_ladder_only_while_held_out_images_disagree(exported, image_paths, tmp_path):
+    from bpm.export.openvino import quantize_ir
+
+    out, result = exported
+    source = Path(result["files"]["onnx"])
+    spec = OnnxModel(source).spec
+    calibration, held_out = image_paths[:8], image_paths[8:16]
+    agreed = quantize_ir(source, tmp_path / "agreed.xml", spec, calibration, held_out=held_out, min_cosine=1e-6)
+    assert [(t["weight_bits"], t["depthwise_fp32"]) for t in agreed["tries"]] == [(8, False)]
+
+    never = quantize_ir(source, tmp_path / "never.xml", spec, calibration, held_out=held_out, min_cosine=1.5)
+    steps = [(t["weight_bits"], t["depthwise_fp32"]) for t in never["tries"]]
+    assert steps == [(8, False), (7, False), (7, True)]
+    best = max(never["tries"], key=lambda t: t["held_out_cosine"])
+    assert (never["weight_bits"], never["depthwise_fp32"]) == (best["weight_bits"], best["depthwise_fp32"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["agreed.bin", "agreed.xml", "never.bin", "never.xml"]
+    # the file kept is the one chosen: its held-out agreement is the one recorded
+    from bpm.export.openvino import _held_out_agreement
+    assert _held_out_agreement(source, held_out, 0)(tmp_path / "never.xml")["held_out_cosine"] == pytest.approx(
+        best["held_out_cosine"], abs=1e-6)
+    if never["depthwise_fp32"]:
+        assert "GroupConvolution" not in _convolution_weight_maxima(tmp_path / "never.xml")

@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from bpm.export.formats import ExportContext, Opened, export_format
+from bpm.export.formats.onnx import HELD_OUT_COSINE
 from bpm.export.openvino import quantize_ir, stamp_ir, write_ir
+from bpm.export.quantize import MAX_DISTANCE_ERROR
 from bpm.export.runtime import onnx_features
 from bpm.models.openvino_graph import OpenVinoModel
 
@@ -31,7 +33,15 @@ def write_openvino(ctx: ExportContext, path: Path) -> None:
 
 @export_format("openvino_int8", "{stem}_int8.xml", opens=open_ir, companions=(".bin",), stamp=stamp_ir,
                default=False, needs_calibration=True,
-               help="OpenVINO IR, INT8 by NNCF post-training quantisation on the calibration images")
+               help="OpenVINO IR, INT8 by NNCF post-training quantisation on the calibration images "
+                    "(then 7-bit weights, then FP32 depthwise layers, while held-out images disagree)")
 def write_openvino_int8(ctx: ExportContext, path: Path) -> None:
-    ctx.notes.setdefault("openvino", {})["int8"] = quantize_ir(ctx.fp32_onnx(), path, ctx.spec,
-                                                                ctx.images.calibration)
+    notes = quantize_ir(ctx.fp32_onnx(), path, ctx.spec, ctx.images.calibration,
+                        weight_bits=ctx.opts.int8_weight_bits, held_out=ctx.images.held_out(),
+                        min_cosine=HELD_OUT_COSINE, max_distance_error=MAX_DISTANCE_ERROR, threads=ctx.opts.threads)
+    ctx.notes.setdefault("openvino", {})["int8"] = notes
+    if len(notes.get("tries", ())) > 1:
+        ctx.log("  OpenVINO INT8, held-out cosine on this CPU: " + ", ".join(
+            f"{t['weight_bits']}-bit{' + depthwise FP32' if t['depthwise_fp32'] else ''} {t['held_out_cosine']:.5f}"
+            for t in notes["tries"]) + f"; kept {notes['weight_bits']}-bit"
+            f"{' + depthwise FP32' if notes['depthwise_fp32'] else ''}")
