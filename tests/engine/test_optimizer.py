@@ -25,7 +25,9 @@ def test_adam_is_the_default_of_both_recipes():
     assert isinstance(opt, torch.optim.Adam)
     assert opt.defaults["lr"] == 2e-4 and opt.defaults["weight_decay"] == 5e-4
     opt = build_optimizer(args(), [torch.nn.Parameter(torch.zeros(2))])
-    assert isinstance(opt, torch.optim.Adam) and opt.defaults["lr"] == 3.5e-4
+    assert isinstance(opt, torch.optim.Adam) and opt.defaults["lr"] == 1e-3  # softmax: higher than BoT's
+    opt = build_optimizer(args("--recipe", "bot"), [torch.nn.Parameter(torch.zeros(2))])
+    assert opt.defaults["lr"] == 3.5e-4  # BoT as published
 
 
 def test_sgd_uses_nesterov_momentum():
