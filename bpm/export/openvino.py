@@ -53,9 +53,23 @@ def write_ir(source: Path, path: Path, spec: OnnxSpec) -> Path:
     return save_ir(convert_onnx(source, spec), path)
 
 
+# What quantize_ir tries, in order, until a file agrees with FP32 on held-out images (see there).
+OVERFLOW_LADDER = ({"weight_bits": 8, "depthwise_fp32": False, "accuracy_control": False},
+                   {"weight_bits": 7, "depthwise_fp32": False, "accuracy_control": False},
+                   {"weight_bits": 7, "depthwise_fp32": True, "accuracy_control": False},
+                   {"weight_bits": 7, "depthwise_fp32": False, "accuracy_control": True})
+
+
+def describe_step(step: dict) -> str:
+    """A ladder step as the export log and docs name it, e.g. ``7-bit + depthwise FP32``."""
+    return f"{step['weight_bits']}-bit" + (" + depthwise FP32" if step["depthwise_fp32"] else "") + (
+        f" + accuracy control ({len(step.get('fp32_layers', ()))} layers FP32)" if step["accuracy_control"] else "")
+
+
 def quantize_ir(source: Path, path: Path, spec: OnnxSpec, calibration: Sequence[ImageLike], *,
-                weight_bits: int = 8, held_out: Sequence[ImageLike] = (), min_cosine: float = 0.0,
-                max_distance_error: float = float("inf"), threads: int = 0) -> dict:
+                weight_bits: int = 8, depthwise_fp32: bool = False, accuracy_control: bool = False,
+                held_out: Sequence[ImageLike] = (), min_cosine: float = 0.0,
+                max_distance_error: float = float("inf"), max_fp32_layers: int = 6, threads: int = 0) -> dict:
     """INT8 IR by NNCF post-training quantisation (``PERFORMANCE`` preset: symmetric activations and
     weights, per-channel weights, fast bias correction) on ``calibration`` images, one per sample.
 
@@ -65,31 +79,47 @@ def quantize_ir(source: Path, path: Path, spec: OnnxSpec, calibration: Sequence[
     weights to 7 bits. On an AVX2-only EPYC, a CUHK03 EfficientNet-Lite0 then agreed with FP32 at
     cosine 0.84 on held-out images; 7-bit weights in every convolution (``OverflowFix.ENABLE``, what
     ``weight_bits`` 7 asks for) gave 0.91, and also keeping the depthwise convolutions in FP32 (NNCF's
-    overflow fix leaves their weights at 8 bits) 0.99. With ``held_out`` images (never the calibration
-    images), the file, compiled for this CPU, is checked against the FP32 graph after each step of
-    that ladder, and the first that reaches ``min_cosine`` and ``max_distance_error`` is kept (else
-    the best-agreeing one). Returns what the export report says about it."""
+    overflow fix leaves their weights at 8 bits) 0.99. A CUHK03 MobileNet-V2 on the same CPU scored
+    0.06, 0.88 and 0.90 on those steps: its first blocks lose too much at 7 bits. The last step is
+    NNCF's own FP32 fallback, ``quantize_with_accuracy_control``, with 7-bit weights: it ranks the quantised layers by how much the features' cosine to FP32 on the
+    calibration images gains when each is kept in FP32, and reverts them in that order until the
+    cosine is within ``1 - min_cosine`` of 1 (MobileNet-V2: three layers, 0.995).
+
+    With ``held_out`` images (never the calibration images), the file, compiled for this CPU, is
+    checked against the FP32 graph after each step of that ladder, and the first that reaches
+    ``min_cosine`` and ``max_distance_error`` is kept (else the best-agreeing one). ``weight_bits``,
+    ``depthwise_fp32`` and ``accuracy_control`` pick the step to start from (how
+    ``bench/infer_speed.py`` times each step's file). Returns what the export report says about it."""
     nncf = require("nncf", "--formats openvino_int8")
-    if weight_bits not in (7, 8):
-        raise ValueError(f"weight_bits: expected 8 or 7, got {weight_bits}")
+    start = {"weight_bits": weight_bits, "depthwise_fp32": depthwise_fp32, "accuracy_control": accuracy_control}
+    if start not in OVERFLOW_LADDER:
+        raise ValueError(f"{describe_step(start)}: not a step of the INT8 IR ladder, expected one of "
+                         + ", ".join(describe_step(s) for s in OVERFLOW_LADDER))
     images = list(calibration)
     dataset = nncf.Dataset(images, lambda item: image_batch([item], spec.input_spec))
     int8_spec = OnnxSpec(**{**spec.__dict__, "precision": "int8"})
 
-    def quantize(step: dict, target: Path) -> Path:
+    def quantize(step: dict, target: Path) -> dict:
         fix = nncf.OverflowFix.ENABLE if step["weight_bits"] == 7 else nncf.OverflowFix.FIRST_LAYER
         ignored = {"ignored_scope": nncf.IgnoredScope(types=["GroupConvolution"])} if step["depthwise_fp32"] else {}
-        quantized = nncf.quantize(convert_onnx(source, spec), dataset, subset_size=len(images),
-                                  preset=nncf.QuantizationPreset.PERFORMANCE,
-                                  advanced_parameters=nncf.AdvancedQuantizationParameters(overflow_fix=fix), **ignored)
+        advanced = nncf.AdvancedQuantizationParameters(overflow_fix=fix)
+        if step["accuracy_control"]:
+            quantized = _quantize_with_accuracy_control(nncf, source, spec, images, dataset, advanced,
+                                                        max_drop=max(1.0 - min_cosine, 0.0) if min_cosine > 0 else 0.01,
+                                                        max_iterations=max_fp32_layers, threads=threads)
+        else:
+            quantized = nncf.quantize(convert_onnx(source, spec), dataset, subset_size=len(images),
+                                      preset=nncf.QuantizationPreset.PERFORMANCE, advanced_parameters=advanced,
+                                      **ignored)
         set_metadata(quantized, int8_spec.metadata())
-        return save_ir(quantized, target)
+        save_ir(quantized, target)
+        return {**step, "fp32_layers": _fp32_layers(quantized)} if step["accuracy_control"] else dict(step)
 
-    ladder = [{"weight_bits": 8, "depthwise_fp32": False}] if weight_bits == 8 else []
-    ladder += [{"weight_bits": 7, "depthwise_fp32": False}, {"weight_bits": 7, "depthwise_fp32": True}]
+    ladder = OVERFLOW_LADDER[OVERFLOW_LADDER.index(start):]
     notes: dict = {"method": f"NNCF {nncf.__version__} post-training quantisation (performance preset)",
-                   "calibration_images": len(images), **ladder[0]}
-    quantize(ladder[0], path)
+                   "calibration_images": len(images)}
+    first = quantize(ladder[0], path)
+    notes.update(first)
     if not (held_out and min_cosine > 0):
         return notes
     agreement = _held_out_agreement(source, held_out, threads)
@@ -97,12 +127,12 @@ def quantize_ir(source: Path, path: Path, spec: OnnxSpec, calibration: Sequence[
     def passes(attempt: dict) -> bool:
         return attempt["held_out_cosine"] >= min_cosine and attempt["held_out_distance_error"] <= max_distance_error
 
-    tries = [{**ladder[0], **agreement(path)}]
+    tries = [{**first, **agreement(path)}]
     for number, step in enumerate(ladder[1:], 1):
         if passes(tries[-1]):
             break
-        attempt = quantize(step, path.with_name(f".{path.stem}.try{number}{IR_SUFFIX}"))
-        tries.append({**step, **agreement(attempt), "file": attempt})
+        attempt = path.with_name(f".{path.stem}.try{number}{IR_SUFFIX}")
+        tries.append({**quantize(step, attempt), **agreement(attempt), "file": attempt})
     chosen = next((t for t in tries if passes(t)), max(tries, key=lambda t: t["held_out_cosine"]))
     for attempt in tries:
         if "file" in attempt:
@@ -112,10 +142,54 @@ def quantize_ir(source: Path, path: Path, spec: OnnxSpec, calibration: Sequence[
                     os.replace(file.with_suffix(suffix), path.with_suffix(suffix))
                 else:
                     file.with_suffix(suffix).unlink(missing_ok=True)
-    notes.update(weight_bits=chosen["weight_bits"], depthwise_fp32=chosen["depthwise_fp32"],
-                 held_out_cosine=chosen["held_out_cosine"], held_out_distance_error=chosen["held_out_distance_error"],
-                 held_out_images=len(held_out), tries=tries)
+    notes.update({key: value for key, value in chosen.items()}, held_out_images=len(held_out), tries=tries)
+    if not chosen["accuracy_control"]:
+        notes.pop("fp32_layers", None)
     return notes
+
+
+def _quantize_with_accuracy_control(nncf, source: Path, spec: OnnxSpec, images: list, dataset, advanced,
+                                    max_drop: float, max_iterations: int, threads: int):
+    """NNCF's FP32 fallback on the 7-bit quantisation. Its metric is the mean cosine of
+    the features to the FP32 graph's (ONNX Runtime) on the calibration images, so the held-out images
+    stay unseen until the ladder judges the result."""
+    import numpy as np
+
+    from bpm.export.verify import cosine_rows
+    from bpm.models.onnx_graph import OnnxModel
+
+    batch = image_batch(images, spec.input_spec)
+    exact = OnnxModel(source, threads)(batch)
+
+    def mean_cosine(compiled, items) -> tuple[float, list[float]]:
+        rows = list(items)
+        cosines = cosine_rows(np.asarray(compiled(batch[rows])[0]).reshape(len(rows), -1), exact[rows])
+        return float(cosines.mean()), [float(c) for c in cosines]
+
+    return nncf.quantize_with_accuracy_control(
+        convert_onnx(source, spec), dataset, nncf.Dataset(list(range(len(images)))), mean_cosine,
+        max_drop=max_drop, preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(images),
+        advanced_quantization_parameters=advanced,
+        advanced_accuracy_restorer_parameters=nncf.AdvancedAccuracyRestorerParameters(max_num_iterations=max_iterations))
+
+
+def _fp32_layers(model) -> list[str]:
+    """Convolutions and MatMuls of a quantised IR whose weights are not quantised (kept in FP32)."""
+    layers = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul"):
+            node, quantised = op.input_value(1).get_node(), False
+            for _ in range(6):  # weights reach a layer through Convert/Subtract/Multiply/Reshape/FakeQuantize
+                if node.get_type_name() == "FakeQuantize" or (
+                        node.get_type_name() == "Constant" and node.get_element_type().get_type_name() in ("i8", "u8")):
+                    quantised = True
+                    break
+                if node.get_input_size() == 0:
+                    break
+                node = node.input_value(0).get_node()
+            if not quantised:
+                layers.append(op.get_friendly_name())
+    return layers
 
 
 def _held_out_agreement(source: Path, held_out: Sequence[ImageLike], threads: int):

@@ -27,10 +27,30 @@ def test_every_runtime_size_and_batch_is_timed_against_ort_fp32_of_the_same_run(
         (s, b) for s in ("32x16", "64x32") for b in (1, 2)}
     backends = {r["backend"] for r in rows if r["net"] == "mobilenetV2"}
     assert {"ort_fp32", "ort_int8", "torch_fp32"} <= backends
+    saturates = bench.this_cpu_saturates()
+    assert ("ort_int8_w7" in backends) == ("ort_int8_saturating" in backends) == saturates
     if bench.HAVE_OPENVINO:
         assert "ov_int8" in backends and any(b.startswith("ov_") and b.endswith("(default)") for b in backends)
+        assert ({"ov_int8_w7", "ov_int8_w7_dw_fp32"} <= backends) == saturates  # every ladder step where it saturates
     else:
         assert "OpenVINO rows left out" in printed
     assert all(r["vs_ort_fp32"] == 1.0 for r in rows if r["backend"] == "ort_fp32")
     assert any(r["net"].startswith("ref:other") and r["size"] == "24x12" for r in rows)
     assert "load average" in printed
+
+
+@pytest.mark.openvino  # loading the bench loads OpenVINO when installed
+@pytest.mark.parametrize("saturates, best, verdict", [(True, "ov_int8_w7_dw_fp32 1.90x", "met"),
+                                                      (False, "ov_int8 2.50x", "missed")])
+def test_best_format_counts_only_rows_that_compute_exactly_on_this_cpu(saturates, best, verdict, capsys):
+    bench = load_bench("infer_speed")
+    rows = [{"net": "m", "size": "256x128", "batch": 32, "backend": name, "vs_ort_fp32": ratio}
+            for name, ratio in [("ort_fp32", 1.0), ("ort_int8", 1.3), ("ort_int8_saturating", 2.9),
+                                ("ov_int8", 2.5), ("ov_int8_w7", 2.2), ("ov_int8_w7_dw_fp32", 1.9)]
+            if saturates or name != "ort_int8_saturating"]  # that row exists only where 8 bits saturate
+    rows += [{"net": "m", "size": "128x64", "batch": 32, "backend": "ort_int8_w7", "vs_ort_fp32": 9.0},
+             {"net": "m", "size": "256x128", "batch": 1, "backend": "ort_int8_w7", "vs_ort_fp32": 9.0}]
+    bench.print_best_format(rows, saturates)
+    line = capsys.readouterr().out.strip()
+    target = "1.8x" if saturates else "3.0x"
+    assert line.endswith(f": {best} ({verdict})") and f">= {target} ORT FP32" in line

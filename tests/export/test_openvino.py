@@ -183,25 +183,78 @@ def test_int8_ir_with_seven_bit_weights_keeps_every_convolution_within_64(export
     assert max(_convolution_weight_maxima(tmp_path / "eight.xml")["Convolution"]) > 64
 
 
-def test_int8_ir_climbs_the_ladder_only_while_held_out_images_disagree(exported, image_paths, tmp_path):
+def test_int8_ir_can_start_at_a_later_step_and_refuses_steps_off_the_ladder(exported, image_paths, tmp_path):
+    from bpm.export.openvino import quantize_ir
+
+    out, result = exported
+    source = Path(result["files"]["onnx"])
+    spec = OnnxModel(source).spec
+    third = quantize_ir(source, tmp_path / "third.xml", spec, image_paths[:8], weight_bits=7, depthwise_fp32=True)
+    assert (third["weight_bits"], third["depthwise_fp32"], third["accuracy_control"]) == (7, True, False)
+    maxima = _convolution_weight_maxima(tmp_path / "third.xml")
+    assert "GroupConvolution" not in maxima and max(maxima["Convolution"]) <= 64
+    quantize_ir(source, tmp_path / "first.xml", spec, image_paths[:8])
+    assert "GroupConvolution" in _convolution_weight_maxima(tmp_path / "first.xml")  # the network has depthwise layers
+    with pytest.raises(ValueError, match="8-bit [+] depthwise FP32: not a step of the INT8 IR ladder"):
+        quantize_ir(source, tmp_path / "off.xml", spec, image_paths[:8], depthwise_fp32=True)
+
+
+@pytest.mark.slow  # NNCF's accuracy control ranks each layer: minutes on 2 cores
+def test_int8_ir_accuracy_control_keeps_in_fp32_the_layers_it_reports(exported, image_paths, tmp_path):
+    """NNCF's fallback, asked for near-exact agreement on the calibration images, reverts layers to FP32:
+    the report names them, the IR has exactly those unquantised, and agreement does not fall."""
+    from bpm.export.openvino import _held_out_agreement, quantize_ir
+
+    out, result = exported
+    source = Path(result["files"]["onnx"])
+    spec = OnnxModel(source).spec
+    calibration = image_paths[:8]
+    plain = quantize_ir(source, tmp_path / "plain.xml", spec, calibration, weight_bits=7)
+    controlled = quantize_ir(source, tmp_path / "controlled.xml", spec, calibration, weight_bits=7,
+                             accuracy_control=True, min_cosine=0.99999, max_fp32_layers=3)
+    assert controlled["accuracy_control"] and controlled["fp32_layers"]
+    layers = {op.get_friendly_name(): op for op in openvino.Core().read_model(str(tmp_path / "controlled.xml")).get_ops()
+              if op.get_type_name() in ("Convolution", "GroupConvolution")}
+    quantised = sum(len(v) for v in _convolution_weight_maxima(tmp_path / "controlled.xml").values())
+    assert set(controlled["fp32_layers"]) <= set(layers) and quantised + len(controlled["fp32_layers"]) == len(layers)
+    assert "fp32_layers" not in plain
+    agreement = _held_out_agreement(source, calibration, 0)
+    assert agreement(tmp_path / "controlled.xml")["held_out_cosine"] >= agreement(tmp_path / "plain.xml")[
+        "held_out_cosine"] - 1e-4
+
+
+def test_int8_ir_stops_climbing_once_held_out_images_agree(exported, image_paths, tmp_path):
+    from bpm.export.openvino import quantize_ir
+
+    out, result = exported
+    source = Path(result["files"]["onnx"])
+    spec = OnnxModel(source).spec
+    agreed = quantize_ir(source, tmp_path / "agreed.xml", spec, image_paths[:8], held_out=image_paths[8:16],
+                         min_cosine=1e-6)
+    assert [(t["weight_bits"], t["depthwise_fp32"], t["accuracy_control"]) for t in agreed["tries"]] == [
+        (8, False, False)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["agreed.bin", "agreed.xml"]
+
+
+@pytest.mark.slow  # every step, NNCF's accuracy control last (it ranks each layer: minutes on 2 cores)
+def test_int8_ir_climbs_every_step_while_held_out_images_disagree_and_keeps_the_best(exported, image_paths, tmp_path):
     from bpm.export.openvino import quantize_ir
 
     out, result = exported
     source = Path(result["files"]["onnx"])
     spec = OnnxModel(source).spec
     calibration, held_out = image_paths[:8], image_paths[8:16]
-    agreed = quantize_ir(source, tmp_path / "agreed.xml", spec, calibration, held_out=held_out, min_cosine=1e-6)
-    assert [(t["weight_bits"], t["depthwise_fp32"]) for t in agreed["tries"]] == [(8, False)]
-
-    never = quantize_ir(source, tmp_path / "never.xml", spec, calibration, held_out=held_out, min_cosine=1.5)
-    steps = [(t["weight_bits"], t["depthwise_fp32"]) for t in never["tries"]]
-    assert steps == [(8, False), (7, False), (7, True)]
+    never = quantize_ir(source, tmp_path / "never.xml", spec, calibration, held_out=held_out, min_cosine=1.5,
+                        max_fp32_layers=2)
+    steps = [(t["weight_bits"], t["depthwise_fp32"], t["accuracy_control"]) for t in never["tries"]]
+    assert steps == [(8, False, False), (7, False, False), (7, True, False), (7, False, True)]
     best = max(never["tries"], key=lambda t: t["held_out_cosine"])
     assert (never["weight_bits"], never["depthwise_fp32"]) == (best["weight_bits"], best["depthwise_fp32"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["agreed.bin", "agreed.xml", "never.bin", "never.xml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["never.bin", "never.xml"]
     # the file kept is the one chosen: its held-out agreement is the one recorded
     from bpm.export.openvino import _held_out_agreement
     assert _held_out_agreement(source, held_out, 0)(tmp_path / "never.xml")["held_out_cosine"] == pytest.approx(
         best["held_out_cosine"], abs=1e-6)
     if never["depthwise_fp32"]:
         assert "GroupConvolution" not in _convolution_weight_maxima(tmp_path / "never.xml")
+    assert ("fp32_layers" in never) == never["accuracy_control"]

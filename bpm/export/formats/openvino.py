@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bpm.export.formats import ExportContext, Opened, export_format
 from bpm.export.formats.onnx import HELD_OUT_COSINE
-from bpm.export.openvino import quantize_ir, stamp_ir, write_ir
+from bpm.export.openvino import describe_step, quantize_ir, stamp_ir, write_ir
 from bpm.export.quantize import MAX_DISTANCE_ERROR
 from bpm.export.runtime import onnx_features
 from bpm.models.openvino_graph import OpenVinoModel
@@ -34,14 +34,13 @@ def write_openvino(ctx: ExportContext, path: Path) -> None:
 @export_format("openvino_int8", "{stem}_int8.xml", opens=open_ir, companions=(".bin",), stamp=stamp_ir,
                default=False, needs_calibration=True,
                help="OpenVINO IR, INT8 by NNCF post-training quantisation on the calibration images "
-                    "(then 7-bit weights, then FP32 depthwise layers, while held-out images disagree)")
+                    "(then 7-bit weights, FP32 depthwise layers, NNCF's accuracy control, while held-out images disagree)")
 def write_openvino_int8(ctx: ExportContext, path: Path) -> None:
     notes = quantize_ir(ctx.fp32_onnx(), path, ctx.spec, ctx.images.calibration,
                         weight_bits=ctx.opts.int8_weight_bits, held_out=ctx.images.held_out(),
-                        min_cosine=HELD_OUT_COSINE, max_distance_error=MAX_DISTANCE_ERROR, threads=ctx.opts.threads)
+                        min_cosine=HELD_OUT_COSINE, max_distance_error=MAX_DISTANCE_ERROR,
+                        max_fp32_layers=ctx.opts.max_fp32_layers, threads=ctx.opts.threads)
     ctx.notes.setdefault("openvino", {})["int8"] = notes
     if len(notes.get("tries", ())) > 1:
         ctx.log("  OpenVINO INT8, held-out cosine on this CPU: " + ", ".join(
-            f"{t['weight_bits']}-bit{' + depthwise FP32' if t['depthwise_fp32'] else ''} {t['held_out_cosine']:.5f}"
-            for t in notes["tries"]) + f"; kept {notes['weight_bits']}-bit"
-            f"{' + depthwise FP32' if notes['depthwise_fp32'] else ''}")
+            f"{describe_step(t)} {t['held_out_cosine']:.5f}" for t in notes["tries"]) + f"; kept {describe_step(notes)}")
