@@ -18,7 +18,8 @@ bpm's sessions do there; the ``ort_int8_saturating`` row times the same file wit
 ``ort_int8_w7`` a file with 7-bit weights (``--int8_weight_bits 7``), which the fast kernels compute
 exactly. There the OpenVINO INT8 rows are every step of the export's overflow ladder
 (``bpm.export.openvino.OVERFLOW_LADDER``): 8-bit ``ov_int8``, 7-bit ``ov_int8_w7`` and 7-bit with the
-depthwise layers in FP32 ``ov_int8_w7_dw_fp32``. Ratios are against ORT FP32 of the same
+depthwise layers in FP32 ``ov_int8_w7_dw_fp32`` (not the ladder's last step, whose FP32 layers depend
+on the real weights: time a real file with ``--reference``). Ratios are against ORT FP32 of the same
 network, size and batch in the same run. Backends are timed round-robin, so neither may keep the cores busy
 after its turn: ORT sessions do not spin (``bpm.export.runtime.session_options``) and torch's
 OpenMP threads wait passively (OMP_WAIT_POLICY, set here before torch loads). With spinning,
@@ -124,8 +125,10 @@ def model_files(model: torch.nn.Module, net: str, size: tuple[int, int], args, p
         files["ort_int8_qdq"] = quantize_int8(fp32, Path(f"{stem}_int8_qdq.onnx"), spec, calibration, "qdq")
     if HAVE_OPENVINO:
         files["ov_default"] = write_ir(fp32, Path(f"{stem}_fp32.xml"), spec)
-        # every step of the overflow ladder where the 8-bit IR saturates, else its first step only
-        for step in OVERFLOW_LADDER if saturates else OVERFLOW_LADDER[:1]:
+        # the overflow ladder's steps where the 8-bit IR saturates, else its first step only; not its last,
+        # NNCF's accuracy control: which layers it keeps in FP32 depends on real weights (time that file
+        # with --reference)
+        for step in [s for s in OVERFLOW_LADDER if not s["accuracy_control"]] if saturates else OVERFLOW_LADDER[:1]:
             name = OV_INT8_ROWS[step["weight_bits"], step["depthwise_fp32"]]
             files[name] = Path(f"{stem}_{name}.xml")
             quantize_ir(fp32, files[name], spec, calibration, **step)
@@ -137,13 +140,13 @@ def graph_runner(name: str, path: Path, threads: int) -> tuple[str, Callable[[ob
     ``*_saturating`` rows run an INT8 file without ``session.x64quantprecision`` (what it costs)."""
     if name.startswith("ov_"):
         runner = OpenVinoModel(path, threads=threads)
-        return (name if name.startswith("ov_int8") else f"ov_{runner.inference_precision}(default)"), runner
+        return name.replace("ov_default", f"ov_{runner.inference_precision}(default)"), runner
     return name, OnnxModel(path, threads=threads, precise_int8=False if name.endswith("_saturating") else None)
 
 
 def time_files(label: str, size: tuple[int, int], files: dict[str, Path], extra: dict[str, Callable], args,
-               paths: list[str] | None) -> list[dict]:
-    """Rows of one model at one size: every runtime round-robin per batch, ratios against ORT FP32."""
+               paths: list[str] | None, base: str = "ort_fp32") -> list[dict]:
+    """Rows of one model at one size: every runtime round-robin per batch, ratios against the ``base`` row."""
     rows = []
     for batch in args.batches:
         if paths:
@@ -161,11 +164,11 @@ def time_files(label: str, size: tuple[int, int], files: dict[str, Path], extra:
             runners[row_name] = (lambda r: lambda: r(x))(runner)
         with torch.inference_mode():
             measured = images_per_second(runners, batch, args.repeats if batch > 1 else args.repeats * 4, warmup=2)
-        base = measured.get("ort_fp32")
+        base_ips = measured.get(base)
         for name, ips in measured.items():
             rows.append({"net": label, "size": f"{size[0]}x{size[1]}", "batch": batch, "backend": name,
                          "images_per_s": ips, "ms_per_batch": 1000 * batch / ips,
-                         "vs_ort_fp32": ips / base if base else float("nan")})
+                         "vs_ort_fp32": ips / base_ips if base_ips else float("nan")})
     return rows
 
 
@@ -222,15 +225,43 @@ def reference_size(path: Path) -> tuple[int, int]:
     return h, w
 
 
-def bench_reference(text: str, args) -> list[dict]:
-    """A model from elsewhere, timed alongside: ONNX under ORT FP32 and OpenVINO, an IR under OpenVINO."""
-    path, size = parse_reference(text)
-    size = size or reference_size(path)
-    files = {"ort_fp32": path} if path.suffix == ".onnx" else {}
-    if HAVE_OPENVINO:
-        files["ov_default"] = path
-    rows = time_files(f"ref:{path.stem}", size, files, {}, args, None)
-    print_rows(rows)
+def graph_precision(path: Path) -> str:
+    """``int8`` for a quantised ONNX graph or IR, else ``fp32`` (the file's own ops say it, so files from
+    elsewhere, which carry no bpm metadata, are named right too)."""
+    if path.suffix == ".onnx":
+        import onnx
+
+        quantised = {"QuantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul"}
+        graph = onnx.load(str(path), load_external_data=False).graph
+        return "int8" if any(node.op_type in quantised for node in graph.node) else "fp32"
+    ops = openvino.Core().read_model(str(path)).get_ops()
+    return "int8" if any(op.get_type_name() == "FakeQuantize" or (
+        op.get_type_name() == "Constant" and op.get_element_type() in (openvino.Type.i8, openvino.Type.u8))
+        for op in ops) else "fp32"
+
+
+def bench_references(texts: list[str], args) -> list[dict]:
+    """Models from elsewhere, or several exports of one model, timed together (round-robin) per input
+    size: an ONNX file under ORT (``ort_fp32:STEM`` / ``ort_int8:STEM``) and OpenVINO, an IR under
+    OpenVINO (``ov_int8:STEM`` or named by the precision it runs at). Ratios are against the group's
+    first ORT FP32 file, so ``--reference model_fp32.onnx --reference model_int8.onnx --reference
+    model_int8.xml`` compares a real model's deployment files."""
+    groups: dict[tuple[int, int], dict[str, Path]] = {}
+    for text in texts:
+        path, size = parse_reference(text)
+        files = groups.setdefault(size or reference_size(path), {})
+        precision = graph_precision(path) if path.suffix == ".onnx" or HAVE_OPENVINO else "fp32"
+        if path.suffix == ".onnx":
+            files[f"ort_{precision}:{path.stem}"] = path
+        if HAVE_OPENVINO:
+            files[f"ov_{'int8' if precision == 'int8' else 'default'}:{path.stem}"] = path
+    rows = []
+    for size, files in groups.items():
+        base = next((name for name in files if name.startswith("ort_fp32:")), "")
+        label = "ref:" + "+".join(dict.fromkeys(name.partition(":")[2] for name in files))
+        size_rows = time_files(label, size, files, {}, args, None, base=base)
+        print_rows(size_rows)
+        rows += size_rows
     return rows
 
 
@@ -302,8 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'net':<24} {'size':<9}{'batch':>6}  {'backend':<26}{'img/s':>9}{'ms/batch':>10}{'x ORT FP32':>12}")
         for net in nets:
             rows += bench_net(net, args, paths, Path(tmp))
-        for reference in args.reference:
-            rows += bench_reference(reference, args)
+        rows += bench_references(args.reference, args)
     print_targets(rows)
     print_best_format(rows, this_cpu_saturates())
     print(f"load average after: {os.getloadavg()[0]:.1f} (other processes share the cores: absolute figures"

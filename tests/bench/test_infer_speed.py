@@ -18,9 +18,13 @@ def test_every_runtime_size_and_batch_is_timed_against_ort_fp32_of_the_same_run(
     torch.onnx.export(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval(),
                       torch.zeros(1, 3, 24, 12), str(reference), input_names=["x"], output_names=["y"],
                       dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17, dynamo=False)
+    from onnxruntime.quantization import quantize_dynamic
+    quantized = tmp_path / "other_int8.onnx"
+    quantize_dynamic(str(reference), str(quantized))
     out = tmp_path / "rows.json"
     assert bench.main(["--quick", "--sizes", "32x16,64x32", "--batches", "1,2", "--repeats", "1", "--calib", "4",
-                       "--reference", f"{reference}@24x12", "--json", str(out)]) == 0
+                       "--reference", f"{reference}@24x12", "--reference", f"{quantized}@24x12",
+                       "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     rows = json.loads(out.read_text())["rows"]
     assert {(r["size"], r["batch"]) for r in rows if r["net"] == "mobilenetV2"} == {
@@ -35,7 +39,10 @@ def test_every_runtime_size_and_batch_is_timed_against_ort_fp32_of_the_same_run(
     else:
         assert "OpenVINO rows left out" in printed
     assert all(r["vs_ort_fp32"] == 1.0 for r in rows if r["backend"] == "ort_fp32")
-    assert any(r["net"].startswith("ref:other") and r["size"] == "24x12" for r in rows)
+    # both files of the reference model in one round-robin group, named by precision, against its FP32 file
+    references = {r["backend"]: r for r in rows if r["net"] == "ref:other+other_int8" and r["batch"] == 2}
+    assert references["ort_fp32:other"]["vs_ort_fp32"] == 1.0 and references["ort_fp32:other"]["size"] == "24x12"
+    assert references["ort_int8:other_int8"]["vs_ort_fp32"] > 0
     assert "load average" in printed
 
 
