@@ -81,9 +81,11 @@ def quantize_ir(source: Path, path: Path, spec: OnnxSpec, calibration: Sequence[
     ``weight_bits`` 7 asks for) gave 0.91, and also keeping the depthwise convolutions in FP32 (NNCF's
     overflow fix leaves their weights at 8 bits) 0.99. A CUHK03 MobileNet-V2 on the same CPU scored
     0.06, 0.88 and 0.90 on those steps: its first blocks lose too much at 7 bits. The last step is
-    NNCF's own FP32 fallback, ``quantize_with_accuracy_control``, with 7-bit weights: it ranks the quantised layers by how much the features' cosine to FP32 on the
-    calibration images gains when each is kept in FP32, and reverts them in that order until the
-    cosine is within ``1 - min_cosine`` of 1 (MobileNet-V2: three layers, 0.995).
+    NNCF's own FP32 fallback, ``quantize_with_accuracy_control``, with 7-bit weights: it ranks the
+    quantised layers by how much the features' cosine to FP32 on the calibration images gains when
+    each is kept in FP32, and reverts them in that order until the cosine is within ``1 - min_cosine``
+    of 1, at most ``max_fp32_layers`` times (``--max_fp32_layers``, as for ONNX Runtime's INT8).
+    MobileNet-V2 then kept three layers in FP32 and agreed at 0.995 on held-out images.
 
     With ``held_out`` images (never the calibration images), the file, compiled for this CPU, is
     checked against the FP32 graph after each step of that ladder, and the first that reaches
@@ -104,8 +106,8 @@ def quantize_ir(source: Path, path: Path, spec: OnnxSpec, calibration: Sequence[
         ignored = {"ignored_scope": nncf.IgnoredScope(types=["GroupConvolution"])} if step["depthwise_fp32"] else {}
         advanced = nncf.AdvancedQuantizationParameters(overflow_fix=fix)
         if step["accuracy_control"]:
-            quantized = _quantize_with_accuracy_control(nncf, source, spec, images, dataset, advanced,
-                                                        max_drop=max(1.0 - min_cosine, 0.0) if min_cosine > 0 else 0.01,
+            max_drop = max(1.0 - min_cosine, 0.0) if min_cosine > 0 else 0.01
+            quantized = _quantize_with_accuracy_control(nncf, source, spec, images, dataset, advanced, max_drop,
                                                         max_iterations=max_fp32_layers, threads=threads)
         else:
             quantized = nncf.quantize(convert_onnx(source, spec), dataset, subset_size=len(images),
@@ -142,7 +144,7 @@ def quantize_ir(source: Path, path: Path, spec: OnnxSpec, calibration: Sequence[
                     os.replace(file.with_suffix(suffix), path.with_suffix(suffix))
                 else:
                     file.with_suffix(suffix).unlink(missing_ok=True)
-    notes.update({key: value for key, value in chosen.items()}, held_out_images=len(held_out), tries=tries)
+    notes.update(chosen, held_out_images=len(held_out), tries=tries)
     if not chosen["accuracy_control"]:
         notes.pop("fp32_layers", None)
     return notes
@@ -170,7 +172,8 @@ def _quantize_with_accuracy_control(nncf, source: Path, spec: OnnxSpec, images: 
         convert_onnx(source, spec), dataset, nncf.Dataset(list(range(len(images)))), mean_cosine,
         max_drop=max_drop, preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(images),
         advanced_quantization_parameters=advanced,
-        advanced_accuracy_restorer_parameters=nncf.AdvancedAccuracyRestorerParameters(max_num_iterations=max_iterations))
+        advanced_accuracy_restorer_parameters=nncf.AdvancedAccuracyRestorerParameters(
+            max_num_iterations=max_iterations))
 
 
 def _fp32_layers(model) -> list[str]:

@@ -213,8 +213,8 @@ def test_int8_ir_accuracy_control_keeps_in_fp32_the_layers_it_reports(exported, 
     controlled = quantize_ir(source, tmp_path / "controlled.xml", spec, calibration, weight_bits=7,
                              accuracy_control=True, min_cosine=0.99999, max_fp32_layers=3)
     assert controlled["accuracy_control"] and controlled["fp32_layers"]
-    layers = {op.get_friendly_name(): op for op in openvino.Core().read_model(str(tmp_path / "controlled.xml")).get_ops()
-              if op.get_type_name() in ("Convolution", "GroupConvolution")}
+    ops = openvino.Core().read_model(str(tmp_path / "controlled.xml")).get_ops()
+    layers = {op.get_friendly_name() for op in ops if op.get_type_name() in ("Convolution", "GroupConvolution")}
     quantised = sum(len(v) for v in _convolution_weight_maxima(tmp_path / "controlled.xml").values())
     assert set(controlled["fp32_layers"]) <= set(layers) and quantised + len(controlled["fp32_layers"]) == len(layers)
     assert "fp32_layers" not in plain

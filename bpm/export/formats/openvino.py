@@ -34,7 +34,8 @@ def write_openvino(ctx: ExportContext, path: Path) -> None:
 @export_format("openvino_int8", "{stem}_int8.xml", opens=open_ir, companions=(".bin",), stamp=stamp_ir,
                default=False, needs_calibration=True,
                help="OpenVINO IR, INT8 by NNCF post-training quantisation on the calibration images "
-                    "(then 7-bit weights, FP32 depthwise layers, NNCF's accuracy control, while held-out images disagree)")
+                    "(then 7-bit weights, FP32 depthwise layers, NNCF's accuracy control, while held-out "
+                    "images disagree)")
 def write_openvino_int8(ctx: ExportContext, path: Path) -> None:
     notes = quantize_ir(ctx.fp32_onnx(), path, ctx.spec, ctx.images.calibration,
                         weight_bits=ctx.opts.int8_weight_bits, held_out=ctx.images.held_out(),
@@ -43,4 +44,5 @@ def write_openvino_int8(ctx: ExportContext, path: Path) -> None:
     ctx.notes.setdefault("openvino", {})["int8"] = notes
     if len(notes.get("tries", ())) > 1:
         ctx.log("  OpenVINO INT8, held-out cosine on this CPU: " + ", ".join(
-            f"{describe_step(t)} {t['held_out_cosine']:.5f}" for t in notes["tries"]) + f"; kept {describe_step(notes)}")
+            f"{describe_step(t)} {t['held_out_cosine']:.5f}" for t in notes["tries"])
+            + f"; kept {describe_step(notes)}")
