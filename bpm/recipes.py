@@ -18,7 +18,8 @@ train`` because it measured best at the CPU budget (CUHK03, MobileNet-V2, 128x64
 against 29.9 % for ``bot``, 35.3 % for ``bot`` without erasing): no random erasing and the ID loss
 alone (triplet weight 0). Its Adam rate is 1e-3, not BoT's 3.5e-4 (BoT's rate for ResNet-50 at batch
 64; ours is 128): a sweep on a GPU moved MobileNet-V2 from 40.8 to 46.2 % mAP and EfficientNet-Lite0
-from 31.9 to 39.6 % (40.7 at 2e-3), and the CPU runs confirm it (docs/results/accuracy.md).
+from 31.9 to 39.6 % (40.7 at 2e-3), and on the CPU MobileNet-V2 scored 47.7 +- 1.0 % over three
+seeds against 42.3 +- 0.8 % at the former rate (docs/results/accuracy.md).
 ``--erase true --triplet_weight 1 --base_lr 3.5e-4`` turn it into ``bot``.
 
 ``distill``: ``softmax`` plus distillation from ``--teacher`` (:mod:`bpm.distill`): embedding
