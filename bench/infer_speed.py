@@ -287,7 +287,7 @@ def print_best_format(rows: list[dict], saturates: bool) -> None:
     (where 8-bit weights saturate, the 8-bit OpenVINO IRs and the saturating ORT session do not)."""
     excluded = SATURATING_ROWS if saturates else set()
     target = 1.8 if saturates else 3.0
-    for net in dict.fromkeys(r["net"] for r in rows):
+    for net in dict.fromkeys(r["net"] for r in rows if not r["net"].startswith("ref:")):  # refs mix models
         got = [r for r in rows if r["net"] == net and r["batch"] == 32 and r["size"] == "256x128"
                and r["backend"] not in excluded and r["backend"] != "ort_fp32"]
         if got:
