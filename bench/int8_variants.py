@@ -131,16 +131,16 @@ def main(argv: list[str] | None = None) -> int:
         print(equalize_ranges(equalized.base, torch.from_numpy(image_batch(calibration, eval_size))).describe())
         graphs = {False: _prepare(model, tmp / "plain.onnx", spec), True: _prepare(equalized, tmp / "eq.onnx", spec)}
         chosen_variants = variants(onnx.load(str(graphs[False])).graph)
+        tuned_file = None
         if args.weights and args.qat_epochs > 0:
             from bpm.export.qat import finetune_for_int8
+            from bpm.export.qdq import export_fine_tuned
 
-            tuned, result = finetune_for_int8(
+            student, result = finetune_for_int8(
                 equalized, [r.path for r in dataset.train],
                 lambda paths: torch.from_numpy(image_batch(paths, eval_size)), args.qat_epochs, args.qat_lr, log=print)
             print(result.describe())
-            graphs["qat"] = _prepare(tuned, tmp / "qat.onnx", spec)
-            name = f"equalised + QAT {args.qat_epochs} ep. + MSE ranges"
-            chosen_variants[name] = {**chosen_variants[DEFAULT], "equalize": "qat", "mse": True}
+            tuned_file = export_fine_tuned(student, tmp / "qat_int8.onnx", spec)  # its own learned ranges
         ranges = {}
         files = {"ORT FP32": graphs[False]}
         chosen = {name: v for name, v in chosen_variants.items() if not args.only or name in args.only}
@@ -158,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             files[name] = tmp / f"int8_{i}.onnx"
             quantize_static(str(source), str(files[name]), ImageCalibrationReader(calibration, spec),
                             calibrate_method=CalibrationMethod.MinMax, extra_options=extra, **options)
+        if tuned_file is not None:
+            files[f"equalised + QAT {args.qat_epochs} ep. (learned ranges)"] = tuned_file
 
         accuracy = {}
         normalize = getattr(model, "architecture", {}).get("neck") == "bnneck"  # as bpm test and bpm export score
@@ -185,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
                                 calibrate_method=CalibrationMethod.MinMax,
                                 extra_options={"CalibTensorRangeSymmetric": False, "CalibMovingAverage": False},
                                 **options)
+            if tuned_file is not None:
+                speed_files[f"equalised + QAT {args.qat_epochs} ep. (learned ranges)"] = export_fine_tuned(
+                    student, tmp / "qat_speed.onnx", speed_spec)
         x = image_batch([calibration[i % len(calibration)] for i in range(args.batch)], speed_size)
         runners = {}
         for name, path in speed_files.items():

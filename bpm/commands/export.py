@@ -64,9 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_fp32_layers", type=int, default=6,
                         help="should INT8 miss the cosine threshold on held-out calibration-pool images, keep up to N "
                              "layers whose weights alone cost the most in FP32, worst first, until it passes (0: never)")
-    parser.add_argument("--qat_epochs", type=int, default=0,
-                        help="fine-tune N epochs on the training images with 8-bit rounding simulated, "
-                             "learning the FP32 model's embedding, before quantising (0: post-training only)")
+    parser.add_argument("--qat_epochs", type=int, default=None,
+                        help="fine-tune N epochs on the training images with 8-bit rounding simulated, learning the "
+                             "FP32 model's embedding, and keep it if it beats post-training INT8 on held-out images "
+                             "(0: post-training only; default: fine-tune 4 epochs only if post-training INT8 misses "
+                             "its held-out check)")
     parser.add_argument("--qat_lr", type=float, default=1e-4, help="learning rate of --qat_epochs (Adam, cosine)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     parser.add_argument("--name", default="", help="file name stem (default <net>_<h>x<w>)")

@@ -7,13 +7,11 @@ is written and how it is loaded for its check is its entry in :mod:`bpm.export.f
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
 import tempfile
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -22,14 +20,11 @@ import torch
 
 from bpm.data.datasets.common import list_image_names
 from bpm.errors import BpmError
-from bpm.evaluation.features import embed_images, image_tensor, near_constant_rows
-from bpm.export.equalize import equalize_ranges
+from bpm.evaluation.features import embed_images, near_constant_rows
 from bpm.export.formats import EXPORT_FORMATS, ExportContext, ExportFormat, default_formats
 from bpm.export.options import ExportOptions, ImageSets
-from bpm.export.onnx import LEGACY_INPUT_NAME, LEGACY_OUTPUT_NAME, OnnxSpec, export_onnx
-from bpm.export.qat import finetune_for_int8
-from bpm.export.sensitivity import activation_sensitivity
-from bpm.export.verify import (COSINE_THRESHOLDS, FormatCheck, add_retrieval, check_cosine, cosine_rows,
+from bpm.export.onnx import LEGACY_INPUT_NAME, LEGACY_OUTPUT_NAME, OnnxSpec
+from bpm.export.verify import (FormatCheck, add_retrieval, check_cosine,
                                describe_check, format_table, retrieval_scores, write_report)
 from bpm.machine import machine_line
 from bpm.models.loading import load_model
@@ -150,7 +145,7 @@ def check_int8_options(opts: ExportOptions) -> None:
         raise BpmError(f"--max_fp32_layers: expected a count >= 0, got {opts.max_fp32_layers}")
     if opts.int8_sensitivity < 0:
         raise BpmError(f"--int8_sensitivity: expected a count >= 0, got {opts.int8_sensitivity}")
-    if opts.qat_epochs < 0:
+    if opts.qat_epochs is not None and opts.qat_epochs < 0:
         raise BpmError(f"--qat_epochs: expected a count >= 0, got {opts.qat_epochs}")
     if not (math.isfinite(opts.qat_lr) and opts.qat_lr > 0):
         raise BpmError(f"--qat_lr: expected a positive learning rate, got {opts.qat_lr}")
@@ -160,50 +155,6 @@ def check_int8_options(opts: ExportOptions) -> None:
         raise BpmError("--qat_epochs simulates 8-bit weights: use it with --int8_weight_bits 8")
     if opts.qat_epochs and "onnx_int8" not in opts.formats:
         raise BpmError("--qat_epochs fine-tunes for INT8: add onnx_int8 to --formats")
-
-
-def _int8_source(model: torch.nn.Module, reference: np.ndarray, fp32_onnx: Path, spec: OnnxSpec, images: ImageSets,
-                 opts: ExportOptions, tmp: Path, log: Callable[[str], None]) -> tuple[Path, dict]:
-    """The FP32 graph INT8 is quantised from, and what the report says about it.
-
-    Range-equalised (same function) unless turned off. The equalised copy is checked against the
-    model's verification features (``reference``, already computed by the export); should ReLU6 clipping make it differ (a channel far above
-    its calibration range), the plain graph is used. With ``--int8_sensitivity N`` the N
-    activations whose 8-bit rounding alone costs the most cosine are reported.
-    """
-    notes: dict = {"calibration_images": len(images.calibration), "calib_method": opts.calib_method}
-    calibration = image_tensor(images.calibration, opts.input_spec)
-    source_model, source = model, fp32_onnx
-    if opts.int8_equalize:
-        equalized = copy.deepcopy(model).float().eval()
-        result = equalize_ranges(equalized.base, calibration, opts.batch_size)
-        agreement = cosine_rows(reference_features(equalized, images.verification, opts), reference).min()
-        if agreement < COSINE_THRESHOLDS["fp32"]:
-            notes["equalisation"] = f"skipped: the equalised model differs (cosine {agreement:.6f})"
-        else:
-            notes["equalisation"] = result.describe()
-            source_model, source = equalized, export_onnx(equalized, tmp / "equalized_fp32.onnx", spec, opts.opset)
-    else:
-        notes["equalisation"] = "off (--int8_equalize false)"
-    if opts.qat_epochs > 0:
-        tuned, result = finetune_for_int8(
-            source_model, images.training, partial(image_tensor, spec=opts.input_spec),
-            opts.qat_epochs, opts.qat_lr, log=log)
-        notes["fine_tuning"] = result.describe()
-        notes["fine_tuning_used"] = result.used
-        if result.used == "fine-tuned":  # otherwise the graph it started from is quantised
-            source_model = tuned
-            source = export_onnx(source_model, tmp / "int8_finetuned_fp32.onnx", spec, opts.opset)
-        log(f"  {result.describe()}")
-    log(f"  INT8 source: {notes['equalisation']}; ranges: {opts.calib_method} on {len(images.calibration)} images")
-    if opts.int8_sensitivity > 0:
-        check = image_tensor(images.verification, opts.input_spec)
-        rows = activation_sensitivity(source_model.float(), calibration, check)[:opts.int8_sensitivity]
-        notes["sensitivity"] = [{"activation": r.point, "range": [r.low, r.high], "cosine_alone": r.cosine}
-                                for r in rows]
-        log("  INT8 sensitivity (cosine with only this activation in 8 bits): "
-            + ", ".join(f"{r.point} {r.cosine:.4f}" for r in rows))
-    return source, notes
 
 
 def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
@@ -311,8 +262,10 @@ def _run_export(opts: ExportOptions, log: Callable[[str], None]) -> dict:
     write_report(report_path, checks, context)
     failed = [c for c in checks if not c.passed]
     if failed:
-        hint = "; for INT8, try --qat_epochs 4 or more (fine-tuning with 8-bit rounding simulated)" \
-            if any(c.format == "onnx_int8" for c in failed) and opts.qat_epochs == 0 and images.training else ""
+        tuned = (ctx.notes.get("int8") or {}).get("fine_tuning")
+        hint = "" if not (any(c.format == "onnx_int8" for c in failed) and images.training) else \
+            "; for INT8, try more --qat_epochs (fine-tuning with 8-bit rounding simulated)" if tuned else \
+            "; for INT8, try --qat_epochs 4 or more (fine-tuning with 8-bit rounding simulated)"
         kept = "; ".join(f"{c.format} kept as {c.file}, " + (f"the earlier {names[c.format]} is unchanged"
                                                               if (out / names[c.format]).exists()
                                                               else f"no {names[c.format]} written")

@@ -191,6 +191,26 @@ def _outputs(model, batches: list[dict]) -> np.ndarray:
     return out.reshape(len(out), -1)
 
 
+class HeldOutCheck:
+    """How closely an INT8 graph follows the FP32 graph ``fp32`` on ``held_out`` images (never the
+    calibration or fine-tuning images): mean cosine and :func:`distance_error` of the features."""
+
+    def __init__(self, fp32, held_out: Sequence[ImageLike], spec: OnnxSpec) -> None:
+        self.batches = _batches(ImageCalibrationReader(held_out, spec))
+        self.exact = _outputs(fp32, self.batches)
+        self.normalize = spec.input_spec.normalize_features
+
+    def __call__(self, int8) -> dict:
+        outputs = _outputs(int8, self.batches)
+        return {"held_out_cosine": float(cosine_rows(outputs, self.exact).mean()),
+                "held_out_distance_error": distance_error(self.exact, outputs, self.normalize)}
+
+
+def passes_held_out(agreement: dict, min_cosine: float) -> bool:
+    """Whether a :class:`HeldOutCheck` result is close enough to keep no more layers in FP32."""
+    return agreement["held_out_cosine"] >= min_cosine and agreement["held_out_distance_error"] <= MAX_DISTANCE_ERROR
+
+
 def feed_fp32_inputs(graph, kept_fp32: Sequence[str], source) -> None:
     """Feed the nodes left in FP32 their input before its 8-bit round trip (QDQ graphs), in place.
 
@@ -320,16 +340,13 @@ def quantize_int8(
 
         best = quantize((), Path(tmp) / "int8_0.onnx")
         if held_out and min_cosine > 0:
-            check = _batches(ImageCalibrationReader(held_out, spec))
-            exact = _outputs(prepared, check)
+            judge = HeldOutCheck(prepared, held_out, spec)
 
             def agreement(path: Path, fp32_layers: list[str]) -> dict:
-                outputs = _outputs(path, check)
-                return {"fp32_layers": fp32_layers, "held_out_cosine": float(cosine_rows(outputs, exact).mean()),
-                        "held_out_distance_error": distance_error(exact, outputs, spec.input_spec.normalize_features)}
+                return {"fp32_layers": fp32_layers, **judge(path)}
 
             def passes(attempt: dict) -> bool:
-                return attempt["held_out_cosine"] >= min_cosine and attempt["held_out_distance_error"] <= MAX_DISTANCE_ERROR
+                return passes_held_out(attempt, min_cosine)
 
             tries = [agreement(best, [])]
             files = [best]

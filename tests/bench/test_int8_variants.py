@@ -27,7 +27,7 @@ def test_every_variant_gets_speed_and_accuracy(bench, tmp_path, capsys):
     torch.manual_seed(0)
     weights = tmp_path / "w.pth"
     torch.save(build_model("mobilenetV2").state_dict(), weights)
-    chosen = ["per-channel u8/s8 QOperator, MinMax", "equalised + MSE ranges", "equalised + QAT 1 ep. + MSE ranges"]
+    chosen = ["per-channel u8/s8 QOperator, MinMax", "equalised + MSE ranges", "equalised + QAT 1 ep. (learned ranges)"]
     assert bench.main(["--weights", str(weights), "--data_root", str(data), "--size", "64x32", "--calib_count", "8",
                        "--repeats", "1", "--threads", "1", "--qat_epochs", "1",
                        *[a for name in chosen for a in ("--only", name)]]) == 0

@@ -11,8 +11,9 @@ import torch
 from onnx import TensorProto, helper
 
 from bpm.errors import BpmError
-from bpm.export import pipeline
+from bpm.export import int8
 from bpm.export.equalize import equalize_ranges
+from bpm.export.qat import finetune_for_int8
 from bpm.settings import ModelSettings
 from bpm.export.pipeline import ExportOptions, run_export
 from bpm.export.quantize import _ranged_tensors, mse_range, quantization_error
@@ -55,11 +56,12 @@ def int8_report(tmp_path_factory, original_ckpt, world):
         out = tmp_path_factory.mktemp("int8")
         with pytest.MonkeyPatch.context() as patch:  # mechanics only: no INT8 accuracy on an untrained net
             patch.setitem(COSINE_THRESHOLDS, "int8", -1.0)
+            options = {"qat_epochs": 0, "calib_count": 40, **options}  # fine-tuning only where a test asks for it
             if equalize is not None:
-                patch.setattr(pipeline, "equalize_ranges", equalize)
+                patch.setattr(int8, "equalize_ranges", equalize)
             run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(out), model=ModelSettings(resize_h_w=SIZE),
                                      formats=("onnx_int8",), calib_images=str(world / "bounding_box_train"),
-                                     calib_count=40, verify_count=8, threads=1, **options), log=lambda line: None)
+                                     verify_count=8, threads=1, **options), log=lambda line: None)
         return json.loads((out / "export_report.json").read_text()), out
     return export
 
@@ -115,9 +117,54 @@ def test_equalisation_can_be_turned_off(int8_report):
 
 def test_fine_tuning_is_reported(int8_report):
     report, _ = int8_report(equalize=WIDE_MARGIN, qat_epochs=1, qat_lr=1e-4)
-    assert report["int8"]["fine_tuning"].startswith("quantisation-aware fine-tuning: 1 epoch(s)")
-    int8 = next(row for row in report["formats"] if row["format"] == "onnx_int8")
-    assert -1.0 <= int8["cosine_mean"] <= 1.0 + 1e-6  # checked against the original model, as every format
+    notes = report["int8"]
+    assert notes["fine_tuning"].startswith("quantisation-aware fine-tuning: 1 epoch(s)")
+    assert notes["int8_path"] in ("post-training", "fine-tuned")
+    int8_row = next(row for row in report["formats"] if row["format"] == "onnx_int8")
+    assert -1.0 <= int8_row["cosine_mean"] <= 1.0 + 1e-6  # checked against the original model, as every format
+
+
+def test_post_training_int8_that_holds_is_kept_without_fine_tuning(int8_report):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(int8, "HELD_OUT_COSINE", 1e-6)  # any agreement passes
+        report, _ = int8_report(qat_epochs=None)  # the default: fine-tune only if needed
+    assert report["int8"]["int8_path"] == "post-training" and "fine_tuning" not in report["int8"]
+
+
+def test_int8_that_misses_its_held_out_check_is_fine_tuned_on_other_images(int8_report):
+    """The default path: post-training INT8 misses the held-out check, so the export fine-tunes, on
+    training images that exclude the held-out ones, and keeps whichever file the held-out images prefer."""
+    seen = {}
+
+    def recording(model, images, *args, **kwargs):
+        seen["tuning"] = list(images)
+        return finetune_for_int8(model, images, *args, **kwargs)
+
+    class RecordingCheck(int8.HeldOutCheck):
+        def __init__(self, fp32, held_out, spec):
+            seen.setdefault("held_out", list(held_out))
+            super().__init__(fp32, held_out, spec)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(int8, "HELD_OUT_COSINE", 1.5)  # cannot be met: post-training always misses
+        patch.setattr(int8, "AUTO_QAT_EPOCHS", 1)
+        patch.setattr(int8, "finetune_for_int8", recording)
+        patch.setattr(int8, "HeldOutCheck", RecordingCheck)
+        report, _ = int8_report(qat_epochs=None, max_fp32_layers=0, calib_count=8)  # held-out images remain
+    notes = report["int8"]
+    assert notes["fine_tuning"].startswith("quantisation-aware fine-tuning: 1 epoch(s)")
+    assert seen["tuning"] and seen["held_out"] and not set(seen["tuning"]) & set(seen["held_out"])
+    tuned, post = notes["fine_tuned"]["held_out_cosine"], notes["post_training"]["held_out_cosine"]
+    assert notes["int8_path"] == ("fine-tuned" if tuned > post else "post-training")
+    assert notes["held_out_cosine"] == max(tuned, post)  # the report records the kept file's agreement
+
+
+def test_fine_tuning_that_makes_int8_worse_keeps_the_post_training_file(int8_report):
+    """Reliability III finding 8, now judged on the files themselves: a wrecking learning rate."""
+    report, _ = int8_report(qat_epochs=1, qat_lr=5.0, max_fp32_layers=0, calib_count=8)
+    notes = report["int8"]
+    assert notes["fine_tuned"]["held_out_cosine"] < notes["post_training"]["held_out_cosine"]
+    assert notes["int8_path"] == "post-training" and notes["held_out_cosine"] == notes["post_training"]["held_out_cosine"]
 
 
 @pytest.mark.parametrize("options, message", [
@@ -132,12 +179,18 @@ def test_bad_int8_switches_are_one_line_errors(tmp_path, options, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_failed_int8_check_suggests_fine_tuning(tmp_path, original_ckpt, world):
+@pytest.mark.parametrize("qat_epochs, hint", [(0, r"try --qat_epochs 4"), (None, r"try more --qat_epochs")])
+def test_a_failed_int8_check_suggests_fine_tuning(tmp_path, original_ckpt, world, qat_epochs, hint):
+    """Without fine-tuning, the error suggests it; after the default path fine-tuned, it suggests more."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(COSINE_THRESHOLDS, "int8", 1.5)  # cannot be met
-        with pytest.raises(BpmError, match=r"export check failed for onnx_int8: .*try --qat_epochs 4"):
+        patch.setattr(int8, "HELD_OUT_COSINE", 1.5)  # post-training misses: the default path fine-tunes
+        patch.setattr(int8, "AUTO_QAT_EPOCHS", 1)
+        with pytest.raises(BpmError, match=r"export check failed for onnx_int8: .*" + hint):
             run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path),
                                      model=ModelSettings(resize_h_w=SIZE),
                                      formats=("onnx_int8",), calib_images=str(world / "bounding_box_train"),
-                                     calib_count=8, verify_count=4, threads=1, max_fp32_layers=1),
+                                     calib_count=8, verify_count=4, threads=1, max_fp32_layers=1,
+                                     qat_epochs=qat_epochs),
                        log=lambda line: None)
+    assert ("fine_tuning" in json.loads((tmp_path / "export_report.json").read_text())["int8"]) == (qat_epochs is None)

@@ -1,13 +1,13 @@
-"""Quantisation-aware fine-tuning: fake-quant placement, exact write-back, a loop that converges and exports."""
+"""Quantisation-aware fine-tuning: fake-quant placement, a loop that converges, ranges frozen for the file."""
 from __future__ import annotations
 
 import operator
 
 import torch
 from torch import nn
-from torch.ao.quantization import FakeQuantize, disable_fake_quant, disable_observer
+from torch.ao.quantization import FakeQuantize
 
-from bpm.export.qat import finetune_for_int8, quantisation_aware_trunk, write_back
+from bpm.export.qat import finetune_for_int8, freeze_ranges, quantisation_aware_model, quantisation_aware_trunk
 from bpm.models.reid import build_model
 
 
@@ -36,45 +36,30 @@ def test_rounding_sits_where_onnx_runtime_quantises():
     assert convs and all(hasattr(m, "parametrizations") for m in convs)
 
 
-def test_write_back_reproduces_the_tuned_function_in_the_original_layout():
-    model = _model()
-    folded = quantisation_aware_trunk(model.base)
-    with torch.no_grad():
-        for module in folded.modules():
-            if isinstance(module, nn.Conv2d):
-                module.parametrizations.weight.original.mul_(1.01)
-                module.bias.add_(0.01)
-    folded.apply(disable_fake_quant)
-    folded.apply(disable_observer)
-    keys = set(model.base.state_dict())
-    write_back(model.base, folded)
-    x = torch.randn(2, 3, 64, 32)
-    with torch.no_grad():
-        assert torch.allclose(model.base(x), folded(x), atol=1e-4, rtol=1e-4)
-    assert set(model.base.state_dict()) == keys
-
-
-def test_fine_tuning_brings_the_rounded_embedding_closer():
+def test_fine_tuning_brings_the_rounded_embedding_closer_and_freezes_its_ranges():
     model = _model(seed=1)
-    images = [torch.rand(3, 64, 32, generator=torch.Generator().manual_seed(i)) * 2 - 1 for i in range(48)]
-    tuned, result = finetune_for_int8(model, images, lambda items: torch.stack(list(items)), epochs=3,
-                                      lr=1e-3, batch_size=16)
-    assert result.steps == 9 and result.images == 48
-    assert result.last_loss < result.first_loss
-    assert set(tuned.state_dict()) == set(model.state_dict())
-    with torch.no_grad():
-        assert torch.isfinite(tuned(torch.stack(images[:4]))).all()
-    assert result.used == ("fine-tuned" if result.end_error < result.start_error else "start"), result
-
-
-def test_fine_tuning_that_makes_it_worse_keeps_the_start_model():
-    """Reliability III finding 8: a fine-tuning run that raises the measured error is not used."""
-    model = _model(seed=1)
+    with torch.no_grad():  # one wide channel per layer: per-tensor 8-bit ranges too coarse for the others,
+        for module in model.base.modules():  # as in trained networks (a random one rounds almost losslessly)
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight[0] *= 300
     images = [torch.rand(3, 64, 32, generator=torch.Generator().manual_seed(i)) * 2 - 1 for i in range(32)]
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    tuned, result = finetune_for_int8(model, images, lambda items: torch.stack(list(items)), epochs=1,
-                                      lr=5.0, batch_size=16)  # a learning rate that wrecks the trunk
-    assert result.end_error > result.start_error
-    assert result.used == "start" and "kept the starting model" in result.describe()
-    for key, value in tuned.state_dict().items():
-        assert torch.equal(value, before[key]), key
+    student, result = finetune_for_int8(model, images, lambda items: torch.stack(list(items)), epochs=2,
+                                        lr=1e-4, batch_size=16)
+    assert result.steps == 4 and result.images == 32
+    batch = torch.stack(images)
+    untuned = quantisation_aware_model(model)  # the same rounding, ranges observed on the same images
+    with torch.no_grad():
+        untuned(batch)
+        freeze_ranges(untuned)
+        target = model(batch)
+        error = {name: float((1 - nn.functional.cosine_similarity(net(batch), target)).mean())
+                 for name, net in (("tuned", student), ("untuned", untuned))}
+    assert error["tuned"] < error["untuned"], error
+    rounding = [m for m in student.modules() if isinstance(m, FakeQuantize)]
+    assert rounding and not any(bool(m.observer_enabled) for m in rounding)  # the file's ranges, fixed
+    with torch.no_grad():
+        assert torch.isfinite(student(torch.stack(images[:4]))).all()
+    for conv in (m for m in student.modules() if isinstance(m, nn.Conv2d)):
+        weight = conv.parametrizations.weight.original.detach()
+        expected = weight.abs().flatten(1).amax(1) / 127  # the final weights' own grid, as ORT's quantiser picks
+        assert torch.allclose(conv.parametrizations.weight[0].fake_quant.scale, expected, rtol=1e-6)

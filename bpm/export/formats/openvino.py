@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bpm.export.formats import ExportContext, Opened, export_format
-from bpm.export.formats.onnx import HELD_OUT_COSINE
+from bpm.export.int8 import HELD_OUT_COSINE
 from bpm.export.openvino import describe_step, quantize_ir, stamp_ir, write_ir
 from bpm.export.quantize import MAX_DISTANCE_ERROR
 from bpm.export.runtime import onnx_features

@@ -1,0 +1,126 @@
+"""The ``onnx_int8`` file: the cheapest INT8 that holds on held-out images, and the record of how.
+
+1. The FP32 source: the model, range-equalised unless that changes it (:func:`int8_source`).
+2. Post-training quantisation (:func:`bpm.export.quantize.quantize_int8`), keeping up to
+   ``--max_fp32_layers`` layers in FP32 should the held-out images need it.
+3. Only if that still misses the held-out check (or ``--qat_epochs N`` asks for it): quantisation-aware
+   fine-tuning (:mod:`bpm.export.qat`), written with its own learned ranges (:mod:`bpm.export.qdq`).
+   Of the two files, the one closer to the FP32 model on the held-out images is kept.
+
+The held-out images are training-pool images that neither calibration nor fine-tuning sees, so the
+choice is never made on images the file was fitted to; the verification images judge the result.
+"""
+from __future__ import annotations
+
+import copy
+import shutil
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from bpm.evaluation.features import image_tensor
+from bpm.export.equalize import equalize_ranges
+from bpm.export.onnx import OnnxSpec, export_onnx
+from bpm.export.options import ExportOptions, ImageSets
+from bpm.export.pipeline import reference_features
+from bpm.export.qat import finetune_for_int8
+from bpm.export.qdq import export_fine_tuned
+from bpm.export.quantize import HeldOutCheck, passes_held_out, quantize_int8
+from bpm.export.sensitivity import activation_sensitivity
+from bpm.export.verify import COSINE_THRESHOLDS, cosine_rows
+
+#: What INT8 must reach on held-out training-pool images before no more layers are kept FP32: half
+#: the check's allowed error (1 - 0.98), since test images sit further from the calibration images
+#: (a distilled MobileNet-V2 at held-out 0.984 measured 0.979 on the verification images).
+HELD_OUT_COSINE = 1 - (1 - COSINE_THRESHOLDS["int8"]) / 2
+
+#: Fine-tuning epochs when post-training INT8 misses the held-out check and ``--qat_epochs`` is not given.
+AUTO_QAT_EPOCHS = 4
+
+
+def int8_source(model: torch.nn.Module, reference: np.ndarray, fp32_onnx: Path, spec: OnnxSpec, images: ImageSets,
+                opts: ExportOptions, tmp: Path, log: Callable[[str], None]) -> tuple[torch.nn.Module, Path, dict]:
+    """The FP32 model and graph INT8 is made from, and what the report says about them.
+
+    Range-equalised (same function) unless turned off. The equalised copy is checked against the
+    model's verification features (``reference``, already computed by the export); should ReLU6
+    clipping make it differ (a channel far above its calibration range), the plain model is used.
+    With ``--int8_sensitivity N`` the N activations whose 8-bit rounding alone costs the most cosine
+    are reported.
+    """
+    notes: dict = {"calibration_images": len(images.calibration), "calib_method": opts.calib_method}
+    calibration = image_tensor(images.calibration, opts.input_spec)
+    source_model, source = model, fp32_onnx
+    if opts.int8_equalize:
+        equalized = copy.deepcopy(model).float().eval()
+        result = equalize_ranges(equalized.base, calibration, opts.batch_size)
+        agreement = cosine_rows(reference_features(equalized, images.verification, opts), reference).min()
+        if agreement < COSINE_THRESHOLDS["fp32"]:
+            notes["equalisation"] = f"skipped: the equalised model differs (cosine {agreement:.6f})"
+        else:
+            notes["equalisation"] = result.describe()
+            source_model, source = equalized, export_onnx(equalized, tmp / "equalized_fp32.onnx", spec, opts.opset)
+    else:
+        notes["equalisation"] = "off (--int8_equalize false)"
+    log(f"  INT8 source: {notes['equalisation']}; ranges: {opts.calib_method} on {len(images.calibration)} images")
+    if opts.int8_sensitivity > 0:
+        check = image_tensor(images.verification, opts.input_spec)
+        rows = activation_sensitivity(source_model.float(), calibration, check)[:opts.int8_sensitivity]
+        notes["sensitivity"] = [{"activation": r.point, "range": [r.low, r.high], "cosine_alone": r.cosine}
+                                for r in rows]
+        log("  INT8 sensitivity (cosine with only this activation in 8 bits): "
+            + ", ".join(f"{r.point} {r.cosine:.4f}" for r in rows))
+    return source_model, source, notes
+
+
+def fine_tuning_epochs(opts: ExportOptions, ptq: dict, images: ImageSets) -> int:
+    """How many epochs to fine-tune: ``--qat_epochs`` when given; otherwise :data:`AUTO_QAT_EPOCHS` if
+    post-training INT8 missed the held-out check and training images are there to tune on (0: none)."""
+    if opts.qat_epochs is not None:
+        return opts.qat_epochs
+    missed = "held_out_cosine" in ptq and not passes_held_out(ptq, HELD_OUT_COSINE)
+    return AUTO_QAT_EPOCHS if missed and images.training and opts.int8_weight_bits == 8 else 0
+
+
+def write_int8(model: torch.nn.Module, reference: np.ndarray, fp32_onnx: Path, spec: OnnxSpec, images: ImageSets,
+               opts: ExportOptions, tmp: Path, path: Path, log: Callable[[str], None]) -> dict:
+    """Write the INT8 graph to ``path`` by the cheapest path that holds (module docstring); return the
+    report's ``int8`` section, which names the path used (``int8_path``: ``post-training`` or
+    ``fine-tuned``) and both files' held-out agreement."""
+    source_model, source, notes = int8_source(model, reference, fp32_onnx, spec, images, opts, tmp, log)
+    held_out = images.held_out()
+    quantize_int8(source, path, spec, images.calibration, opts.quant_format, opts.calib_method,
+                  held_out=held_out, min_cosine=HELD_OUT_COSINE, max_fp32_layers=opts.max_fp32_layers,
+                  notes=notes, weight_bits=opts.int8_weight_bits)
+    notes["int8_path"] = "post-training"
+    if notes.get("fp32_layers"):
+        log(f"  INT8: {len(notes['fp32_layers'])} layer(s) kept in FP32 (their weights alone cost the most "
+            f"cosine): {', '.join(notes['fp32_layers'])}; held-out cosine {notes['held_out_cosine']:.5f}, "
+            f"distance error {notes['held_out_distance_error']:.3f} of the distances' spread")
+    epochs = fine_tuning_epochs(opts, notes, images)
+    if epochs == 0:
+        return notes
+    if opts.qat_epochs is None:
+        log(f"  INT8: post-training held-out cosine {notes['held_out_cosine']:.5f} misses {HELD_OUT_COSINE}: "
+            f"fine-tuning {epochs} epochs (--qat_epochs 0 skips this)")
+    unseen = set(held_out)
+    tuning_images = [p for p in images.training if p not in unseen]
+    student, result = finetune_for_int8(source_model, tuning_images, partial(image_tensor, spec=opts.input_spec),
+                                        epochs, opts.qat_lr, log=log)
+    tuned = export_fine_tuned(student, tmp / "int8_fine_tuned.onnx", spec, opts.opset)
+    notes["fine_tuning"] = result.describe()
+    agreement = HeldOutCheck(source, held_out, spec)(tuned) if held_out else {}
+    notes["fine_tuned"] = agreement
+    post_training = {k: notes[k] for k in ("held_out_cosine", "held_out_distance_error") if k in notes}
+    better = not post_training or (agreement and agreement["held_out_cosine"] > post_training["held_out_cosine"])
+    notes["post_training"] = post_training
+    if better:
+        shutil.copyfile(tuned, path)
+        notes.update(int8_path="fine-tuned", fp32_layers=[], **agreement)
+    log(f"  {result.describe()}; held-out cosine: post-training "
+        f"{post_training.get('held_out_cosine', float('nan')):.5f}, fine-tuned "
+        f"{agreement.get('held_out_cosine', float('nan')):.5f}; kept the {notes['int8_path']} file")
+    return notes
