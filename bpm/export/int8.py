@@ -82,7 +82,7 @@ def fine_tuning_epochs(opts: ExportOptions, ptq: dict, images: ImageSets) -> int
     if opts.qat_epochs is not None:
         return opts.qat_epochs
     missed = "held_out_cosine" in ptq and not passes_held_out(ptq, HELD_OUT_COSINE)
-    return AUTO_QAT_EPOCHS if missed and images.training and opts.int8_weight_bits == 8 else 0
+    return AUTO_QAT_EPOCHS if missed and images.training else 0
 
 
 def write_int8(model: torch.nn.Module, reference: np.ndarray, fp32_onnx: Path, spec: OnnxSpec, images: ImageSets,
@@ -109,7 +109,7 @@ def write_int8(model: torch.nn.Module, reference: np.ndarray, fp32_onnx: Path, s
     unseen = set(held_out)
     tuning_images = [p for p in images.training if p not in unseen]
     student, result = finetune_for_int8(source_model, tuning_images, partial(image_tensor, spec=opts.input_spec),
-                                        epochs, opts.qat_lr, log=log)
+                                        epochs, opts.qat_lr, log=log, weight_bits=opts.int8_weight_bits)
     tuned = export_fine_tuned(student, tmp / "int8_fine_tuned.onnx", spec, opts.opset)
     notes["fine_tuning"] = result.describe()
     agreement = HeldOutCheck(source, held_out, spec)(tuned) if held_out else {}

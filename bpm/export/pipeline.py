@@ -151,8 +151,6 @@ def check_int8_options(opts: ExportOptions) -> None:
         raise BpmError(f"--qat_lr: expected a positive learning rate, got {opts.qat_lr}")
     if opts.int8_weight_bits not in (7, 8):
         raise BpmError(f"--int8_weight_bits: expected 8 or 7, got {opts.int8_weight_bits}")
-    if opts.qat_epochs and opts.int8_weight_bits != 8:
-        raise BpmError("--qat_epochs simulates 8-bit weights: use it with --int8_weight_bits 8")
     if opts.qat_epochs and "onnx_int8" not in opts.formats:
         raise BpmError("--qat_epochs fine-tunes for INT8: add onnx_int8 to --formats")
 

@@ -37,13 +37,19 @@ def activation_fake_quant() -> FakeQuantize:
                         qscheme=torch.per_tensor_affine)
 
 
-class _WeightFakeQuant(nn.Module):
-    """Per-output-channel symmetric s8 rounding of a convolution's (BatchNorm-folded) weight."""
+#: The symmetric weight grid of ``--int8_weight_bits``: ONNX Runtime's [-127, 127], or [-64, 64] with
+#: ``reduce_range`` (7 bits: no AVX2 pair saturation, :func:`bpm.models.onnx_graph.cannot_saturate`).
+WEIGHT_LIMITS = {8: 127, 7: 64}
 
-    def __init__(self) -> None:
+
+class _WeightFakeQuant(nn.Module):
+    """Per-output-channel symmetric rounding of a convolution's (BatchNorm-folded) weight."""
+
+    def __init__(self, weight_bits: int = 8) -> None:
         super().__init__()
-        self.fake_quant = FakeQuantize(observer=MovingAveragePerChannelMinMaxObserver, quant_min=-127,
-                                       quant_max=127, dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
+        limit = WEIGHT_LIMITS[weight_bits]
+        self.fake_quant = FakeQuantize(observer=MovingAveragePerChannelMinMaxObserver, quant_min=-limit,
+                                       quant_max=limit, dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
                                        ch_axis=0)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
@@ -66,7 +72,7 @@ def _quantised_outputs(graph: fx.Graph, modules: dict[str, nn.Module]) -> list[f
     return chosen
 
 
-def quantisation_aware_trunk(trunk: nn.Module) -> fx.GraphModule:
+def quantisation_aware_trunk(trunk: nn.Module, weight_bits: int = 8) -> fx.GraphModule:
     """A BatchNorm-folded copy of ``trunk`` with 8-bit rounding simulated on weights and activations."""
     folded = fuse(copy.deepcopy(trunk).eval())
     modules = dict(folded.named_modules())
@@ -78,17 +84,17 @@ def quantisation_aware_trunk(trunk: nn.Module) -> fx.GraphModule:
         node.replace_all_uses_with(rounded, delete_user_cb=lambda user: user is not rounded)
     for module in folded.modules():
         if isinstance(module, nn.Conv2d):
-            parametrize.register_parametrization(module, "weight", _WeightFakeQuant())
+            parametrize.register_parametrization(module, "weight", _WeightFakeQuant(weight_bits))
     folded.graph.lint()
     folded.recompile()
     return folded
 
 
-def quantisation_aware_model(model: nn.Module) -> nn.Module:
+def quantisation_aware_model(model: nn.Module, weight_bits: int = 8) -> nn.Module:
     """A copy of ``model`` (a :class:`ReidModel`) whose trunk is :func:`quantisation_aware_trunk` and
     whose pooled feature is rounded to u8 as well (ORT stores the pooling output in 8 bits)."""
     student = copy.deepcopy(model).float().eval()
-    student.base = quantisation_aware_trunk(model.base)
+    student.base = quantisation_aware_trunk(model.base, weight_bits)
     student.pool_rounding = activation_fake_quant()
     student.pool.register_forward_hook(lambda _module, _inputs, output: student.pool_rounding(output))
     return student
@@ -97,8 +103,8 @@ def quantisation_aware_model(model: nn.Module) -> nn.Module:
 def freeze_ranges(student: nn.Module) -> None:
     """Stop the range observers: the ranges become the ones the INT8 file will carry.
 
-    Weight ranges are re-read from the final weights (per channel, symmetric: max |w| / 127, as ONNX
-    Runtime's quantiser picks them), so no weight leaves [-127, 127] and the file's grid is the one the
+    Weight ranges are re-read from the final weights (per channel, symmetric: max |w| / 127, or / 64
+    with 7-bit weights, as ONNX Runtime's quantiser picks them), so no weight leaves [-127, 127] and the file's grid is the one the
     weights themselves define, not a moving average of earlier steps.
     """
     for conv in student.modules():
@@ -127,18 +133,18 @@ class QatResult:
 
 def finetune_for_int8(model: nn.Module, images: Sequence, load_batch: Callable[[Sequence], torch.Tensor],
                       epochs: int, lr: float = 1e-4, batch_size: int = 32, seed: int = 0,
-                      log: Callable[[str], None] = lambda line: None) -> tuple[nn.Module, QatResult]:
+                      log: Callable[[str], None] = lambda line: None, weight_bits: int = 8) -> tuple[nn.Module, QatResult]:
     """``model`` (a :class:`ReidModel` in eval mode) fine-tuned to keep its embedding under INT8: the
     :func:`quantisation_aware_model` after training, its ranges frozen (:func:`freeze_ranges`), ready
     for :func:`bpm.export.qdq.export_fine_tuned` to write as the QDQ graph ONNX Runtime runs.
 
     ``load_batch(items)`` turns a slice of ``images`` into a normalised ``[N, 3, H, W]`` batch. The
     learning rate follows a cosine to zero; images are shuffled and flipped with a seeded generator.
-    With two epochs or more the activation ranges stop moving for the last epoch, so the weights
+    ``weight_bits`` 7 simulates ``--int8_weight_bits 7`` (weights in [-64, 64]). With two epochs or more the activation ranges stop moving for the last epoch, so the weights
     settle on the ranges the file will carry.
     """
     teacher = model.float().eval()
-    student = quantisation_aware_model(teacher)
+    student = quantisation_aware_model(teacher, weight_bits)
     optimizer = torch.optim.Adam(student.base.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(images) / batch_size)

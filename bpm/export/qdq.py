@@ -33,7 +33,8 @@ class _ActivationRounding(nn.Module):
 
 class _WeightRounding(nn.Module):
     """A frozen s8 per-output-channel rounding of a weight. Written with ONNX's int8 range [-128, 127]
-    (the exporter knows no other); the scales keep every weight within [-127, 127] regardless."""
+    (the exporter knows no other); the scales keep every weight within [-127, 127] ([-64, 64] for
+    7-bit weights) regardless."""
 
     def __init__(self, fake_quant: FakeQuantize) -> None:
         super().__init__()

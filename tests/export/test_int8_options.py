@@ -171,7 +171,6 @@ def test_fine_tuning_that_makes_int8_worse_keeps_the_post_training_file(int8_rep
     ({"int8_sensitivity": -1}, "--int8_sensitivity"), ({"qat_epochs": -2}, "--qat_epochs"),
     ({"qat_lr": float("nan")}, "--qat_lr"), ({"qat_epochs": 1, "formats": ("onnx",)}, "add onnx_int8"),
     ({"max_fp32_layers": -1}, "--max_fp32_layers"), ({"int8_weight_bits": 6}, "--int8_weight_bits: expected 8 or 7"),
-    ({"int8_weight_bits": 7, "qat_epochs": 1, "formats": ("onnx_int8",)}, "simulates 8-bit weights"),
 ])
 def test_bad_int8_switches_are_one_line_errors(tmp_path, options, message):
     with pytest.raises(BpmError, match=message):

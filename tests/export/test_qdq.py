@@ -14,14 +14,13 @@ from torch.ao.quantization import FakeQuantize
 from bpm.export.onnx import OnnxSpec
 from bpm.export.qat import finetune_for_int8
 from bpm.export.qdq import export_fine_tuned
-from bpm.models.onnx_graph import OnnxModel, session_options
+from bpm.models.onnx_graph import OnnxModel, cannot_saturate, session_options
 from bpm.models.reid import build_model
 
 SIZE = (64, 32)
 
 
-@pytest.fixture(scope="module")
-def tuned(tmp_path_factory):
+def _tune(tmp_path_factory, weight_bits: int):
     """A MobileNet-V2 fine-tuned 2 epochs on random images, and its QDQ file."""
     torch.manual_seed(3)
     model = build_model("mobilenetV2").eval()
@@ -31,10 +30,15 @@ def tuned(tmp_path_factory):
             module.running_mean.uniform_(-0.1, 0.1)
     images = [torch.rand(3, *SIZE, generator=torch.Generator().manual_seed(i)) * 2 - 1 for i in range(32)]
     student, _ = finetune_for_int8(model, images, lambda items: torch.stack(list(items)), epochs=2, lr=1e-3,
-                                   batch_size=16)
+                                   batch_size=16, weight_bits=weight_bits)
     path = export_fine_tuned(student, tmp_path_factory.mktemp("qdq") / "tuned_int8.onnx",
                              OnnxSpec("mobilenetV2", SIZE))
     return student, path
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    return _tune(tmp_path_factory, 8)
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -91,3 +95,19 @@ def test_onnx_runtime_runs_every_convolution_in_int8(tuned, tmp_path):
     ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
     assert ops["QLinearConv"] == 52 and ops["Conv"] == 0, ops
     assert ops["QLinearAdd"] == 10, ops
+
+
+def test_seven_bit_fine_tuning_runs_exactly_on_the_fast_kernels(tmp_path_factory):
+    """--int8_weight_bits 7 with fine-tuning: weights within [-64, 64], so ORT's fast u8 x s8 kernels
+    cannot saturate and compute the simulation's integers on every CPU kind (AVX2 included)."""
+    student, path = _tune(tmp_path_factory, 7)
+    proto = onnx.load(str(path))
+    weights = [numpy_helper.to_array(i) for i in proto.graph.initializer
+               if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
+    assert weights and max(int(np.abs(w.astype(np.int16)).max()) for w in weights) == 64
+    assert cannot_saturate(proto)
+    x = torch.rand(8, 3, *SIZE, generator=torch.Generator().manual_seed(98)) * 2 - 1
+    with torch.no_grad():
+        simulated = student(x).numpy()
+    fast = OnnxModel(path, threads=1, precise_int8=False)(x.numpy())
+    assert _cosines(fast, simulated).min() > 0.9999
