@@ -14,7 +14,7 @@ from bpm.cli.switches import (add_data_switches, add_model_switches, add_precisi
 from bpm.errors import BpmError
 from bpm.export.formats import EXPORT_FORMATS, default_formats
 from bpm.export.pipeline import ExportOptions, parse_formats, run_export
-from bpm.export.quantize import CALIBRATION_METHODS, QUANT_FORMATS
+from bpm.export.quantize import CALIBRATION_METHODS, MAX_FP32_LAYERS, QUANT_FORMATS
 
 
 def _formats(text: str) -> tuple[str, ...]:
@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--int8_weight_bits", type=int, default=8, choices=(8, 7),
                         help="7: weights in [-64, 64], so CPUs without VNNI (AVX2 only) run the file with ONNX Runtime's "
                              "fast u8 x s8 kernels without saturating (8 needs its slower exact kernels there)")
-    parser.add_argument("--max_fp32_layers", type=int, default=6,
+    parser.add_argument("--max_fp32_layers", type=int, default=MAX_FP32_LAYERS,
                         help="should INT8 miss the cosine threshold on held-out calibration-pool images, keep up to N "
                              "layers whose weights alone cost the most in FP32, worst first, until it passes (0: never)")
     parser.add_argument("--qat_epochs", type=int, default=None,

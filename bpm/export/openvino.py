@@ -21,6 +21,7 @@ from typing import Sequence
 
 from bpm.data.images import ImageLike
 from bpm.data.transforms import image_batch
+from bpm.export.quantize import MAX_FP32_LAYERS
 from bpm.export.verify import VERIFICATION_DETAIL_KEY, VERIFICATION_KEY
 from bpm.models.onnx_graph import OnnxSpec
 from bpm.models.openvino_graph import IR_SUFFIX, META_PREFIX, require
@@ -69,7 +70,7 @@ def describe_step(step: dict) -> str:
 def quantize_ir(source: Path, path: Path, spec: OnnxSpec, calibration: Sequence[ImageLike], *,
                 weight_bits: int = 8, depthwise_fp32: bool = False, accuracy_control: bool = False,
                 held_out: Sequence[ImageLike] = (), min_cosine: float = 0.0,
-                max_distance_error: float = float("inf"), max_fp32_layers: int = 6, threads: int = 0) -> dict:
+                max_distance_error: float = float("inf"), max_fp32_layers: int = MAX_FP32_LAYERS, threads: int = 0) -> dict:
     """INT8 IR by NNCF post-training quantisation (``PERFORMANCE`` preset: symmetric activations and
     weights, per-channel weights, fast bias correction) on ``calibration`` images, one per sample.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bpm.data.records import TestSet
+from bpm.export.quantize import MAX_FP32_LAYERS
 from bpm.models.input_spec import InputSpec
 from bpm.settings import DataSettings, ModelSettings, PrecisionSettings
 
@@ -35,7 +36,7 @@ class ExportOptions:
     int8_equalize: bool = True
     int8_sensitivity: int = 0
     int8_weight_bits: int = 8  # 7: no AVX2 saturation, so no slow exact kernels there (bpm.export.quantize)
-    max_fp32_layers: int = 6  # layers an INT8 export may leave in FP32 to pass its check (bpm.export.quantize)
+    max_fp32_layers: int = MAX_FP32_LAYERS  # layers an INT8 export may leave in FP32 to pass its check (bpm.export.quantize)
     qat_epochs: int | None = None  # None: fine-tune only when post-training INT8 misses its held-out check
     qat_lr: float = 1e-4
     opset: int = 17
