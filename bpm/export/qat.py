@@ -95,8 +95,7 @@ def quantisation_aware_model(model: nn.Module, weight_bits: int = 8) -> nn.Modul
     whose pooled feature is rounded to u8 as well (ORT stores the pooling output in 8 bits)."""
     student = copy.deepcopy(model).float().eval()
     student.base = quantisation_aware_trunk(model.base, weight_bits)
-    student.pool_rounding = activation_fake_quant()
-    student.pool.register_forward_hook(lambda _module, _inputs, output: student.pool_rounding(output))
+    student.pool = nn.Sequential(student.pool, activation_fake_quant())
     return student
 
 
@@ -104,8 +103,8 @@ def freeze_ranges(student: nn.Module) -> None:
     """Stop the range observers: the ranges become the ones the INT8 file will carry.
 
     Weight ranges are re-read from the final weights (per channel, symmetric: max |w| / 127, or / 64
-    with 7-bit weights, as ONNX Runtime's quantiser picks them), so no weight leaves [-127, 127] and the file's grid is the one the
-    weights themselves define, not a moving average of earlier steps.
+    with 7-bit weights, as ONNX Runtime's quantiser picks them): the file's grid is the one the final
+    weights define, not a moving average of earlier steps, and no weight is clipped.
     """
     for conv in student.modules():
         if isinstance(conv, nn.Conv2d) and parametrize.is_parametrized(conv, "weight"):
@@ -133,15 +132,17 @@ class QatResult:
 
 def finetune_for_int8(model: nn.Module, images: Sequence, load_batch: Callable[[Sequence], torch.Tensor],
                       epochs: int, lr: float = 1e-4, batch_size: int = 32, seed: int = 0,
-                      log: Callable[[str], None] = lambda line: None, weight_bits: int = 8) -> tuple[nn.Module, QatResult]:
+                      log: Callable[[str], None] = lambda line: None,
+                      weight_bits: int = 8) -> tuple[nn.Module, QatResult]:
     """``model`` (a :class:`ReidModel` in eval mode) fine-tuned to keep its embedding under INT8: the
     :func:`quantisation_aware_model` after training, its ranges frozen (:func:`freeze_ranges`), ready
     for :func:`bpm.export.qdq.export_fine_tuned` to write as the QDQ graph ONNX Runtime runs.
 
     ``load_batch(items)`` turns a slice of ``images`` into a normalised ``[N, 3, H, W]`` batch. The
     learning rate follows a cosine to zero; images are shuffled and flipped with a seeded generator.
-    ``weight_bits`` 7 simulates ``--int8_weight_bits 7`` (weights in [-64, 64]). With two epochs or more the activation ranges stop moving for the last epoch, so the weights
-    settle on the ranges the file will carry.
+    ``weight_bits`` 7 simulates ``--int8_weight_bits 7`` (weights in [-64, 64]). With two epochs or
+    more the activation ranges stop moving for the last epoch, so the weights settle on the ranges
+    the file will carry.
     """
     teacher = model.float().eval()
     student = quantisation_aware_model(teacher, weight_bits)
