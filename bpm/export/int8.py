@@ -28,7 +28,7 @@ from bpm.export.options import ExportOptions, ImageSets
 from bpm.export.pipeline import reference_features
 from bpm.export.qat import finetune_for_int8
 from bpm.export.qdq import export_fine_tuned
-from bpm.export.quantize import HeldOutCheck, passes_held_out, quantize_int8
+from bpm.export.quantize import MAX_DISTANCE_ERROR, HeldOutCheck, passes_held_out, quantize_int8
 from bpm.export.sensitivity import activation_sensitivity
 from bpm.export.verify import COSINE_THRESHOLDS, cosine_rows
 
@@ -104,7 +104,8 @@ def write_int8(model: torch.nn.Module, reference: np.ndarray, fp32_onnx: Path, s
     if epochs == 0:
         return notes
     if opts.qat_epochs is None:
-        log(f"  INT8: post-training held-out cosine {notes['held_out_cosine']:.5f} misses {HELD_OUT_COSINE}: "
+        log(f"  INT8: post-training misses the held-out check (cosine {notes['held_out_cosine']:.5f}, needs "
+            f"{HELD_OUT_COSINE}; distance error {notes['held_out_distance_error']:.3f}, at most {MAX_DISTANCE_ERROR}): "
             f"fine-tuning {epochs} epochs (--qat_epochs 0 skips this)")
     unseen = set(held_out)
     tuning_images = [p for p in images.training if p not in unseen]
