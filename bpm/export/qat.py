@@ -126,7 +126,7 @@ class QatResult:
 
     def describe(self) -> str:
         return (f"quantisation-aware fine-tuning: {self.epochs} epoch(s), {self.steps} steps on {self.images} "
-                f"training images; 1 - cosine to FP32 with 8-bit rounding simulated: first steps "
+                f"training images; 1 - cosine to FP32 with INT8 rounding simulated: first steps "
                 f"{self.first_loss:.4f}, last steps {self.last_loss:.4f}")
 
 
