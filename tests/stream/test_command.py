@@ -119,7 +119,9 @@ def test_ctrl_c_keeps_everything_so_far_and_realtime_reports_drops(tmp_path, rei
     out = tmp_path / "out"
     process = subprocess.Popen([sys.executable, "-m", "bpm", "stream", "--source", str(video), "--reid", str(reid),
                                 "--detector", str(detector), "--out", str(out), "--realtime"],
-                               stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+                               stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+                               # as from a terminal: a shell's background job (how CI may start us) ignores SIGINT
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     for line in process.stderr:  # wait until frames are flowing (the progress line says how many)
         lines.append(line)
