@@ -5,7 +5,8 @@ For each backbone: train on a ``folder`` data set with the real ``bpm train`` (t
 with ``--qat_epochs``), then time the FP32 and INT8 ONNX files with ONNX Runtime at the trained
 input size and at 256x128. One table, one row per backbone:
 
-FP32 mAP / rank-1 / mINP, INT8 mAP (default export; fine-tuned export), FP32 and INT8 images/s at
+FP32 mAP / rank-1 / mINP, INT8 mAP (default export, and the route it kept: post-training or
+fine-tuned, with any layers left in FP32; ``--qat_epochs`` export), FP32 and INT8 images/s at
 batch 32 and batch-1 latency (ms) at both sizes, parameters and MACs (read off the FP32 ONNX
 graph, so every row, ready-made or ours, is counted the same way) and training s/epoch.
 
@@ -239,6 +240,15 @@ def onnx_row(report: dict, fmt: str) -> dict:
     return next((r for r in report.get("formats", []) if r.get("format") == fmt), {})
 
 
+def int8_route(report: dict) -> str:
+    """How the export made its INT8 file, from its report: ``post-training`` or ``fine-tuned``, with the
+    layers it kept in FP32 (the default export picks the cheapest route that passes; the table says which)."""
+    int8 = report.get("int8") or {}
+    route = int8.get("int8_path", "")
+    layers = len(int8.get("fp32_layers") or [])
+    return f"{route}, {layers} FP32" if route and layers else route
+
+
 def find_onnx(folder: Path, int8: bool) -> Path | None:
     """The exported FP32 or INT8 ONNX file in ``folder`` (refused files included: speed only)."""
     files = sorted(p for p in folder.glob("*.onnx") if ("int8" in p.name) == int8 and "fp16" not in p.name
@@ -254,6 +264,7 @@ def measure_backbone(name: str, ckpt: Path, train_row: dict | None, args) -> dic
     row["export_exit"] = code
     row["fp32"] = onnx_row(report, "onnx")
     row["int8"] = onnx_row(report, "onnx_int8")
+    row["int8_route"] = int8_route(report)
     if args.qat_epochs:
         code, report = bpm_export(ckpt, exp / "frontier_export_qat", ["--formats", "onnx_int8", "--qat_epochs",
                                                                         str(args.qat_epochs), *data])
@@ -308,15 +319,16 @@ def _num(value, fmt: str) -> str:
 
 
 def format_table(rows: list[dict], title: str) -> str:
-    lines = [title, "", "| model | input | FP32 mAP | rank-1 | mINP | INT8 mAP | INT8 mAP tuned | FP32 img/s | "
+    lines = [title, "", "| model | input | FP32 mAP | rank-1 | mINP | INT8 mAP | INT8 route | INT8 mAP tuned | FP32 img/s | "
              "INT8 img/s | FP32 ms b1 | INT8 ms b1 | FP32 img/s 256x128 | INT8 img/s 256x128 | params M | MMACs | "
-             "s/epoch |", "|" + "---|" * 16]
+             "s/epoch |", "|" + "---|" * 17]
     for r in rows:
         s = r["speed"]
         fp32, int8, qat = r["accuracy"], r.get("int8", {}), r.get("int8_qat", {})
         lines.append(
             f"| {r['name']} | {r.get('input', '')} | {_pct(fp32.get('mAP'))} | {_pct(fp32.get('rank1'))} | "
-            f"{_pct(fp32.get('mINP'))} | {_pct(int8.get('mAP'))} | {_pct(qat.get('mAP'))} | "
+            f"{_pct(fp32.get('mINP'))} | {_pct(int8.get('mAP'))} | {r.get('int8_route') or '–'} | "
+            f"{_pct(qat.get('mAP'))} | "
             f"{_num(s.get('fp32', {}).get('images_per_s_b32'), '.0f')} | "
             f"{_num(s.get('int8', {}).get('images_per_s_b32'), '.0f')} | "
             f"{_num(s.get('fp32', {}).get('latency_ms_b1'), '.2f')} | "

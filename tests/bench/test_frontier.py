@@ -125,9 +125,17 @@ def test_trains_exports_times_and_plots_each_row(bench, tmp_path, capsys):
     mnv2, tiny = rows["mnv2"], rows["tiny"]
     assert 0 < mnv2["accuracy"]["mAP"] <= 1 and mnv2["s_per_epoch"] > 0
     assert mnv2["int8"]["precision"] == "int8" and mnv2["int8_qat"]["precision"] == "int8"
+    assert mnv2["int8_route"].startswith(("post-training", "fine-tuned"))
     assert set(mnv2["speed"]) == {"fp32", "int8", "fp32_256x128", "int8_256x128"}
     for timing in mnv2["speed"].values():
         assert timing["images_per_s_b32"] > 0 and timing["latency_ms_b1"] > 0
     assert 2e6 < mnv2["params"] < 3e6 and mnv2["macs"] > 0
     assert 0 < tiny["accuracy"]["mAP"] <= 1 and tiny["params"] == (4 * 27 + 4) + (8 * 4 + 8)
     assert (tmp_path / "frontier.png").stat().st_size > 1000
+
+
+def test_int8_route_names_what_the_default_export_kept(bench):
+    assert bench.int8_route({"int8": {"int8_path": "post-training", "fp32_layers": ["conv0", "conv1"]}}) \
+        == "post-training, 2 FP32"
+    assert bench.int8_route({"int8": {"int8_path": "fine-tuned", "fp32_layers": []}}) == "fine-tuned"
+    assert bench.int8_route({"int8": None}) == "" and bench.int8_route({}) == ""
