@@ -24,6 +24,7 @@ import torch
 
 from bpm.export.onnx import OnnxSpec, export_onnx
 from bpm.export.options import ExportOptions, ImageSets
+from bpm.export.verify import FormatCheck
 from bpm.registry import Registry
 
 
@@ -75,6 +76,10 @@ class ExportFormat:
         default: part of the default ``--formats``.
         companions: suffixes of files that belong to the main file and travel with it (an IR's ``.bin``).
         stamp: records the verdict in the file (``path, status, detail``), where the format can hold it.
+        retry: the format's next, costlier route when its file failed the check: writes another file at
+            the path it is given and returns True, or returns False when it has none left. The pipeline
+            checks each new file the same way; the routes run in a fixed order and the first to pass is
+            kept, so the check is a gate here, never a score to pick the best of several files by.
         help: one line for ``--help`` and the docs.
     """
 
@@ -87,6 +92,7 @@ class ExportFormat:
     default: bool = True
     companions: tuple[str, ...] = ()
     stamp: Callable[[Path, str, str], None] | None = None
+    retry: Callable[[ExportContext, Path, FormatCheck], bool] | None = None
     help: str = ""
 
     def files(self, path: Path) -> list[Path]:

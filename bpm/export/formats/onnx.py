@@ -10,9 +10,9 @@ from pathlib import Path
 
 from bpm.export.formats import ExportContext, Opened, export_format
 from bpm.export.onnx import check_onnx, convert_to_fp16
-from bpm.export.int8 import write_int8
+from bpm.export.int8 import fine_tune_after_failed_check, write_int8
 from bpm.export.runtime import onnx_features
-from bpm.export.verify import stamp_verification
+from bpm.export.verify import FormatCheck, stamp_verification
 from bpm.models.onnx_graph import OnnxModel
 
 
@@ -35,7 +35,17 @@ def write_onnx16(ctx: ExportContext, path: Path) -> None:
     convert_to_fp16(ctx.fp32_onnx(), path, ctx.spec)
 
 
-@export_format("onnx_int8", "{stem}_int8.onnx", opens=open_onnx, stamp=stamp_verification,
+def retry_onnx_int8(ctx: ExportContext, path: Path, check: FormatCheck) -> bool:
+    """Post-training INT8 failed the check: the fine-tuned file next, where the default export may tune."""
+    notes = fine_tune_after_failed_check(ctx.model, ctx.reference, ctx.fp32_onnx(), ctx.spec, ctx.images, ctx.opts,
+                                         ctx.tmp, path, ctx.log, ctx.notes.get("int8") or {}, check.failures)
+    if notes is None:
+        return False
+    ctx.notes["int8"] = notes
+    return True
+
+
+@export_format("onnx_int8", "{stem}_int8.onnx", opens=open_onnx, stamp=stamp_verification, retry=retry_onnx_int8,
                needs_calibration=True, help="ONNX static INT8 (ONNX Runtime), calibrated on training images")
 def write_onnx_int8(ctx: ExportContext, path: Path) -> None:
     ctx.notes["int8"] = write_int8(ctx.model, ctx.reference, ctx.fp32_onnx(), ctx.spec, ctx.images, ctx.opts,
