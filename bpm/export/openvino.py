@@ -24,7 +24,7 @@ from bpm.data.transforms import image_batch
 from bpm.export.quantize import MAX_FP32_LAYERS
 from bpm.export.verify import VERIFICATION_DETAIL_KEY, VERIFICATION_KEY
 from bpm.models.onnx_graph import OnnxSpec
-from bpm.models.openvino_graph import IR_SUFFIX, META_PREFIX, require
+from bpm.models.openvino_graph import IR_SUFFIX, META_PREFIX, PRECISION_KEY, require
 
 
 def set_metadata(model, metadata: dict[str, str]) -> None:
@@ -49,9 +49,13 @@ def convert_onnx(source: Path, spec: OnnxSpec):
     return model
 
 
-def write_ir(source: Path, path: Path, spec: OnnxSpec) -> Path:
-    """The FP32 IR of an FP32 ONNX graph (the precision it runs at is chosen when it is compiled)."""
-    return save_ir(convert_onnx(source, spec), path)
+def write_ir(source: Path, path: Path, spec: OnnxSpec, inference_precision: str | None = None) -> Path:
+    """The FP32 IR of an FP32 ONNX graph. The precision it runs at is chosen when it is compiled: the
+    CPU's default, or ``inference_precision`` (``fp32``) pinned in its rt_info."""
+    model = convert_onnx(source, spec)
+    if inference_precision:
+        set_metadata(model, {PRECISION_KEY: inference_precision})
+    return save_ir(model, path)
 
 
 # What quantize_ir tries, in order, until a file agrees with FP32 on held-out images (see there).

@@ -22,6 +22,10 @@ from bpm.models.onnx_graph import OnnxSpec, spec_from_metadata
 IR_SUFFIX = ".xml"
 INSTALL_HINT = "pip install 'bpm[openvino]'"
 META_PREFIX = "bpm."
+#: rt_info key of an IR pinned to one inference precision (``fp32``): ``bpm export`` writes it when the
+#: CPU's default (bf16 wherever the CPU has bf16 instructions) fails the check, so every later run of
+#: the file computes as it was verified.
+PRECISION_KEY = META_PREFIX + "inference_precision"
 #: OpenVINO element types of INFERENCE_PRECISION_HINT, by our precision names (bpm.export.verify).
 PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
@@ -47,7 +51,8 @@ class OpenVinoModel:
     Args:
         path: the ``.xml`` (its ``.bin`` beside it), or an ONNX file, which OpenVINO reads directly.
         threads: inference threads (0: OpenVINO's default).
-        inference_precision: ``fp32``/``bf16``/``fp16`` to force one; ``None``: the CPU's default.
+        inference_precision: ``fp32``/``bf16``/``fp16`` to force one; ``None``: the one the IR is pinned
+            to (:data:`PRECISION_KEY`), else the CPU's default.
 
     ``inference_precision`` is what the compiled model reports it computes in; ``precision`` is what
     the file is checked as (``int8`` for a quantised IR, else the inference precision). ``spec`` is
@@ -63,6 +68,13 @@ class OpenVinoModel:
             raise BpmError(f"{self.path}: OpenVINO IR not found")
         if self.path.suffix != ".onnx" and not self.path.with_suffix(".bin").is_file():
             raise BpmError(f"{self.path}: the IR's weights {self.path.with_suffix('.bin').name} are missing beside it")
+        try:
+            core = openvino.Core()
+            model = core.read_model(str(self.path))
+        except Exception as exc:  # OpenVINO raises RuntimeError/GeneralFailure variants
+            raise BpmError(f"{self.path}: OpenVINO cannot load it ({one_line(exc)})") from exc
+        self.metadata = read_metadata(model)
+        inference_precision = inference_precision or self.metadata.get(PRECISION_KEY)
         config: dict = {}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
@@ -73,12 +85,9 @@ class OpenVinoModel:
                                f"{', '.join(PRECISIONS.values())}")
             config["INFERENCE_PRECISION_HINT"] = wanted
         try:
-            core = openvino.Core()
-            model = core.read_model(str(self.path))
             self.compiled = core.compile_model(model, "CPU", config)
-        except Exception as exc:  # OpenVINO raises RuntimeError/GeneralFailure variants
+        except Exception as exc:
             raise BpmError(f"{self.path}: OpenVINO cannot load it ({one_line(exc)})") from exc
-        self.metadata = read_metadata(model)
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self.inference_precision = PRECISIONS.get(hint, hint)
         self.spec = self._spec(model)

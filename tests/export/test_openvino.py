@@ -1,6 +1,6 @@
 """OpenVINO IR formats: written, compiled for this CPU, verified like every format, read back by the loader.
 
-The precision an IR runs at depends on the CPU (bf16 with AMX, else FP32), so no test asserts which:
+The precision an IR runs at depends on the CPU (bf16 with AMX or AVX-512 BF16, else FP32), so no test asserts which:
 each asserts that what is reported is what OpenVINO's compiled model says, and accuracy is asserted
 with FP32 forced. As for ONNX INT8 (test_pipeline.py), an untrained network's response to 8-bit
 and bf16 rounding is not a property of the code: those thresholds are lifted in the mechanics test.
@@ -258,3 +258,40 @@ def test_int8_ir_climbs_every_step_while_held_out_images_disagree_and_keeps_the_
     if never["depthwise_fp32"]:
         assert "GroupConvolution" not in _convolution_weight_maxima(tmp_path / "never.xml")
     assert ("fp32_layers" in never) == never["accuracy_control"]
+
+def test_an_ir_pinned_to_fp32_computes_in_fp32_on_every_cpu(exported, tmp_path):
+    from bpm.export.openvino import write_ir
+    from bpm.models.openvino_graph import PRECISION_KEY
+
+    out, result = exported
+    source = result["files"]["onnx"]
+    spec = OnnxModel(source).spec
+    pinned = write_ir(source, tmp_path / "pinned.xml", spec, inference_precision="fp32")
+    runner = OpenVinoModel(pinned)
+    assert runner.metadata[PRECISION_KEY] == "fp32" and runner.inference_precision == runner.precision == "fp32"
+    assert OpenVinoModel(pinned, inference_precision="bf16").metadata[PRECISION_KEY] == "fp32"  # an explicit choice wins
+
+
+def test_an_ir_that_fails_at_bf16_is_pinned_to_fp32_and_checked_again(tmp_path, original_ckpt, world, monkeypatch):
+    """As on an AMD EPYC with AVX-512 BF16: OpenVINO ran the FP32 IR in bf16 by default, cosine 0.988 < 0.995."""
+    from bpm.export.formats import openvino as ir_format
+    from bpm.models.openvino_graph import PRECISION_KEY
+
+    class DefaultsToBf16(OpenVinoModel):  # this CPU's default, whatever the test machine's is
+        def __init__(self, path, threads=0, inference_precision=None):
+            super().__init__(path, threads, inference_precision)
+            if self.metadata.get(PRECISION_KEY) != "fp32":
+                self.inference_precision = self.precision = "bf16"
+
+    monkeypatch.setattr(ir_format, "OpenVinoModel", DefaultsToBf16)
+    monkeypatch.setitem(verify.COSINE_THRESHOLDS, "bf16", 1.5)  # bf16 cannot pass
+    logged = []
+    result = run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path),
+                                      model=ModelSettings(resize_h_w=SIZE), formats=("openvino",),
+                                      calib_images=str(world / "bounding_box_train"), calib_count=8, verify_count=8,
+                                      threads=2), log=logged.append)
+    report = json.loads((tmp_path / "export_report.json").read_text())
+    (row,) = report["formats"]
+    assert row["status"] == "verified" and row["precision"] == "fp32" == report["openvino"]["inference_precision"]
+    assert OpenVinoModel(result["files"]["openvino"]).metadata[PRECISION_KEY] == "fp32"
+    assert any("bf16 failed the check" in line and "pinning the IR to fp32" in line for line in logged)

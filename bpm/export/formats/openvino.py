@@ -1,5 +1,6 @@
-"""OpenVINO IRs: ``openvino`` (FP32 weights, run at the CPU's default precision: bf16 with AMX, else
-FP32) and ``openvino_int8`` (NNCF post-training quantisation on the calibration images).
+"""OpenVINO IRs: ``openvino`` (FP32 weights, run at the CPU's default precision: bf16 where the CPU has
+bf16 instructions (AMX, AVX-512 BF16), else FP32; pinned to FP32 when bf16 fails the check) and
+``openvino_int8`` (NNCF post-training quantisation on the calibration images).
 
 Checked by compiling them for this CPU and running them as :class:`bpm.FeatureExtractor`'s openvino
 backend does; the precision the compiled model computes in is what the check and the report name.
@@ -14,6 +15,7 @@ from bpm.export.int8 import HELD_OUT_COSINE
 from bpm.export.openvino import describe_step, quantize_ir, stamp_ir, write_ir
 from bpm.export.quantize import MAX_DISTANCE_ERROR
 from bpm.export.runtime import onnx_features
+from bpm.export.verify import FormatCheck
 from bpm.models.openvino_graph import OpenVinoModel
 
 
@@ -25,8 +27,19 @@ def open_ir(ctx: ExportContext, path: Path) -> Opened:
     return Opened(runner.precision, lambda paths: onnx_features(runner, paths, ctx.opts.batch_size))
 
 
+def pin_fp32(ctx: ExportContext, path: Path, check: FormatCheck) -> bool:
+    """The IR failed its check at a reduced precision (bf16: the CPU's default where it has bf16
+    instructions): write it again pinned to FP32, which every later run then computes in."""
+    if check.precision == "fp32":
+        return False
+    ctx.log(f"  openvino: {check.precision} failed the check ({check.failures[0]}); pinning the IR to fp32")
+    write_ir(ctx.fp32_onnx(), path, ctx.spec, inference_precision="fp32")
+    return True
+
+
 @export_format("openvino", "{stem}_fp32.xml", opens=open_ir, companions=(".bin",), stamp=stamp_ir, default=False,
-               help="OpenVINO IR (.xml + .bin), FP32 weights, run in bf16 on AMX CPUs, else FP32")
+               retry=pin_fp32, help="OpenVINO IR (.xml + .bin), FP32 weights, run in bf16 where the CPU has bf16 "
+                                    "instructions (pinned to FP32 if that fails the check), else FP32")
 def write_openvino(ctx: ExportContext, path: Path) -> None:
     write_ir(ctx.fp32_onnx(), path, ctx.spec)
 
