@@ -242,8 +242,9 @@ def graph_precision(path: Path) -> str:
 
 def bench_references(texts: list[str], args) -> list[dict]:
     """Models from elsewhere, or several exports of one model, timed together (round-robin) per input
-    size: an ONNX file under ORT (``ort_fp32:STEM`` / ``ort_int8:STEM``) and OpenVINO, an IR under
-    OpenVINO (``ov_int8:STEM`` or named by the precision it runs at). Ratios are against the group's
+    size: an ONNX file under ORT (``ort_fp32:STEM`` / ``ort_int8:STEM``) and OpenVINO (``ov_int8:STEM.onnx``),
+    an IR under OpenVINO (``ov_int8:STEM`` or named by the precision it runs at; an export's ``model_int8.onnx``
+    and ``model_int8.xml`` share a stem, so OpenVINO's rows name the ONNX file's suffix). Ratios are against the group's
     first ORT FP32 file, so ``--reference model_fp32.onnx --reference model_int8.onnx --reference
     model_int8.xml`` compares a real model's deployment files."""
     groups: dict[tuple[int, int], dict[str, Path]] = {}
@@ -254,11 +255,12 @@ def bench_references(texts: list[str], args) -> list[dict]:
         if path.suffix == ".onnx":
             files[f"ort_{precision}:{path.stem}"] = path
         if HAVE_OPENVINO:
-            files[f"ov_{'int8' if precision == 'int8' else 'default'}:{path.stem}"] = path
+            name = path.name if path.suffix == ".onnx" else path.stem
+            files[f"ov_{'int8' if precision == 'int8' else 'default'}:{name}"] = path
     rows = []
     for size, files in groups.items():
         base = next((name for name in files if name.startswith("ort_fp32:")), "")
-        label = "ref:" + "+".join(dict.fromkeys(name.partition(":")[2] for name in files))
+        label = "ref:" + "+".join(dict.fromkeys(name.partition(":")[2].removesuffix(".onnx") for name in files))
         size_rows = time_files(label, size, files, {}, args, None, base=base)
         print_rows(size_rows)
         rows += size_rows
