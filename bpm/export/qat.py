@@ -22,13 +22,19 @@ from typing import Callable, Sequence
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 from torch.ao.quantization import (FakeQuantize, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver,
                                    disable_observer)
 from torch.fx.experimental.optimization import fuse
 from torch.nn.utils import parametrize
 
+from bpm.models.backbones.efficientnet_lite import same_pad_stride2
+
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6)
+#: Functions whose tensor output ORT stores in 8 bits: sums, and paddings (EfficientNet-Lite's TF
+#: "SAME" padding before a stride-2 convolution, one node thanks to ``torch.fx.wrap``).
+_ROUNDED_FUNCTIONS = (operator.add, torch.add, F.pad, same_pad_stride2)
 
 
 def activation_fake_quant() -> FakeQuantize:
@@ -56,15 +62,30 @@ class _WeightFakeQuant(nn.Module):
         return self.fake_quant(weight)
 
 
+def _tensor_nodes(graph: fx.Graph) -> set[fx.Node]:
+    """Nodes that compute tensors, as opposed to size arithmetic a traced ``x.shape[-1] % 2`` leaves
+    in the graph (integer ``add`` nodes, which must not get a rounding)."""
+    tensors: set[fx.Node] = set()
+    for node in graph.nodes:
+        if node.op in ("placeholder", "call_module"):
+            tensors.add(node)
+        elif node.op in ("call_function", "call_method") and node.target not in (getattr, "size", "dim"):
+            if any(arg in tensors for arg in node.all_input_nodes):
+                tensors.add(node)
+    return tensors
+
+
 def _quantised_outputs(graph: fx.Graph, modules: dict[str, nn.Module]) -> list[fx.Node]:
-    """Nodes whose output ORT stores in 8 bits: the input, activations, sums, and convolutions no
-    activation follows (a convolution followed by ReLU/ReLU6 is fused with it)."""
+    """Nodes whose output ORT stores in 8 bits: the input, activations, sums, explicit paddings (so
+    that the convolution after one reads 8 bits and fuses), and convolutions no activation follows
+    (a convolution followed by ReLU/ReLU6 is fused with it)."""
+    tensors = _tensor_nodes(graph)
     chosen = []
     for node in graph.nodes:
         module = modules.get(node.target) if node.op == "call_module" else None
         if node.op == "placeholder" or isinstance(module, _ACTIVATIONS):
             chosen.append(node)
-        elif node.op == "call_function" and node.target in (operator.add, torch.add):
+        elif node.op == "call_function" and node.target in _ROUNDED_FUNCTIONS and node in tensors:
             chosen.append(node)
         elif isinstance(module, nn.Conv2d) and not all(
                 u.op == "call_module" and isinstance(modules.get(u.target), _ACTIVATIONS) for u in node.users):

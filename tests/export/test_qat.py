@@ -63,3 +63,27 @@ def test_fine_tuning_brings_the_rounded_embedding_closer_and_freezes_its_ranges(
         weight = conv.parametrizations.weight.original.detach()
         expected = weight.abs().flatten(1).amax(1) / 127  # the final weights' own grid, as ORT's quantiser picks
         assert torch.allclose(conv.parametrizations.weight[0].fake_quant.scale, expected, rtol=1e-6)
+
+
+class _SizeArithmetic(nn.Module):
+    """A trunk whose padding depends on the input's size, traced by FX as integer nodes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=2)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        extra = x.shape[-1] % 2 + 1
+        return self.act(self.conv(torch.nn.functional.pad(x, (extra, 1, 1, 1))))
+
+
+def test_size_arithmetic_gets_no_rounding_but_the_padding_does():
+    """An integer ``add`` is not a tensor sum (rounding it crashed EfficientNet-Lite's fine-tuning);
+    the padded tensor is rounded, so the convolution after it reads 8 bits in ORT."""
+    trunk = quantisation_aware_trunk(_SizeArithmetic().eval())
+    rounded = [node.args[0] for node in trunk.graph.nodes
+               if node.op == "call_module" and isinstance(trunk.get_submodule(node.target), FakeQuantize)]
+    kinds = sorted(node.op if node.op != "call_function" else node.target.__name__ for node in rounded)
+    assert kinds == ["call_module", "pad", "placeholder"]
+    assert trunk(torch.rand(2, 3, 9, 7)).shape == (2, 4, 5, 4)

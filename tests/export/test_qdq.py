@@ -20,10 +20,15 @@ from bpm.models.reid import build_model
 SIZE = (64, 32)
 
 
-def _tune(tmp_path_factory, weight_bits: int):
-    """A MobileNet-V2 fine-tuned 2 epochs on random images, and its QDQ file."""
+#: Convolutions and residual sums per backbone: every one must run on ORT's integer kernels.
+INTEGER_OPS = {"mobilenetV2": {"QLinearConv": 52, "QLinearAdd": 10},
+               "efficientnet_lite0": {"QLinearConv": 49, "QLinearAdd": 9}}
+
+
+def _tune(tmp_path_factory, weight_bits: int, net: str = "mobilenetV2"):
+    """A ``net`` fine-tuned 2 epochs on random images, and its QDQ file."""
     torch.manual_seed(3)
-    model = build_model("mobilenetV2").eval()
+    model = build_model(net).eval()
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.running_var.uniform_(0.5, 1.5)
@@ -32,13 +37,14 @@ def _tune(tmp_path_factory, weight_bits: int):
     student, _ = finetune_for_int8(model, images, lambda items: torch.stack(list(items)), epochs=2, lr=1e-3,
                                    batch_size=16, weight_bits=weight_bits)
     path = export_fine_tuned(student, tmp_path_factory.mktemp("qdq") / "tuned_int8.onnx",
-                             OnnxSpec("mobilenetV2", SIZE))
+                             OnnxSpec(net, SIZE))
     return student, path
 
 
-@pytest.fixture(scope="module")
-def tuned(tmp_path_factory):
-    return _tune(tmp_path_factory, 8)
+@pytest.fixture(scope="module", params=sorted(INTEGER_OPS))
+def tuned(request, tmp_path_factory):
+    """MobileNet-V2, and EfficientNet-Lite0 (whose stride-2 convolutions pad explicitly, TF's "SAME")."""
+    return _tune(tmp_path_factory, 8, request.param)
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -93,8 +99,9 @@ def test_onnx_runtime_runs_every_convolution_in_int8(tuned, tmp_path):
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
-    assert ops["QLinearConv"] == 52 and ops["Conv"] == 0, ops
-    assert ops["QLinearAdd"] == 10, ops
+    expected = INTEGER_OPS[OnnxModel(path).spec.net]
+    assert ops["QLinearConv"] == expected["QLinearConv"] and ops["Conv"] == 0, ops
+    assert ops["QLinearAdd"] == expected["QLinearAdd"], ops
 
 
 def test_seven_bit_fine_tuning_runs_exactly_on_the_fast_kernels(tmp_path_factory):

@@ -32,6 +32,7 @@ import re
 from typing import Mapping
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -87,6 +88,21 @@ def stage_repeats(depth: float) -> list[int]:
     return [r if i in (0, last) else int(math.ceil(depth * r)) for i, (r, *_rest) in enumerate(STAGES)]
 
 
+@torch.fx.wrap
+def same_pad_stride2(x: torch.Tensor, kernel: int) -> torch.Tensor:
+    """TF "SAME" padding before a stride-2 convolution with an odd ``kernel``: ``(kernel - 1) // 2``
+    pixels after, one less before on an even size.
+
+    One opaque node to ``torch.fx`` (``fx.wrap``): the INT8 fine-tuning (:mod:`bpm.export.qat`)
+    traces the trunk, and the size arithmetic would otherwise become integer nodes in its graph.
+    """
+    after = (kernel - 1) // 2
+    h, w = x.shape[-2], x.shape[-1]
+    if torch.jit.is_tracing():  # ONNX export: H and W are fixed in the graph, so are the pads
+        h, w = int(h), int(w)
+    return F.pad(x, (after - 1 + w % 2, after, after - 1 + h % 2, after))
+
+
 class ConvBN(nn.Module):
     """Convolution (no bias) -> BatchNorm (eps 1e-3) -> optional ReLU6, with TF "SAME" padding."""
 
@@ -104,12 +120,7 @@ class ConvBN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == 2:
-            # TF SAME for stride 2, odd kernel k: (k - 1) // 2 after; one less before on an even size.
-            after = (self.kernel - 1) // 2
-            h, w = x.shape[-2], x.shape[-1]
-            if torch.jit.is_tracing():  # ONNX export: H and W are fixed in the graph, so are the pads
-                h, w = int(h), int(w)
-            x = F.pad(x, (after - 1 + w % 2, after, after - 1 + h % 2, after))
+            x = same_pad_stride2(x, self.kernel)
         return self.act(self.bn(self.conv(x)))
 
 
