@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("bpm.commands.extract", "features of every image in a folder -> HDF5 or .mat"),
     "visualize": ("bpm.commands.visualize", "rank-list pictures (JPEG per query) and an index.html"),
     "plot": ("bpm.commands.plot", "plot a run's training curves (PNG) from EXP_DIR/train_log.jsonl"),
+    "crops": ("bpm.commands.crops", "unlabelled person crops from video (a detector on every n-th frame) for --distill_extra"),
     "stream": ("bpm.commands.stream", "real-time re-ID on camera streams: detect, track, identify across cameras"),
 }
 
