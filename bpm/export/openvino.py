@@ -50,8 +50,9 @@ def convert_onnx(source: Path, spec: OnnxSpec):
 
 
 def write_ir(source: Path, path: Path, spec: OnnxSpec, inference_precision: str | None = None) -> Path:
-    """The FP32 IR of an FP32 ONNX graph. The precision it runs at is chosen when it is compiled: the
-    CPU's default, or ``inference_precision`` (``fp32``) pinned in its rt_info."""
+    """The IR of an ONNX graph: FP32, or a QDQ INT8 graph, whose pairs become FakeQuantize. The precision
+    its float parts run at is chosen when it is compiled: the CPU's default, or ``inference_precision``
+    (``fp32``) pinned in its rt_info."""
     model = convert_onnx(source, spec)
     if inference_precision:
         set_metadata(model, {PRECISION_KEY: inference_precision})

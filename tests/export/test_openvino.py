@@ -295,3 +295,46 @@ def test_an_ir_that_fails_at_bf16_is_pinned_to_fp32_and_checked_again(tmp_path, 
     assert row["status"] == "verified" and row["precision"] == "fp32" == report["openvino"]["inference_precision"]
     assert OpenVinoModel(result["files"]["openvino"]).metadata[PRECISION_KEY] == "fp32"
     assert any("bf16 failed the check" in line and "pinning the IR to fp32" in line for line in logged)
+
+
+@pytest.mark.parametrize("qdq_route_fails", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_int8_ir_reads_the_fine_tuned_graph_and_falls_back_to_nncf(tmp_path, original_ckpt, world, qdq_route_fails):
+    """Where ``onnx_int8`` fine-tuned (here: its post-training file failed the check, as on a real
+    MobileNet-V2), ``openvino_int8`` is read from that QDQ graph, every convolution INT8; should that IR
+    fail its own check, NNCF's ladder is the next route."""
+    from bpm.export import int8, pipeline
+    from bpm.export.openvino import _fp32_layers
+
+    checked = []
+    check_cosine = pipeline.check_cosine
+
+    def first_check_of_each_fails(name, *args):
+        check = check_cosine(name, *args)
+        checked.append(name)
+        if checked.count(name) == 1 and (name == "onnx_int8" or qdq_route_fails):
+            check.failures.append(f"a failure of the first {name} file")
+        return check
+
+    logged = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(verify.COSINE_THRESHOLDS, "int8", -1.0)  # mechanics: an untrained net's INT8 accuracy is not the code's
+        patch.setattr(int8, "HELD_OUT_COSINE", 1e-6)
+        patch.setattr(int8, "passes_held_out", lambda notes, cosine: True)
+        patch.setattr(int8, "AUTO_QAT_EPOCHS", 1)
+        patch.setattr(pipeline, "check_cosine", first_check_of_each_fails)
+        result = run_export(ExportOptions(
+            weights=str(original_ckpt), out_dir=str(tmp_path), model=ModelSettings(resize_h_w=SIZE),
+            formats=("onnx_int8", "openvino_int8"), calib_images=str(world / "bounding_box_train"), calib_count=8,
+            verify_count=8, threads=2), log=logged.append)
+    report = json.loads((tmp_path / "export_report.json").read_text())
+    assert report["int8"]["int8_path"] == "fine-tuned"
+    assert all(row["status"] == "verified" for row in report["formats"])
+    method = report["openvino"]["int8"]["method"]
+    ir = openvino.Core().read_model(str(result["files"]["openvino_int8"]))
+    if qdq_route_fails:
+        assert checked == ["onnx_int8", "onnx_int8", "openvino_int8", "openvino_int8"]
+        assert method.startswith("NNCF") and any("quantising with NNCF instead" in line for line in logged)
+    else:
+        assert checked == ["onnx_int8", "onnx_int8", "openvino_int8"]
+        assert method == "the fine-tuned QDQ graph of onnx_int8" and _fp32_layers(ir) == []
+        assert any(op.get_type_name() == "FakeQuantize" for op in ir.get_ops())

@@ -43,6 +43,9 @@ class ExportContext:
     log: Callable[[str], None]
     #: Extra sections of export_report.json, by writers (``int8``, ``openvino``, ...).
     notes: dict = field(default_factory=dict)
+    #: The fine-tuned INT8 QDQ graph ``onnx_int8`` wrote (a copy under ``tmp``), once it has: every
+    #: layer in 8 bits on the grid fine-tuning learned, which ``openvino_int8`` reads before trying NNCF.
+    fine_tuned_int8: Path | None = None
     _fp32_onnx: Path | None = None
 
     def fp32_onnx(self) -> Path:

@@ -35,6 +35,13 @@ def write_onnx16(ctx: ExportContext, path: Path) -> None:
     convert_to_fp16(ctx.fp32_onnx(), path, ctx.spec)
 
 
+def _keep_fine_tuned(ctx: ExportContext, path: Path) -> None:
+    """Where the INT8 file written at ``path`` is the fine-tuned QDQ graph, keep a copy for the other
+    INT8 formats of this export (``ctx.fine_tuned_int8``)."""
+    if ctx.notes["int8"].get("int8_path") == "fine-tuned":
+        ctx.fine_tuned_int8 = Path(shutil.copyfile(path, ctx.tmp / "onnx_int8_fine_tuned.onnx"))
+
+
 def retry_onnx_int8(ctx: ExportContext, path: Path, check: FormatCheck) -> bool:
     """Post-training INT8 failed the check: the fine-tuned file next, where the default export may tune."""
     notes = fine_tune_after_failed_check(ctx.model, ctx.reference, ctx.fp32_onnx(), ctx.spec, ctx.images, ctx.opts,
@@ -42,6 +49,7 @@ def retry_onnx_int8(ctx: ExportContext, path: Path, check: FormatCheck) -> bool:
     if notes is None:
         return False
     ctx.notes["int8"] = notes
+    _keep_fine_tuned(ctx, path)
     return True
 
 
@@ -50,3 +58,4 @@ def retry_onnx_int8(ctx: ExportContext, path: Path, check: FormatCheck) -> bool:
 def write_onnx_int8(ctx: ExportContext, path: Path) -> None:
     ctx.notes["int8"] = write_int8(ctx.model, ctx.reference, ctx.fp32_onnx(), ctx.spec, ctx.images, ctx.opts,
                                    ctx.tmp, path, ctx.log)
+    _keep_fine_tuned(ctx, path)
