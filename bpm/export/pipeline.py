@@ -213,6 +213,7 @@ def _run_export(opts: ExportOptions, log: Callable[[str], None]) -> dict:
             teaches the 8-bit network to give the original's embedding; its FP32 weights drift from it)."""
             opened = fmt.opens(ctx, path)
             check = check_cosine(name, path, opened.precision, opened.features(images.verification), reference)
+            check.bytes = sum(p.stat().st_size for p in fmt.files(path) if p.is_file())  # an IR's .bin too
             if fmt.retrieval and images.test_set is not None:
                 feats = opened.features(eval_paths)
                 add_retrieval(check, retrieval_scores(feats[:nq], feats[nq:], images.test_set, normalize),

@@ -98,14 +98,17 @@ def format_table(checks: list[FormatCheck], reference: tuple[float, float] | Non
     def pct(value: float | None) -> str:
         return "    -" if value is None else f"{100 * value:6.2f}"
 
-    lines = [f"{'format':<12}{'file':<34}{'MB':>8}{'cos mean':>10}{'cos min':>10}{'min req':>9}"
+    # Columns as wide as their longest entry (openvino_int8, efficientnet_lite2_256x128_fp16.onnx) plus two spaces.
+    fw = max([len("torch fp32"), *(len(c.format) for c in checks)]) + 2
+    nw = max([len("(reference)"), *(len(c.file) for c in checks)]) + 2
+    lines = [f"{'format':<{fw}}{'file':<{nw}}{'MB':>6}{'cos mean':>10}{'cos min':>10}{'min req':>9}"
              f"{'mAP%':>8}{'R1%':>8}  status"]
     if reference is not None:
-        lines.append(f"{'torch fp32':<12}{'(reference)':<34}{'':>8}{1:>10.5f}{1:>10.5f}{'':>9}"
+        lines.append(f"{'torch fp32':<{fw}}{'(reference)':<{nw}}{'':>6}{1:>10.5f}{1:>10.5f}{'':>9}"
                      f"{pct(reference[0]):>8}{pct(reference[1]):>8}  reference")
     for c in checks:
         status = "ok" if c.passed else "FAIL: " + "; ".join(c.failures)
-        lines.append(f"{c.format:<12}{c.file:<34}{c.bytes / 1e6:>8.2f}{c.cosine_mean:>10.5f}{c.cosine_min:>10.5f}"
+        lines.append(f"{c.format:<{fw}}{c.file:<{nw}}{c.bytes / 1e6:>6.2f}{c.cosine_mean:>10.5f}{c.cosine_min:>10.5f}"
                      f"{c.threshold:>9}{pct(c.mAP):>8}{pct(c.rank1):>8}  {status}")
     return "\n".join(lines)
 

@@ -66,3 +66,27 @@ def test_every_registered_format_declares_a_distinct_file_name():
     patterns = [EXPORT_FORMATS.get(n).file_name for n in EXPORT_FORMATS.names()]
     assert len(set(patterns)) == len(patterns)
     assert all(EXPORT_FORMATS.get(n).help for n in EXPORT_FORMATS.names())
+
+
+def test_a_format_with_a_companion_file_counts_both_and_the_table_keeps_its_columns(tmp_path, original_ckpt, world,
+                                                                                   toy_format):
+    """As an OpenVINO IR's .xml and .bin: the size reported is the pair's, and a long format name
+    (``openvino_int8``) does not run into the file name in the log's table."""
+    @export_format("toy_npz_with_side_file", "{stem}_toy_side.npz", opens=_open_npz, default=False, retrieval=False,
+                   companions=(".side",), help="the toy format and a side file")
+    def write_pair(ctx: ExportContext, path: Path) -> None:
+        EXPORT_FORMATS.get(toy_format).write(ctx, path)
+        path.with_suffix(".side").write_bytes(b"x" * 100_000)
+
+    try:
+        logged = []
+        run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path), formats=("toy_npz_with_side_file",),
+                                 calib_images=str(world / "bounding_box_train"), verify_count=4), log=logged.append)
+    finally:
+        EXPORT_FORMATS.remove("toy_npz_with_side_file")
+    report = json.loads((tmp_path / "export_report.json").read_text())
+    (row,) = report["formats"]
+    files = [tmp_path / row["file"], (tmp_path / row["file"]).with_suffix(".side")]
+    assert row["status"] == "verified" and row["bytes"] == sum(f.stat().st_size for f in files)
+    line = next(line for line in report["table"] if line.startswith("toy_npz_with_side_file"))
+    assert line.split()[:3] == ["toy_npz_with_side_file", row["file"], f"{row['bytes'] / 1e6:.2f}"]
