@@ -331,6 +331,8 @@ def test_int8_ir_reads_the_fine_tuned_graph_and_falls_back_to_nncf(tmp_path, ori
     assert all(row["status"] == "verified" for row in report["formats"])
     method = report["openvino"]["int8"]["method"]
     ir = openvino.Core().read_model(str(result["files"]["openvino_int8"]))
+    runs_at = OpenVinoModel(result["files"]["openvino_int8"]).inference_precision
+    assert report["openvino"] == {"int8": {**report["openvino"]["int8"], "inference_precision": runs_at}}
     if qdq_route_fails:
         assert checked == ["onnx_int8", "onnx_int8", "openvino_int8", "openvino_int8"]
         assert method.startswith("NNCF") and any("quantising with NNCF instead" in line for line in logged)

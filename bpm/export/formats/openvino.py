@@ -21,12 +21,21 @@ from bpm.models.onnx_graph import OnnxSpec
 from bpm.models.openvino_graph import OpenVinoModel
 
 
-def open_ir(ctx: ExportContext, path: Path) -> Opened:
-    """Compiled for this machine's CPU; the report records the precision it runs at."""
+def _open(ctx: ExportContext, path: Path, notes: dict) -> Opened:
     runner = OpenVinoModel(path, ctx.opts.threads)
-    ctx.notes.setdefault("openvino", {})["inference_precision"] = runner.inference_precision
+    notes["inference_precision"] = runner.inference_precision
     ctx.log(f"  OpenVINO compiled {path.name.replace('.unverified', '')} to compute in {runner.inference_precision}")
     return Opened(runner.precision, lambda paths: onnx_features(runner, paths, ctx.opts.batch_size))
+
+
+def open_ir(ctx: ExportContext, path: Path) -> Opened:
+    """Compiled for this machine's CPU; the report records the precision it runs at (``openvino``)."""
+    return _open(ctx, path, ctx.notes.setdefault("openvino", {}))
+
+
+def open_int8_ir(ctx: ExportContext, path: Path) -> Opened:
+    """As :func:`open_ir`; the precision its float parts run at goes to ``openvino.int8``."""
+    return _open(ctx, path, ctx.notes.setdefault("openvino", {}).setdefault("int8", {}))
 
 
 def pin_fp32(ctx: ExportContext, path: Path, check: FormatCheck) -> bool:
@@ -66,7 +75,7 @@ def quantize_with_nncf(ctx: ExportContext, path: Path, check: FormatCheck | None
     return True
 
 
-@export_format("openvino_int8", "{stem}_int8.xml", opens=open_ir, companions=(".bin",), stamp=stamp_ir,
+@export_format("openvino_int8", "{stem}_int8.xml", opens=open_int8_ir, companions=(".bin",), stamp=stamp_ir,
                default=False, needs_calibration=True, retry=quantize_with_nncf,
                help="OpenVINO IR, INT8: the fine-tuned QDQ graph where onnx_int8 (asked before it) fine-tuned, "
                     "else, or should that fail its check, NNCF post-training quantisation on the calibration "
