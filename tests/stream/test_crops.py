@@ -10,7 +10,7 @@ from bpm.errors import BpmError
 from bpm.stream.crops import CropRules, harvest_crops, kept_boxes
 from bpm.stream.detectors import load_detector
 from bpm.stream.sources import open_source
-from tests.stream.stream_helpers import cell_index, cells, constant_detector, raw_row
+from stream_helpers import cell_index, cells, constant_detector, raw_row
 
 
 def test_kept_boxes_follow_each_rule():
