@@ -66,3 +66,21 @@ def test_every_subcommand_refuses_prefixes_and_shows_defaults():
         assert parser.allow_abbrev is False
     text = _train_parser().format_help()
     assert "(default: 300)" in text and "(default: from --recipe)" in text and "(default: None)" not in text
+
+
+def test_output_redirected_to_a_file_is_written_line_by_line(tmp_path):
+    """A long export or training run redirected to a log shows each line as it is printed, not at the end."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    log = tmp_path / "out.log"
+    script = ("import sys\nfrom bpm.cli import main\n"
+              "try:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
+              "print('progress')\nsys.stderr.write(open(sys.argv[1]).read())\n")
+    with open(log, "w") as out:
+        done = subprocess.run([sys.executable, "-c", script, str(log)], stdout=out, stderr=subprocess.PIPE, text=True,
+                              env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [f"bpm {__version__}", "progress"]  # in the file before the process ended

@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if hasattr(sys.stdout, "reconfigure"):
+        # Redirected to a file, stdout is block-buffered: a 30-minute export or training run would show
+        # nothing in its log until the end, or a crash, in a half-written buffer.
+        sys.stdout.reconfigure(line_buffering=True)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "--version") or argv[0] not in SUBCOMMANDS:
         build_parser().parse_args(argv)  # prints help, the version or the "invalid choice" error and exits
