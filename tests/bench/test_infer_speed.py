@@ -36,6 +36,7 @@ def test_every_runtime_size_and_batch_is_timed_against_ort_fp32_of_the_same_run(
     if bench.HAVE_OPENVINO:
         assert "ov_int8" in backends and any(b.startswith("ov_") and b.endswith("(default)") for b in backends)
         assert ({"ov_int8_w7", "ov_int8_w7_dw_fp32"} <= backends) == saturates  # every ladder step where it saturates
+        assert {"ov_int8_2streams", "ort_fp32_2sessions"} <= backends  # --streams 2, the default
     else:
         assert "OpenVINO rows left out" in printed
     assert all(r["vs_ort_fp32"] == 1.0 for r in rows if r["backend"] == "ort_fp32")
@@ -44,7 +45,8 @@ def test_every_runtime_size_and_batch_is_timed_against_ort_fp32_of_the_same_run(
     assert references["ort_fp32:other"]["vs_ort_fp32"] == 1.0 and references["ort_fp32:other"]["size"] == "24x12"
     assert references["ort_int8:other_int8"]["vs_ort_fp32"] > 0
     if bench.HAVE_OPENVINO:  # OpenVINO's rows of an ONNX file name its suffix: an IR of the same stem stays apart
-        assert "ov_int8:other_int8.onnx" in references
+        assert "ov_int8:other_int8.onnx" in references and "ov_int8_2streams:other_int8.onnx" in references
+    assert references["ort_fp32_2sessions:other"]["vs_ort_fp32"] > 0
     assert "load average" in printed
 
 
@@ -64,3 +66,15 @@ def test_best_format_counts_only_rows_that_compute_exactly_on_this_cpu(saturates
     line = capsys.readouterr().out.strip()
     target = "1.8x" if saturates else "3.0x"
     assert line.endswith(f": {best} ({verdict})") and f">= {target} ORT FP32" in line
+
+
+@pytest.mark.openvino  # loading the bench loads OpenVINO when installed
+def test_a_best_split_row_is_also_compared_with_ort_fp32_split_the_same_way(capsys):
+    bench = load_bench("infer_speed")
+    rows = [{"net": "m", "size": "256x128", "batch": 32, "backend": name, "vs_ort_fp32": ratio, "images_per_s": ips}
+            for name, ratio, ips in [("ort_fp32", 1.0, 100.0), ("ort_fp32_2sessions", 1.2, 120.0),
+                                     ("ort_int8", 1.5, 150.0), ("ov_int8", 2.5, 250.0), ("ov_int8_2streams", 3.3, 330.0)]]
+    bench.print_best_format(rows, saturates=False)
+    assert capsys.readouterr().out.strip().endswith(": ov_int8_2streams 3.30x (met); 2.75x ort_fp32_2sessions")
+    bench.print_best_format(rows, saturates=True)  # the 8-bit IR saturates there, split or not
+    assert capsys.readouterr().out.strip().endswith(": ort_int8 1.50x (missed)")
