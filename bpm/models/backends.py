@@ -26,12 +26,14 @@ class ExtractionBackend:
         runner: for a graph runtime, ``(path, threads) -> runner`` (called like the model on FP32
             arrays, with ``spec``, ``precision``, ``metadata``, ``feature_dim``, ``kind``); ``None``
             for PyTorch. A graph has its precision built in (``--opt-level`` O0 only) and runs on the CPU.
+        streams: the runner also takes ``streams=N`` (a batch split into N parts run at once; ``--streams``).
     """
 
     name: str
     suffixes: tuple[str, ...]
     needs: str
-    runner: Callable[[Path, int], object] | None = None
+    runner: Callable[..., object] | None = None
+    streams: bool = False
 
 
 EXTRACTION_BACKENDS: Registry[ExtractionBackend] = Registry(

@@ -133,5 +133,6 @@ class OpenVinoModel:
 
 
 EXTRACTION_BACKENDS.add("openvino", ExtractionBackend(
-    "openvino", (IR_SUFFIX,), f"an OpenVINO IR .xml (bpm export --formats openvino; {INSTALL_HINT})", OpenVinoModel),
+    "openvino", (IR_SUFFIX,), f"an OpenVINO IR .xml (bpm export --formats openvino; {INSTALL_HINT})", OpenVinoModel,
+    streams=True),
     module=__name__)

@@ -133,6 +133,26 @@ def test_feature_extractor_and_extract_run_the_openvino_backend(exported, image_
         bpm.FeatureExtractor(result["files"]["onnx"], backend="openvino")
 
 
+def test_extraction_with_streams_gives_the_features_of_one_stream(exported, image_paths, tmp_path):
+    _out, result = exported
+    xml = result["files"]["openvino"]
+    whole = bpm.FeatureExtractor(xml, batch_size=4, threads=2)(image_paths[:5])
+    split = bpm.FeatureExtractor(xml, batch_size=4, threads=2, streams=2)
+    assert split.runner.streams == 2
+    # the IR runs at the CPU's default precision (bf16 on some): parts may round differently, not more
+    assert cosine_rows(split(image_paths[:5]), whole).min() > 0.9999
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in image_paths[:3]:
+        (folder / path.rsplit("/", 1)[-1]).write_bytes(open(path, "rb").read())
+    assert main(["extract", "--weights", str(xml), "--images", str(folder), "--out", str(tmp_path / "f.h5"),
+                 "--streams", "2", "--threads", "2"]) in (0, None)
+    with pytest.raises(BpmError, match="--streams applies to the openvino backend; the onnx backend"):
+        bpm.FeatureExtractor(result["files"]["onnx"], streams=2)
+    with pytest.raises(BpmError, match="--streams: expected at least 1, got 0"):
+        bpm.FeatureExtractor(xml, streams=0)
+
+
 def test_a_refused_ir_keeps_both_files_aside_and_says_so(tmp_path, original_ckpt, world, monkeypatch):
     for precision in ("fp32", "bf16", "fp16"):
         monkeypatch.setitem(verify.COSINE_THRESHOLDS, precision, 1.5)
