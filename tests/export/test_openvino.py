@@ -329,6 +329,51 @@ def test_an_ir_that_fails_at_bf16_is_pinned_to_fp32_and_checked_again(tmp_path, 
     assert any("bf16 failed the check" in line and "pinning the IR to fp32" in line for line in logged)
 
 
+@pytest.mark.parametrize("may_tune", [pytest.param(True, marks=pytest.mark.slow), False])
+def test_an_nncf_ir_that_fails_its_check_is_fine_tuned_next(tmp_path, original_ckpt, world, may_tune):
+    """With no fine-tuned graph in the export (``onnx_int8`` passed post-training or was not asked for),
+    an NNCF IR that fails its check is followed by the default export's fine-tuning and the IR read from
+    that graph: a user asking for ``openvino_int8`` gets a verified file without knowing the switches.
+    ``--qat_epochs 0`` rules that route out, and the export fails with the NNCF file kept aside."""
+    from bpm.export import int8, pipeline
+    from bpm.export.openvino import _fp32_layers
+
+    checked = []
+    check_cosine = pipeline.check_cosine
+
+    def nncf_file_fails(name, *args):
+        check = check_cosine(name, *args)
+        checked.append(name)
+        if len(checked) == 1:
+            check.failures.append("a failure of the NNCF file")
+        return check
+
+    logged = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(verify.COSINE_THRESHOLDS, "int8", -1.0)
+        patch.setattr(int8, "AUTO_QAT_EPOCHS", 1)
+        patch.setattr(pipeline, "check_cosine", nncf_file_fails)
+        options = ExportOptions(
+            weights=str(original_ckpt), out_dir=str(tmp_path), model=ModelSettings(resize_h_w=SIZE),
+            formats=("openvino_int8",), calib_images=str(world / "bounding_box_train"), calib_count=8,
+            verify_count=8, threads=2, qat_epochs=None if may_tune else 0)
+        if not may_tune:
+            with pytest.raises(BpmError, match="export check failed for openvino_int8: a failure of the NNCF file"):
+                run_export(options, log=logged.append)
+            assert checked == ["openvino_int8"] and list(tmp_path.glob("*_int8.refused.xml"))
+            return
+        result = run_export(options, log=logged.append)
+    assert checked == ["openvino_int8", "openvino_int8"]
+    report = json.loads((tmp_path / "export_report.json").read_text())
+    notes = report["openvino"]["int8"]
+    assert notes["method"] == "a QDQ graph fine-tuned for this IR after NNCF's ladder failed its check"
+    assert notes["nncf_check_failures"] == ["a failure of the NNCF file"] and "fine_tuning" in notes
+    assert all(row["status"] == "verified" for row in report["formats"])
+    ir = openvino.Core().read_model(str(result["files"]["openvino_int8"]))
+    assert _fp32_layers(ir) == [] and any(op.get_type_name() == "FakeQuantize" for op in ir.get_ops())
+    assert any("fine-tuning 1 epochs" in line for line in logged)
+
+
 @pytest.mark.parametrize("qdq_route_fails", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_int8_ir_reads_the_fine_tuned_graph_and_falls_back_to_nncf(tmp_path, original_ckpt, world, qdq_route_fails):
     """Where ``onnx_int8`` fine-tuned (here: its post-training file failed the check, as on a real

@@ -1,7 +1,8 @@
 """OpenVINO IRs: ``openvino`` (FP32 weights, run at the CPU's default precision: bf16 where the CPU has
 bf16 instructions (AMX, AVX-512 BF16), else FP32; pinned to FP32 when bf16 fails the check) and
 ``openvino_int8`` (the fine-tuned QDQ graph of ``onnx_int8`` where the export fine-tuned, else NNCF
-post-training quantisation on the calibration images).
+post-training quantisation on the calibration images, and where that fails its check, a graph
+fine-tuned for the IR).
 
 Checked by compiling them for this CPU and running them as :class:`bpm.FeatureExtractor`'s openvino
 backend does; the precision the compiled model computes in is what the check and the report name.
@@ -12,13 +13,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from bpm.export.formats import ExportContext, Opened, export_format
-from bpm.export.int8 import HELD_OUT_COSINE
+from bpm.export.int8 import HELD_OUT_COSINE, fine_tune_after_failed_check
 from bpm.export.openvino import describe_step, quantize_ir, stamp_ir, write_ir
 from bpm.export.quantize import MAX_DISTANCE_ERROR
 from bpm.export.runtime import onnx_features
 from bpm.export.verify import FormatCheck
 from bpm.models.onnx_graph import OnnxSpec
 from bpm.models.openvino_graph import OpenVinoModel
+
+# openvino_int8's routes that read the IR from a fine-tuned QDQ graph, as its report names them
+FROM_ONNX_INT8 = "the fine-tuned QDQ graph of onnx_int8"
+TUNED_FOR_IR = "a QDQ graph fine-tuned for this IR after NNCF's ladder failed its check"
 
 
 def _open(ctx: ExportContext, path: Path, notes: dict) -> Opened:
@@ -55,11 +60,9 @@ def write_openvino(ctx: ExportContext, path: Path) -> None:
     write_ir(ctx.fp32_onnx(), path, ctx.spec)
 
 
-def quantize_with_nncf(ctx: ExportContext, path: Path, check: FormatCheck | None = None) -> bool:
+def quantize_with_nncf(ctx: ExportContext, path: Path, check: FormatCheck | None = None) -> None:
     """NNCF's post-training ladder: the route of an export that has no fine-tuned INT8 graph, and the
     next one when the IR read from that graph fails its check."""
-    if ctx.notes.get("openvino", {}).get("int8", {}).get("method", "").startswith("NNCF"):
-        return False
     if check is not None:
         ctx.log(f"  openvino_int8: the fine-tuned graph failed the check ({check.failures[0]}); "
                 "quantising with NNCF instead")
@@ -72,23 +75,48 @@ def quantize_with_nncf(ctx: ExportContext, path: Path, check: FormatCheck | None
         ctx.log("  OpenVINO INT8, held-out cosine on this CPU: " + ", ".join(
             f"{describe_step(t)} {t['held_out_cosine']:.5f}" for t in notes["tries"])
             + f"; kept {describe_step(notes)}")
-    return True
 
 
-@export_format("openvino_int8", "{stem}_int8.xml", opens=open_int8_ir, companions=(".bin",), stamp=stamp_ir,
-               default=False, needs_calibration=True, retry=quantize_with_nncf,
-               help="OpenVINO IR, INT8: the fine-tuned QDQ graph where onnx_int8 (asked before it) fine-tuned, "
-                    "else, or should that fail its check, NNCF post-training quantisation on the calibration "
-                    "images (then 7-bit weights, FP32 depthwise layers, NNCF's accuracy control, while "
-                    "held-out images disagree)")
-def write_openvino_int8(ctx: ExportContext, path: Path) -> None:
-    if ctx.fine_tuned_int8 is None:
-        quantize_with_nncf(ctx, path)
-        return
+def _read_fine_tuned(ctx: ExportContext, path: Path, method: str) -> None:
     # Every layer in 8 bits with the scales fine-tuning learned: faster than NNCF's files that keep
     # layers in FP32. OpenVINO's kernels round differently from ORT's (on a real MobileNet-V2 the two
     # agreed at cosine 0.989, each 0.991 to FP32), so the IR is checked on its own like every file.
     write_ir(ctx.fine_tuned_int8, path, OnnxSpec(**{**ctx.spec.__dict__, "precision": "int8"}))
-    ctx.notes.setdefault("openvino", {})["int8"] = {"method": "the fine-tuned QDQ graph of onnx_int8",
-                                                    "fp32_layers": []}
+    ctx.notes.setdefault("openvino", {})["int8"] = {"method": method, "fp32_layers": []}
     ctx.log("  openvino_int8: read from the fine-tuned INT8 graph (every layer INT8, its learned scales)")
+
+
+def retry_openvino_int8(ctx: ExportContext, path: Path, check: FormatCheck) -> bool:
+    """The next route after a failed check, cheapest first: the IR read from onnx_int8's fine-tuned
+    graph -> NNCF's ladder -> fine-tuning now (the default export's own fine-tuning, where it may tune
+    and nothing was tuned yet) and the IR read from that graph."""
+    notes = ctx.notes.get("openvino", {}).get("int8", {})
+    if notes.get("method") == FROM_ONNX_INT8:
+        quantize_with_nncf(ctx, path, check)
+        return True
+    if not notes.get("method", "").startswith("NNCF") or ctx.fine_tuned_int8 is not None:
+        return False  # the last route has run
+    first = {"held_out_cosine": notes.get("held_out_cosine", float("nan"))}
+    tuned = ctx.tmp / "openvino_int8_fine_tuned.onnx"
+    tuning = fine_tune_after_failed_check(ctx.model, ctx.reference, ctx.fp32_onnx(), ctx.spec, ctx.images, ctx.opts,
+                                          ctx.tmp, tuned, ctx.log, first, check.failures)
+    if tuning is None:
+        return False
+    ctx.fine_tuned_int8 = tuned
+    _read_fine_tuned(ctx, path, TUNED_FOR_IR)
+    ctx.notes["openvino"]["int8"].update(fine_tuning=tuning["fine_tuning"], nncf_check_failures=list(check.failures))
+    return True
+
+
+@export_format("openvino_int8", "{stem}_int8.xml", opens=open_int8_ir, companions=(".bin",), stamp=stamp_ir,
+               default=False, needs_calibration=True, retry=retry_openvino_int8,
+               help="OpenVINO IR, INT8: the fine-tuned QDQ graph where onnx_int8 (asked before it) fine-tuned, "
+                    "else, or should that fail its check, NNCF post-training quantisation on the calibration "
+                    "images (then 7-bit weights, FP32 depthwise layers, NNCF's accuracy control, while "
+                    "held-out images disagree); should NNCF's file fail the check, fine-tuning as onnx_int8's "
+                    "default route does, and the IR read from that graph")
+def write_openvino_int8(ctx: ExportContext, path: Path) -> None:
+    if ctx.fine_tuned_int8 is None:
+        quantize_with_nncf(ctx, path)
+    else:
+        _read_fine_tuned(ctx, path, FROM_ONNX_INT8)
