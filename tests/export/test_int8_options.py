@@ -230,3 +230,33 @@ def test_post_training_int8_that_fails_the_export_check_is_followed_by_fine_tuni
     assert row["status"] == "verified" and (out / row["file"]).is_file()
     graph = onnx.load(str(out / row["file"])).graph  # the tuned file: QDQ pairs with its learned scales
     assert any(node.op_type == "DequantizeLinear" for node in graph.node)
+
+
+@pytest.mark.parametrize("ratio, hinted", [(0.9, True), (1.6, False)])
+def test_a_file_with_fp32_layers_is_timed_against_fp32_and_a_slow_one_says_how_to_fix_it(
+        tmp_path, original_ckpt, world, ratio, hinted):
+    """Layers kept in FP32 can make an INT8 file slower than FP32 (0.95x on a real MobileNet-V2): the export
+    times the two and, where INT8 is the slower, points to fine-tuning, which keeps every layer INT8."""
+    from bpm.export.formats import onnx as onnx_formats
+
+    timed, logged = [], []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(COSINE_THRESHOLDS, "int8", -1.0)
+        patch.setattr(int8, "HELD_OUT_COSINE", 1.5)  # post-training keeps FP32 layers up to --max_fp32_layers
+        patch.setattr(onnx_formats, "speed_ratio", lambda *args: timed.append(args) or ratio)
+        run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path), model=ModelSettings(resize_h_w=SIZE),
+                                 formats=("onnx_int8",), calib_images=str(world / "bounding_box_train"),
+                                 calib_count=8, verify_count=4, threads=1, max_fp32_layers=1, qat_epochs=0),
+                   log=logged.append)
+    notes = json.loads((tmp_path / "export_report.json").read_text())["int8"]
+    assert len(notes["fp32_layers"]) == 1 and len(timed) == 1 and notes["images_per_s_vs_fp32"] == ratio
+    line = next(line for line in logged if "this file serves" in line)
+    assert f"{ratio:.2f}x the FP32 file's images/s" in line and ("--qat_epochs 4" in line) == hinted
+
+
+def test_an_all_int8_file_is_not_timed(int8_report, monkeypatch):
+    from bpm.export.formats import onnx as onnx_formats
+
+    monkeypatch.setattr(onnx_formats, "speed_ratio", lambda *args: pytest.fail("timed an all-INT8 file"))
+    report, _ = int8_report(max_fp32_layers=0)
+    assert not report["int8"].get("fp32_layers") and "images_per_s_vs_fp32" not in report["int8"]
