@@ -26,7 +26,7 @@ seeds against 42.3 +- 0.8 % at the former rate (docs/results/accuracy.md).
 0.1, cosine to the teacher's normalised embedding, through a projection when the sizes differ, on
 the pooled trunk feature. Relational distillation (``--relational_weight``) is off: on real data
 (CUHK03-val, MobileNet-V2, 128x64, 30 epochs, the OSNet-x0.25 teacher, which itself scores 23.9 %
-there) embedding distillation alone scored 46.4 and 49.0 % mAP on seeds 1 and 2, while adding the
+there) embedding distillation alone scored 48.1 +- 1.5 % mAP over three seeds (46.4, 49.0, 48.8), while adding the
 relational term at weight 1, the former preset, cost 3.0 points on seed 1 (docs/guide/distillation.md).
 What the teacher adds on other camera networks is not measured here.
 
