@@ -23,7 +23,9 @@ on the real weights: time a real file with ``--reference``). ``--streams N`` (de
 ``*_Nstreams`` rows: each OpenVINO INT8 file with the batch split into N parts run at once, one
 thread each (OpenVINO's throughput mode, ``OpenVinoModel(streams=N)``), and, so that the FP32
 baseline gets the same trick, ``ort_fp32_Nsessions``: N one-thread ORT sessions on the N parts
-at once. Ratios are against ORT FP32 of the same
+at once. OpenVINO rows run a copy compiled for the batch's fixed shape (``OpenVinoModel``'s default);
+``--dynamic`` adds ``*_dynamic`` rows, each OpenVINO INT8 file compiled for any batch size, as OpenVINO
+reads the IR: what the fixed shape gains. Ratios are against ORT FP32 of the same
 network, size and batch in the same run. Backends are timed round-robin, so neither may keep the cores busy
 after its turn: ORT sessions do not spin (``bpm.export.runtime.session_options``) and torch's
 OpenMP threads wait passively (OMP_WAIT_POLICY, set here before torch loads). With spinning,
@@ -69,7 +71,7 @@ try:  # optional: pip install 'bpm[openvino]'
     import openvino  # noqa: F401,E402
 
     from bpm.export.openvino import OVERFLOW_LADDER, quantize_ir, write_ir  # noqa: E402
-    from bpm.models.openvino_graph import OpenVinoModel  # noqa: E402
+    from bpm.models.openvino_graph import FIXED_BATCHES, OpenVinoModel  # noqa: E402
     HAVE_OPENVINO = True
 except ImportError:
     HAVE_OPENVINO = False
@@ -96,17 +98,18 @@ class SplitSessions:
         return np.concatenate(list(self.pool.map(lambda job: job[0](job[1]), zip(self.runners, parts))))
 
 
-def split_rows(files: dict[str, Path], streams: int) -> dict[str, Path]:
-    """``files`` plus, for ``streams`` > 1, a split row of each OpenVINO INT8 file and of the ORT FP32 base."""
-    if streams < 2:
-        return files
+def split_rows(files: dict[str, Path], streams: int, dynamic: bool = False) -> dict[str, Path]:
+    """``files`` plus, for ``streams`` > 1, a split row of each OpenVINO INT8 file and of the ORT FP32 base,
+    and with ``dynamic`` a dynamic-batch row of each OpenVINO INT8 file."""
     extra = {}
     for name, path in files.items():
         kind, colon, stem = name.partition(":")
-        if kind.startswith("ov_int8"):
+        if kind.startswith("ov_int8") and streams > 1:
             extra[f"{kind}_{streams}streams{colon}{stem}"] = path
-        elif kind == "ort_fp32":
+        elif kind == "ort_fp32" and streams > 1:
             extra[f"{kind}_{streams}sessions{colon}{stem}"] = path
+        if kind.startswith("ov_int8") and dynamic:
+            extra[f"{kind}_dynamic{colon}{stem}"] = path
     return {**files, **extra}
 
 
@@ -167,7 +170,7 @@ def model_files(model: torch.nn.Module, net: str, size: tuple[int, int], args, p
             name = OV_INT8_ROWS[step["weight_bits"], step["depthwise_fp32"]]
             files[name] = Path(f"{stem}_{name}.xml")
             quantize_ir(fp32, files[name], spec, calibration, **step)
-    return split_rows(files, args.streams)
+    return split_rows(files, args.streams, args.dynamic)
 
 
 def graph_runner(name: str, path: Path, threads: int) -> tuple[str, Callable[[object], object]]:
@@ -177,7 +180,8 @@ def graph_runner(name: str, path: Path, threads: int) -> tuple[str, Callable[[ob
     if split and split[2] == "sessions":
         return name, SplitSessions(path, int(split[1]), threads)
     if name.startswith("ov_"):
-        runner = OpenVinoModel(path, threads=threads, streams=int(split[1]) if split else 1)
+        runner = OpenVinoModel(path, threads=threads, streams=int(split[1]) if split else 1,
+                               fixed_batches=0 if "_dynamic" in name.partition(":")[0] else FIXED_BATCHES)
         return name.replace("ov_default", f"ov_{runner.inference_precision}(default)"), runner
     return name, OnnxModel(path, threads=threads, precise_int8=False if name.endswith("_saturating") else None)
 
@@ -296,7 +300,7 @@ def bench_references(texts: list[str], args) -> list[dict]:
             name = path.name if path.suffix == ".onnx" else path.stem
             files[f"ov_{'int8' if precision == 'int8' else 'default'}:{name}"] = path
     rows = []
-    groups = {size: split_rows(files, args.streams) for size, files in groups.items()}
+    groups = {size: split_rows(files, args.streams, args.dynamic) for size, files in groups.items()}
     for size, files in groups.items():
         base = next((name for name in files if name.startswith("ort_fp32:")), "")
         label = "ref:" + "+".join(dict.fromkeys(name.partition(":")[2].removesuffix(".onnx") for name in files
@@ -332,7 +336,7 @@ def print_best_format(rows: list[dict], saturates: bool) -> None:
     target = 1.8 if saturates else 3.0
     for net in dict.fromkeys(r["net"] for r in rows if not r["net"].startswith("ref:")):  # refs mix models
         at_256 = [r for r in rows if r["net"] == net and r["batch"] == 32 and r["size"] == "256x128"]
-        got = [r for r in at_256 if SPLIT_ROW.sub("", r["backend"]) not in excluded
+        got = [r for r in at_256 if SPLIT_ROW.sub("", r["backend"]).replace("_dynamic", "") not in excluded
                and not r["backend"].startswith("ort_fp32")]
         if got:
             best = max(got, key=lambda r: r["vs_ort_fp32"])
@@ -358,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=2,
                         help="also time OpenVINO INT8 with the batch split across N streams, and ORT FP32 across "
                              "N sessions (1: no such rows)")
+    parser.add_argument("--dynamic", action="store_true",
+                        help="also time each OpenVINO INT8 file compiled for a dynamic batch (the baseline of the "
+                             "fixed-shape copies bpm compiles)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per setting (x4 at batch 1); median")
     parser.add_argument("--calib", type=int, default=64, help="INT8 calibration images (rendered pedestrians)")
     parser.add_argument("--last_conv_stride", type=int, default=1, choices=[1, 2], help="ResNet-50 layer4 stride")

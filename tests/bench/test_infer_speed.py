@@ -24,7 +24,7 @@ def test_every_runtime_size_and_batch_is_timed_against_ort_fp32_of_the_same_run(
     out = tmp_path / "rows.json"
     assert bench.main(["--quick", "--sizes", "32x16,64x32", "--batches", "1,2", "--repeats", "1", "--calib", "4",
                        "--reference", f"{reference}@24x12", "--reference", f"{quantized}@24x12",
-                       "--json", str(out)]) == 0
+                       "--dynamic", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     rows = json.loads(out.read_text())["rows"]
     assert {(r["size"], r["batch"]) for r in rows if r["net"] == "mobilenetV2"} == {
@@ -37,6 +37,8 @@ def test_every_runtime_size_and_batch_is_timed_against_ort_fp32_of_the_same_run(
         assert "ov_int8" in backends and any(b.startswith("ov_") and b.endswith("(default)") for b in backends)
         assert ({"ov_int8_w7", "ov_int8_w7_dw_fp32"} <= backends) == saturates  # every ladder step where it saturates
         assert {"ov_int8_2streams", "ort_fp32_2sessions"} <= backends  # --streams 2, the default
+        # --dynamic: every OpenVINO INT8 file once more, compiled for any batch size
+        assert "ov_int8_dynamic" in backends and ("ov_int8_w7_dynamic" in backends) == saturates
     else:
         assert "OpenVINO rows left out" in printed
     assert all(r["vs_ort_fp32"] == 1.0 for r in rows if r["backend"] == "ort_fp32")
@@ -45,7 +47,8 @@ def test_every_runtime_size_and_batch_is_timed_against_ort_fp32_of_the_same_run(
     assert references["ort_fp32:other"]["vs_ort_fp32"] == 1.0 and references["ort_fp32:other"]["size"] == "24x12"
     assert references["ort_int8:other_int8"]["vs_ort_fp32"] > 0
     if bench.HAVE_OPENVINO:  # OpenVINO's rows of an ONNX file name its suffix: an IR of the same stem stays apart
-        assert "ov_int8:other_int8.onnx" in references and "ov_int8_2streams:other_int8.onnx" in references
+        assert {"ov_int8:other_int8.onnx", "ov_int8_2streams:other_int8.onnx", "ov_int8_dynamic:other_int8.onnx"} \
+            <= set(references)
     assert references["ort_fp32_2sessions:other"]["vs_ort_fp32"] > 0
     assert "load average" in printed
 
@@ -57,7 +60,8 @@ def test_best_format_counts_only_rows_that_compute_exactly_on_this_cpu(saturates
     bench = load_bench("infer_speed")
     rows = [{"net": "m", "size": "256x128", "batch": 32, "backend": name, "vs_ort_fp32": ratio}
             for name, ratio in [("ort_fp32", 1.0), ("ort_int8", 1.3), ("ort_int8_saturating", 2.9),
-                                ("ov_int8", 2.5), ("ov_int8_w7", 2.2), ("ov_int8_w7_dw_fp32", 1.9)]
+                                ("ov_int8", 2.5), ("ov_int8_dynamic", 2.4), ("ov_int8_w7", 2.2),
+                                ("ov_int8_w7_dw_fp32", 1.9)]
             if saturates or name != "ort_int8_saturating"]  # that row exists only where 8 bits saturate
     rows += [{"net": "m", "size": "128x64", "batch": 32, "backend": "ort_int8_w7", "vs_ort_fp32": 9.0},
              {"net": "m", "size": "256x128", "batch": 1, "backend": "ort_int8_w7", "vs_ort_fp32": 9.0}]

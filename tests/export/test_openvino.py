@@ -104,6 +104,22 @@ def test_a_batch_split_across_streams_gives_the_whole_batch_s_features_in_order(
     np.testing.assert_allclose(split(x[::-1]), expected[::-1], rtol=1e-5, atol=1e-6)  # parts land in place
 
 
+def test_batch_sizes_get_fixed_shape_copies_up_to_the_limit_then_the_dynamic_model(exported, image_paths):
+    _out, result = exported
+    x = image_batch([image_paths[i % len(image_paths)] for i in range(6)], SIZE)
+    dynamic = OpenVinoModel(result["files"]["openvino"], threads=2, inference_precision="fp32", fixed_batches=0)
+    fixed = OpenVinoModel(result["files"]["openvino"], threads=2, inference_precision="fp32", fixed_batches=2)
+    for batch in (6, 2, 3, 6):  # the third size finds the limit reached: the dynamic-batch model runs it
+        np.testing.assert_allclose(fixed(x[:batch]), dynamic(x[:batch]), rtol=1e-4, atol=1e-5)
+    assert sorted(fixed._by_batch) == [2, 6]
+    assert [tuple(c.input(0).get_partial_shape().to_shape()) for c in fixed._by_batch.values()] == \
+        [(6, 3, *SIZE), (2, 3, *SIZE)]
+    assert dynamic._by_batch == {} and fixed.compiled.input(0).get_partial_shape()[0].is_dynamic
+    split = OpenVinoModel(result["files"]["openvino"], threads=2, inference_precision="fp32", streams=2)
+    split(x[:1])  # a batch of one runs whole, on the dynamic model: throughput mode keeps one compiled model
+    assert split._by_batch == {}
+
+
 def test_openvino_reads_an_onnx_file_directly_without_an_ir(exported, image_paths, tmp_path):
     """A model from elsewhere (``bench/infer_speed.py --reference x.onnx``) needs no .bin beside it."""
     import shutil
