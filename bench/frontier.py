@@ -8,7 +8,11 @@ input size and at 256x128. One table, one row per backbone:
 FP32 mAP / rank-1 / mINP, INT8 mAP (default export, and the route it kept: post-training or
 fine-tuned, with any layers left in FP32; ``--qat_epochs`` export), FP32 and INT8 images/s at
 batch 32 and batch-1 latency (ms) at both sizes, parameters and MACs (read off the FP32 ONNX
-graph, so every row, ready-made or ours, is counted the same way) and training s/epoch.
+graph, so every row, ready-made or ours, is counted the same way) and training s/epoch. Where
+OpenVINO and NNCF are installed (``pip install 'bpm[openvino]'``; ``--openvino false`` leaves them
+out), the default export also writes ``openvino_int8``, and its mAP and images/s at the trained size
+join the row: on CPUs with VNNI it is the fastest verified format. The plot places each row at its
+fastest verified format.
 
 ``--reference NAME=FILE.onnx@HxW,rgb|bgr,imagenet|tf|unit`` adds a ready-made ONNX re-ID model,
 evaluated as downloaded on the same query/gallery (the input spec after ``@``: input size, colour
@@ -26,6 +30,7 @@ files of a row (medians; ratios are the robust figures on a shared machine).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shlex
@@ -35,6 +40,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before any OpenMP runtime starts (see infer_speed.py)
 
@@ -62,6 +68,7 @@ DEFAULT_BACKBONES = {
     "efficientnet_lite0": ("efficientnet_lite0", WEIGHTS / "efficientnet-lite0-57934424.pth"),
 }
 SPEED_SIZE = (256, 128)
+HAVE_OPENVINO = all(importlib.util.find_spec(name) is not None for name in ("openvino", "nncf"))
 
 #: Normalisations a ready-made model may expect: (mean, std) on RGB in 0..1.
 NORMALISATIONS = {
@@ -129,28 +136,35 @@ def onnx_input(path: Path) -> tuple[str, tuple[int, int]]:
     return value.name, (dims[2], dims[3])
 
 
-def time_sessions(files: dict[str, Path], threads: int, repeats: int) -> dict[str, dict[str, float]]:
-    """Per file: images/s at batch 32 and ms per image at batch 1, timed round-robin, medians."""
+def graph_runner(path: Path, threads: int) -> tuple[Callable[[np.ndarray], object], tuple[int, int]]:
+    """(a function of an NCHW batch, the graph's (H, W)): ONNX Runtime for ``.onnx``, OpenVINO for an IR."""
+    if path.suffix == ".xml":
+        from bpm.models.openvino_graph import OpenVinoModel
+
+        model = OpenVinoModel(path, threads=threads)
+        return model, tuple(model.spec.resize_h_w)
     import onnxruntime as ort
 
-    sessions = {}
-    for name, path in files.items():
-        input_name, (h, w) = onnx_input(path)
-        session = ort.InferenceSession(str(path), session_options_for(path, threads), providers=["CPUExecutionProvider"])
-        sessions[name] = (session, input_name, h, w)
+    input_name, size = onnx_input(path)
+    session = ort.InferenceSession(str(path), session_options_for(path, threads), providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {input_name: x}), size
+
+
+def time_sessions(files: dict[str, Path], threads: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Per file: images/s at batch 32 and ms per image at batch 1, timed round-robin, medians."""
+    runners = {name: graph_runner(path, threads) for name, path in files.items()}
     result: dict[str, dict[str, float]] = {name: {} for name in files}
     rng = np.random.default_rng(0)
     for batch, rounds in ((32, repeats), (1, repeats * 8)):
-        feeds = {name: {inp: rng.standard_normal((batch, 3, h, w), dtype=np.float32)}
-                 for name, (_s, inp, h, w) in sessions.items()}
+        feeds = {name: rng.standard_normal((batch, 3, *size), dtype=np.float32) for name, (_r, size) in runners.items()}
         times: dict[str, list[float]] = {name: [] for name in files}
-        for name, (session, *_rest) in sessions.items():  # warm-up
+        for name, (run, _size) in runners.items():  # warm-up
             for _ in range(2):
-                session.run(None, feeds[name])
+                run(feeds[name])
         for _ in range(rounds):
-            for name, (session, *_rest) in sessions.items():
+            for name, (run, _size) in runners.items():
                 start = time.perf_counter()
-                session.run(None, feeds[name])
+                run(feeds[name])
                 times[name].append(time.perf_counter() - start)
         for name, t in times.items():
             if batch == 32:
@@ -249,9 +263,10 @@ def int8_route(report: dict) -> str:
     return f"{route}, {layers} FP32" if route and layers else route
 
 
-def find_onnx(folder: Path, int8: bool) -> Path | None:
-    """The exported FP32 or INT8 ONNX file in ``folder`` (refused files included: speed only)."""
-    files = sorted(p for p in folder.glob("*.onnx") if ("int8" in p.name) == int8 and "fp16" not in p.name
+def find_onnx(folder: Path, int8: bool, suffix: str = ".onnx") -> Path | None:
+    """The exported FP32 or INT8 ONNX file (or, with ``suffix=".xml"``, OpenVINO IR) in ``folder``
+    (refused files included: speed only)."""
+    files = sorted(p for p in folder.glob(f"*{suffix}") if ("int8" in p.name) == int8 and "fp16" not in p.name
                    and "onnx16" not in p.name)
     return files[0] if files else None
 
@@ -260,10 +275,13 @@ def measure_backbone(name: str, ckpt: Path, train_row: dict | None, args) -> dic
     exp = ckpt.parent
     data = ["--dataset", "folder", "--data_root", str(args.data_root), "--threads", str(args.threads)]
     row = {"name": name, "weights": str(ckpt), "kind": "bpm"}
-    code, report = bpm_export(ckpt, exp / "frontier_export", ["--formats", "onnx,onnx_int8", *data])
+    formats = "onnx,onnx_int8" + (",openvino_int8" if args.openvino else "")
+    code, report = bpm_export(ckpt, exp / "frontier_export", ["--formats", formats, *data])
     row["export_exit"] = code
     row["fp32"] = onnx_row(report, "onnx")
     row["int8"] = onnx_row(report, "onnx_int8")
+    if args.openvino:
+        row["ov_int8"] = onnx_row(report, "openvino_int8")
     row["int8_route"] = int8_route(report)
     if args.qat_epochs:
         code, report = bpm_export(ckpt, exp / "frontier_export_qat", ["--formats", "onnx_int8", "--qat_epochs",
@@ -274,7 +292,8 @@ def measure_backbone(name: str, ckpt: Path, train_row: dict | None, args) -> dic
         "--calib_images", str(args.data_root / "train"), "--evaluate", "false"])
     files = {"fp32": find_onnx(exp / "frontier_export", False), "int8": find_onnx(exp / "frontier_export", True),
              "fp32_256x128": find_onnx(exp / "frontier_speed", False),
-             "int8_256x128": find_onnx(exp / "frontier_speed", True)}
+             "int8_256x128": find_onnx(exp / "frontier_speed", True),
+             "ov_int8": find_onnx(exp / "frontier_export", True, ".xml") if args.openvino else None}
     files = {k: v for k, v in files.items() if v is not None}
     row["speed"] = time_sessions(files, args.threads, args.repeats)
     if "fp32" in files:
@@ -319,18 +338,22 @@ def _num(value, fmt: str) -> str:
 
 
 def format_table(rows: list[dict], title: str) -> str:
+    openvino = any("ov_int8" in r for r in rows)
+    ov_header = "OpenVINO INT8 mAP | OpenVINO INT8 img/s | " if openvino else ""
     lines = [title, "", "| model | input | FP32 mAP | rank-1 | mINP | INT8 mAP | INT8 route | INT8 mAP tuned | FP32 img/s | "
-             "INT8 img/s | FP32 ms b1 | INT8 ms b1 | FP32 img/s 256x128 | INT8 img/s 256x128 | params M | MMACs | "
-             "s/epoch |", "|" + "---|" * 17]
+             f"INT8 img/s | {ov_header}FP32 ms b1 | INT8 ms b1 | FP32 img/s 256x128 | INT8 img/s 256x128 | params M | "
+             "MMACs | s/epoch |", "|" + "---|" * (19 if openvino else 17)]
     for r in rows:
         s = r["speed"]
         fp32, int8, qat = r["accuracy"], r.get("int8", {}), r.get("int8_qat", {})
+        ov = (f"{_pct(r.get('ov_int8', {}).get('mAP'))} | "
+              f"{_num(s.get('ov_int8', {}).get('images_per_s_b32'), '.0f')} | ") if openvino else ""
         lines.append(
             f"| {r['name']} | {r.get('input', '')} | {_pct(fp32.get('mAP'))} | {_pct(fp32.get('rank1'))} | "
             f"{_pct(fp32.get('mINP'))} | {_pct(int8.get('mAP'))} | {r.get('int8_route') or '–'} | "
             f"{_pct(qat.get('mAP'))} | "
             f"{_num(s.get('fp32', {}).get('images_per_s_b32'), '.0f')} | "
-            f"{_num(s.get('int8', {}).get('images_per_s_b32'), '.0f')} | "
+            f"{_num(s.get('int8', {}).get('images_per_s_b32'), '.0f')} | {ov}"
             f"{_num(s.get('fp32', {}).get('latency_ms_b1'), '.2f')} | "
             f"{_num(s.get('int8', {}).get('latency_ms_b1'), '.2f')} | "
             f"{_num(s.get('fp32_256x128', {}).get('images_per_s_b32'), '.0f')} | "
@@ -338,6 +361,27 @@ def format_table(rows: list[dict], title: str) -> str:
             f"{_num(r.get('params', 0) / 1e6, '.2f')} | {_num(r.get('macs', 0) / 1e6, '.0f')} | "
             f"{_num(r.get('s_per_epoch'), '.1f')} |")
     return "\n".join(lines)
+
+
+#: The formats a row can be deployed as: (key in the row's ``speed`` and report, label). FP32 is verified by
+#: the row's own accuracy; an INT8 file only when the export's check passed it.
+PLOT_FORMATS = (("fp32", "FP32"), ("int8", "INT8"), ("ov_int8", "OpenVINO INT8"))
+
+
+def fastest_verified(row: dict) -> tuple[str, float, float] | None:
+    """(format label, images/s at batch 32, mAP) of the row's fastest format that was verified, or None."""
+    places = []
+    for key, label in PLOT_FORMATS:
+        if "images_per_s_b32" not in row["speed"].get(key, {}):
+            continue
+        if key == "fp32":
+            m = row["accuracy"].get("mAP")
+        else:
+            report = row.get(key, {})
+            m = report.get("mAP") if report.get("passed") else None
+        if m is not None:
+            places.append((label, row["speed"][key]["images_per_s_b32"], m))
+    return max(places, key=lambda place: place[1], default=None)
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -351,22 +395,20 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(7.2, 4.6))
     for r in rows:
-        speed = r["speed"]
-        fmt = "int8" if "int8" in speed and r.get("int8", {}).get("mAP") is not None else "fp32"
-        m = r["int8"]["mAP"] if fmt == "int8" else r["accuracy"].get("mAP")
-        if m is None or fmt not in speed:
+        place = fastest_verified(r)
+        if place is None:
             continue
-        x = speed[fmt]["images_per_s_b32"]
+        fmt, x, m = place
         marker = "s" if r["kind"] == "reference" else "o"
         ax.scatter([x], [100 * m], marker=marker)
-        ax.annotate(f"{r['name']}\n({fmt.upper()}, {r.get('input', '')})", (x, 100 * m), fontsize=8,
+        ax.annotate(f"{r['name']}\n({fmt}, {r.get('input', '')})", (x, 100 * m), fontsize=8,
                     textcoords="offset points", xytext=(0, 8), ha="center")
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(ScalarFormatter())  # plain numbers: the axis spans less than a decade
     ax.xaxis.set_minor_formatter(ScalarFormatter())
     ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.margins(x=0.25, y=0.2)  # room for the labels
-    ax.set_xlabel("images/s (ONNX Runtime, batch 32)")
+    ax.set_xlabel("images/s (fastest verified format, batch 32)")
     ax.set_ylabel("mAP (%)")
     ax.set_title(title.replace(" | python", "\npython", 1), fontsize=8)  # the machine line, on two lines
     ax.grid(True, alpha=0.3)
@@ -394,6 +436,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--qat_epochs", type=int, default=4, help="the fine-tuned INT8 column (0: skip it)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     parser.add_argument("--repeats", type=int, default=7, help="timed batch-32 runs per file (x8 at batch 1)")
+    parser.add_argument("--openvino", type=lambda t: {"true": True, "false": False}[t.lower()], default=HAVE_OPENVINO,
+                        help="also export, check and time openvino_int8 (true|false; default: whether openvino and "
+                             "nncf are installed)")
     parser.add_argument("-d", "--device", default="()", help="bpm's -d for training")
     parser.add_argument("--out", type=Path, default=Path("expt_res/frontier"), help="experiment folders")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows and the machine here")

@@ -109,6 +109,7 @@ def _folder_layout(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.openvino  # with OpenVINO installed the row adds openvino_int8, timed in this process (see the Makefile)
 def test_trains_exports_times_and_plots_each_row(bench, tmp_path, capsys):
     data = _folder_layout(tmp_path)
     reference = _tiny_onnx(tmp_path / "ref.onnx", size=(64, 32))
@@ -126,12 +127,28 @@ def test_trains_exports_times_and_plots_each_row(bench, tmp_path, capsys):
     assert 0 < mnv2["accuracy"]["mAP"] <= 1 and mnv2["s_per_epoch"] > 0
     assert mnv2["int8"]["precision"] == "int8" and mnv2["int8_qat"]["precision"] == "int8"
     assert mnv2["int8_route"].startswith(("post-training", "fine-tuned"))
-    assert set(mnv2["speed"]) == {"fp32", "int8", "fp32_256x128", "int8_256x128"}
+    openvino = {"ov_int8"} if bench.HAVE_OPENVINO else set()
+    assert set(mnv2["speed"]) == {"fp32", "int8", "fp32_256x128", "int8_256x128"} | openvino
+    if openvino:  # checked by the export like every format, and a column of the table
+        assert mnv2["ov_int8"]["precision"] == "int8" and "OpenVINO INT8 img/s" in printed
     for timing in mnv2["speed"].values():
         assert timing["images_per_s_b32"] > 0 and timing["latency_ms_b1"] > 0
     assert 2e6 < mnv2["params"] < 3e6 and mnv2["macs"] > 0
     assert 0 < tiny["accuracy"]["mAP"] <= 1 and tiny["params"] == (4 * 27 + 4) + (8 * 4 + 8)
     assert (tmp_path / "frontier.png").stat().st_size > 1000
+
+
+def test_a_row_is_plotted_at_its_fastest_verified_format(bench):
+    speed = {"fp32": {"images_per_s_b32": 100.0}, "int8": {"images_per_s_b32": 300.0},
+             "ov_int8": {"images_per_s_b32": 250.0}}
+    row = {"accuracy": {"mAP": 0.40}, "speed": speed, "int8": {"mAP": 0.39, "passed": True},
+           "ov_int8": {"mAP": 0.395, "passed": True}}
+    assert bench.fastest_verified(row) == ("INT8", 300.0, 0.39)
+    row["int8"]["passed"] = False  # a refused file is not a place to deploy from, however fast
+    assert bench.fastest_verified(row) == ("OpenVINO INT8", 250.0, 0.395)
+    del row["ov_int8"]  # no OpenVINO: the FP32 file
+    assert bench.fastest_verified(row) == ("FP32", 100.0, 0.40)
+    assert bench.fastest_verified({"accuracy": {}, "speed": {}}) is None
 
 
 def test_int8_route_names_what_the_default_export_kept(bench):
