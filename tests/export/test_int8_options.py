@@ -232,31 +232,65 @@ def test_post_training_int8_that_fails_the_export_check_is_followed_by_fine_tuni
     assert any(node.op_type == "DequantizeLinear" for node in graph.node)
 
 
-@pytest.mark.parametrize("ratio, hinted", [(0.9, True), (1.6, False)])
+@pytest.mark.parametrize("ratios, hinted", [((1.6,), False), ((0.9, 1.8), True), ((0.9, 0.8), False)])
 def test_a_file_with_fp32_layers_is_timed_against_fp32_and_a_slow_one_says_how_to_fix_it(
-        tmp_path, original_ckpt, world, ratio, hinted):
+        tmp_path, original_ckpt, world, ratios, hinted):
     """Layers kept in FP32 can make an INT8 file slower than FP32 (0.95x on a real MobileNet-V2): the export
-    times the two and, where INT8 is the slower, points to fine-tuning, which keeps every layer INT8."""
-    from bpm.export.formats import onnx as onnx_formats
-
+    times the two and, where INT8 is the slower, a file with every layer INT8 too. Only where that one is
+    faster than FP32 does it point to fine-tuning (no INT8 file beats FP32 where ORT needs exact kernels)."""
     timed, logged = [], []
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(COSINE_THRESHOLDS, "int8", -1.0)
         patch.setattr(int8, "HELD_OUT_COSINE", 1.5)  # post-training keeps FP32 layers up to --max_fp32_layers
-        patch.setattr(onnx_formats, "speed_ratio", lambda *args: timed.append(args) or ratio)
+        patch.setattr(int8, "speed_ratio", lambda *args: ratios[len(timed) - 1] if timed.append(args) is None else 0)
         run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path), model=ModelSettings(resize_h_w=SIZE),
                                  formats=("onnx_int8",), calib_images=str(world / "bounding_box_train"),
                                  calib_count=8, verify_count=4, threads=1, max_fp32_layers=1, qat_epochs=0),
                    log=logged.append)
     notes = json.loads((tmp_path / "export_report.json").read_text())["int8"]
-    assert len(notes["fp32_layers"]) == 1 and len(timed) == 1 and notes["images_per_s_vs_fp32"] == ratio
+    assert len(notes["fp32_layers"]) == 1 and len(timed) == len(ratios) and notes["images_per_s_vs_fp32"] == ratios[0]
+    assert notes.get("all_int8_vs_fp32") == (ratios[1] if len(ratios) > 1 else None)
+    if len(ratios) > 1:  # the all-INT8 file timed is a file of its own, not the one written
+        assert timed[1][1].name == "all_int8_probe.onnx" and "_int8." in timed[0][1].name
     line = next(line for line in logged if "this file serves" in line)
-    assert f"{ratio:.2f}x the FP32 file's images/s" in line and ("--qat_epochs 4" in line) == hinted
+    assert f"{ratios[0]:.2f}x the FP32 file's images/s" in line and ("--qat_epochs 4" in line) == hinted
+
+
+@pytest.mark.parametrize("all_int8, tuned_passes, kept", [(1.8, True, "fine-tuned"), (1.8, False, "post-training"),
+                                                          (0.8, None, "post-training")])
+def test_a_passing_file_slower_than_fp32_is_fine_tuned_for_an_all_int8_one_where_that_is_faster(
+        tmp_path, original_ckpt, world, monkeypatch, all_int8, tuned_passes, kept):
+    """The default export's speed route: the post-training file passed with a layer in FP32 but runs 0.9x
+    FP32 here while an all-INT8 file would run 1.8x: fine-tune, and keep the tuned file if it passes the
+    held-out check. Where no all-INT8 file is faster (0.8x), nothing is tuned."""
+    real_quantize = int8.quantize_int8
+
+    def one_layer_kept(*args, notes=None, **kwargs):  # the tiny net needs no FP32 layer: say it kept one
+        path = real_quantize(*args, notes=notes, **kwargs)
+        if notes is not None:
+            notes["fp32_layers"] = ["/base/conv/Conv"]
+        return path
+
+    ratios, logged = [0.9, all_int8], []
+    monkeypatch.setitem(COSINE_THRESHOLDS, "int8", -1.0)
+    monkeypatch.setattr(int8, "quantize_int8", one_layer_kept)
+    # the post-training notes (they list FP32 layers) pass the held-out check; the tuned file's agreement as given
+    monkeypatch.setattr(int8, "passes_held_out", lambda agreement, _min: "fp32_layers" in agreement or tuned_passes)
+    monkeypatch.setattr(int8, "speed_ratio", lambda *args: ratios.pop(0))
+    monkeypatch.setattr(int8, "AUTO_QAT_EPOCHS", 1)
+    run_export(ExportOptions(weights=str(original_ckpt), out_dir=str(tmp_path), model=ModelSettings(resize_h_w=SIZE),
+                             formats=("onnx_int8",), calib_images=str(world / "bounding_box_train"),
+                             calib_count=8, verify_count=4, threads=1), log=logged.append)
+    notes = json.loads((tmp_path / "export_report.json").read_text())["int8"]
+    assert notes["int8_path"] == kept and ("fine_tuning" in notes) == (all_int8 > 1)
+    if all_int8 > 1:
+        assert any("fine-tuning 1 epochs for an all-INT8 file" in line for line in logged)
+        assert notes["post_training"]["images_per_s_vs_fp32"] == 0.9
+    assert (notes["fp32_layers"] == []) == (kept == "fine-tuned")
+    assert ("images_per_s_vs_fp32" in notes) == (kept == "post-training")
 
 
 def test_an_all_int8_file_is_not_timed(int8_report, monkeypatch):
-    from bpm.export.formats import onnx as onnx_formats
-
-    monkeypatch.setattr(onnx_formats, "speed_ratio", lambda *args: pytest.fail("timed an all-INT8 file"))
+    monkeypatch.setattr(int8, "speed_ratio", lambda *args: pytest.fail("timed an all-INT8 file"))
     report, _ = int8_report(max_fp32_layers=0)
     assert not report["int8"].get("fp32_layers") and "images_per_s_vs_fp32" not in report["int8"]

@@ -11,7 +11,7 @@ from pathlib import Path
 from bpm.export.formats import ExportContext, Opened, export_format
 from bpm.export.onnx import check_onnx, convert_to_fp16
 from bpm.export.int8 import fine_tune_after_failed_check, write_int8
-from bpm.export.runtime import onnx_features, speed_ratio
+from bpm.export.runtime import onnx_features
 from bpm.export.verify import FormatCheck, stamp_verification
 from bpm.models.onnx_graph import OnnxModel
 
@@ -59,20 +59,3 @@ def write_onnx_int8(ctx: ExportContext, path: Path) -> None:
     ctx.notes["int8"] = write_int8(ctx.model, ctx.reference, ctx.fp32_onnx(), ctx.spec, ctx.images, ctx.opts,
                                    ctx.tmp, path, ctx.log)
     _keep_fine_tuned(ctx, path)
-    _time_partly_fp32(ctx, path)
-
-
-def _time_partly_fp32(ctx: ExportContext, path: Path) -> None:
-    """Layers kept in FP32 put a Quantize/Dequantize pair around each and can make the file slower than
-    FP32 (a real MobileNet-V2 with 4 such layers ran 0.95x its FP32 file at batch 32): time the two on
-    this CPU and say so, with the way to an all-INT8 file."""
-    kept = ctx.notes["int8"].get("fp32_layers") or []
-    if not kept:
-        return
-    ratio = speed_ratio(ctx.fp32_onnx(), path, ctx.opts.threads)
-    ctx.notes["int8"]["images_per_s_vs_fp32"] = round(ratio, 2)
-    line = (f"  INT8: with {len(kept)} layer(s) in FP32 this file serves {ratio:.2f}x the FP32 file's images/s "
-            "on this CPU (ONNX Runtime, batch 32)")
-    if ratio < 1.0:
-        line += "; --qat_epochs 4 fine-tunes a file with every layer INT8 instead"
-    ctx.log(line)
