@@ -349,6 +349,24 @@ def print_best_format(rows: list[dict], saturates: bool) -> None:
                   f"({'met' if best['vs_ort_fp32'] >= target else 'missed'}){also}")
 
 
+def print_versus(rows: list[dict], stem: str) -> list[tuple[str, float]]:
+    """Every row against one reference file's ORT FP32 row of the same batch (``--versus STEM``), across
+    groups: a student at its input size against its teacher at the teacher's, both timed in this run.
+    Returns (row, ratio) pairs, fastest first."""
+    ratios = []
+    for base in (r for r in rows if r["backend"] == f"ort_fp32:{stem}"):
+        print(f"against {stem} (ORT FP32, {base['size']}, batch {base['batch']}: {base['images_per_s']:.1f} img/s):")
+        others = [r for r in rows if r["batch"] == base["batch"]  # not the file's own rows (ORT, OpenVINO, split)
+                  and r["backend"].partition(":")[2].removesuffix(".onnx") != stem]
+        for r in sorted(others, key=lambda r: -r["images_per_s"]):
+            name = f"{r['net']} {r['size']} {r['backend']}"
+            ratios.append((name, r["images_per_s"] / base["images_per_s"]))
+            print(f"  {name:<70} {r['images_per_s']:>9.1f} {ratios[-1][1]:>7.2f}x")
+    if not ratios:
+        print(f"--versus {stem}: no ORT FP32 row of a --reference file with that stem")
+    return ratios
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="MobileNet-V2 only, fewer repeats, no QDQ variant")
@@ -357,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default="", help="time this model file (bpm.load_model) instead of --nets")
     parser.add_argument("--reference", action="append", default=[],
                         help="FILE.onnx or FILE.xml[@HxW]: another model timed alongside (repeatable)")
+    parser.add_argument("--versus", default="",
+                        help="STEM of a --reference .onnx file: also print every row against its ORT FP32 row "
+                             "(e.g. a student's files against its teacher as downloaded)")
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--streams", type=int, default=2,
@@ -394,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_references(args.reference, args)
     print_targets(rows)
     print_best_format(rows, this_cpu_saturates())
+    if args.versus:
+        print_versus(rows, args.versus)
     print(f"load average after: {os.getloadavg()[0]:.1f} (other processes share the cores: absolute figures"
           " drop with load; ratios, timed round-robin, much less)")
     if args.json:

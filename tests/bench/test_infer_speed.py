@@ -82,3 +82,25 @@ def test_a_best_split_row_is_also_compared_with_ort_fp32_split_the_same_way(caps
     assert capsys.readouterr().out.strip().endswith(": ov_int8_2streams 3.30x (met); 2.75x ort_fp32_2sessions")
     bench.print_best_format(rows, saturates=True)  # the 8-bit IR saturates there, split or not
     assert capsys.readouterr().out.strip().endswith(": ort_int8 1.50x (missed)")
+
+
+@pytest.mark.openvino  # loading the bench loads OpenVINO when installed
+def test_versus_compares_every_row_of_other_files_with_one_reference_s_ort_fp32(capsys):
+    bench = load_bench("infer_speed")
+    rows = [{"net": net, "size": size, "batch": batch, "backend": backend, "images_per_s": ips}
+            for net, size, batch, backend, ips in [
+                ("ref:student_fp32+student_int8", "128x64", 32, "ort_fp32:student_fp32", 1500.0),
+                ("ref:student_fp32+student_int8", "128x64", 32, "ov_int8:student_int8", 4000.0),
+                ("ref:teacher", "256x128", 32, "ort_fp32:teacher", 800.0),
+                ("ref:teacher", "256x128", 32, "ov_fp32(default):teacher.onnx", 1100.0),  # the teacher itself
+                ("ref:teacher", "256x128", 32, "ort_fp32_2sessions:teacher", 850.0),
+                ("ref:teacher", "256x128", 1, "ort_fp32:teacher", 400.0),
+                ("ref:student_fp32+student_int8", "128x64", 1, "ov_int8:student_int8", 1000.0)]]
+    ratios = bench.print_versus(rows, "teacher")
+    assert ratios == [("ref:student_fp32+student_int8 128x64 ov_int8:student_int8", 5.0),
+                      ("ref:student_fp32+student_int8 128x64 ort_fp32:student_fp32", 1.875),
+                      ("ref:student_fp32+student_int8 128x64 ov_int8:student_int8", 2.5)]  # batch 1: its own base
+    printed = capsys.readouterr().out
+    assert "against teacher (ORT FP32, 256x128, batch 32: 800.0 img/s)" in printed and "5.00x" in printed
+    assert bench.print_versus(rows, "nothing") == []
+    assert "--versus nothing: no ORT FP32 row" in capsys.readouterr().out
