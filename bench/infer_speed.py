@@ -187,28 +187,38 @@ def graph_runner(name: str, path: Path, threads: int) -> tuple[str, Callable[[ob
 
 
 def time_files(label: str, size: tuple[int, int], files: dict[str, Path], extra: dict[str, Callable], args,
-               paths: list[str] | None, base: str = "ort_fp32") -> list[dict]:
-    """Rows of one model at one size: every runtime round-robin per batch, ratios against the ``base`` row."""
+               paths: list[str] | None, base: str = "ort_fp32",
+               own_sizes: dict[str, tuple[int, int]] | None = None) -> list[dict]:
+    """Rows of one model at one size: every runtime round-robin per batch, ratios against the ``base`` row.
+    A file named in ``own_sizes`` runs at its own input size in the same round-robin (``--versus``)."""
+    own_sizes = own_sizes or {}
     rows = []
     for batch in args.batches:
-        if paths:
-            x = image_batch([paths[i % len(paths)] for i in range(batch)], size)
-        else:
-            x = np.random.default_rng(0).random((batch, 3, *size), dtype=np.float32)
+        inputs = {}
+        for shape in {size, *own_sizes.values()}:
+            if paths:
+                inputs[shape] = image_batch([paths[i % len(paths)] for i in range(batch)], shape)
+            else:
+                inputs[shape] = np.random.default_rng(0).random((batch, 3, *shape), dtype=np.float32)
+        x = inputs[size]
         runners: dict[str, Callable[[], object]] = {name: (lambda f: lambda: f(x))(run) for name, run in extra.items()}
+        row_sizes = {}
         for name, path in files.items():
+            shape = own_sizes.get(name, size)
             try:
                 row_name, runner = graph_runner(name, path, args.threads)
-                runner(x)
+                runner(inputs[shape])
             except Exception as exc:  # e.g. a reference model with a fixed batch of 1
-                print(f"{label:<24} {size[0]}x{size[1]:<5}{batch:>6}  {name}: cannot run ({str(exc).splitlines()[0]})")
+                print(f"{label:<24} {shape[0]}x{shape[1]:<5}{batch:>6}  {name}: cannot run ({str(exc).splitlines()[0]})")
                 continue
-            runners[row_name] = (lambda r: lambda: r(x))(runner)
+            runners[row_name] = (lambda r, images: lambda: r(images))(runner, inputs[shape])
+            row_sizes[row_name] = shape
         with torch.inference_mode():
             measured = images_per_second(runners, batch, args.repeats if batch > 1 else args.repeats * 4, warmup=2)
         base_ips = measured.get(base)
         for name, ips in measured.items():
-            rows.append({"net": label, "size": f"{size[0]}x{size[1]}", "batch": batch, "backend": name,
+            shape = row_sizes.get(name, size)
+            rows.append({"net": label, "size": f"{shape[0]}x{shape[1]}", "batch": batch, "backend": name,
                          "images_per_s": ips, "ms_per_batch": 1000 * batch / ips,
                          "vs_ort_fp32": ips / base_ips if base_ips else float("nan")})
     return rows
@@ -301,11 +311,18 @@ def bench_references(texts: list[str], args) -> list[dict]:
             files[f"ov_{'int8' if precision == 'int8' else 'default'}:{name}"] = path
     rows = []
     groups = {size: split_rows(files, args.streams, args.dynamic) for size, files in groups.items()}
+    versus = {size: path for size, files in groups.items() for name, path in files.items()
+              if args.versus and name == f"ort_fp32:{args.versus}"}
     for size, files in groups.items():
         base = next((name for name in files if name.startswith("ort_fp32:")), "")
         label = "ref:" + "+".join(dict.fromkeys(name.partition(":")[2].removesuffix(".onnx") for name in files
                                                 if not SPLIT_ROW.search(name)))
-        size_rows = time_files(label, size, files, {}, args, None, base=base)
+        own_sizes = {}
+        for versus_size, path in versus.items():  # the --versus file joins every other group's round-robin
+            if versus_size != size:
+                files = {**files, f"ort_fp32:{args.versus}": path}
+                own_sizes[f"ort_fp32:{args.versus}"] = versus_size
+        size_rows = time_files(label, size, files, {}, args, None, base=base, own_sizes=own_sizes)
         print_rows(size_rows)
         rows += size_rows
     return rows
@@ -350,14 +367,18 @@ def print_best_format(rows: list[dict], saturates: bool) -> None:
 
 
 def print_versus(rows: list[dict], stem: str) -> list[tuple[str, float]]:
-    """Every row against one reference file's ORT FP32 row of the same batch (``--versus STEM``), across
-    groups: a student at its input size against its teacher at the teacher's, both timed in this run.
-    Returns (row, ratio) pairs, fastest first."""
+    """Every row against one reference file's ORT FP32 row (``--versus STEM``) timed in the same
+    round-robin: that file joins every reference group at its own input size, so a student at 128x64 is
+    timed in turn with its teacher at 256x128 and load from other processes falls on both alike.
+    Returns (row, ratio) pairs, fastest first, per group and batch."""
     ratios = []
     for base in (r for r in rows if r["backend"] == f"ort_fp32:{stem}"):
-        print(f"against {stem} (ORT FP32, {base['size']}, batch {base['batch']}: {base['images_per_s']:.1f} img/s):")
-        others = [r for r in rows if r["batch"] == base["batch"]  # not the file's own rows (ORT, OpenVINO, split)
-                  and r["backend"].partition(":")[2].removesuffix(".onnx") != stem]
+        others = [r for r in rows if r["batch"] == base["batch"] and r["net"] == base["net"]  # same round-robin
+                  and r["backend"].partition(":")[2].removesuffix(".onnx") != stem]  # not the file's own rows
+        if not others:
+            continue
+        print(f"against {stem} (ORT FP32, {base['size']}, batch {base['batch']}: {base['images_per_s']:.1f} img/s), "
+              f"in the round-robin of {base['net']}:")
         for r in sorted(others, key=lambda r: -r["images_per_s"]):
             name = f"{r['net']} {r['size']} {r['backend']}"
             ratios.append((name, r["images_per_s"] / base["images_per_s"]))
@@ -370,7 +391,8 @@ def print_versus(rows: list[dict], stem: str) -> list[tuple[str, float]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="MobileNet-V2 only, fewer repeats, no QDQ variant")
-    parser.add_argument("--nets", default="mobilenetV2,resnet50")
+    parser.add_argument("--nets", default="mobilenetV2,resnet50", help="random-weight nets to time ('': none, "
+                        "only --weights / --reference files)")
     parser.add_argument("--sizes", default="", help="HxW list (default: each model's own input size and 256x128)")
     parser.add_argument("--weights", default="", help="time this model file (bpm.load_model) instead of --nets")
     parser.add_argument("--reference", action="append", default=[],
@@ -394,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = print_machine()
     args.sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",") if s]
     args.batches = [int(b) for b in args.batches.split(",")]
-    nets = ["weights"] if args.weights else ["mobilenetV2"] if args.quick else args.nets.split(",")
+    nets = ["weights"] if args.weights else ["mobilenetV2"] if args.quick else [n for n in args.nets.split(",") if n]
     if args.quick:
         args.repeats = min(args.repeats, 3)
     torch.set_num_threads(args.threads)

@@ -85,22 +85,43 @@ def test_a_best_split_row_is_also_compared_with_ort_fp32_split_the_same_way(caps
 
 
 @pytest.mark.openvino  # loading the bench loads OpenVINO when installed
-def test_versus_compares_every_row_of_other_files_with_one_reference_s_ort_fp32(capsys):
+def test_versus_compares_the_rows_of_each_round_robin_with_the_reference_timed_in_it(capsys):
     bench = load_bench("infer_speed")
+    student = "ref:student_fp32+student_int8"
     rows = [{"net": net, "size": size, "batch": batch, "backend": backend, "images_per_s": ips}
             for net, size, batch, backend, ips in [
-                ("ref:student_fp32+student_int8", "128x64", 32, "ort_fp32:student_fp32", 1500.0),
-                ("ref:student_fp32+student_int8", "128x64", 32, "ov_int8:student_int8", 4000.0),
-                ("ref:teacher", "256x128", 32, "ort_fp32:teacher", 800.0),
-                ("ref:teacher", "256x128", 32, "ov_fp32(default):teacher.onnx", 1100.0),  # the teacher itself
-                ("ref:teacher", "256x128", 32, "ort_fp32_2sessions:teacher", 850.0),
-                ("ref:teacher", "256x128", 1, "ort_fp32:teacher", 400.0),
-                ("ref:student_fp32+student_int8", "128x64", 1, "ov_int8:student_int8", 1000.0)]]
+                (student, "128x64", 32, "ort_fp32:student_fp32", 1500.0),
+                (student, "128x64", 32, "ov_int8:student_int8", 4000.0),
+                (student, "256x128", 32, "ort_fp32:teacher", 800.0),  # the teacher, timed in the student's turn
+                (student, "128x64", 1, "ov_int8:student_int8", 1000.0),
+                (student, "256x128", 1, "ort_fp32:teacher", 400.0),
+                ("ref:teacher", "256x128", 32, "ort_fp32:teacher", 700.0),  # its own group: nothing to compare
+                ("ref:teacher", "256x128", 32, "ov_fp32(default):teacher.onnx", 1100.0)]]
     ratios = bench.print_versus(rows, "teacher")
-    assert ratios == [("ref:student_fp32+student_int8 128x64 ov_int8:student_int8", 5.0),
-                      ("ref:student_fp32+student_int8 128x64 ort_fp32:student_fp32", 1.875),
-                      ("ref:student_fp32+student_int8 128x64 ov_int8:student_int8", 2.5)]  # batch 1: its own base
+    assert ratios == [(f"{student} 128x64 ov_int8:student_int8", 5.0),
+                      (f"{student} 128x64 ort_fp32:student_fp32", 1.875),
+                      (f"{student} 128x64 ov_int8:student_int8", 2.5)]  # batch 1 against the teacher at batch 1
     printed = capsys.readouterr().out
-    assert "against teacher (ORT FP32, 256x128, batch 32: 800.0 img/s)" in printed and "5.00x" in printed
+    assert "against teacher (ORT FP32, 256x128, batch 32: 800.0 img/s), in the round-robin of " + student in printed
     assert bench.print_versus(rows, "nothing") == []
     assert "--versus nothing: no ORT FP32 row" in capsys.readouterr().out
+
+
+@pytest.mark.openvino  # loading the bench loads OpenVINO when installed
+def test_the_versus_file_runs_at_its_own_size_in_every_other_group(tmp_path, capsys):
+    bench = load_bench("infer_speed")
+    small, large = _pool_net(tmp_path / "student.onnx", (24, 12)), _pool_net(tmp_path / "teacher.onnx", (48, 24))
+    out = tmp_path / "rows.json"
+    assert bench.main(["--nets", "", "--batches", "2", "--repeats", "1", "--streams", "1", "--versus", "teacher",
+                       "--reference", f"{small}@24x12", "--reference", f"{large}@48x24", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    in_student_turn = {r["backend"]: r["size"] for r in rows if r["net"] == "ref:student"}
+    assert in_student_turn["ort_fp32:student"] == "24x12" and in_student_turn["ort_fp32:teacher"] == "48x24"
+    assert "in the round-robin of ref:student" in capsys.readouterr().out
+
+
+def _pool_net(path, size):
+    torch.onnx.export(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval(),
+                      torch.zeros(1, 3, *size), str(path), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17, dynamo=False)
+    return path
