@@ -29,8 +29,9 @@ PRECISION_KEY = META_PREFIX + "inference_precision"
 #: OpenVINO element types of INFERENCE_PRECISION_HINT, by our precision names (bpm.export.verify).
 PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 #: Batch sizes a model compiles a fixed-shape copy for, by default. OpenVINO's CPU plugin picks its
-#: kernels and memory plan for a known shape: MobileNet-V2 INT8 at batch 32 ran 1-7 % faster compiled
-#: for [32, 3, H, W] than for a dynamic batch (2-core AVX-512 EPYC). Each new size costs one compile
+#: kernels and memory plan for a known shape: MobileNet-V2 INT8 at batch 32 ran a median 2 % faster
+#: compiled for [32, 3, H, W] than for a dynamic batch (14 paired timings, -3 to +25 %; 2-core AVX-512
+#: EPYC). Each new size costs one compile
 #: (about 0.3 s), so a caller whose batch size changes at every call (the stream pipeline's crops per
 #: frame) stops adding copies after this many and runs the rest on the dynamic-batch model.
 FIXED_BATCHES = 4
