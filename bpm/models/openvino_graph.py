@@ -31,9 +31,9 @@ PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 #: Batch sizes a model compiles a fixed-shape copy for, by default. OpenVINO's CPU plugin picks its
 #: kernels and memory plan for a known shape: MobileNet-V2 INT8 at batch 32 ran a median 2 % faster
 #: compiled for [32, 3, H, W] than for a dynamic batch (14 paired timings, -3 to +25 %; 2-core AVX-512
-#: EPYC). Each new size costs one compile
-#: (about 0.3 s), so a caller whose batch size changes at every call (the stream pipeline's crops per
-#: frame) stops adding copies after this many and runs the rest on the dynamic-batch model.
+#: EPYC). Each new size costs one compile (about 0.3 s), so a caller whose batch size changes at every
+#: call (the stream pipeline's crops per frame) stops adding copies after this many and runs the rest
+#: on the dynamic-batch model.
 FIXED_BATCHES = 4
 
 
@@ -143,8 +143,11 @@ class OpenVinoModel:
             model = self._model.clone()
             shape = model.input(0).get_partial_shape()
             shape[0] = batch
-            model.reshape({model.input(0): shape})
-            compiled = self._by_batch[batch] = self._core.compile_model(model, "CPU", self._config)
+            try:
+                model.reshape({model.input(0): shape})
+                compiled = self._by_batch[batch] = self._core.compile_model(model, "CPU", self._config)
+            except Exception:  # an IR from elsewhere whose graph cannot take a fixed batch: the free batch, always
+                self._fixed_batches = 0
         return compiled or self.compiled
 
     def __call__(self, images: np.ndarray) -> np.ndarray:

@@ -120,6 +120,20 @@ def test_batch_sizes_get_fixed_shape_copies_up_to_the_limit_then_the_dynamic_mod
     assert split._by_batch == {}
 
 
+def test_a_model_that_cannot_take_a_fixed_batch_runs_on_the_free_batch(exported, image_paths, monkeypatch):
+    _out, result = exported
+    x = image_batch(image_paths[:3], SIZE)
+    model = OpenVinoModel(result["files"]["openvino"], threads=2, inference_precision="fp32")
+    expected = OpenVinoModel(result["files"]["openvino"], threads=2, inference_precision="fp32", fixed_batches=0)(x)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Check 'x' failed at reshape")
+
+    monkeypatch.setattr(model._core, "compile_model", refuse)  # as for a graph with a batch baked into a Reshape
+    np.testing.assert_allclose(model(x), expected, rtol=1e-5, atol=1e-6)
+    assert model._by_batch == {} and model._fixed_batches == 0  # never tried again
+
+
 def test_openvino_reads_an_onnx_file_directly_without_an_ir(exported, image_paths, tmp_path):
     """A model from elsewhere (``bench/infer_speed.py --reference x.onnx``) needs no .bin beside it."""
     import shutil
