@@ -12,7 +12,7 @@ import sys
 from importlib import metadata
 from typing import Any
 
-# ISA extensions that decide which kernels run (SIMD sort, INT8 dot products, AMX), in the
+# ISA extensions that decide which kernels run (SIMD sort, INT8 dot products, bf16, AMX), in the
 # spelling of Linux's /proc/cpuinfo; aarch64 calls the dot-product extension "asimddp"
 # ("dotprod" elsewhere).
 ISA_FLAGS = (
@@ -20,6 +20,7 @@ ISA_FLAGS = (
     "avx512f",
     "avx512_vnni",
     "avx_vnni",
+    "avx512_bf16",
     "amx_tile",
     "amx_int8",
     "amx_bf16",
@@ -27,6 +28,17 @@ ISA_FLAGS = (
     "dotprod",
 )
 PACKAGES = ("torch", "torchvision", "onnxruntime")
+#: Caps the instruction set oneDNN's kernels use (``AVX2``, ``AVX512_CORE_VNNI``, ...). OpenVINO's CPU
+#: plugin and torch's CPU convolutions run on oneDNN and honour it; ONNX Runtime's kernels (MLAS) do
+#: not. It lets a newer CPU compute what an older one would (its speed, and its INT8 saturation), so a
+#: figure measured under a cap must say so.
+ISA_CAP_VARIABLE = "ONEDNN_MAX_CPU_ISA"
+
+
+def isa_cap(environ: dict[str, str] | None = None) -> str | None:
+    """The oneDNN instruction-set cap in force (upper case, e.g. ``AVX2``), or None."""
+    value = (os.environ if environ is None else environ).get(ISA_CAP_VARIABLE, "").strip()
+    return value.upper() or None
 
 
 def parse_cpuinfo(text: str) -> tuple[str | None, list[str]]:
@@ -60,7 +72,8 @@ def describe_machine(cpuinfo_path: str = "/proc/cpuinfo") -> dict[str, Any]:
 
     Keys: ``cpu`` (str), ``arch`` (str), ``isa`` (list of str), ``logical_cores`` (int),
     ``python`` (str), ``torch``/``torchvision``/``onnxruntime`` (str, None if not installed),
-    ``load_avg`` (list of three floats: 1, 5, 15 minutes; None where unavailable).
+    ``load_avg`` (list of three floats: 1, 5, 15 minutes; None where unavailable), and
+    ``onednn_max_cpu_isa`` (:func:`isa_cap`) only where a cap is set.
     """
     try:
         with open(cpuinfo_path, encoding="utf-8", errors="replace") as handle:
@@ -81,6 +94,8 @@ def describe_machine(cpuinfo_path: str = "/proc/cpuinfo") -> dict[str, Any]:
     for package in PACKAGES:
         info[package] = _version(package)
     info["load_avg"] = load
+    if isa_cap():
+        info["onednn_max_cpu_isa"] = isa_cap()
     return info
 
 
@@ -100,6 +115,8 @@ def machine_line(info: dict[str, Any] | None = None) -> str:
     ]
     parts += [f"{package} {info.get(package) or 'not installed'}" for package in PACKAGES]
     parts.append("load " + (" ".join(f"{x:.2f}" for x in load) if load else "unknown"))
+    if info.get("onednn_max_cpu_isa"):
+        parts.append(f"oneDNN capped at {info['onednn_max_cpu_isa']} (OpenVINO, torch; not ONNX Runtime)")
     return " | ".join(parts)
 
 

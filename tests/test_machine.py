@@ -64,7 +64,7 @@ def test_aarch64_sample_has_dotprod_and_a_model():
 
 def test_amx_sample_lists_flags_in_fixed_order():
     _, flags = parse_cpuinfo(SAPPHIRE_RAPIDS)
-    assert flags == ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16"]
+    assert flags == ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"]
     assert flags == [f for f in ISA_FLAGS if f in flags]
 
 
@@ -110,6 +110,17 @@ def test_one_line_format():
     bare = machine_line(dict(info, isa=[], load_avg=None))
     assert "isa none" in bare and bare.endswith("load unknown")
     assert machine_line().startswith("machine: ")
+
+
+def test_a_onednn_cap_is_read_from_the_environment_and_named_in_the_line(monkeypatch):
+    assert machine.isa_cap({}) is None and machine.isa_cap({machine.ISA_CAP_VARIABLE: " "}) is None
+    assert machine.isa_cap({machine.ISA_CAP_VARIABLE: "avx2"}) == "AVX2"
+    monkeypatch.delenv(machine.ISA_CAP_VARIABLE, raising=False)
+    assert "onednn_max_cpu_isa" not in describe_machine() and "oneDNN" not in machine_line()
+    monkeypatch.setenv(machine.ISA_CAP_VARIABLE, "avx512_core")
+    info = describe_machine()
+    assert info["onednn_max_cpu_isa"] == "AVX512_CORE"
+    assert machine_line(info).endswith("| oneDNN capped at AVX512_CORE (OpenVINO, torch; not ONNX Runtime)")
 
 
 def test_print_machine_prints_the_line(capsys):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from bpm.errors import BpmError, one_line
+from bpm.machine import isa_cap
 from bpm.models.backends import EXTRACTION_BACKENDS, ExtractionBackend
 from bpm.models.onnx_graph import OnnxSpec, spec_from_metadata
 
@@ -35,6 +36,19 @@ PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 #: call (the stream pipeline's crops per frame) stops adding copies after this many and runs the rest
 #: on the dynamic-batch model.
 FIXED_BATCHES = 4
+#: oneDNN instruction-set caps (:data:`bpm.machine.ISA_CAP_VARIABLE`) that leave no bf16 arithmetic.
+NO_BF16_CAPS = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"})
+
+
+def capped_precision(cap: str | None) -> str | None:
+    """``fp32`` where the oneDNN cap leaves no bf16 kernels, else None (the CPU's default).
+
+    Why: the cap makes a newer CPU compute what an older one would, e.g. an AVX2-only CPU's INT8
+    speed and saturation on an AVX-512 one. OpenVINO still reads bf16 support from the CPU itself,
+    picks bf16, and then fails at the first inference of any layer left in floating point ("node ...
+    is not initialized"). A CPU without bf16 runs FP32, so a run under the cap does too.
+    """
+    return "fp32" if cap in NO_BF16_CAPS else None
 
 
 def require(package: str, what: str):
@@ -59,7 +73,8 @@ class OpenVinoModel:
         path: the ``.xml`` (its ``.bin`` beside it), or an ONNX file, which OpenVINO reads directly.
         threads: inference threads (0: OpenVINO's default).
         inference_precision: ``fp32``/``bf16``/``fp16`` to force one; ``None``: the one the IR is pinned
-            to (:data:`PRECISION_KEY`), else the CPU's default.
+            to (:data:`PRECISION_KEY`), else the CPU's default (FP32 under a oneDNN cap without bf16:
+            :func:`capped_precision`).
         streams: above 1, a batch is split into this many parts that run at once, each on its own
             share of the threads (OpenVINO's throughput mode). Depthwise and small layers keep few
             threads busy, so on a small CPU two one-thread streams serve a batch faster than one
@@ -89,7 +104,7 @@ class OpenVinoModel:
         except Exception as exc:  # OpenVINO raises RuntimeError/GeneralFailure variants
             raise BpmError(f"{self.path}: OpenVINO cannot load it ({one_line(exc)})") from exc
         self.metadata = read_metadata(model)
-        inference_precision = inference_precision or self.metadata.get(PRECISION_KEY)
+        inference_precision = inference_precision or self.metadata.get(PRECISION_KEY) or capped_precision(isa_cap())
         config: dict = {}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)

@@ -8,6 +8,9 @@ and bf16 rounding is not a property of the code: those thresholds are lifted in 
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -332,6 +335,47 @@ def test_an_ir_pinned_to_fp32_computes_in_fp32_on_every_cpu(exported, tmp_path):
     runner = OpenVinoModel(pinned)
     assert runner.metadata[PRECISION_KEY] == "fp32" and runner.inference_precision == runner.precision == "fp32"
     assert OpenVinoModel(pinned, inference_precision="bf16").metadata[PRECISION_KEY] == "fp32"  # an explicit choice wins
+
+
+def test_under_a_onednn_cap_without_bf16_an_ir_runs_fp32_unless_pinned_otherwise(exported, monkeypatch):
+    out, result = exported
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    runner = OpenVinoModel(result["files"]["openvino"])
+    assert runner._config["INFERENCE_PRECISION_HINT"] == "f32" and runner.inference_precision == "fp32"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert "INFERENCE_PRECISION_HINT" not in OpenVinoModel(result["files"]["openvino"])._config
+
+
+CAPPED_RUN = """
+import json, sys
+import numpy as np
+from bpm.data.transforms import image_batch
+from bpm.models.openvino_graph import OpenVinoModel
+runner = OpenVinoModel(sys.argv[1], threads=1)
+ops = runner.compiled.get_runtime_model().get_ordered_ops()
+kernels = sorted({op.get_rt_info()["primitiveType"].astype(str) for op in ops if op.get_rt_info()["layerType"].astype(str) == "Convolution"})
+features = runner(image_batch(sys.argv[2:], runner.spec.input_spec))
+print(json.dumps({"kernels": kernels, "precision": runner.inference_precision, "features": features.tolist()}))
+"""
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="oneDNN's x86 instruction-set cap")
+def test_an_ir_runs_on_avx2_kernels_under_the_cap_and_computes_what_onnx_runtime_does(exported, image_paths):
+    """The cap is read when OpenVINO first loads, hence a fresh process. It reaches the convolutions
+    (oneDNN's), where the time goes; a few of OpenVINO's own kernels (the global pooling) keep the
+    CPU's widest instructions. On a CPU with bf16 the IR failed at its first inference under the cap
+    before the runner chose FP32 for it."""
+    out, result = exported
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    proc = subprocess.run([sys.executable, "-c", CAPPED_RUN, str(result["files"]["openvino"]), *image_paths[:4]],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert run["precision"] == "fp32"
+    assert run["kernels"] and all("avx2" in kernel for kernel in run["kernels"]), run["kernels"]
+    onnx = OnnxModel(result["files"]["onnx"])
+    exact = onnx(image_batch(image_paths[:4], onnx.spec.input_spec))
+    assert cosine_rows(np.asarray(run["features"], dtype=np.float32), exact).min() > 0.9999
 
 
 def test_an_ir_that_fails_at_bf16_is_pinned_to_fp32_and_checked_again(tmp_path, original_ckpt, world, monkeypatch):
