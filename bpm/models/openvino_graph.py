@@ -38,6 +38,8 @@ PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 FIXED_BATCHES = 4
 #: oneDNN instruction-set caps (:data:`bpm.machine.ISA_CAP_VARIABLE`) that leave no bf16 arithmetic.
 NO_BF16_CAPS = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"})
+#: Caps that leave no VNNI dot product: INT8 kernels then add u8 x s8 pairs in saturating int16.
+NO_VNNI_CAPS = frozenset({"SSE41", "AVX", "AVX2", "AVX512_CORE"})
 
 
 def capped_precision(cap: str | None) -> str | None:
@@ -64,6 +66,13 @@ def read_metadata(model) -> dict[str, str]:
     if not model.has_rt_info(["bpm"]):
         return {}
     return {META_PREFIX + key: model.get_rt_info(["bpm", key]).astype(str) for key in model.get_rt_info()["bpm"]}
+
+
+def openvino_int8_saturates(cpu_saturates: bool, cap: str | None) -> bool:
+    """Whether OpenVINO's INT8 kernels saturate here: on a CPU without VNNI (``cpu_saturates``, from
+    :func:`bpm.models.onnx_graph.this_cpu_saturates`), or under a oneDNN cap without it. ONNX Runtime
+    ignores the cap, so under one the two runtimes can differ on the same CPU."""
+    return cpu_saturates or cap in NO_VNNI_CAPS
 
 
 class OpenVinoModel:

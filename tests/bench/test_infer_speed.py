@@ -73,6 +73,19 @@ def test_best_format_counts_only_rows_that_compute_exactly_on_this_cpu(saturates
 
 
 @pytest.mark.openvino  # loading the bench loads OpenVINO when installed
+def test_under_a_onednn_cap_without_vnni_only_openvino_rows_are_judged_as_an_avx2_cpu_s(capsys):
+    bench = load_bench("infer_speed")
+    rows = [{"net": "m", "size": "256x128", "batch": 32, "backend": name, "vs_ort_fp32": ratio}
+            for name, ratio in [("ort_fp32", 1.0), ("ort_int8", 2.2), ("ov_int8", 1.6), ("ov_int8_w7", 1.5),
+                                ("ov_int8_w7_dw_fp32", 1.3)]]
+    bench.print_best_format(rows, saturates=False, ov_saturates=True)  # ORT INT8 still runs VNNI kernels
+    line = capsys.readouterr().out.strip()
+    assert "(AVX2-only CPU, OpenVINO capped)" in line and line.endswith(": ov_int8_w7_dw_fp32 1.30x (missed)")
+    bench.print_best_format(rows, saturates=False)
+    assert capsys.readouterr().out.strip().endswith("(VNNI CPU): ort_int8 2.20x (missed)")
+
+
+@pytest.mark.openvino  # loading the bench loads OpenVINO when installed
 def test_a_best_split_row_is_also_compared_with_ort_fp32_split_the_same_way(capsys):
     bench = load_bench("infer_speed")
     rows = [{"net": "m", "size": "256x128", "batch": 32, "backend": name, "vs_ort_fp32": ratio, "images_per_s": ips}
