@@ -356,8 +356,8 @@ def print_best_format(rows: list[dict], saturates: bool, ov_saturates: bool | No
     oneDNN capped at AVX2. Its OpenVINO rows are then judged as an AVX2-only CPU's, against 1.8x, and
     its ONNX Runtime INT8 rows, which still run VNNI kernels, are not counted."""
     ov_saturates = saturates if ov_saturates is None else ov_saturates
-    excluded = ({"ort_int8_saturating"} if saturates else set()) | (
-        SATURATING_ROWS - {"ort_int8_saturating"} if ov_saturates else set())
+    excluded = {row for row in SATURATING_ROWS
+                if (saturates if row.startswith("ort_") else ov_saturates)}  # each runtime by its own kernels
     target = 1.8 if ov_saturates else 3.0
     for net in dict.fromkeys(r["net"] for r in rows if not r["net"].startswith("ref:")):  # refs mix models
         at_256 = [r for r in rows if r["net"] == net and r["batch"] == 32 and r["size"] == "256x128"]
@@ -445,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += bench_net(net, args, paths, Path(tmp))
         rows += bench_references(args.reference, args)
     print_targets(rows)
-    print_best_format(rows, this_cpu_saturates(), openvino_int8_saturates(this_cpu_saturates(), isa_cap()))
+    saturates = this_cpu_saturates()
+    print_best_format(rows, saturates, openvino_int8_saturates(saturates, isa_cap()))
     if args.versus:
         print_versus(rows, args.versus)
     print(f"load average after: {os.getloadavg()[0]:.1f} (other processes share the cores: absolute figures"

@@ -94,8 +94,9 @@ def describe_machine(cpuinfo_path: str = "/proc/cpuinfo") -> dict[str, Any]:
     for package in PACKAGES:
         info[package] = _version(package)
     info["load_avg"] = load
-    if isa_cap():
-        info["onednn_max_cpu_isa"] = isa_cap()
+    cap = isa_cap()
+    if cap:
+        info["onednn_max_cpu_isa"] = cap
     return info
 
 
