@@ -174,18 +174,20 @@ def write_int8(model: torch.nn.Module, reference: np.ndarray, fp32_onnx: Path, s
 
 def fine_tune_after_failed_check(model: torch.nn.Module, reference: np.ndarray, fp32_onnx: Path, spec: OnnxSpec,
                                  images: ImageSets, opts: ExportOptions, tmp: Path, path: Path,
-                                 log: Callable[[str], None], first: dict, failures: list[str]) -> dict | None:
+                                 log: Callable[[str], None], first: dict, failures: list[str],
+                                 failed_file: str = "INT8: the post-training file") -> dict | None:
     """The default export's second route, for a post-training file that passed the held-out check but
     failed the export's own check (the held-out images are few and close to the calibration images,
     so the two can disagree near the limits): fine-tune :data:`AUTO_QAT_EPOCHS` epochs and write the
     tuned file at ``path`` for the pipeline to check. Returns the new ``int8`` report section, or None
     where there is no such route: ``--qat_epochs`` given (0 or N), fine-tuning already run, or no
     training images to tune on. The routes are tried in a fixed order, cheapest first; the check only
-    says pass or fail, it never ranks the two files.
+    says pass or fail, it never ranks the two files. ``failed_file`` names the refused file in the log
+    line, since another format (OpenVINO's NNCF file) takes this route too.
     """
     if opts.qat_epochs is not None or "fine_tuning" in first or not images.training:
         return None
-    log(f"  INT8: the post-training file failed the export's check ({failures[0]}): fine-tuning "
+    log(f"  {failed_file} failed the export's check ({failures[0]}): fine-tuning "
         f"{AUTO_QAT_EPOCHS} epochs (--qat_epochs 0 skips this)")
     source_model, source, notes = int8_source(model, reference, fp32_onnx, spec, images, opts, tmp, lambda _: None)
     tuned, result, agreement = _fine_tuned_file(source_model, source, images, images.held_out(), spec, opts, tmp,

@@ -99,7 +99,8 @@ def retry_openvino_int8(ctx: ExportContext, path: Path, check: FormatCheck) -> b
     first = {"held_out_cosine": notes.get("held_out_cosine", float("nan"))}
     tuned = ctx.tmp / "openvino_int8_fine_tuned.onnx"
     tuning = fine_tune_after_failed_check(ctx.model, ctx.reference, ctx.fp32_onnx(), ctx.spec, ctx.images, ctx.opts,
-                                          ctx.tmp, tuned, ctx.log, first, check.failures)
+                                          ctx.tmp, tuned, ctx.log, first, check.failures,
+                                          failed_file="openvino_int8: NNCF's file")
     if tuning is None:
         return False
     ctx.fine_tuned_int8 = tuned
