@@ -403,45 +403,90 @@ def test_an_ir_that_fails_at_bf16_is_pinned_to_fp32_and_checked_again(tmp_path, 
     assert any("bf16 failed the check" in line and "pinning the IR to fp32" in line for line in logged)
 
 
-@pytest.mark.parametrize("may_tune", [pytest.param(True, marks=pytest.mark.slow), False])
-def test_an_nncf_ir_that_fails_its_check_is_fine_tuned_next(tmp_path, original_ckpt, world, may_tune):
-    """With no fine-tuned graph in the export (``onnx_int8`` passed post-training or was not asked for),
-    an NNCF IR that fails its check is followed by the default export's fine-tuning and the IR read from
-    that graph: a user asking for ``openvino_int8`` gets a verified file without knowing the switches.
-    ``--qat_epochs 0`` rules that route out, and the export fails with the NNCF file kept aside."""
-    from bpm.export import int8, pipeline
-    from bpm.export.openvino import _fp32_layers
+def _first_checks_fail(count: int, checked: list):
+    """``pipeline.check_cosine`` with the first ``count`` checks failing, as a real file's lost mAP would."""
+    from bpm.export import pipeline
 
-    checked = []
     check_cosine = pipeline.check_cosine
 
-    def nncf_file_fails(name, *args):
-        check = check_cosine(name, *args)
+    def check(name, *args):
+        result = check_cosine(name, *args)
         checked.append(name)
-        if len(checked) == 1:
-            check.failures.append("a failure of the NNCF file")
-        return check
+        if len(checked) <= count:
+            result.failures.append(f"a failure of NNCF file {len(checked)}")
+        return result
+    return check
 
-    logged = []
+
+def _nncf_export(tmp_path, original_ckpt, world, patch, ladder_steps: int, **options):
+    """``openvino_int8`` alone, each NNCF climb stopping at its first step (held-out agreement is lifted:
+    an untrained net's agreement at 8 bits is not the code's) on a ladder cut to ``ladder_steps``
+    (its last step, NNCF's accuracy control, takes minutes)."""
+    from bpm.export import int8, openvino as ov_export
+    from bpm.export.formats import openvino as ov_format
+
+    patch.setitem(verify.COSINE_THRESHOLDS, "int8", -1.0)
+    patch.setattr(int8, "AUTO_QAT_EPOCHS", 1)
+    patch.setattr(ov_format, "HELD_OUT_COSINE", 1e-6)
+    patch.setattr(ov_format, "MAX_DISTANCE_ERROR", float("inf"))
+    patch.setattr(ov_export, "OVERFLOW_LADDER", ov_export.OVERFLOW_LADDER[:ladder_steps])
+    patch.setattr(ov_format, "OVERFLOW_LADDER", ov_export.OVERFLOW_LADDER[:ladder_steps])
+    return ExportOptions(
+        weights=str(original_ckpt), out_dir=str(tmp_path), model=ModelSettings(resize_h_w=SIZE),
+        formats=("openvino_int8",), calib_images=str(world / "bounding_box_train"), calib_count=8,
+        verify_count=8, threads=2, **options)
+
+
+def test_an_nncf_ir_that_fails_its_check_climbs_to_the_next_step_of_the_ladder(tmp_path, original_ckpt, world):
+    """A ladder step can agree with FP32 on held-out images and still lose too much mAP (a real
+    EfficientNet-Lite0 at 7 bits on an AVX2-only CPU); the export then goes on up the ladder, keeping
+    every try and every refusal in the report, before it would fine-tune."""
+    from bpm.export import pipeline
+
+    checked, logged = [], []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(verify.COSINE_THRESHOLDS, "int8", -1.0)
-        patch.setattr(int8, "AUTO_QAT_EPOCHS", 1)
-        patch.setattr(pipeline, "check_cosine", nncf_file_fails)
-        options = ExportOptions(
-            weights=str(original_ckpt), out_dir=str(tmp_path), model=ModelSettings(resize_h_w=SIZE),
-            formats=("openvino_int8",), calib_images=str(world / "bounding_box_train"), calib_count=8,
-            verify_count=8, threads=2, qat_epochs=None if may_tune else 0)
-        if not may_tune:
-            with pytest.raises(BpmError, match="export check failed for openvino_int8: a failure of the NNCF file"):
-                run_export(options, log=logged.append)
-            assert checked == ["openvino_int8"] and list(tmp_path.glob("*_int8.refused.xml"))
-            return
+        options = _nncf_export(tmp_path, original_ckpt, world, patch, ladder_steps=3, qat_epochs=0)
+        patch.setattr(pipeline, "check_cosine", _first_checks_fail(1, checked))
         result = run_export(options, log=logged.append)
     assert checked == ["openvino_int8", "openvino_int8"]
     report = json.loads((tmp_path / "export_report.json").read_text())
     notes = report["openvino"]["int8"]
+    assert [(t["weight_bits"], t["depthwise_fp32"]) for t in notes["tries"]] == [(8, False), (7, False)]
+    assert (notes["weight_bits"], notes["depthwise_fp32"]) == (7, False) and "fine_tuning" not in notes
+    assert notes["refused_steps"] == [{"step": "8-bit", "check_failures": ["a failure of NNCF file 1"]}]
+    assert all(row["status"] == "verified" for row in report["formats"])
+    assert max(_convolution_weight_maxima(result["files"]["openvino_int8"])["Convolution"]) <= 64  # the 7-bit file
+    assert any("NNCF's 8-bit file failed the check (a failure of NNCF file 1); climbing the ladder from 7-bit"
+               in line for line in logged)
+    assert not list(tmp_path.glob("*.refused.*")) and not list(tmp_path.glob(".*try*"))
+
+
+@pytest.mark.parametrize("may_tune", [pytest.param(True, marks=pytest.mark.slow), False])
+def test_an_nncf_ir_that_fails_its_check_on_every_step_is_fine_tuned_next(tmp_path, original_ckpt, world, may_tune):
+    """With no fine-tuned graph in the export (``onnx_int8`` passed post-training or was not asked for),
+    NNCF files failing their check up to the ladder's last step are followed by the default export's
+    fine-tuning and the IR read from that graph: a user asking for ``openvino_int8`` gets a verified
+    file without knowing the switches. ``--qat_epochs 0`` rules that route out, and the export fails
+    with the last NNCF file kept aside."""
+    from bpm.export import pipeline
+    from bpm.export.openvino import _fp32_layers
+
+    checked, logged = [], []
+    with pytest.MonkeyPatch.context() as patch:
+        options = _nncf_export(tmp_path, original_ckpt, world, patch, ladder_steps=2,
+                               qat_epochs=None if may_tune else 0)
+        patch.setattr(pipeline, "check_cosine", _first_checks_fail(2, checked))
+        if not may_tune:
+            with pytest.raises(BpmError, match="export check failed for openvino_int8: a failure of NNCF file 2"):
+                run_export(options, log=logged.append)
+            assert checked == ["openvino_int8"] * 2 and list(tmp_path.glob("*_int8.refused.xml"))
+            return
+        result = run_export(options, log=logged.append)
+    assert checked == ["openvino_int8"] * 3
+    report = json.loads((tmp_path / "export_report.json").read_text())
+    notes = report["openvino"]["int8"]
     assert notes["method"] == "a QDQ graph fine-tuned for this IR after NNCF's ladder failed its check"
-    assert notes["nncf_check_failures"] == ["a failure of the NNCF file"] and "fine_tuning" in notes
+    assert notes["nncf_check_failures"] == ["a failure of NNCF file 2"] and "fine_tuning" in notes
     assert all(row["status"] == "verified" for row in report["formats"])
     ir = openvino.Core().read_model(str(result["files"]["openvino_int8"]))
     assert _fp32_layers(ir) == [] and any(op.get_type_name() == "FakeQuantize" for op in ir.get_ops())
