@@ -334,8 +334,10 @@ def test_local_launcher_runs_one_worker_per_id_and_reports_a_failing_one(tmp_pat
 
 
 @pytest.mark.slow
-def test_torchrun_cli_two_ranks_then_resume_in_one_process(tiny_world, tmp_path):
-    """The user's commands: torchrun with 2 CPU ranks, then --resume in a single process."""
+@pytest.mark.parametrize("net", ["mobilenet_v2", "efficientnet_lite0"])
+def test_torchrun_cli_two_ranks_then_resume_in_one_process(tiny_world, tmp_path, net):
+    """The user's commands: torchrun with 2 CPU ranks, then --resume in a single process, for each edge
+    backbone (Lite0's BatchNorm eps and TF padding must survive DDP's wrapping and the resume)."""
     import subprocess
     import sys
 
@@ -343,7 +345,7 @@ def test_torchrun_cli_two_ranks_then_resume_in_one_process(tiny_world, tmp_path)
     common = ["train", "-d", "()", "--dataset", "market1501", "--data_root", str(tiny_world), "--exp_dir", str(exp),
               "--resize_h_w", "(64, 32)", "--ids_per_batch", "4", "--ims_per_id", "2", "--workers", "0",
               "--set_seed", "true", "--rerank", "false", "--steps_per_log", "1", "--gather_for_mining", "true",
-              "--net_pretrained_path", "none"]
+              "--net", net, "--net_pretrained_path", "none"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                           str(distributed.free_port()), "-m", "bpm", *common, "--total_epochs", "1"],
@@ -355,4 +357,5 @@ def test_torchrun_cli_two_ranks_then_resume_in_one_process(tiny_world, tmp_path)
                          capture_output=True, text=True, env=env, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     assert "Resumed from" in one.stdout and "Ep 2, step 1/" in one.stdout
-    assert json.loads((exp / "config.json").read_text())["resume"] is True
+    config = json.loads((exp / "config.json").read_text())
+    assert config["resume"] is True and config["net"] == net
